@@ -1,0 +1,146 @@
+"""repid: a broker-agnostic actor/router messaging framework for asyncio.
+
+Producers `await Job(...).enqueue()`; a `Worker` routes each message by name to an
+`@router.actor` function and runs it with timeouts, retries, priorities and graceful shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from repid.brokers.base import (
+    BrokerCapabilities,
+    BucketBrokerT,
+    ConsumerT,
+    Delivery,
+    MessageBrokerT,
+)
+from repid.brokers.in_memory import InMemoryBucketBroker, InMemoryMessageBroker
+from repid.connection import Connection
+from repid.converter import BasicConverter, ConverterT, DefaultConverter, PydanticConverter
+from repid.data import (
+    ArgsBucket,
+    BucketT,
+    DeadLetterInfo,
+    DeadLetterReason,
+    MessageCategory,
+    Parameters,
+    ParametersT,
+    PrioritiesT,
+    ResultBucket,
+    ResultBucketT,
+    RoutingKey,
+    RoutingKeyT,
+)
+from repid.dependencies import Depends
+from repid.errors import (
+    BrokerError,
+    BrokerUnavailableError,
+    ConfigurationError,
+    DecodeError,
+    MessageTooLargeError,
+    QueueNotDeclaredError,
+    RepidError,
+    SerializationError,
+)
+from repid.job import Job
+from repid.main import Repid
+from repid.message import Message, MessageDependency
+from repid.queue import Queue
+from repid.retry_policy import RetryPolicyT, default_retry_policy_factory
+from repid.router import Router, RouterDefaults
+from repid.serializer import SerializerT, default_serializer
+from repid.worker import Runner, Worker
+
+__version__ = "2.0.0.dev0"
+
+logger = logging.getLogger("repid")
+logger.addHandler(logging.NullHandler())
+
+
+class Config:
+    """Process-wide settings (repid 1.6 name). Only `SERIALIZER` is read today."""
+
+    SERIALIZER: SerializerT = default_serializer
+
+
+__all__ = [
+    "ArgsBucket",
+    "BasicConverter",
+    "BrokerCapabilities",
+    "BrokerError",
+    "BrokerUnavailableError",
+    "BucketBrokerT",
+    "BucketT",
+    "Config",
+    "ConfigurationError",
+    "Connection",
+    "ConsumerT",
+    "ConverterT",
+    "DeadLetterInfo",
+    "DeadLetterReason",
+    "DecodeError",
+    "DefaultConverter",
+    "Delivery",
+    "Depends",
+    "HealthCheckServer",
+    "HealthCheckServerSettings",
+    "HealthCheckStatus",
+    "InMemoryBucketBroker",
+    "InMemoryMessageBroker",
+    "Job",
+    "Message",
+    "MessageBrokerT",
+    "MessageCategory",
+    "MessageDependency",
+    "MessageTooLargeError",
+    "Parameters",
+    "ParametersT",
+    "PrioritiesT",
+    "PydanticConverter",
+    "Queue",
+    "QueueNotDeclaredError",
+    "RepidError",
+    "Repid",
+    "ResultBucket",
+    "ResultBucketT",
+    "RetryPolicyT",
+    "Router",
+    "RouterDefaults",
+    "RoutingKey",
+    "RoutingKeyT",
+    "Runner",
+    "SerializationError",
+    "SerializerT",
+    "Worker",
+    "default_retry_policy_factory",
+    "default_serializer",
+    "logger",
+]
+
+_LAZY = {
+    "RedisMessageBroker": "repid.brokers.redis",
+    "RedisBucketBroker": "repid.brokers.redis",
+    "RabbitMessageBroker": "repid.brokers.rabbitmq",
+    "KafkaMessageBroker": "repid.brokers.kafka",
+    "HealthCheckServer": "repid.health_check_server",
+    "HealthCheckServerSettings": "repid.health_check_server",
+    "HealthCheckStatus": "repid.health_check_server",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import broker classes lazily: their client libraries are optional extras."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'repid' has no attribute {name!r}")
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ModuleNotFoundError as exc:
+        extra = {"redis": "redis", "rabbitmq": "rabbitmq", "kafka": "kafka"}.get(
+            module.rsplit(".", 1)[-1], "all"
+        )
+        raise ImportError(f"{name} needs an extra: pip install 'repid[{extra}]' ({exc})") from exc

@@ -1,0 +1,43 @@
+"""Message and bucket brokers. Network brokers import lazily: their client library is an extra."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from repid.brokers.base import (
+    BrokerCapabilities,
+    BucketBrokerT,
+    ConsumerT,
+    Delivery,
+    MessageBrokerT,
+    OutgoingMessage,
+)
+from repid.brokers.in_memory import ConsumerClosedError, InMemoryBucketBroker, InMemoryMessageBroker
+
+__all__ = [
+    "BrokerCapabilities",
+    "BucketBrokerT",
+    "ConsumerClosedError",
+    "ConsumerT",
+    "Delivery",
+    "InMemoryBucketBroker",
+    "InMemoryMessageBroker",
+    "MessageBrokerT",
+    "OutgoingMessage",
+]
+
+_LAZY = {
+    "RedisMessageBroker": "repid.brokers.redis",
+    "RedisBucketBroker": "repid.brokers.redis",
+    "RabbitMessageBroker": "repid.brokers.rabbitmq",
+    "KafkaMessageBroker": "repid.brokers.kafka",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'repid.brokers' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,244 @@
+"""The broker protocol: what every message broker and bucket broker must provide.
+
+A message broker moves bytes and acknowledgements, nothing else. Retry decisions, timeouts,
+concurrency limits and graceful shutdown live in the worker, once, for every broker.
+
+Delivery guarantee (at-least-once): a message handed out by a consumer stays owned by that
+*delivery* until exactly one of `ack`, `nack`, `reject` or `requeue` is called with it, or until
+its lease runs out (brokers with `lease_renewal`) or its connection dies, in which case the broker
+makes it available again. None of these calls may lose the message: `requeue` and `nack` replace
+the delivery atomically with the new message / dead letter. Calls on a delivery that is no longer
+owned (its lease expired and it was redelivered) are *stale*: they must not raise, must not
+affect the redelivered copy, and return `False`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from repid.data import (
+    BucketT,
+    MessageCategory,
+    Parameters,
+    RoutingKey,
+)
+
+__all__ = [
+    "BrokerCapabilities",
+    "BucketBrokerT",
+    "ConsumerT",
+    "Delivery",
+    "MessageBrokerT",
+    "OutgoingMessage",
+]
+
+OutgoingMessage = tuple[RoutingKey, str, Parameters]
+"""One message to publish: routing key, payload (JSON text of the arguments), parameters."""
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerCapabilities:
+    """What a broker guarantees natively. The worker and the docs read these; nothing is guessed.
+
+    Attributes:
+        strict_priorities: HIGH is always handed out before MEDIUM before LOW among ready messages.
+        native_delays: delayed messages are held by the broker (not by a worker's memory).
+        native_dead_letters: the dead part of a queue is stored by the broker.
+        lease_renewal: deliveries are leased for `lease_duration` seconds and `renew` must be
+            called while an actor runs; an expired lease makes the message available again.
+        per_partition_order: messages are ordered per partition rather than per queue.
+        shared_state: unique ids are enforced across every process using the broker.
+        persistent: messages survive a restart of the broker process.
+        max_message_size: the largest envelope accepted, in bytes (None: no limit).
+        lease_duration: seconds a delivery stays owned without renewal (None: until the
+            connection that received it closes).
+    """
+
+    strict_priorities: bool = True
+    native_delays: bool = True
+    native_dead_letters: bool = True
+    lease_renewal: bool = False
+    per_partition_order: bool = False
+    shared_state: bool = True
+    persistent: bool = True
+    max_message_size: int | None = None
+    lease_duration: float | None = None
+
+
+class Delivery:
+    """One message handed to a consumer, with the broker-owned `handle` that settles it.
+
+    It also satisfies `RoutingKeyT` (`id_`, `topic`, `queue`, `priority`), so code written
+    against repid 1.6 that passed a routing key to `ack`/`nack` keeps working.
+
+    `decode_error` is set (and `key`/`payload` are placeholders) when the broker's bytes were
+    not a valid repid envelope; `raw` keeps those bytes for the dead letter.
+    """
+
+    __slots__ = (
+        "category",
+        "decode_error",
+        "handle",
+        "key",
+        "parameters",
+        "payload",
+        "raw",
+        "redelivered",
+    )
+
+    def __init__(
+        self,
+        key: RoutingKey,
+        payload: str,
+        parameters: Parameters,
+        handle: Any,
+        *,
+        category: MessageCategory = MessageCategory.NORMAL,
+        raw: bytes | None = None,
+        decode_error: str | None = None,
+        redelivered: bool = False,
+    ) -> None:
+        self.key = key
+        self.payload = payload
+        self.parameters = parameters
+        self.handle = handle
+        self.category = category
+        self.raw = raw
+        self.decode_error = decode_error
+        self.redelivered = redelivered
+
+    @property
+    def id_(self) -> str:
+        return self.key.id_
+
+    @property
+    def topic(self) -> str:
+        return self.key.topic
+
+    @property
+    def queue(self) -> str:
+        return self.key.queue
+
+    @property
+    def priority(self) -> int:
+        return self.key.priority
+
+    def __repr__(self) -> str:
+        return (
+            f"Delivery(id_={self.key.id_!r}, topic={self.key.topic!r}, queue={self.key.queue!r}, "
+            f"category={self.category.value}, attempt={self.parameters.attempt})"
+        )
+
+
+@runtime_checkable
+class ConsumerT(Protocol):
+    """Hands out deliveries of one queue (and category) to a worker.
+
+    `consume()` may be awaited by many tasks at once; it is cancel-safe (a cancelled call never
+    takes a message). It never hands out more than `max_unacked_messages` unsettled deliveries
+    (backpressure), and waits while paused.
+    """
+
+    async def start(self) -> None: ...
+
+    async def pause(self) -> None: ...
+
+    async def unpause(self) -> None: ...
+
+    async def finish(self) -> None: ...
+
+    async def consume(self) -> Delivery:
+        """Wait for and return the next delivery."""
+        ...
+
+    async def fetch(self, max_count: int, timeout: float = 0.0) -> list[Delivery]:
+        """Return up to `max_count` deliveries available within `timeout` seconds (maybe none)."""
+        ...
+
+    async def __aenter__(self) -> ConsumerT: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+    def __aiter__(self) -> AsyncIterator[Delivery]: ...
+
+
+@runtime_checkable
+class MessageBrokerT(Protocol):
+    """A message broker (1.6 method names, delivery-handle semantics)."""
+
+    capabilities: BrokerCapabilities
+
+    async def connect(self) -> None: ...
+
+    async def disconnect(self) -> None: ...
+
+    async def enqueue(self, key: RoutingKey, payload: str = "", params: Parameters | None = None) -> None:
+        """Publish one message durably; return only when the broker has it.
+
+        A message whose id is already pending (queued, delayed or in flight) in that queue is not
+        added twice. Raises `QueueNotDeclaredError`, `MessageTooLargeError` or
+        `BrokerUnavailableError`; nothing is sent when it raises.
+        """
+        ...
+
+    async def enqueue_many(self, messages: Sequence[OutgoingMessage]) -> None:
+        """Publish several messages with as few round trips as the broker allows."""
+        ...
+
+    async def ack(self, key: Delivery) -> bool:
+        """The delivery succeeded: remove the message. False if the delivery was stale."""
+        ...
+
+    async def nack(self, key: Delivery, parameters: Parameters | None = None) -> bool:
+        """Move the message to the dead part of its queue (with `parameters`' dead-letter info)."""
+        ...
+
+    async def reject(self, key: Delivery) -> bool:
+        """Return the message to its queue unchanged (no attempt counted)."""
+        ...
+
+    async def requeue(
+        self, key: Delivery, payload: str | None = None, params: Parameters | None = None
+    ) -> bool:
+        """Replace the message with a new version (e.g. retry, next tick) atomically.
+
+        If the new parameters carry a future `next_execution_time` the message is delayed.
+        """
+        ...
+
+    async def renew(self, deliveries: Sequence[Delivery]) -> None:
+        """Extend the leases of deliveries whose actors are still running."""
+        ...
+
+    def get_consumer(
+        self,
+        queue: str,
+        topics: Sequence[str] | None = None,
+        max_unacked_messages: int | None = None,
+        category: MessageCategory = MessageCategory.NORMAL,
+    ) -> ConsumerT: ...
+
+    async def queue_declare(self, queue_name: str) -> None: ...
+
+    async def queue_flush(self, queue_name: str) -> None: ...
+
+    async def queue_delete(self, queue_name: str) -> None: ...
+
+
+@runtime_checkable
+class BucketBrokerT(Protocol):
+    """Key-value storage of args buckets or result buckets, with TTL."""
+
+    use_result_bucket: bool
+
+    async def connect(self) -> None: ...
+
+    async def disconnect(self) -> None: ...
+
+    async def get_bucket(self, id_: str) -> BucketT | None: ...
+
+    async def store_bucket(self, id_: str, payload: BucketT) -> None: ...
+
+    async def delete_bucket(self, id_: str) -> None: ...

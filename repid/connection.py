@@ -1,0 +1,87 @@
+"""`Connection`: a message broker plus optional args and results bucket brokers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from repid.brokers.base import BucketBrokerT, MessageBrokerT
+from repid.errors import ConfigurationError
+from repid.middlewares import (
+    MiddlewareDispatcher,
+    instrument_bucket_broker,
+    instrument_message_broker,
+)
+
+__all__ = ["Connection"]
+
+
+class Connection:
+    """What producers and workers talk to.
+
+    Args:
+        message_broker: moves the messages (in-memory, Redis, RabbitMQ, Kafka).
+        args_bucket_broker: stores large job arguments outside the messages (optional).
+        results_bucket_broker: stores actor results; must be created with
+            `use_result_bucket=True` (optional; needed for `await job.result`).
+    """
+
+    def __init__(
+        self,
+        message_broker: MessageBrokerT,
+        args_bucket_broker: BucketBrokerT | None = None,
+        results_bucket_broker: BucketBrokerT | None = None,
+    ) -> None:
+        if args_bucket_broker is not None and getattr(args_bucket_broker, "use_result_bucket", False):
+            raise ConfigurationError("args_bucket_broker must be created with use_result_bucket=False")
+        if results_bucket_broker is not None and not getattr(
+            results_bucket_broker, "use_result_bucket", False
+        ):
+            raise ConfigurationError(
+                "results_bucket_broker must be created with use_result_bucket=True"
+            )
+        self.raw_message_broker = message_broker
+        self.raw_args_bucket_broker = args_bucket_broker
+        self.raw_results_bucket_broker = results_bucket_broker
+        self.middleware = MiddlewareDispatcher()
+        self.message_broker: Any = message_broker
+        self.args_bucket_broker: Any = args_bucket_broker
+        self.results_bucket_broker: Any = results_bucket_broker
+        self.is_open = False
+
+    def use_middlewares(self, dispatcher: MiddlewareDispatcher) -> None:
+        """Route every broker call through `dispatcher` (done by `Repid`)."""
+        self.middleware = dispatcher
+        self.message_broker = instrument_message_broker(self.raw_message_broker, dispatcher)
+        self.args_bucket_broker = instrument_bucket_broker(self.raw_args_bucket_broker, dispatcher)
+        self.results_bucket_broker = instrument_bucket_broker(
+            self.raw_results_bucket_broker, dispatcher
+        )
+
+    async def connect(self) -> Connection:
+        """Connect every broker; idempotent."""
+        if self.is_open:
+            return self
+        await self.raw_message_broker.connect()
+        if self.raw_args_bucket_broker is not None:
+            await self.raw_args_bucket_broker.connect()
+        if self.raw_results_bucket_broker is not None:
+            await self.raw_results_bucket_broker.connect()
+        self.is_open = True
+        return self
+
+    async def disconnect(self) -> None:
+        """Disconnect every broker; idempotent."""
+        if not self.is_open:
+            return
+        self.is_open = False
+        await self.raw_message_broker.disconnect()
+        if self.raw_args_bucket_broker is not None:
+            await self.raw_args_bucket_broker.disconnect()
+        if self.raw_results_bucket_broker is not None:
+            await self.raw_results_bucket_broker.disconnect()
+
+    async def __aenter__(self) -> Connection:
+        return await self.connect()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.disconnect()

@@ -1,0 +1,445 @@
+"""The data that travels with every message: routing key, parameters, dead-letter details, buckets.
+
+Treat these objects as immutable (they are not frozen only because frozen dataclasses are slow to
+build on the hot path): the worker derives new ones (`Parameters.for_retry`, ...) instead of
+mutating what a broker handed out. `encode()`/`decode()` give the compact JSON-able form used by
+the network brokers' envelope (see `repid.codec`).
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = [
+    "ArgsBucket",
+    "BucketT",
+    "DeadLetterInfo",
+    "DeadLetterReason",
+    "DelayProperties",
+    "MessageCategory",
+    "Parameters",
+    "ParametersT",
+    "PrioritiesT",
+    "ResultBucket",
+    "ResultBucketT",
+    "ResultProperties",
+    "RetriesProperties",
+    "RoutingKey",
+    "RoutingKeyT",
+    "TimerProperties",
+]
+
+
+class PrioritiesT(enum.IntEnum):
+    """Message priority. Among ready messages of a queue, HIGH runs before MEDIUM before LOW."""
+
+    HIGH = 0
+    MEDIUM = 1
+    LOW = 2
+
+
+class MessageCategory(str, enum.Enum):
+    """The part of a queue a message lives in."""
+
+    NORMAL = "normal"
+    DELAYED = "delayed"
+    DEAD = "dead"
+
+
+class DeadLetterReason(str, enum.Enum):
+    """Why a message ended in the dead part of its queue."""
+
+    DECODE_ERROR = "decode_error"
+    UNKNOWN_ACTOR = "unknown_actor"
+    VALIDATION_ERROR = "validation_error"
+    EXCEPTION = "exception"
+    TIMEOUT = "timeout"
+    EXPIRED = "expired"
+    MANUAL = "manual"
+
+
+@runtime_checkable
+class RoutingKeyT(Protocol):
+    """What routes a message: its id, the actor name (`topic`), its queue and priority."""
+
+    @property
+    def id_(self) -> str: ...
+
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def queue(self) -> str: ...
+
+    @property
+    def priority(self) -> int: ...
+
+
+@dataclass(slots=True, unsafe_hash=True)
+class RoutingKey:
+    """Concrete routing key."""
+
+    id_: str
+    topic: str
+    queue: str = "default"
+    priority: int = PrioritiesT.MEDIUM.value
+
+    def encode(self) -> list[Any]:
+        return [self.id_, self.topic, self.queue, int(self.priority)]
+
+    @classmethod
+    def decode(cls, raw: Any) -> RoutingKey:
+        id_, topic, queue, priority = raw
+        if not (isinstance(id_, str) and isinstance(topic, str) and isinstance(queue, str)):
+            raise TypeError("routing key fields must be strings")
+        return cls(id_, topic, queue, int(priority))
+
+
+def _td(seconds: float | None) -> timedelta | None:
+    return None if seconds is None else timedelta(seconds=seconds)
+
+
+def _secs(value: timedelta | None) -> float | None:
+    return None if value is None else value.total_seconds()
+
+
+def _dt(ts: float | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(ts, tz=timezone.utc)
+
+
+def _ts(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+@dataclass(slots=True, unsafe_hash=True)
+class RetriesProperties:
+    """`max_amount` retries allowed after the first attempt; `actual_amount` already used."""
+
+    max_amount: int = 0
+    actual_amount: int = 0
+
+    @property
+    def left(self) -> int:
+        return self.max_amount - self.actual_amount
+
+
+@dataclass(slots=True, unsafe_hash=True)
+class ResultProperties:
+    """Where (and for how long) the actor's result is stored."""
+
+    id_: str
+    ttl: timedelta | None = None
+
+
+@dataclass(slots=True, unsafe_hash=True)
+class DelayProperties:
+    """Scheduling: a one-off `delay_until`, or recurrence by `defer_by` interval or `cron`."""
+
+    delay_until: datetime | None = None
+    defer_by: timedelta | None = None
+    cron: str | None = None
+    next_execution_time: datetime | None = None
+
+    @property
+    def is_recurring(self) -> bool:
+        return self.defer_by is not None or self.cron is not None
+
+
+@dataclass(slots=True, unsafe_hash=True)
+class TimerProperties:
+    """When the message was created and how long it may wait before it expires."""
+
+    timestamp: datetime
+    ttl: timedelta | None = None
+
+    @property
+    def is_overdue(self) -> bool:
+        return self.ttl is not None and (self.timestamp + self.ttl).timestamp() < time.time()
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterInfo:
+    """Why and when a message was dead-lettered, with the error that caused it."""
+
+    reason: str
+    error_type: str | None = None
+    error_message: str | None = None
+    traceback: str | None = None
+    attempts: int = 0
+    dead_at: float = field(default_factory=time.time)
+
+    def encode(self) -> dict[str, Any]:
+        return {
+            "reason": self.reason,
+            "error_type": self.error_type,
+            "error_message": self.error_message,
+            "traceback": self.traceback,
+            "attempts": self.attempts,
+            "dead_at": self.dead_at,
+        }
+
+    @classmethod
+    def decode(cls, raw: Mapping[str, Any]) -> DeadLetterInfo:
+        return cls(
+            reason=str(raw["reason"]),
+            error_type=raw.get("error_type"),
+            error_message=raw.get("error_message"),
+            traceback=raw.get("traceback"),
+            attempts=int(raw.get("attempts", 0)),
+            dead_at=float(raw.get("dead_at", 0.0)),
+        )
+
+
+_NO_DELAY = DelayProperties()
+_NO_RETRIES = RetriesProperties()
+
+
+@runtime_checkable
+class ParametersT(Protocol):
+    """Execution parameters carried by a message (1.6 protocol name)."""
+
+    @property
+    def execution_timeout(self) -> timedelta: ...
+
+    @property
+    def retries(self) -> RetriesProperties: ...
+
+    @property
+    def result(self) -> ResultProperties | None: ...
+
+    @property
+    def delay(self) -> DelayProperties: ...
+
+    @property
+    def timer(self) -> TimerProperties: ...
+
+
+@dataclass(slots=True)
+class Parameters:
+    """Execution parameters of one message."""
+
+    execution_timeout: timedelta = timedelta(minutes=10)
+    retries: RetriesProperties = _NO_RETRIES
+    result: ResultProperties | None = None
+    delay: DelayProperties = _NO_DELAY
+    timer: TimerProperties = field(
+        default_factory=lambda: TimerProperties(datetime.now(tz=timezone.utc))
+    )
+    args_id: str | None = None
+    """Set when the arguments live in the args bucket instead of the payload."""
+    dead_letter: DeadLetterInfo | None = None
+    headers: Mapping[str, str] | None = None
+    """Free-form string headers (e.g. trace context)."""
+
+    @property
+    def attempt(self) -> int:
+        """1-based number of the attempt this message represents."""
+        return self.retries.actual_amount + 1
+
+    @property
+    def not_before(self) -> float | None:
+        """Epoch seconds before which the message must not run, if any."""
+        when = self.delay.next_execution_time or self.delay.delay_until
+        return None if when is None else when.timestamp()
+
+    def for_retry(self, delay: timedelta) -> Parameters:
+        """Parameters of the next attempt: one more retry used, not before now + `delay`."""
+        return replace(
+            self,
+            retries=RetriesProperties(self.retries.max_amount, self.retries.actual_amount + 1),
+            delay=replace(
+                self.delay,
+                next_execution_time=datetime.now(tz=timezone.utc) + delay,
+            ),
+        )
+
+    def for_delay(self, delay: timedelta) -> Parameters:
+        """Same attempt, not before now + `delay` (used by snooze/reschedule)."""
+        return replace(
+            self,
+            delay=replace(self.delay, next_execution_time=datetime.now(tz=timezone.utc) + delay),
+        )
+
+    def for_next_tick(self, now: datetime | None = None) -> Parameters:
+        """Parameters of a recurring job's next run; retries reset, timer restarted."""
+        now = now or datetime.now(tz=timezone.utc)
+        return replace(
+            self,
+            retries=RetriesProperties(self.retries.max_amount, 0),
+            delay=replace(self.delay, next_execution_time=next_tick(self.delay, now)),
+            timer=TimerProperties(now, self.timer.ttl),
+            dead_letter=None,
+        )
+
+    def for_dead_letter(self, info: DeadLetterInfo) -> Parameters:
+        return replace(self, dead_letter=info)
+
+    def for_requeue_from_dead(self) -> Parameters:
+        """A dead letter sent back to work: fresh retries, no delay, no dead-letter details."""
+        return replace(
+            self,
+            retries=RetriesProperties(self.retries.max_amount, 0),
+            delay=replace(self.delay, next_execution_time=None, delay_until=None),
+            timer=TimerProperties(datetime.now(tz=timezone.utc), self.timer.ttl),
+            dead_letter=None,
+        )
+
+    def encode(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "t": _secs(self.execution_timeout),
+            "ts": self.timer.timestamp.timestamp(),
+        }
+        if self.retries.max_amount or self.retries.actual_amount:
+            out["r"] = [self.retries.max_amount, self.retries.actual_amount]
+        if self.result is not None:
+            out["res"] = [self.result.id_, _secs(self.result.ttl)]
+        d = self.delay
+        if d is not _NO_DELAY and (d.delay_until or d.defer_by or d.cron or d.next_execution_time):
+            out["d"] = [_ts(d.delay_until), _secs(d.defer_by), d.cron, _ts(d.next_execution_time)]
+        if self.timer.ttl is not None:
+            out["ttl"] = _secs(self.timer.ttl)
+        if self.args_id is not None:
+            out["a"] = self.args_id
+        if self.dead_letter is not None:
+            out["dl"] = self.dead_letter.encode()
+        if self.headers:
+            out["h"] = dict(self.headers)
+        return out
+
+    @classmethod
+    def decode(cls, raw: Mapping[str, Any]) -> Parameters:
+        retries = raw.get("r")
+        result = raw.get("res")
+        delay = raw.get("d")
+        dead_letter = raw.get("dl")
+        timeout = raw.get("t")
+        return cls(
+            execution_timeout=timedelta(seconds=timeout if timeout is not None else 600),
+            retries=RetriesProperties(int(retries[0]), int(retries[1])) if retries else _NO_RETRIES,
+            result=ResultProperties(str(result[0]), _td(result[1])) if result else None,
+            delay=DelayProperties(_dt(delay[0]), _td(delay[1]), delay[2], _dt(delay[3]))
+            if delay
+            else _NO_DELAY,
+            timer=TimerProperties(_dt(raw["ts"]) or datetime.now(tz=timezone.utc), _td(raw.get("ttl"))),
+            args_id=raw.get("a"),
+            dead_letter=DeadLetterInfo.decode(dead_letter) if dead_letter else None,
+            headers=raw.get("h"),
+        )
+
+
+def next_tick(delay: DelayProperties, now: datetime) -> datetime | None:
+    """The next run time of a recurring schedule strictly after `now`.
+
+    Interval schedules keep their phase: a tick missed while no worker ran is coalesced into one
+    run at the next tick (no burst of catch-up runs).
+    """
+    if delay.cron is not None:
+        from croniter import croniter  # optional dependency: `repid[cron]`
+
+        nxt: datetime = croniter(delay.cron, now).get_next(datetime)
+        return nxt
+    if delay.defer_by is not None:
+        step = delay.defer_by.total_seconds()
+        previous = delay.next_execution_time or now
+        elapsed = now.timestamp() - previous.timestamp()
+        if elapsed < 0:
+            return previous
+        ticks = int(elapsed // step) + 1
+        return previous + timedelta(seconds=ticks * step)
+    return None
+
+
+@runtime_checkable
+class BucketT(Protocol):
+    """Something stored in a bucket broker (1.6 protocol name)."""
+
+    data: str
+    ttl: timedelta | None
+
+    def encode(self) -> str: ...
+
+
+@runtime_checkable
+class ResultBucketT(BucketT, Protocol):
+    """A stored actor result (1.6 protocol name)."""
+
+    success: bool
+    started_when: int
+    finished_when: int
+    exception: str | None
+
+
+@dataclass(slots=True)
+class ArgsBucket:
+    """Job arguments stored outside the message."""
+
+    data: str
+    ttl: timedelta | None = None
+    timestamp: float = field(default_factory=time.time)
+
+    def encode(self) -> str:
+        from pydantic_core import to_json
+
+        return to_json({"k": "args", "data": self.data, "ttl": _secs(self.ttl), "ts": self.timestamp}).decode()
+
+    @classmethod
+    def decode(cls, raw: str | bytes) -> ArgsBucket:
+        from pydantic_core import from_json
+
+        obj = from_json(raw)
+        return cls(data=obj["data"], ttl=_td(obj.get("ttl")), timestamp=obj.get("ts", 0.0))
+
+
+@dataclass(slots=True)
+class ResultBucket:
+    """The outcome of an actor run: `data` is the JSON-encoded return value.
+
+    `started_when`/`finished_when` are epoch nanoseconds (as in repid 1.6).
+    """
+
+    data: str
+    success: bool = True
+    started_when: int = 0
+    finished_when: int = 0
+    exception: str | None = None
+    exception_type: str | None = None
+    ttl: timedelta | None = None
+    timestamp: float = field(default_factory=time.time)
+
+    def encode(self) -> str:
+        from pydantic_core import to_json
+
+        return to_json(
+            {
+                "k": "result",
+                "data": self.data,
+                "success": self.success,
+                "started_when": self.started_when,
+                "finished_when": self.finished_when,
+                "exception": self.exception,
+                "exception_type": self.exception_type,
+                "ttl": _secs(self.ttl),
+                "ts": self.timestamp,
+            }
+        ).decode()
+
+    @classmethod
+    def decode(cls, raw: str | bytes) -> ResultBucket:
+        from pydantic_core import from_json
+
+        obj = from_json(raw)
+        return cls(
+            data=obj["data"],
+            success=bool(obj["success"]),
+            started_when=int(obj.get("started_when", 0)),
+            finished_when=int(obj.get("finished_when", 0)),
+            exception=obj.get("exception"),
+            exception_type=obj.get("exception_type"),
+            ttl=_td(obj.get("ttl")),
+            timestamp=obj.get("ts", 0.0),
+        )

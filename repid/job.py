@@ -1,0 +1,310 @@
+"""`Job`: what to run (an actor name and its arguments) and how (queue, priority, schedule, retries)."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+
+from repid.data import (
+    ArgsBucket,
+    DelayProperties,
+    Parameters,
+    PrioritiesT,
+    ResultBucket,
+    ResultProperties,
+    RetriesProperties,
+    RoutingKey,
+    TimerProperties,
+    next_tick,
+)
+from repid.errors import ConfigurationError
+from repid.main import Repid
+from repid.queue import Queue, validate_name
+from repid.serializer import SerializerT, default_serializer, serialize_args
+
+if TYPE_CHECKING:
+    from repid.connection import Connection
+
+__all__ = ["Job"]
+
+_ID = re.compile(r"[a-zA-Z0-9_\-]+")
+_ONE_SECOND = timedelta(seconds=1)
+_TEN_MINUTES = timedelta(minutes=10)
+_ONE_DAY = timedelta(days=1)
+_NO_RETRIES = RetriesProperties()
+_NO_DELAY = DelayProperties()
+_UNSET: Any = object()
+
+
+def new_id() -> str:
+    """A random 32-hex-digit id (same shape as `uuid4().hex`)."""
+    return os.urandom(16).hex()
+
+
+def _duration(value: timedelta | float | None, what: str) -> timedelta | None:
+    if value is None:
+        return None
+    if isinstance(value, int | float):
+        value = timedelta(seconds=value)
+    if not isinstance(value, timedelta):
+        raise ConfigurationError(f"{what} must be a timedelta, got {type(value).__name__}")
+    if value < _ONE_SECOND:
+        raise ConfigurationError(f"{what} must be at least one second, got {value}")
+    return value
+
+
+def _validate_id(value: str | None, what: str) -> str | None:
+    if value is not None and (not isinstance(value, str) or _ID.fullmatch(value) is None):
+        raise ConfigurationError(f"{what} {value!r} is invalid: use letters, digits, _ and -")
+    return value
+
+
+class Job:
+    """Describes what to run and how; `await job.enqueue()` sends one message for it.
+
+    Args:
+        name: the actor to run (`[a-zA-Z_][a-zA-Z0-9_-]*`).
+        queue: queue name or `Queue`.
+        priority: `PrioritiesT.HIGH`, `MEDIUM` (default) or `LOW`.
+        id_: a fixed message id; such a job is unique: enqueuing it while a message with this id
+            is pending does not create a second one. Default: a new random id per enqueue.
+        deferred_until: do not run before this time.
+        deferred_by: run every interval (recurring).
+        cron: run on this cron schedule (recurring; needs `repid[cron]`).
+        retries: how many times a failed run is retried before the job is dead-lettered.
+        timeout: maximum run time of one attempt.
+        ttl: a message not started within `ttl` of its enqueue is dead-lettered as expired.
+        args_id: id of the args bucket (default: random) when args are stored in a bucket.
+        args_ttl: lifetime of the args bucket.
+        args: keyword arguments of the actor (JSON-serialisable; pydantic models, dataclasses,
+            datetimes and the like are accepted).
+        use_args_bucketer: store the args in the args bucket broker (default: when it exists).
+        result_id: id under which the result is stored (default: random per enqueue).
+        result_ttl: lifetime of the stored result.
+        store_result: store the result (default: when a results bucket broker exists).
+        serializer: turns `args` into JSON text.
+    """
+
+    __slots__ = (
+        "_args_payload",
+        "_connection",
+        "_last_result_id",
+        "args",
+        "args_id",
+        "args_ttl",
+        "cron",
+        "deferred_by",
+        "deferred_until",
+        "id_",
+        "name",
+        "priority",
+        "queue",
+        "result_id",
+        "result_ttl",
+        "retries",
+        "serializer",
+        "store_result",
+        "timeout",
+        "ttl",
+        "use_args_bucketer",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        queue: str | Queue = "default",
+        priority: PrioritiesT = PrioritiesT.MEDIUM,
+        id_: str | None = None,
+        deferred_until: datetime | None = None,
+        deferred_by: timedelta | None = None,
+        cron: str | None = None,
+        retries: int = 0,
+        timeout: timedelta = _TEN_MINUTES,
+        ttl: timedelta | None = None,
+        args_id: str | None = None,
+        args_ttl: timedelta | None = None,
+        args: Mapping[str, Any] | None = None,
+        use_args_bucketer: bool | None = None,
+        result_id: str | None = None,
+        result_ttl: timedelta | None = _ONE_DAY,
+        store_result: bool | None = None,
+        serializer: SerializerT = default_serializer,
+        _connection: Connection | None = None,
+    ) -> None:
+        self.name = validate_name(name, "job name")
+        self.queue = queue if isinstance(queue, Queue) else _queue(queue, _connection)
+        self.priority = priority if type(priority) is PrioritiesT else PrioritiesT(priority)
+        self.id_ = _validate_id(id_, "job id")
+        if cron is not None and deferred_by is not None:
+            raise ConfigurationError("cron and deferred_by are mutually exclusive")
+        if cron is not None:
+            _validate_cron(cron)
+        if deferred_until is not None and deferred_until.tzinfo is None:
+            deferred_until = deferred_until.astimezone()  # naive means local time
+        self.deferred_until = deferred_until
+        self.deferred_by = _duration(deferred_by, "deferred_by")
+        self.cron = cron
+        if not isinstance(retries, int) or retries < 0:
+            raise ConfigurationError(f"retries must be an integer >= 0, got {retries!r}")
+        self.retries = retries
+        self.timeout = (
+            timeout if timeout is _TEN_MINUTES else _duration(timeout, "timeout") or _TEN_MINUTES
+        )
+        self.ttl = _duration(ttl, "ttl")
+        self.args_id = _validate_id(args_id, "args id")
+        self.args_ttl = _duration(args_ttl, "args_ttl")
+        if args is not None and type(args) is not dict and not isinstance(args, Mapping):
+            raise ConfigurationError(
+                f"args must be a mapping of keyword arguments, got {type(args).__name__}"
+            )
+        self.args = args
+        self.use_args_bucketer = use_args_bucketer
+        self.result_id = _validate_id(result_id, "result id")
+        self.result_ttl = result_ttl if result_ttl is _ONE_DAY else _duration(result_ttl, "result_ttl")
+        self.store_result = store_result
+        self.serializer = serializer
+        self._connection = _connection
+        self._args_payload: str | None = None
+        self._last_result_id: str | None = result_id
+
+    # -- properties ---------------------------------------------------------------------------
+
+    @property
+    def connection(self) -> Connection:
+        if self._connection is not None:
+            return self._connection
+        connection = Repid._magic_connection
+        if connection is None:
+            return Repid.get_magic_connection()  # raises with the explanation
+        return connection
+
+    @property
+    def is_unique(self) -> bool:
+        """An `id_` was given: the job is not duplicated while a message of it is pending."""
+        return self.id_ is not None
+
+    @property
+    def is_deferred(self) -> bool:
+        return self.deferred_until is not None or self.deferred_by is not None or self.cron is not None
+
+    @property
+    def is_overdue(self) -> bool:
+        """`deferred_until` has passed."""
+        return self.deferred_until is not None and self.deferred_until < datetime.now(tz=timezone.utc)
+
+    @property
+    def payload(self) -> str:
+        """The JSON text of `args` (serialised once, on first use)."""
+        if self._args_payload is None:
+            self._args_payload = "" if self.args is None else serialize_args(self.args, self.serializer)
+        return self._args_payload
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def _build(self, connection: Connection) -> tuple[RoutingKey, str, Parameters]:
+        payload = self.payload
+        now = datetime.now(tz=timezone.utc)
+        delay = _NO_DELAY
+        if self.deferred_until is not None or self.deferred_by is not None or self.cron is not None:
+            delay = DelayProperties(self.deferred_until, self.deferred_by, self.cron, None)
+            if self.deferred_until is None:
+                delay = DelayProperties(None, self.deferred_by, self.cron, next_tick(delay, now))
+        result = None
+        store = self.store_result
+        if store is None:
+            store = connection.results_bucket_broker is not None
+        if store:
+            if connection.results_bucket_broker is None:
+                raise ConfigurationError(
+                    "store_result=True needs a Connection with a results_bucket_broker"
+                )
+            self._last_result_id = self.result_id or new_id()
+            result = ResultProperties(self._last_result_id, self.result_ttl)
+        params = Parameters(
+            self.timeout,
+            RetriesProperties(self.retries, 0) if self.retries else _NO_RETRIES,
+            result,
+            delay,
+            TimerProperties(now, self.ttl),
+        )
+        key = RoutingKey(self.id_ or new_id(), self.name, self.queue.name, self.priority.value)
+        return key, payload, params
+
+    async def enqueue(self) -> Job:
+        """Send one message for this job. Returns the job (so `await job.enqueue()` chains).
+
+        Raises:
+            SerializationError: `args` cannot be serialised (the argument is named); nothing sent.
+            QueueNotDeclaredError: the queue does not exist (in-memory broker).
+            MessageTooLargeError: the message exceeds the broker's limit; nothing sent.
+            BrokerUnavailableError: the broker stayed unreachable past its timeout.
+        """
+        connection = self.connection
+        key, payload, params = self._build(connection)
+        use_bucket = self.use_args_bucketer
+        if use_bucket is None:
+            use_bucket = connection.args_bucket_broker is not None and bool(payload)
+        if use_bucket:
+            if connection.args_bucket_broker is None:
+                raise ConfigurationError(
+                    "use_args_bucketer=True needs a Connection with an args_bucket_broker"
+                )
+            args_id = self.args_id or new_id()
+            await connection.args_bucket_broker.store_bucket(
+                args_id, ArgsBucket(data=payload, ttl=self.args_ttl)
+            )
+            params = Parameters(
+                params.execution_timeout,
+                params.retries,
+                params.result,
+                params.delay,
+                params.timer,
+                args_id=args_id,
+            )
+            payload = ""
+        await connection.message_broker.enqueue(key, payload, params)
+        return self
+
+    @property
+    async def result(self) -> ResultBucket | None:
+        """The stored result of the last enqueued run (None if not stored yet).
+
+        Raises:
+            ConfigurationError: the connection has no results bucket broker.
+        """
+        broker = self.connection.results_bucket_broker
+        if broker is None:
+            raise ConfigurationError("`job.result` needs a Connection with a results_bucket_broker")
+        if self._last_result_id is None:
+            return None
+        bucket = await broker.get_bucket(self._last_result_id)
+        return bucket if bucket is None or isinstance(bucket, ResultBucket) else None
+
+    def __repr__(self) -> str:
+        return f"Job(name={self.name!r}, queue={self.queue.name!r}, id_={self.id_!r})"
+
+
+_QUEUES: dict[str, Queue] = {}
+
+
+def _queue(name: str, connection: Connection | None) -> Queue:
+    if connection is not None:
+        return Queue(name, _connection=connection)
+    queue = _QUEUES.get(name)
+    if queue is None:
+        queue = Queue(name)
+        if len(_QUEUES) < 10_000:
+            _QUEUES[name] = queue
+    return queue
+
+
+def _validate_cron(cron: str) -> None:
+    try:
+        from croniter import croniter
+    except ImportError as exc:  # pragma: no cover - depends on the extra
+        raise ConfigurationError("cron jobs need croniter: pip install 'repid[cron]'") from exc
+    if not croniter.is_valid(cron):
+        raise ConfigurationError(f"cron expression {cron!r} is invalid")

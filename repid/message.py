@@ -1,0 +1,175 @@
+"""`Message`: one delivered message, settled by the code holding it.
+
+Messages come from `Queue.get_messages()` (browsing or manual consumption) or are injected into an
+actor through a `MessageDependency` parameter. Once settled (ack, nack, reject, retry, ...), a
+message is read-only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from repid.data import (
+    DeadLetterInfo,
+    DeadLetterReason,
+    MessageCategory,
+    Parameters,
+    RoutingKey,
+)
+from repid.retry_policy import RetryPolicyT, default_retry_policy_factory, retry_delay
+
+if TYPE_CHECKING:
+    from repid.brokers.base import Delivery, MessageBrokerT
+
+__all__ = ["Message", "MessageDependency", "MessageReadOnlyError"]
+
+_DEFAULT_POLICY = default_retry_policy_factory()
+
+
+class MessageReadOnlyError(RuntimeError):
+    """The message was already settled."""
+
+
+class Message:
+    """A delivered message and the operations that settle it."""
+
+    __slots__ = ("_broker", "_delivery", "_retry_policy", "outcome", "read_only")
+
+    def __init__(
+        self,
+        delivery: Delivery,
+        broker: MessageBrokerT,
+        retry_policy: RetryPolicyT | None = None,
+    ) -> None:
+        self._delivery = delivery
+        self._broker = broker
+        self._retry_policy = retry_policy or _DEFAULT_POLICY
+        self.read_only = False
+        self.outcome: str | None = None
+        """What settled the message: "ack", "nack", "reject", "retry" or "reschedule"."""
+
+    @property
+    def key(self) -> RoutingKey:
+        return self._delivery.key
+
+    @property
+    def raw_payload(self) -> str:
+        return self._delivery.payload
+
+    @property
+    def parameters(self) -> Parameters:
+        return self._delivery.parameters
+
+    @property
+    def category(self) -> MessageCategory:
+        return self._delivery.category
+
+    @property
+    def delivery(self) -> Delivery:
+        return self._delivery
+
+    @property
+    def dead_letter(self) -> DeadLetterInfo | None:
+        """Why the message is dead (DEAD category only)."""
+        return self._delivery.parameters.dead_letter
+
+    def _settle(self, outcome: str) -> None:
+        if self.read_only:
+            raise MessageReadOnlyError(f"message {self.key.id_} was already settled ({self.outcome})")
+        self.read_only = True
+        self.outcome = outcome
+
+    async def ack(self) -> None:
+        """Done: remove the message (a dead or delayed message is deleted)."""
+        self._settle("ack")
+        await self._broker.ack(self._delivery)
+
+    async def nack(self, reason: str = DeadLetterReason.MANUAL.value) -> None:
+        """Move the message to the dead part of its queue."""
+        self._settle("nack")
+        params = self._delivery.parameters
+        info = DeadLetterInfo(reason=reason, attempts=params.attempt)
+        await self._broker.nack(self._delivery, params.for_dead_letter(info))
+
+    async def reject(self) -> None:
+        """Return the message to its queue without counting an attempt."""
+        self._settle("reject")
+        await self._broker.reject(self._delivery)
+
+    async def reschedule(self) -> None:
+        """Run again at the next tick of its schedule (recurring jobs), else return to the queue."""
+        self._settle("reschedule")
+        params = self._delivery.parameters
+        if params.delay.is_recurring:
+            await self._broker.requeue(self._delivery, None, params.for_next_tick())
+        elif self._delivery.category is MessageCategory.DEAD:
+            await self._broker.requeue(self._delivery, None, params.for_requeue_from_dead())
+        else:
+            await self._broker.reject(self._delivery)
+
+    async def retry(self, next_retry: timedelta | None = None) -> None:
+        """Retry after `next_retry` (default: the retry policy's delay), counting an attempt.
+
+        Raises `ValueError` when the job has no retries left. A dead message is sent back to
+        the queue with fresh retries.
+        """
+        params = self._delivery.parameters
+        if self._delivery.category is not MessageCategory.DEAD and params.retries.left <= 0:
+            raise ValueError(f"message {self.key.id_} has no retries left")
+        await self.force_retry(next_retry)
+
+    async def force_retry(self, next_retry: timedelta | None = None) -> None:
+        """Retry even when the retries are exhausted."""
+        self._settle("retry")
+        params = self._delivery.parameters
+        if self._delivery.category is MessageCategory.DEAD:
+            new = params.for_requeue_from_dead()
+            if next_retry:
+                new = new.for_delay(next_retry)
+        else:
+            delay = next_retry
+            if delay is None:
+                delay = retry_delay(self._retry_policy, params.retries.actual_amount + 1)
+            new = params.for_retry(delay)
+        await self._broker.requeue(self._delivery, None, new)
+
+    def __repr__(self) -> str:
+        return f"Message(key={self.key!r}, category={self.category.value}, read_only={self.read_only})"
+
+
+class MessageDependency(Message):
+    """Annotate an actor parameter with this type to receive the message being processed.
+
+    Settling it from the actor (`ack`, `nack`, `reject`, `retry`, `reschedule`) decides the outcome
+    and the worker will not settle it again. `set_result`/`set_exception` change what is stored
+    as the job's result; `add_callback` registers a function called after the message is settled.
+    """
+
+    __slots__ = ("_callbacks", "_exception", "_result", "_result_set")
+
+    def __init__(
+        self,
+        delivery: Delivery,
+        broker: MessageBrokerT,
+        retry_policy: RetryPolicyT | None = None,
+    ) -> None:
+        super().__init__(delivery, broker, retry_policy)
+        self._result: Any = None
+        self._result_set = False
+        self._exception: BaseException | None = None
+        self._callbacks: list[Callable[[], Any]] = []
+
+    def set_result(self, value: Any) -> None:
+        """Store `value` as the job's result instead of the actor's return value."""
+        self._result = value
+        self._result_set = True
+
+    def set_exception(self, exc: BaseException) -> None:
+        """Record the job as failed with `exc` (the actor's return value is ignored)."""
+        self._exception = exc
+
+    def add_callback(self, fn: Callable[[], Any]) -> None:
+        """Call `fn()` (sync or async) once the message has been settled."""
+        self._callbacks.append(fn)

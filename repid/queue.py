@@ -1,0 +1,106 @@
+"""`Queue`: declare, flush, delete a queue and browse its messages."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Sequence
+
+from repid.connection import Connection
+from repid.data import MessageCategory
+from repid.main import Repid
+from repid.message import Message
+
+__all__ = ["Queue", "validate_name"]
+
+_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_\-]*")
+
+
+_VALID_NAMES: set[str] = set()
+
+
+def validate_name(value: str, what: str) -> str:
+    """Names of actors and queues: `[a-zA-Z_][a-zA-Z0-9_-]*`."""
+    if value in _VALID_NAMES:
+        return value
+    if not isinstance(value, str) or _NAME.fullmatch(value) is None:
+        raise ValueError(
+            f"{what} {value!r} is invalid: it must start with a letter or underscore and contain "
+            "only letters, digits, underscores and dashes"
+        )
+    if len(_VALID_NAMES) < 10_000:
+        _VALID_NAMES.add(value)
+    return value
+
+
+class Queue:
+    """A named queue on the connection's message broker.
+
+    Args:
+        name: the queue's name (`[a-zA-Z_][a-zA-Z0-9_-]*`).
+    """
+
+    __slots__ = ("_connection", "name")
+
+    def __init__(self, name: str = "default", _connection: Connection | None = None) -> None:
+        self.name = validate_name(name, "queue name")
+        self._connection = _connection
+
+    @property
+    def connection(self) -> Connection:
+        if self._connection is not None:
+            return self._connection
+        return Repid.get_magic_connection()
+
+    async def declare(self) -> None:
+        """Create the queue on the broker (no effect if it exists)."""
+        await self.connection.message_broker.queue_declare(self.name)
+
+    async def flush(self) -> None:
+        """Remove every message of the queue (ready, delayed and dead)."""
+        await self.connection.message_broker.queue_flush(self.name)
+
+    async def delete(self) -> None:
+        """Delete the queue and its messages."""
+        await self.connection.message_broker.queue_delete(self.name)
+
+    async def get_messages(
+        self,
+        topics: Sequence[str] | None = None,
+        max_unacked_messages: int | None = None,
+        category: MessageCategory = MessageCategory.NORMAL,
+    ) -> AsyncIterator[Message]:
+        """Yield the messages now in one part of the queue, then stop.
+
+        NORMAL messages are consumed (leased): settle each one (`ack`, `reject`, ...); unsettled
+        ones return to the queue when their lease ends. DELAYED and DEAD messages are browsed:
+        `ack()` deletes one, `retry()` sends a dead one back to work, `reject()` leaves it.
+        """
+        broker = self.connection.message_broker
+        consumer = broker.get_consumer(self.name, topics, max_unacked_messages, category)
+        await consumer.start()
+        handed_out: list[Message] = []
+        try:
+            while True:
+                batch = await consumer.fetch(100, 0.0)
+                if not batch:
+                    return
+                for delivery in batch:
+                    message = Message(delivery, broker)
+                    if category is MessageCategory.NORMAL:
+                        handed_out.append(message)
+                    yield message
+        finally:
+            # Messages the caller did not settle go back to the queue at once.
+            for message in handed_out:
+                if not message.read_only:
+                    await message.reject()
+            await consumer.finish()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Queue) and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    def __repr__(self) -> str:
+        return f"Queue(name={self.name!r})"

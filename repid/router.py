@@ -1,0 +1,144 @@
+"""`Router` and `@router.actor`: register functions as actors, by name."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, overload
+
+from repid.converter import ConverterT, DefaultConverter
+from repid.dependencies import Depends, find_injected_parameters
+from repid.queue import validate_name
+from repid.retry_policy import RetryPolicyT, default_retry_policy_factory
+
+__all__ = ["ActorData", "Router", "RouterDefaults"]
+
+FnT = TypeVar("FnT", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class RouterDefaults:
+    """Defaults applied to the actors of a router that do not set their own."""
+
+    queue: str = "default"
+    retry_policy: RetryPolicyT = field(default_factory=default_retry_policy_factory)
+    run_in_process: bool = False
+    converter: type[ConverterT] = DefaultConverter
+
+
+class ActorData:
+    """An actor: its function and how to run it (built once, used for every message)."""
+
+    __slots__ = (
+        "converter",
+        "depends",
+        "fn",
+        "is_async",
+        "message_params",
+        "name",
+        "queue",
+        "retry_policy",
+        "run_in_process",
+    )
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        name: str,
+        queue: str,
+        retry_policy: RetryPolicyT,
+        run_in_process: bool,
+        converter: ConverterT,
+    ) -> None:
+        self.fn = fn
+        self.name = name
+        self.queue = queue
+        self.retry_policy = retry_policy
+        self.run_in_process = run_in_process
+        self.converter = converter
+        self.is_async = inspect.iscoroutinefunction(fn)
+        depends, message_params = find_injected_parameters(fn)
+        self.depends: dict[str, Depends] = depends
+        self.message_params: list[str] = message_params
+        if run_in_process and self.is_async:
+            raise ValueError(f"actor {name!r}: run_in_process needs a synchronous function")
+
+    def __repr__(self) -> str:
+        return f"ActorData(name={self.name!r}, queue={self.queue!r})"
+
+
+class Router:
+    """A collection of actors. `Worker` is itself a router.
+
+    Args:
+        defaults: values for the actors that do not set their own.
+    """
+
+    def __init__(self, *, defaults: RouterDefaults | None = None) -> None:
+        self.defaults = defaults or RouterDefaults()
+        self.actors: dict[str, ActorData] = {}
+
+    @property
+    def topics_by_queue(self) -> dict[str, frozenset[str]]:
+        """Actor names grouped by the queue they listen on."""
+        out: dict[str, set[str]] = {}
+        for actor in self.actors.values():
+            out.setdefault(actor.queue, set()).add(actor.name)
+        return {queue: frozenset(names) for queue, names in out.items()}
+
+    @overload
+    def actor(self, fn: FnT, /) -> FnT: ...
+
+    @overload
+    def actor(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        retry_policy: RetryPolicyT | None = None,
+        run_in_process: bool | None = None,
+        converter: type[ConverterT] | None = None,
+    ) -> Callable[[FnT], FnT]: ...
+
+    def actor(
+        self,
+        fn: FnT | None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        retry_policy: RetryPolicyT | None = None,
+        run_in_process: bool | None = None,
+        converter: type[ConverterT] | None = None,
+    ) -> FnT | Callable[[FnT], FnT]:
+        """Register a function as an actor; returns the function unchanged.
+
+        Usable bare (`@router.actor`) or with arguments (`@router.actor(name=..., queue=...)`).
+        """
+
+        def register(function: FnT) -> FnT:
+            actor_name = validate_name(name or function.__name__, "actor name")
+            actor_queue = validate_name(queue or self.defaults.queue, "queue name")
+            converter_cls = converter or self.defaults.converter
+            self.actors[actor_name] = ActorData(
+                fn=function,
+                name=actor_name,
+                queue=actor_queue,
+                retry_policy=retry_policy or self.defaults.retry_policy,
+                run_in_process=(
+                    self.defaults.run_in_process if run_in_process is None else run_in_process
+                ),
+                converter=converter_cls(function),
+            )
+            return function
+
+        if fn is not None:
+            return register(fn)
+        return register
+
+    def include_router(self, router: Router) -> None:
+        """Add every actor of `router`; an actor with an existing name replaces it."""
+        self.actors.update(router.actors)

@@ -1,0 +1,48 @@
+"""Turning job arguments and actor results into JSON text.
+
+pydantic models, dataclasses, datetimes, timedeltas, UUIDs, sets and enums serialise out of the box.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pydantic_core import PydanticSerializationError, to_json
+
+from repid.errors import SerializationError
+
+__all__ = ["SerializerT", "default_serializer", "serialize_args"]
+
+SerializerT = Callable[[Any], str]
+"""Turns a Python value into JSON text."""
+
+
+def default_serializer(data: Any) -> str:
+    """Serialise `data` to JSON text; raise `SerializationError` (a `TypeError`) if impossible."""
+    try:
+        return to_json(data).decode()
+    except PydanticSerializationError as exc:
+        raise SerializationError(f"cannot serialise {type(data).__name__}: {exc}") from exc
+
+
+def serialize_args(args: Mapping[str, Any], serializer: SerializerT = default_serializer) -> str:
+    """Serialise a job's keyword arguments, naming the argument that cannot be serialised."""
+    if type(args) is not dict and not isinstance(args, Mapping):
+        raise SerializationError(
+            f"job args must be a mapping of keyword arguments, not {type(args).__name__}"
+        )
+    try:
+        return serializer(args)
+    except (SerializationError, TypeError, ValueError) as exc:
+        for name, value in args.items():
+            if not isinstance(name, str):
+                raise SerializationError(f"job argument names must be strings, got {name!r}") from exc
+            try:
+                serializer(value)
+            except (SerializationError, TypeError, ValueError):
+                raise SerializationError(
+                    f"job argument {name!r} of type {type(value).__name__} cannot be serialised "
+                    "to JSON"
+                ) from exc
+        raise SerializationError(f"job args cannot be serialised: {exc}") from exc

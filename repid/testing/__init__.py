@@ -1,0 +1,1 @@
+"""repid testing helpers."""
