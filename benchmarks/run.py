@@ -321,8 +321,9 @@ def render_markdown(suite: Suite, n: int, rounds: int, summaries: Sequence[dict[
             lines.append("| " + " | ".join(cells) + " |")
             continue
         spread = s["end_to_end_spread"]
+        rounds_note = "" if s["rounds_ok"] == rounds else f" ({s['rounds_ok']}/{rounds} rounds ok)"
         cells = [
-            s["case"],
+            s["case"] + rounds_note,
             s["version"],
             s["concurrency"],
             *(_fmt_rate(s[f"{key}_jobs_per_s"]) for key, _ in RATE_FIGURES),
@@ -365,7 +366,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--cases", default=None, help="comma-separated subset of case names (default: all)"
     )
     parser.add_argument(
-        "--timeout", type=float, default=600.0, help="seconds one run may take (default 600)"
+        "--timeout", type=float, default=300.0, help="seconds one run may take (default 300)"
     )
     return parser.parse_args(argv)
 

@@ -31,8 +31,12 @@ class Connection:
         args_bucket_broker: BucketBrokerT | None = None,
         results_bucket_broker: BucketBrokerT | None = None,
     ) -> None:
-        if args_bucket_broker is not None and getattr(args_bucket_broker, "use_result_bucket", False):
-            raise ConfigurationError("args_bucket_broker must be created with use_result_bucket=False")
+        if args_bucket_broker is not None and getattr(
+            args_bucket_broker, "use_result_bucket", False
+        ):
+            raise ConfigurationError(
+                "args_bucket_broker must be created with use_result_bucket=False"
+            )
         if results_bucket_broker is not None and not getattr(
             results_bucket_broker, "use_result_bucket", False
         ):

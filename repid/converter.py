@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Any, Protocol, get_type_hints
+from typing import Any, NotRequired, Protocol, get_type_hints
 
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 from pydantic_core import from_json
-from typing_extensions import NotRequired, TypedDict
+from typing_extensions import TypedDict
 
 from repid.dependencies import find_injected_parameters
 from repid.serializer import default_serializer
@@ -88,7 +88,7 @@ class PydanticConverter:
         self._no_params = not params
         try:
             hints = get_type_hints(fn, include_extras=True)
-        except Exception:  # noqa: BLE001
+        except Exception:
             hints = {}
         extra_allowed = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
         name = f"{getattr(fn, '__name__', 'actor')}_arguments"
@@ -100,8 +100,9 @@ class PydanticConverter:
             fields[p.name] = (
                 annotation if p.default is inspect.Parameter.empty else NotRequired[annotation]
             )
-        shape: Any = TypedDict(name, fields)  # type: ignore[operator]
-        shape.__pydantic_config__ = ConfigDict(extra="allow" if extra_allowed else "forbid")
+        shape: Any = TypedDict(name, fields)  # type: ignore[misc]
+        config = ConfigDict(extra="allow" if extra_allowed else "forbid")
+        setattr(shape, "__pydantic_config__", config)  # noqa: B010 - pydantic reads it from the class
         self._adapter: TypeAdapter[dict[str, Any]] = TypeAdapter(shape)
 
     def convert_inputs(self, payload: str) -> tuple[list[Any], dict[str, Any]]:

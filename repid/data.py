@@ -12,7 +12,7 @@ import enum
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
 __all__ = [
@@ -43,7 +43,7 @@ class PrioritiesT(enum.IntEnum):
     LOW = 2
 
 
-class MessageCategory(str, enum.Enum):
+class MessageCategory(enum.StrEnum):
     """The part of a queue a message lives in."""
 
     NORMAL = "normal"
@@ -51,7 +51,7 @@ class MessageCategory(str, enum.Enum):
     DEAD = "dead"
 
 
-class DeadLetterReason(str, enum.Enum):
+class DeadLetterReason(enum.StrEnum):
     """Why a message ended in the dead part of its queue."""
 
     DECODE_ERROR = "decode_error"
@@ -109,7 +109,7 @@ def _secs(value: timedelta | None) -> float | None:
 
 
 def _dt(ts: float | None) -> datetime | None:
-    return None if ts is None else datetime.fromtimestamp(ts, tz=timezone.utc)
+    return None if ts is None else datetime.fromtimestamp(ts, tz=UTC)
 
 
 def _ts(value: datetime | None) -> float | None:
@@ -227,9 +227,7 @@ class Parameters:
     retries: RetriesProperties = _NO_RETRIES
     result: ResultProperties | None = None
     delay: DelayProperties = _NO_DELAY
-    timer: TimerProperties = field(
-        default_factory=lambda: TimerProperties(datetime.now(tz=timezone.utc))
-    )
+    timer: TimerProperties = field(default_factory=lambda: TimerProperties(datetime.now(tz=UTC)))
     args_id: str | None = None
     """Set when the arguments live in the args bucket instead of the payload."""
     dead_letter: DeadLetterInfo | None = None
@@ -254,7 +252,7 @@ class Parameters:
             retries=RetriesProperties(self.retries.max_amount, self.retries.actual_amount + 1),
             delay=replace(
                 self.delay,
-                next_execution_time=datetime.now(tz=timezone.utc) + delay,
+                next_execution_time=datetime.now(tz=UTC) + delay,
             ),
         )
 
@@ -262,12 +260,12 @@ class Parameters:
         """Same attempt, not before now + `delay` (used by snooze/reschedule)."""
         return replace(
             self,
-            delay=replace(self.delay, next_execution_time=datetime.now(tz=timezone.utc) + delay),
+            delay=replace(self.delay, next_execution_time=datetime.now(tz=UTC) + delay),
         )
 
     def for_next_tick(self, now: datetime | None = None) -> Parameters:
         """Parameters of a recurring job's next run; retries reset, timer restarted."""
-        now = now or datetime.now(tz=timezone.utc)
+        now = now or datetime.now(tz=UTC)
         return replace(
             self,
             retries=RetriesProperties(self.retries.max_amount, 0),
@@ -285,7 +283,7 @@ class Parameters:
             self,
             retries=RetriesProperties(self.retries.max_amount, 0),
             delay=replace(self.delay, next_execution_time=None, delay_until=None),
-            timer=TimerProperties(datetime.now(tz=timezone.utc), self.timer.ttl),
+            timer=TimerProperties(datetime.now(tz=UTC), self.timer.ttl),
             dead_letter=None,
         )
 
@@ -325,7 +323,7 @@ class Parameters:
             delay=DelayProperties(_dt(delay[0]), _td(delay[1]), delay[2], _dt(delay[3]))
             if delay
             else _NO_DELAY,
-            timer=TimerProperties(_dt(raw["ts"]) or datetime.now(tz=timezone.utc), _td(raw.get("ttl"))),
+            timer=TimerProperties(_dt(raw["ts"]) or datetime.now(tz=UTC), _td(raw.get("ttl"))),
             args_id=raw.get("a"),
             dead_letter=DeadLetterInfo.decode(dead_letter) if dead_letter else None,
             headers=raw.get("h"),
@@ -385,7 +383,9 @@ class ArgsBucket:
     def encode(self) -> str:
         from pydantic_core import to_json
 
-        return to_json({"k": "args", "data": self.data, "ttl": _secs(self.ttl), "ts": self.timestamp}).decode()
+        return to_json(
+            {"k": "args", "data": self.data, "ttl": _secs(self.ttl), "ts": self.timestamp}
+        ).decode()
 
     @classmethod
     def decode(cls, raw: str | bytes) -> ArgsBucket:

@@ -51,7 +51,7 @@ def find_injected_parameters(fn: Callable[..., Any]) -> tuple[dict[str, Depends]
     """Return the `Depends` parameters of `fn` and the names of its `MessageDependency` ones."""
     try:
         hints = get_type_hints(fn, include_extras=True)
-    except Exception:  # noqa: BLE001 - unresolved forward refs: fall back to raw annotations
+    except Exception:
         hints = dict(getattr(fn, "__annotations__", {}))
     depends: dict[str, Depends] = {}
     message_params: list[str] = []
@@ -78,7 +78,7 @@ async def resolve_dependency(
     """Call a dependency, resolving its own injected parameters first."""
     fn = dep.fn
     sub_depends, message_params = find_injected_parameters(fn)
-    kwargs: dict[str, Any] = {name: message for name in message_params}
+    kwargs: dict[str, Any] = dict.fromkeys(message_params, message)
     for name, sub in sub_depends.items():
         kwargs[name] = await resolve_dependency(sub, message, run_sync)
     if inspect.iscoroutinefunction(fn):

@@ -56,7 +56,8 @@ class QueueNotDeclaredError(BrokerError, KeyError):
         self.queue_name = queue_name
 
     def __str__(self) -> str:
-        return f"{self.queue_name!r} (queue is not declared; call `await Queue({self.queue_name!r}).declare()`)"
+        name = self.queue_name
+        return f"{name!r} (queue is not declared; call `await Queue({name!r}).declare()`)"
 
 
 class DecodeError(RepidError, ValueError):

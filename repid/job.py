@@ -1,11 +1,11 @@
-"""`Job`: what to run (an actor name and its arguments) and how (queue, priority, schedule, retries)."""
+"""`Job`: what to run (an actor name and its arguments) and how (queue, priority, schedule...)."""
 
 from __future__ import annotations
 
 import os
 import re
 from collections.abc import Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from repid.data import (
@@ -163,7 +163,9 @@ class Job:
         self.args = args
         self.use_args_bucketer = use_args_bucketer
         self.result_id = _validate_id(result_id, "result id")
-        self.result_ttl = result_ttl if result_ttl is _ONE_DAY else _duration(result_ttl, "result_ttl")
+        self.result_ttl = (
+            result_ttl if result_ttl is _ONE_DAY else _duration(result_ttl, "result_ttl")
+        )
         self.store_result = store_result
         self.serializer = serializer
         self._connection = _connection
@@ -188,25 +190,29 @@ class Job:
 
     @property
     def is_deferred(self) -> bool:
-        return self.deferred_until is not None or self.deferred_by is not None or self.cron is not None
+        return (
+            self.deferred_until is not None or self.deferred_by is not None or self.cron is not None
+        )
 
     @property
     def is_overdue(self) -> bool:
         """`deferred_until` has passed."""
-        return self.deferred_until is not None and self.deferred_until < datetime.now(tz=timezone.utc)
+        return self.deferred_until is not None and self.deferred_until < datetime.now(tz=UTC)
 
     @property
     def payload(self) -> str:
         """The JSON text of `args` (serialised once, on first use)."""
         if self._args_payload is None:
-            self._args_payload = "" if self.args is None else serialize_args(self.args, self.serializer)
+            self._args_payload = (
+                "" if self.args is None else serialize_args(self.args, self.serializer)
+            )
         return self._args_payload
 
     # -- sending ------------------------------------------------------------------------------
 
     def _build(self, connection: Connection) -> tuple[RoutingKey, str, Parameters]:
         payload = self.payload
-        now = datetime.now(tz=timezone.utc)
+        now = datetime.now(tz=UTC)
         delay = _NO_DELAY
         if self.deferred_until is not None or self.deferred_by is not None or self.cron is not None:
             delay = DelayProperties(self.deferred_until, self.deferred_by, self.cron, None)

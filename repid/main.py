@@ -32,7 +32,8 @@ class Repid:
         """The default connection; `ValueError` when none is set."""
         if cls._magic_connection is None:
             raise ValueError(
-                "no default connection: use `async with app.magic():` or pass a connection explicitly"
+                "no default connection: use `async with app.magic():` "
+                "or pass a connection explicitly"
             )
         return cls._magic_connection
 

@@ -77,7 +77,9 @@ class Message:
 
     def _settle(self, outcome: str) -> None:
         if self.read_only:
-            raise MessageReadOnlyError(f"message {self.key.id_} was already settled ({self.outcome})")
+            raise MessageReadOnlyError(
+                f"message {self.key.id_} was already settled ({self.outcome})"
+            )
         self.read_only = True
         self.outcome = outcome
 
@@ -136,7 +138,9 @@ class Message:
         await self._broker.requeue(self._delivery, None, new)
 
     def __repr__(self) -> str:
-        return f"Message(key={self.key!r}, category={self.category.value}, read_only={self.read_only})"
+        return (
+            f"Message(key={self.key!r}, category={self.category.value}, read_only={self.read_only})"
+        )
 
 
 class MessageDependency(Message):

@@ -20,7 +20,10 @@ def default_retry_policy_factory(
     multiplier: int | float = 5,
     max_exponent: int = 15,
 ) -> RetryPolicyT:
-    """Exponential backoff: `max(min_backoff, min(multiplier * 2 ** min(n, max_exponent), max_backoff))`.
+    """Exponential backoff, in seconds.
+
+    The delay of retry `n` is
+    `max(min_backoff, min(multiplier * 2 ** min(n, max_exponent), max_backoff))`.
 
     Args:
         min_backoff: shortest delay, in seconds.
@@ -47,5 +50,7 @@ def retry_delay(policy: RetryPolicyT, retry_number: int) -> timedelta:
     elif isinstance(value, int | float):
         delay = timedelta(seconds=value)
     else:
-        raise TypeError(f"retry policy returned {type(value).__name__}, expected timedelta or seconds")
+        raise TypeError(
+            f"retry policy returned {type(value).__name__}, expected timedelta or seconds"
+        )
     return max(delay, timedelta(0))

@@ -37,7 +37,9 @@ def serialize_args(args: Mapping[str, Any], serializer: SerializerT = default_se
     except (SerializationError, TypeError, ValueError) as exc:
         for name, value in args.items():
             if not isinstance(name, str):
-                raise SerializationError(f"job argument names must be strings, got {name!r}") from exc
+                raise SerializationError(
+                    f"job argument names must be strings, got {name!r}"
+                ) from exc
             try:
                 serializer(value)
             except (SerializationError, TypeError, ValueError):

@@ -134,6 +134,8 @@ class Worker(Router):
         runner = Runner(self, connection)
         self._runner = runner
         await runner.run()
+        if runner.crashed is not None:
+            raise RuntimeError("a worker lane crashed (a bug in repid)") from runner.crashed
         return runner
 
     def stop(self) -> None:
@@ -292,9 +294,7 @@ class Runner:
         stack.push_async_callback(stop_pumps)
         return inbox.get
 
-    async def _guarded_consume(
-        self, consume: Callable[[], Awaitable[Delivery]]
-    ) -> Delivery | None:
+    async def _guarded_consume(self, consume: Callable[[], Awaitable[Delivery]]) -> Delivery | None:
         """Consume, surviving broker errors with backoff; None when the consumer is closed."""
         from repid.brokers.in_memory import ConsumerClosedError
 
@@ -318,7 +318,9 @@ class Runner:
 
     async def _shutdown(self) -> None:
         self._stopping = True
-        for task in list(self._idle):  # waiting for a message: safe to cancel (consume is cancel-safe)
+        for task in list(
+            self._idle
+        ):  # waiting for a message: safe to cancel (consume is cancel-safe)
             task.cancel()
         lanes = self._lanes
         if not lanes:
@@ -429,8 +431,13 @@ class Runner:
                 )
             return
         timer = params.timer
-        if timer.ttl is not None and timer.timestamp.timestamp() + timer.ttl.total_seconds() < time.time():
-            await self._dead_letter(delivery, DeadLetterReason.EXPIRED, message="ttl passed before start")
+        if (
+            timer.ttl is not None
+            and timer.timestamp.timestamp() + timer.ttl.total_seconds() < time.time()
+        ):
+            await self._dead_letter(
+                delivery, DeadLetterReason.EXPIRED, message="ttl passed before start"
+            )
             return
         payload = delivery.payload
         if params.args_id is not None:
@@ -461,8 +468,12 @@ class Runner:
                 return
         if self._actor_run_events:
             await self._dispatcher.emit(
-                "before_actor_run", actor=actor, key=delivery.key, parameters=params,
-                args=args, kwargs=kwargs,
+                "before_actor_run",
+                actor=actor,
+                key=delivery.key,
+                parameters=params,
+                args=args,
+                kwargs=kwargs,
             )
         started = time.time_ns()
         lane.current = delivery
@@ -488,7 +499,9 @@ class Runner:
             if lane.timed_out:  # the actor turned our cancellation into an exception
                 await self._timed_out(lane, delivery, actor, started, message)
             else:
-                await self._failed(delivery, actor, exc, DeadLetterReason.EXCEPTION, started, message)
+                await self._failed(
+                    delivery, actor, exc, DeadLetterReason.EXCEPTION, started, message
+                )
             return
         lane.deadline = math.inf
         lane.current = None
@@ -497,8 +510,13 @@ class Runner:
             return
         if self._actor_run_events:
             await self._dispatcher.emit(
-                "after_actor_run", actor=actor, key=delivery.key, parameters=params,
-                args=args, kwargs=kwargs, result=result,
+                "after_actor_run",
+                actor=actor,
+                key=delivery.key,
+                parameters=params,
+                args=args,
+                kwargs=kwargs,
+                result=result,
             )
         if message is not None and message._exception is not None:
             await self._failed(
@@ -516,6 +534,18 @@ class Runner:
                 )
             return
         await self._succeeded(delivery, actor, result, started, message)
+
+    async def process_delivery(self, delivery: Delivery) -> None:
+        """Run one delivery to its outcome in the calling task (no lanes, no timeout watchdog).
+
+        Used by `repid.testing` to run actors right when a job is enqueued.
+        """
+        lane = _Lane()
+        task = asyncio.current_task()
+        assert task is not None
+        lane.task = task
+        await self._process(lane, delivery)
+        self._count_processed()
 
     def _count_processed(self) -> None:
         self.processed += 1
@@ -626,7 +656,9 @@ class Runner:
             try:
                 data = actor.converter.convert_outputs(result)
             except Exception as exc:
-                await self._failed(delivery, actor, exc, DeadLetterReason.EXCEPTION, started, message)
+                await self._failed(
+                    delivery, actor, exc, DeadLetterReason.EXCEPTION, started, message
+                )
                 return
             try:
                 await self._store_result(
@@ -658,14 +690,20 @@ class Runner:
         params = delivery.parameters
         if message is not None and message.read_only:
             logger.warning(
-                "actor %s raised after settling message %s itself: %r", actor.name, delivery.key.id_, exc
+                "actor %s raised after settling message %s itself: %r",
+                actor.name,
+                delivery.key.id_,
+                exc,
             )
             await self._callbacks(message)
             return
         if params.retries.left > 0:
             logger.info(
                 "actor %s failed on attempt %d of message %s (%r); retrying",
-                actor.name, params.attempt, delivery.key.id_, exc,
+                actor.name,
+                params.attempt,
+                delivery.key.id_,
+                exc,
             )
             try:
                 delay = retry_delay(actor.retry_policy, params.retries.actual_amount + 1)
@@ -689,7 +727,9 @@ class Runner:
                 logger.exception("storing the failure of %s failed", delivery.key.id_)
             if params.delay.is_recurring:
                 logger.error(
-                    "recurring job %s failed (%r); it runs again at its next tick", delivery.key.id_, exc
+                    "recurring job %s failed (%r); it runs again at its next tick",
+                    delivery.key.id_,
+                    exc,
                 )
                 await self._settle("requeue", delivery, None, params.for_next_tick())
             else:

@@ -60,7 +60,7 @@ def parse_args(description: str, default_concurrency: int) -> argparse.Namespace
         help="worker concurrency (tasks or threads, as the framework has it)",
     )
     parser.add_argument(
-        "--timeout", type=float, default=600.0, help="give up waiting for the jobs after this"
+        "--timeout", type=float, default=300.0, help="give up waiting for the jobs after this"
     )
     return parser.parse_args()
 

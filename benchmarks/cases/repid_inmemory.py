@@ -57,14 +57,17 @@ async def main() -> None:
         t1 = time.perf_counter()
         ran_during_enqueue = count
 
-        async with asyncio.timeout(args.timeout):
-            await Worker(
-                routers=[router],
-                messages_limit=n,
-                tasks_limit=args.concurrency,
-                handle_signals=[],
-            ).run()
-            await done.wait()
+        try:
+            async with asyncio.timeout(args.timeout):
+                await Worker(
+                    routers=[router],
+                    messages_limit=n,
+                    tasks_limit=args.concurrency,
+                    handle_signals=[],
+                ).run()
+                await done.wait()
+        except TimeoutError:
+            fail(f"timed out after {args.timeout:.0f}s waiting for the N-th job", jobs_run=count)
         t2 = time.perf_counter()
 
     CaseResult(

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from _common import CaseResult, parse_args, peak_rss_mb, version_of
+from _common import CaseResult, fail, parse_args, peak_rss_mb, version_of
 from taskiq import InMemoryBroker
 
 
@@ -50,8 +50,11 @@ async def main() -> None:
     t1 = time.perf_counter()
     ran_during_enqueue = count
 
-    async with asyncio.timeout(args.timeout):
-        await done.wait()
+    try:
+        async with asyncio.timeout(args.timeout):
+            await done.wait()
+    except TimeoutError:
+        fail(f"timed out after {args.timeout:.0f}s waiting for the N-th job", jobs_run=count)
     t2 = time.perf_counter()
     await broker.wait_all()
     await broker.shutdown()

@@ -174,7 +174,9 @@ class MessageBrokerT(Protocol):
 
     async def disconnect(self) -> None: ...
 
-    async def enqueue(self, key: RoutingKey, payload: str = "", params: Parameters | None = None) -> None:
+    async def enqueue(
+        self, key: RoutingKey, payload: str = "", params: Parameters | None = None
+    ) -> None:
         """Publish one message durably; return only when the broker has it.
 
         A message whose id is already pending (queued, delayed or in flight) in that queue is not

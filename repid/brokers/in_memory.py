@@ -15,7 +15,6 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import timedelta
-from typing import Any
 
 from repid.brokers.base import BrokerCapabilities, Delivery, OutgoingMessage
 from repid.codec import decode_message
@@ -649,7 +648,9 @@ class InMemoryBucketBroker:
         use_result_bucket: True to store actor results (`ResultBucket`), False for job args.
     """
 
-    def __init__(self, use_result_bucket: bool = False, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, use_result_bucket: bool = False, *, clock: Callable[[], float] = time.time
+    ) -> None:
         self.use_result_bucket = use_result_bucket
         self.BUCKET_CLASS: type[ArgsBucket] | type[ResultBucket] = (
             ResultBucket if use_result_bucket else ArgsBucket
@@ -699,5 +700,3 @@ class InMemoryBucketBroker:
 
     def __len__(self) -> int:
         return len(self._data)
-
-

@@ -13,7 +13,12 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-__all__ = ["EVENTS", "MiddlewareDispatcher", "instrument_bucket_broker", "instrument_message_broker"]
+__all__ = [
+    "EVENTS",
+    "MiddlewareDispatcher",
+    "instrument_bucket_broker",
+    "instrument_message_broker",
+]
 
 logger = logging.getLogger("repid.middlewares")
 
