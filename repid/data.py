@@ -1,8 +1,9 @@
 """The data that travels with every message: routing key, parameters, dead-letter details, buckets.
 
-Treat these objects as immutable (they are not frozen only because frozen dataclasses are slow to
-build on the hot path): the worker derives new ones (`Parameters.for_retry`, ...) instead of
-mutating what a broker handed out. `encode()`/`decode()` give the compact JSON-able form used by
+The per-message objects are named tuples: immutable, cheap to build and untracked by the cyclic
+garbage collector once built, which matters when a queue holds millions of them. The worker
+derives new ones (`Parameters.for_retry`, ...) instead of changing what a broker handed out.
+`encode()`/`decode()` give the compact JSON-able form used by
 the network brokers' envelope (see `repid.codec`).
 """
 
@@ -11,9 +12,9 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 __all__ = [
     "ArgsBucket",
@@ -80,8 +81,7 @@ class RoutingKeyT(Protocol):
     def priority(self) -> int: ...
 
 
-@dataclass(slots=True, unsafe_hash=True)
-class RoutingKey:
+class RoutingKey(NamedTuple):
     """Concrete routing key."""
 
     id_: str
@@ -116,8 +116,7 @@ def _ts(value: datetime | None) -> float | None:
     return None if value is None else value.timestamp()
 
 
-@dataclass(slots=True, unsafe_hash=True)
-class RetriesProperties:
+class RetriesProperties(NamedTuple):
     """`max_amount` retries allowed after the first attempt; `actual_amount` already used."""
 
     max_amount: int = 0
@@ -128,16 +127,14 @@ class RetriesProperties:
         return self.max_amount - self.actual_amount
 
 
-@dataclass(slots=True, unsafe_hash=True)
-class ResultProperties:
+class ResultProperties(NamedTuple):
     """Where (and for how long) the actor's result is stored."""
 
     id_: str
     ttl: timedelta | None = None
 
 
-@dataclass(slots=True, unsafe_hash=True)
-class DelayProperties:
+class DelayProperties(NamedTuple):
     """Scheduling: a one-off `delay_until`, or recurrence by `defer_by` interval or `cron`."""
 
     delay_until: datetime | None = None
@@ -150,8 +147,7 @@ class DelayProperties:
         return self.defer_by is not None or self.cron is not None
 
 
-@dataclass(slots=True, unsafe_hash=True)
-class TimerProperties:
+class TimerProperties(NamedTuple):
     """When the message was created and how long it may wait before it expires."""
 
     timestamp: datetime
@@ -219,9 +215,8 @@ class ParametersT(Protocol):
     def timer(self) -> TimerProperties: ...
 
 
-@dataclass(slots=True)
-class Parameters:
-    """Execution parameters of one message."""
+class _ParametersFields(NamedTuple):
+    """The fields of `Parameters` (a tuple: cheap to build, invisible to the cyclic GC)."""
 
     execution_timeout: timedelta = timedelta(minutes=10)
     retries: RetriesProperties = _NO_RETRIES
@@ -233,6 +228,30 @@ class Parameters:
     dead_letter: DeadLetterInfo | None = None
     headers: Mapping[str, str] | None = None
     """Free-form string headers (e.g. trace context)."""
+
+
+class Parameters(_ParametersFields):
+    """Execution parameters of one message (immutable)."""
+
+    __slots__ = ()
+
+    def __new__(
+        cls,
+        execution_timeout: timedelta = timedelta(minutes=10),
+        retries: RetriesProperties = _NO_RETRIES,
+        result: ResultProperties | None = None,
+        delay: DelayProperties = _NO_DELAY,
+        timer: TimerProperties | None = None,
+        args_id: str | None = None,
+        dead_letter: DeadLetterInfo | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Parameters:
+        if timer is None:
+            timer = TimerProperties(datetime.now(tz=UTC))
+        return tuple.__new__(
+            cls,
+            (execution_timeout, retries, result, delay, timer, args_id, dead_letter, headers),
+        )
 
     @property
     def attempt(self) -> int:
@@ -247,42 +266,37 @@ class Parameters:
 
     def for_retry(self, delay: timedelta) -> Parameters:
         """Parameters of the next attempt: one more retry used, not before now + `delay`."""
-        return replace(
-            self,
+        return self._replace(
             retries=RetriesProperties(self.retries.max_amount, self.retries.actual_amount + 1),
-            delay=replace(
-                self.delay,
+            delay=self.delay._replace(
                 next_execution_time=datetime.now(tz=UTC) + delay,
             ),
         )
 
     def for_delay(self, delay: timedelta) -> Parameters:
         """Same attempt, not before now + `delay` (used by snooze/reschedule)."""
-        return replace(
-            self,
-            delay=replace(self.delay, next_execution_time=datetime.now(tz=UTC) + delay),
+        return self._replace(
+            delay=self.delay._replace(next_execution_time=datetime.now(tz=UTC) + delay),
         )
 
     def for_next_tick(self, now: datetime | None = None) -> Parameters:
         """Parameters of a recurring job's next run; retries reset, timer restarted."""
         now = now or datetime.now(tz=UTC)
-        return replace(
-            self,
+        return self._replace(
             retries=RetriesProperties(self.retries.max_amount, 0),
-            delay=replace(self.delay, next_execution_time=next_tick(self.delay, now)),
+            delay=self.delay._replace(next_execution_time=next_tick(self.delay, now)),
             timer=TimerProperties(now, self.timer.ttl),
             dead_letter=None,
         )
 
     def for_dead_letter(self, info: DeadLetterInfo) -> Parameters:
-        return replace(self, dead_letter=info)
+        return self._replace(dead_letter=info)
 
     def for_requeue_from_dead(self) -> Parameters:
         """A dead letter sent back to work: fresh retries, no delay, no dead-letter details."""
-        return replace(
-            self,
+        return self._replace(
             retries=RetriesProperties(self.retries.max_amount, 0),
-            delay=replace(self.delay, next_execution_time=None, delay_until=None),
+            delay=self.delay._replace(next_execution_time=None, delay_until=None),
             timer=TimerProperties(datetime.now(tz=UTC), self.timer.ttl),
             dead_letter=None,
         )

@@ -20,6 +20,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from repid.brokers.base import Delivery
+from repid.brokers.in_memory import ConsumerClosedError
 from repid.data import DeadLetterInfo, DeadLetterReason, ResultBucket
 from repid.dependencies import resolve_dependency
 from repid.message import MessageDependency
@@ -43,9 +44,10 @@ _WATCHDOG_INTERVAL = 0.05
 class _Lane:
     """One of the worker's `tasks_limit` concurrent slots: a task that runs actors in turn."""
 
-    __slots__ = ("current", "deadline", "task", "timed_out")
+    __slots__ = ("current", "deadline", "idle", "task", "timed_out")
 
     def __init__(self) -> None:
+        self.idle = False
         self.task: asyncio.Task[None] = None  # type: ignore[assignment]  # set right after
         self.current: Delivery | None = None
         self.deadline = math.inf
@@ -167,7 +169,6 @@ class Runner:
         self._tickets: int | None = None if math.isinf(limit) else int(limit)
         self._stop = asyncio.Event()
         self._stopping = False
-        self._idle: set[asyncio.Task[None]] = set()
         self._lanes: list[asyncio.Task[None]] = []
         self._lane_states: list[_Lane] = []
         self._loop_time: Callable[[], float] = time.monotonic
@@ -294,34 +295,40 @@ class Runner:
         stack.push_async_callback(stop_pumps)
         return inbox.get
 
-    async def _guarded_consume(self, consume: Callable[[], Awaitable[Delivery]]) -> Delivery | None:
-        """Consume, surviving broker errors with backoff; None when the consumer is closed."""
-        from repid.brokers.in_memory import ConsumerClosedError
+    async def _guarded_consume(
+        self, consume: Callable[[], Awaitable[Delivery]], error: Exception | None = None
+    ) -> Delivery | None:
+        """Consume, surviving broker errors with backoff; None when the consumer is closed.
 
+        `error` is a failure the caller already got from `consume()`.
+        """
         backoff = 0.1
         while True:
-            try:
-                delivery = await consume()
-            except ConsumerClosedError:
-                return None
-            except Exception:
-                if self._stop.is_set():
+            if error is None:
+                try:
+                    delivery = await consume()
+                except ConsumerClosedError:
                     return None
-                logger.exception("consuming failed; retrying in %.1fs", backoff)
-                self._set_health(False)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            if backoff != 0.1:
-                self._set_health(True)
-            return delivery
+                except Exception as exc:
+                    error = exc
+                else:
+                    if backoff != 0.1:
+                        logger.info("consuming works again")
+                        self._set_health(True)
+                    return delivery
+            if isinstance(error, ConsumerClosedError) or self._stop.is_set():
+                return None
+            logger.error("consuming failed (%r); retrying in %.1fs", error, backoff)
+            error = None
+            self._set_health(False)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
 
     async def _shutdown(self) -> None:
         self._stopping = True
-        for task in list(
-            self._idle
-        ):  # waiting for a message: safe to cancel (consume is cancel-safe)
-            task.cancel()
+        for lane in self._lane_states:
+            if lane.idle:  # waiting for a message: safe to cancel (consume is cancel-safe)
+                lane.task.cancel()
         lanes = self._lanes
         if not lanes:
             return
@@ -363,23 +370,23 @@ class Runner:
     # -- lanes --------------------------------------------------------------------------------
 
     async def _lane(self, lane: _Lane, source: Callable[[], Awaitable[Delivery]]) -> None:
-        idle = self._idle
-        task = lane.task
         since_yield = 0
         while not self._stopping:
             if self._tickets is not None:
                 if self._tickets <= 0:
                     return
                 self._tickets -= 1
-            idle.add(task)
+            lane.idle = True
             try:
-                delivery = await self._guarded_consume(source)
+                delivery = await source()
             except asyncio.CancelledError:
                 return  # stopping while waiting for a message (consume is cancel-safe)
-            finally:
-                idle.discard(task)
-            if delivery is None:
-                return
+            except Exception as exc:
+                recovered = await self._guarded_consume(source, exc)
+                if recovered is None:
+                    return
+                delivery = recovered
+            lane.idle = False
             try:
                 await self._process(lane, delivery)
             except asyncio.CancelledError:
@@ -387,7 +394,9 @@ class Runner:
             except Exception:  # a bug in repid itself must not kill the lane
                 logger.exception("unexpected error processing message %s", delivery.key.id_)
                 await self._settle("reject", delivery)
-            self._count_processed()
+            self.processed += 1
+            if self._tickets is not None and self.processed >= self.worker.messages_limit:
+                self.request_stop()
             since_yield += 1
             if since_yield >= _YIELD_EVERY:
                 since_yield = 0

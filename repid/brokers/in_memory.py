@@ -40,8 +40,15 @@ class ConsumerClosedError(RepidError):
     """`consume()` was called on (or was waiting in) a consumer that has finished."""
 
 
-class _Entry:
-    __slots__ = ("decode_error", "key", "parameters", "payload", "raw", "redelivered", "seq")
+class _Entry(Delivery):
+    """A stored message; it is also the delivery handed out (one object per message).
+
+    `handle` is a sequence number unique to this object: a message given back to the queue
+    (lease expiry, reject) is stored as a *new* entry, so settlements by a stale holder of the
+    old delivery find nothing and return False.
+    """
+
+    __slots__ = ("consumer", "deadline")
 
     def __init__(
         self,
@@ -51,23 +58,27 @@ class _Entry:
         seq: int,
         raw: bytes | None = None,
         decode_error: str | None = None,
+        redelivered: bool = False,
     ) -> None:
         self.key = key
         self.payload = payload
         self.parameters = parameters
-        self.seq = seq
+        self.handle = seq
+        self.category = MessageCategory.NORMAL
         self.raw = raw
         self.decode_error = decode_error
-        self.redelivered = False
+        self.redelivered = redelivered
+        self.consumer: _InMemoryConsumer | None = None
+        self.deadline = 0.0
 
+    @property
+    def seq(self) -> int:
+        return int(self.handle)
 
-class _Lease:
-    __slots__ = ("consumer", "deadline", "entry")
-
-    def __init__(self, entry: _Entry, deadline: float, consumer: _InMemoryConsumer | None) -> None:
-        self.entry = entry
-        self.deadline = deadline
-        self.consumer = consumer
+    def copy(self, seq: int, *, redelivered: bool = False) -> _Entry:
+        return _Entry(
+            self.key, self.payload, self.parameters, seq, self.raw, self.decode_error, redelivered
+        )
 
 
 class _MemoryQueue:
@@ -78,7 +89,7 @@ class _MemoryQueue:
         self.ready: tuple[deque[_Entry], ...] = tuple(deque() for _ in range(_PRIORITIES))
         self.delayed: list[tuple[float, int, _Entry]] = []
         self.dead: dict[int, _Entry] = {}
-        self.inflight: dict[int, _Lease] = {}
+        self.inflight: dict[int, _Entry] = {}
         self.pending_ids: dict[str, int] = {}
         self.waiters: deque[asyncio.Future[None]] = deque()
         self.timer: asyncio.TimerHandle | None = None
@@ -285,18 +296,19 @@ class InMemoryMessageBroker:
             q.ready[entry.key.priority].append(entry)
         if q.inflight and now >= self._next_sweep:
             self._next_sweep = now + min(1.0, self.lease_duration / 4)
-            expired = [token for token, lease in q.inflight.items() if lease.deadline <= now]
-            for token in expired:
-                lease = q.inflight.pop(token)
-                if lease.consumer is not None:
-                    lease.consumer._settled()
-                lease.entry.redelivered = True
+            expired = [entry for entry in q.inflight.values() if entry.deadline <= now]
+            for entry in expired:
+                del q.inflight[entry.handle]
+                if entry.consumer is not None:
+                    entry.consumer._settled()
                 logger.warning(
                     "lease of message %s in %s expired; it is available again",
-                    lease.entry.key.id_,
+                    entry.key.id_,
                     q.name,
                 )
-                q.ready[lease.entry.key.priority].appendleft(lease.entry)
+                q.ready[entry.key.priority].appendleft(
+                    entry.copy(next(self._seq), redelivered=True)
+                )
 
     def _take(
         self, q: _MemoryQueue, consumer: _InMemoryConsumer | None, topics: frozenset[str] | None
@@ -319,17 +331,10 @@ class InMemoryMessageBroker:
                 break
         if entry is None:
             return None
-        token = next(self._seq)
-        q.inflight[token] = _Lease(entry, self._clock() + self.lease_duration, consumer)
-        return Delivery(
-            entry.key,
-            entry.payload,
-            entry.parameters,
-            token,
-            raw=entry.raw,
-            decode_error=entry.decode_error,
-            redelivered=entry.redelivered,
-        )
+        entry.deadline = self._clock() + self.lease_duration
+        entry.consumer = consumer
+        q.inflight[entry.handle] = entry
+        return entry
 
     def _next_wakeup(self, q: _MemoryQueue) -> float | None:
         """Seconds until something may become ready without a publish (delays, leases)."""
@@ -346,13 +351,13 @@ class InMemoryMessageBroker:
         q = self._queues.get(key.key.queue)
         if q is None:
             return None
-        lease = q.inflight.pop(key.handle, None)
-        if lease is None:
+        entry = q.inflight.pop(key.handle, None)
+        if entry is None:
             logger.warning("stale settlement of message %s in %s ignored", key.key.id_, q.name)
             return None
-        if lease.consumer is not None:
-            lease.consumer._settled()
-        return q, lease.entry
+        if entry.consumer is not None:
+            entry.consumer._settled()
+        return q, entry
 
     def _forget_id(self, q: _MemoryQueue, id_: str) -> None:
         ids = q.pending_ids
@@ -391,10 +396,10 @@ class InMemoryMessageBroker:
         return True
 
     def _to_dead(self, q: _MemoryQueue, entry: _Entry, parameters: Parameters | None) -> None:
+        dead = entry.copy(next(self._seq))
         if parameters is not None:
-            entry.parameters = parameters
-        entry.seq = next(self._seq)
-        q.dead[entry.seq] = entry
+            dead.parameters = parameters
+        q.dead[dead.seq] = dead
 
     async def reject(self, key: Delivery) -> bool:
         if key.category is not MessageCategory.NORMAL:
@@ -403,7 +408,7 @@ class InMemoryMessageBroker:
         if released is None:
             return False
         q, entry = released
-        q.ready[entry.key.priority].appendleft(entry)
+        q.ready[entry.key.priority].appendleft(entry.copy(next(self._seq)))
         q.wake_one()
         return True
 
@@ -437,8 +442,8 @@ class InMemoryMessageBroker:
         deadline = self._clock() + self.lease_duration
         for delivery in deliveries:
             q = self._queues.get(delivery.key.queue)
-            if q is not None and (lease := q.inflight.get(delivery.handle)) is not None:
-                lease.deadline = deadline
+            if q is not None and (entry := q.inflight.get(delivery.handle)) is not None:
+                entry.deadline = deadline
 
     # -- browsing dead and delayed messages -----------------------------------------------
 
