@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from repid.data import (
     BucketT,
@@ -67,7 +67,7 @@ class BrokerCapabilities:
     lease_duration: float | None = None
 
 
-class Delivery:
+class Delivery(NamedTuple):
     """One message handed to a consumer, with the broker-owned `handle` that settles it.
 
     It also satisfies `RoutingKeyT` (`id_`, `topic`, `queue`, `priority`), so code written
@@ -75,39 +75,19 @@ class Delivery:
 
     `decode_error` is set (and `key`/`payload` are placeholders) when the broker's bytes were
     not a valid repid envelope; `raw` keeps those bytes for the dead letter.
+
+    A named tuple: immutable, cheap to build, and untracked by the cyclic garbage collector,
+    which keeps large in-memory queues cheap.
     """
 
-    __slots__ = (
-        "category",
-        "decode_error",
-        "handle",
-        "key",
-        "parameters",
-        "payload",
-        "raw",
-        "redelivered",
-    )
-
-    def __init__(
-        self,
-        key: RoutingKey,
-        payload: str,
-        parameters: Parameters,
-        handle: Any,
-        *,
-        category: MessageCategory = MessageCategory.NORMAL,
-        raw: bytes | None = None,
-        decode_error: str | None = None,
-        redelivered: bool = False,
-    ) -> None:
-        self.key = key
-        self.payload = payload
-        self.parameters = parameters
-        self.handle = handle
-        self.category = category
-        self.raw = raw
-        self.decode_error = decode_error
-        self.redelivered = redelivered
+    key: RoutingKey
+    payload: str
+    parameters: Parameters
+    handle: Any
+    category: MessageCategory = MessageCategory.NORMAL
+    raw: bytes | None = None
+    decode_error: str | None = None
+    redelivered: bool = False
 
     @property
     def id_(self) -> str:

@@ -40,45 +40,39 @@ class ConsumerClosedError(RepidError):
     """`consume()` was called on (or was waiting in) a consumer that has finished."""
 
 
-class _Entry(Delivery):
-    """A stored message; it is also the delivery handed out (one object per message).
+_Entry = Delivery
+"""A stored message is also the delivery handed out: one immutable object per message.
 
-    `handle` is a sequence number unique to this object: a message given back to the queue
-    (lease expiry, reject) is stored as a *new* entry, so settlements by a stale holder of the
-    old delivery find nothing and return False.
-    """
+Its `handle` is a sequence number unique to that object. A message given back to the queue
+(lease expiry, reject) is stored as a new entry with a new handle, so settlements by a stale
+holder of the old delivery find nothing and return False.
+"""
 
-    __slots__ = ("consumer", "deadline")
 
-    def __init__(
-        self,
-        key: RoutingKey,
-        payload: str,
-        parameters: Parameters,
-        seq: int,
-        raw: bytes | None = None,
-        decode_error: str | None = None,
-        redelivered: bool = False,
-    ) -> None:
-        self.key = key
-        self.payload = payload
-        self.parameters = parameters
-        self.handle = seq
-        self.category = MessageCategory.NORMAL
-        self.raw = raw
-        self.decode_error = decode_error
-        self.redelivered = redelivered
-        self.consumer: _InMemoryConsumer | None = None
-        self.deadline = 0.0
+class _Lease:
+    """Ownership of one handed-out entry (only in-flight messages have one)."""
 
-    @property
-    def seq(self) -> int:
-        return int(self.handle)
+    __slots__ = ("consumer", "deadline", "entry")
 
-    def copy(self, seq: int, *, redelivered: bool = False) -> _Entry:
-        return _Entry(
-            self.key, self.payload, self.parameters, seq, self.raw, self.decode_error, redelivered
-        )
+    def __init__(self, entry: _Entry, deadline: float, consumer: _InMemoryConsumer | None) -> None:
+        self.entry = entry
+        self.deadline = deadline
+        self.consumer = consumer
+
+
+def _entry(
+    key: RoutingKey,
+    payload: str,
+    parameters: Parameters,
+    seq: int,
+    raw: bytes | None = None,
+    decode_error: str | None = None,
+) -> _Entry:
+    return Delivery(key, payload, parameters, seq, MessageCategory.NORMAL, raw, decode_error)
+
+
+def _renewed(entry: _Entry, seq: int, *, redelivered: bool = False) -> _Entry:
+    return entry._replace(handle=seq, redelivered=redelivered)
 
 
 class _MemoryQueue:
@@ -89,7 +83,7 @@ class _MemoryQueue:
         self.ready: tuple[deque[_Entry], ...] = tuple(deque() for _ in range(_PRIORITIES))
         self.delayed: list[tuple[float, int, _Entry]] = []
         self.dead: dict[int, _Entry] = {}
-        self.inflight: dict[int, _Entry] = {}
+        self.inflight: dict[int, _Lease] = {}
         self.pending_ids: dict[str, int] = {}
         self.waiters: deque[asyncio.Future[None]] = deque()
         self.timer: asyncio.TimerHandle | None = None
@@ -220,7 +214,7 @@ class InMemoryMessageBroker:
             key, payload, params = decode_message(raw)
         except DecodeError as exc:
             seq = next(self._seq)
-            entry = _Entry(
+            entry = _entry(
                 RoutingKey(f"raw-{seq}", "", queue_name, priority),
                 "",
                 Parameters(),
@@ -250,7 +244,7 @@ class InMemoryMessageBroker:
             logger.debug("message %s is already pending in %s; not added again", key.id_, q.name)
             return
         ids[key.id_] = ids.get(key.id_, 0) + 1
-        self._place(q, _Entry(key, payload, params, next(self._seq)))
+        self._place(q, _entry(key, payload, params, next(self._seq)))
 
     def _place(self, q: _MemoryQueue, entry: _Entry) -> None:
         params = entry.parameters
@@ -259,7 +253,7 @@ class InMemoryMessageBroker:
         if when is not None:
             due = when.timestamp()
             if due > self._clock():
-                heapq.heappush(q.delayed, (due, entry.seq, entry))
+                heapq.heappush(q.delayed, (due, entry.handle, entry))
                 self._arm_timer(q)
                 return
         q.ready[entry.key.priority].append(entry)
@@ -296,18 +290,19 @@ class InMemoryMessageBroker:
             q.ready[entry.key.priority].append(entry)
         if q.inflight and now >= self._next_sweep:
             self._next_sweep = now + min(1.0, self.lease_duration / 4)
-            expired = [entry for entry in q.inflight.values() if entry.deadline <= now]
-            for entry in expired:
+            expired = [lease for lease in q.inflight.values() if lease.deadline <= now]
+            for lease in expired:
+                entry = lease.entry
                 del q.inflight[entry.handle]
-                if entry.consumer is not None:
-                    entry.consumer._settled()
+                if lease.consumer is not None:
+                    lease.consumer._settled()
                 logger.warning(
                     "lease of message %s in %s expired; it is available again",
                     entry.key.id_,
                     q.name,
                 )
                 q.ready[entry.key.priority].appendleft(
-                    entry.copy(next(self._seq), redelivered=True)
+                    _renewed(entry, next(self._seq), redelivered=True)
                 )
 
     def _take(
@@ -331,9 +326,7 @@ class InMemoryMessageBroker:
                 break
         if entry is None:
             return None
-        entry.deadline = self._clock() + self.lease_duration
-        entry.consumer = consumer
-        q.inflight[entry.handle] = entry
+        q.inflight[entry.handle] = _Lease(entry, self._clock() + self.lease_duration, consumer)
         return entry
 
     def _next_wakeup(self, q: _MemoryQueue) -> float | None:
@@ -351,13 +344,13 @@ class InMemoryMessageBroker:
         q = self._queues.get(key.key.queue)
         if q is None:
             return None
-        entry = q.inflight.pop(key.handle, None)
-        if entry is None:
+        lease = q.inflight.pop(key.handle, None)
+        if lease is None:
             logger.warning("stale settlement of message %s in %s ignored", key.key.id_, q.name)
             return None
-        if entry.consumer is not None:
-            entry.consumer._settled()
-        return q, entry
+        if lease.consumer is not None:
+            lease.consumer._settled()
+        return q, lease.entry
 
     def _forget_id(self, q: _MemoryQueue, id_: str) -> None:
         ids = q.pending_ids
@@ -396,10 +389,10 @@ class InMemoryMessageBroker:
         return True
 
     def _to_dead(self, q: _MemoryQueue, entry: _Entry, parameters: Parameters | None) -> None:
-        dead = entry.copy(next(self._seq))
-        if parameters is not None:
-            dead.parameters = parameters
-        q.dead[dead.seq] = dead
+        seq = next(self._seq)
+        q.dead[seq] = entry._replace(
+            handle=seq, parameters=entry.parameters if parameters is None else parameters
+        )
 
     async def reject(self, key: Delivery) -> bool:
         if key.category is not MessageCategory.NORMAL:
@@ -408,7 +401,7 @@ class InMemoryMessageBroker:
         if released is None:
             return False
         q, entry = released
-        q.ready[entry.key.priority].appendleft(entry.copy(next(self._seq)))
+        q.ready[entry.key.priority].appendleft(_renewed(entry, next(self._seq)))
         q.wake_one()
         return True
 
@@ -429,7 +422,7 @@ class InMemoryMessageBroker:
             if released is None:
                 return False
             q, entry = released
-        new = _Entry(
+        new = _entry(
             entry.key,
             entry.payload if payload is None else payload,
             entry.parameters if params is None else params,
@@ -442,8 +435,8 @@ class InMemoryMessageBroker:
         deadline = self._clock() + self.lease_duration
         for delivery in deliveries:
             q = self._queues.get(delivery.key.queue)
-            if q is not None and (entry := q.inflight.get(delivery.handle)) is not None:
-                entry.deadline = deadline
+            if q is not None and (lease := q.inflight.get(delivery.handle)) is not None:
+                lease.deadline = deadline
 
     # -- browsing dead and delayed messages -----------------------------------------------
 
@@ -608,17 +601,17 @@ class _InMemoryConsumer:
             self._browsed = set()
         result: list[Delivery] = []
         for entry in broker._browse(q, self._category):
-            if entry.seq in self._browsed:
+            if entry.handle in self._browsed:
                 continue
             if self._topics is not None and entry.key.topic not in self._topics:
                 continue
-            self._browsed.add(entry.seq)
+            self._browsed.add(entry.handle)
             result.append(
                 Delivery(
                     entry.key,
                     entry.payload,
                     entry.parameters,
-                    entry.seq,
+                    entry.handle,
                     category=self._category,
                     raw=entry.raw,
                     decode_error=entry.decode_error,
