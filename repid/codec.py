@@ -41,6 +41,6 @@ def decode_message(raw: bytes | str) -> tuple[RoutingKey, str, Parameters]:
         if not isinstance(payload, str):
             raise TypeError("payload must be a string")
         parameters = Parameters.decode(obj["m"])
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError, AttributeError) as exc:
         raise DecodeError(f"malformed repid envelope: {exc!r}") from exc
     return key, payload, parameters

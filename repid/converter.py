@@ -6,6 +6,7 @@ validator per actor, built once); `BasicConverter` passes JSON values through un
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Callable
 from typing import Any, NotRequired, Protocol, get_type_hints
@@ -15,6 +16,7 @@ from pydantic_core import from_json
 from typing_extensions import TypedDict
 
 from repid.dependencies import find_injected_parameters
+from repid.errors import ConfigurationError, RepidError
 from repid.serializer import default_serializer
 
 __all__ = [
@@ -26,7 +28,7 @@ __all__ = [
 ]
 
 
-class ArgumentsError(ValueError):
+class ArgumentsError(RepidError, ValueError):
     """The payload does not fit the actor's parameters (raised by converters)."""
 
 
@@ -50,15 +52,32 @@ def _plain_parameters(fn: Callable[..., Any]) -> list[inspect.Parameter]:
     return [p for p in inspect.signature(fn).parameters.values() if p.name not in skip]
 
 
+def _split_positional(positional_only: list[tuple[str, Any]], kwargs: dict[str, Any]) -> list[Any]:
+    """Take positional-only arguments out of `kwargs`, keeping every later one in its place."""
+    args: list[Any] = []
+    pending_defaults: list[Any] = []
+    for name, default in positional_only:
+        if name in kwargs:
+            args.extend(pending_defaults)
+            pending_defaults.clear()
+            args.append(kwargs.pop(name))
+        elif default is not inspect.Parameter.empty:
+            pending_defaults.append(default)
+        else:
+            break  # missing required one: the call raises a clear TypeError
+    return args
+
+
+def _positional_only(params: list[inspect.Parameter]) -> list[tuple[str, Any]]:
+    return [(p.name, p.default) for p in params if p.kind is inspect.Parameter.POSITIONAL_ONLY]
+
+
 class BasicConverter:
     """Decodes the JSON payload and passes the values through unchecked."""
 
     def __init__(self, fn: Callable[..., Any]) -> None:
         self.fn = fn
-        params = _plain_parameters(fn)
-        self._positional_only = [
-            p.name for p in params if p.kind is inspect.Parameter.POSITIONAL_ONLY
-        ]
+        self._positional_only = _positional_only(_plain_parameters(fn))
 
     def convert_inputs(self, payload: str) -> tuple[list[Any], dict[str, Any]]:
         if not payload:
@@ -69,51 +88,77 @@ class BasicConverter:
             raise ArgumentsError(f"payload is not valid JSON: {exc}") from exc
         if not isinstance(data, dict):
             raise ArgumentsError("payload must be a JSON object of keyword arguments")
-        args = [data.pop(name) for name in self._positional_only if name in data]
-        return args, data
+        if self._positional_only:
+            return _split_positional(self._positional_only, data), data
+        return [], data
 
     def convert_outputs(self, data: Any) -> str:
         return default_serializer(data)
 
 
 class PydanticConverter:
-    """Validates and converts arguments with pydantic, from the function's type hints."""
+    """Validates and converts arguments with pydantic, from the function's type hints.
+
+    The validator is compiled once. If a type hint cannot be resolved yet (a forward reference
+    to a class defined later), compiling waits until first use; `prepare()` (called by
+    `Worker.run`) raises `ConfigurationError` if it still cannot be resolved then, so a typo
+    in a hint never silently turns validation off.
+    """
 
     def __init__(self, fn: Callable[..., Any]) -> None:
         self.fn = fn
-        params = _plain_parameters(fn)
-        self._positional_only = [
-            p.name for p in params if p.kind is inspect.Parameter.POSITIONAL_ONLY
-        ]
-        self._no_params = not params
+        self._params = _plain_parameters(fn)
+        self._positional_only = _positional_only(self._params)
+        self._no_params = not self._params
+        self._adapter: TypeAdapter[dict[str, Any]] | None = None
+        with contextlib.suppress(ConfigurationError):  # retried at start-up and on first use
+            self.prepare()
+
+    def prepare(self) -> None:
+        """Compile the validator; `ConfigurationError` if the type hints cannot be resolved."""
+        if self._adapter is not None:
+            return
+        fn = self.fn
+        name = getattr(fn, "__name__", "actor")
         try:
             hints = get_type_hints(fn, include_extras=True)
-        except Exception:
-            hints = {}
-        extra_allowed = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
-        name = f"{getattr(fn, '__name__', 'actor')}_arguments"
+        except Exception as exc:
+            raise ConfigurationError(
+                f"cannot resolve the type hints of actor function {name!r}: {exc!r}"
+            ) from exc
+        extra_allowed = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in self._params)
         fields: dict[str, Any] = {}
-        for p in params:
+        for p in self._params:
             if p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
                 continue
             annotation = hints.get(p.name, Any)
             fields[p.name] = (
                 annotation if p.default is inspect.Parameter.empty else NotRequired[annotation]
             )
-        shape: Any = TypedDict(name, fields)  # type: ignore[misc]
+        shape: Any = TypedDict(f"{name}_arguments", fields)  # type: ignore[misc]
         config = ConfigDict(extra="allow" if extra_allowed else "forbid")
         setattr(shape, "__pydantic_config__", config)  # noqa: B010 - pydantic reads it from the class
-        self._adapter: TypeAdapter[dict[str, Any]] = TypeAdapter(shape)
+        try:
+            self._adapter = TypeAdapter(shape)
+        except Exception as exc:
+            raise ConfigurationError(
+                f"actor function {name!r} has parameter types pydantic cannot validate: {exc}"
+            ) from exc
 
     def convert_inputs(self, payload: str) -> tuple[list[Any], dict[str, Any]]:
         if self._no_params and (not payload or payload == "{}"):
             return [], {}
+        adapter = self._adapter
+        if adapter is None:
+            self.prepare()
+            adapter = self._adapter
+            assert adapter is not None
         try:
-            kwargs = self._adapter.validate_json(payload or "{}")
+            kwargs = adapter.validate_json(payload or "{}")
         except ValidationError as exc:
             raise ArgumentsError(str(exc)) from exc
         if self._positional_only:
-            return [kwargs.pop(name) for name in self._positional_only if name in kwargs], kwargs
+            return _split_positional(self._positional_only, kwargs), kwargs
         return [], kwargs
 
     def convert_outputs(self, data: Any) -> str:

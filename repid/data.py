@@ -97,7 +97,9 @@ class RoutingKey(NamedTuple):
         id_, topic, queue, priority = raw
         if not (isinstance(id_, str) and isinstance(topic, str) and isinstance(queue, str)):
             raise TypeError("routing key fields must be strings")
-        return cls(id_, topic, queue, int(priority))
+        if type(priority) is not int or not 0 <= priority < len(PrioritiesT):
+            raise ValueError(f"priority must be 0, 1 or 2, got {priority!r}")
+        return cls(id_, topic, queue, priority)
 
 
 def _td(seconds: float | None) -> timedelta | None:

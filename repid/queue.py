@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 
 from repid.connection import Connection
 from repid.data import MessageCategory
+from repid.errors import ConfigurationError
 from repid.main import Repid
 from repid.message import Message
 
@@ -23,7 +24,7 @@ def validate_name(value: str, what: str) -> str:
     if value in _VALID_NAMES:
         return value
     if not isinstance(value, str) or _NAME.fullmatch(value) is None:
-        raise ValueError(
+        raise ConfigurationError(
             f"{what} {value!r} is invalid: it must start with a letter or underscore and contain "
             "only letters, digits, underscores and dashes"
         )
@@ -79,19 +80,28 @@ class Queue:
         consumer = broker.get_consumer(self.name, topics, max_unacked_messages, category)
         await consumer.start()
         handed_out: list[Message] = []
+        seen: set[str] = set()
         try:
             while True:
                 batch = await consumer.fetch(100, 0.0)
                 if not batch:
                     return
-                for delivery in batch:
+                for index, delivery in enumerate(batch):
+                    if category is MessageCategory.NORMAL:
+                        if delivery.key.id_ in seen:
+                            # Wrapped around: the caller gave this one back. Return what is
+                            # left of the batch and stop, or the loop would never end.
+                            for rest in reversed(batch[index:]):
+                                await broker.reject(rest)
+                            return
+                        seen.add(delivery.key.id_)
                     message = Message(delivery, broker)
                     if category is MessageCategory.NORMAL:
                         handed_out.append(message)
                     yield message
         finally:
-            # Messages the caller did not settle go back to the queue at once.
-            for message in handed_out:
+            # Messages the caller did not settle go back to the queue at once, in their order.
+            for message in reversed(handed_out):
                 if not message.read_only:
                     await message.reject()
             await consumer.finish()

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Protocol
 
+from repid.errors import ConfigurationError
+
 __all__ = ["RetryPolicyT", "default_retry_policy_factory", "retry_delay"]
 
 
@@ -32,7 +34,7 @@ def default_retry_policy_factory(
         max_exponent: cap of the exponent, so huge retry numbers do not overflow.
     """
     if min_backoff < 0 or max_backoff < min_backoff:
-        raise ValueError("retry policy needs 0 <= min_backoff <= max_backoff")
+        raise ConfigurationError("retry policy needs 0 <= min_backoff <= max_backoff")
 
     def retry_policy(retry_number: int = 1) -> timedelta:
         exponent = min(max(retry_number, 0), max_exponent)

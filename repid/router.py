@@ -120,8 +120,10 @@ class Router:
         """
 
         def register(function: FnT) -> FnT:
-            actor_name = validate_name(name or function.__name__, "actor name")
-            actor_queue = validate_name(queue or self.defaults.queue, "queue name")
+            actor_name = validate_name(function.__name__ if name is None else name, "actor name")
+            actor_queue = validate_name(
+                self.defaults.queue if queue is None else queue, "queue name"
+            )
             converter_cls = converter or self.defaults.converter
             self.actors[actor_name] = ActorData(
                 fn=function,

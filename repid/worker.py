@@ -16,13 +16,15 @@ import signal
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from repid._executor import DaemonThreadPool
 from repid.brokers.base import Delivery
 from repid.brokers.in_memory import ConsumerClosedError
 from repid.data import DeadLetterInfo, DeadLetterReason, ResultBucket
 from repid.dependencies import resolve_dependency
+from repid.errors import ConfigurationError
 from repid.message import MessageDependency
 from repid.retry_policy import retry_delay
 from repid.router import ActorData, Router, RouterDefaults
@@ -39,6 +41,16 @@ _YIELD_EVERY = 32
 """A lane that never suspends (no-op actors, messages ready) yields to the loop this often."""
 _WATCHDOG_INTERVAL = 0.05
 """How often running actors are checked against their deadline (timeouts are >= 1 s)."""
+
+
+def _start_clock(
+    fn: Callable[..., Any], lane: _Lane, clock: Callable[[], float], timeout: float
+) -> Callable[..., Any]:
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        lane.deadline = clock() + timeout  # a float store: safe from another thread
+        return fn(*args, **kwargs)
+
+    return timed
 
 
 class _Lane:
@@ -88,11 +100,11 @@ class Worker(Router):
         for router in routers or ():
             self.include_router(router)
         if graceful_shutdown_time < 0:
-            raise ValueError("graceful_shutdown_time must be >= 0")
+            raise ConfigurationError("graceful_shutdown_time must be >= 0")
         if messages_limit <= 0:
-            raise ValueError("messages_limit must be > 0")
+            raise ConfigurationError("messages_limit must be > 0")
         if tasks_limit < 1:
-            raise ValueError("tasks_limit must be >= 1")
+            raise ConfigurationError("tasks_limit must be >= 1")
         self.graceful_shutdown_time = graceful_shutdown_time
         self.messages_limit = messages_limit
         self.tasks_limit = tasks_limit
@@ -104,6 +116,7 @@ class Worker(Router):
         self.health_check_server_settings = health_check_server_settings
         self._connection = _connection
         self._runner: Runner | None = None
+        self._stop_requested = False
 
     @property
     def connection(self) -> Connection:
@@ -128,6 +141,10 @@ class Worker(Router):
 
         Returns the runner, whose counters (`processed`, ...) describe what happened.
         """
+        for actor in self.actors.values():  # fail at start-up, not on the first message
+            prepare = getattr(actor.converter, "prepare", None)
+            if prepare is not None:
+                prepare()
         connection = self.connection
         if not connection.is_open:
             await connection.connect()
@@ -135,13 +152,19 @@ class Worker(Router):
             await self.declare_all_queues()
         runner = Runner(self, connection)
         self._runner = runner
-        await runner.run()
+        if self._stop_requested:
+            runner.request_stop()
+        try:
+            await runner.run()
+        finally:
+            self._stop_requested = False
         if runner.crashed is not None:
             raise RuntimeError("a worker lane crashed (a bug in repid)") from runner.crashed
         return runner
 
     def stop(self) -> None:
-        """Start a graceful shutdown of a running worker (like receiving SIGTERM)."""
+        """Start a graceful shutdown (like receiving SIGTERM); also works before `run()` starts."""
+        self._stop_requested = True
         if self._runner is not None:
             self._runner.request_stop()
 
@@ -166,15 +189,18 @@ class Runner:
         self.rejected = 0
         self.crashed: BaseException | None = None
         limit = worker.messages_limit
-        self._tickets: int | None = None if math.isinf(limit) else int(limit)
+        self._tickets: int | None = None if math.isinf(limit) else math.ceil(limit)
+        self._limit = self._tickets
         self._stop = asyncio.Event()
         self._stopping = False
         self._lanes: list[asyncio.Task[None]] = []
         self._lane_states: list[_Lane] = []
         self._loop_time: Callable[[], float] = time.monotonic
-        self._thread_pool: ThreadPoolExecutor | None = None
+        self._thread_pool: DaemonThreadPool | None = None
         self._process_pool: ProcessPoolExecutor | None = None
         self._consumers: list[Any] = []
+        self._inbox: asyncio.Queue[Delivery] | None = None
+        self._stop_taking: Callable[[], Awaitable[None]] | None = None
         self._health: HealthCheckServer | None = None
         dispatcher = connection.middleware
         self._actor_run_events = dispatcher.handles("actor_run")
@@ -272,16 +298,33 @@ class Runner:
         if len(self._consumers) == 1:
             consume: Callable[[], Awaitable[Delivery]] = self._consumers[0].consume
             return consume
-        # Several queues: one pump per consumer feeds a shared inbox; each consumer's
-        # prefetch bounds what waits there.
+        # Several queues: one pump per consumer feeds a shared inbox. Pumps take messages only
+        # while lanes wait for one, so at most one message per pump waits unstarted in the
+        # inbox (and the lease renewal covers those too).
         inbox: asyncio.Queue[Delivery] = asyncio.Queue()
+        self._inbox = inbox
+        demand = asyncio.Event()
+        waiting = 0
 
         async def pump(consumer: Any) -> None:
             while True:
+                await demand.wait()
                 delivery = await self._guarded_consume(consumer.consume)
                 if delivery is None:
                     return
                 inbox.put_nowait(delivery)
+                if inbox.qsize() >= waiting:
+                    demand.clear()
+
+        async def take() -> Delivery:
+            nonlocal waiting
+            waiting += 1
+            try:
+                if waiting > inbox.qsize():
+                    demand.set()
+                return await inbox.get()
+            finally:
+                waiting -= 1
 
         pumps = [asyncio.create_task(pump(c)) for c in self._consumers]
 
@@ -292,43 +335,60 @@ class Runner:
             while not inbox.empty():  # taken but never started: give back at once
                 await self._settle("reject", inbox.get_nowait())
 
+        self._stop_taking = stop_pumps
         stack.push_async_callback(stop_pumps)
-        return inbox.get
+        return take
 
     async def _guarded_consume(
         self, consume: Callable[[], Awaitable[Delivery]], error: Exception | None = None
     ) -> Delivery | None:
         """Consume, surviving broker errors with backoff; None when the consumer is closed.
 
-        `error` is a failure the caller already got from `consume()`.
+        `error` is a failure the caller already got from `consume()`. While failing, the health
+        check says UNHEALTHY; it turns healthy again as soon as a `consume()` call has been
+        waiting for a second without failing (an idle worker recovers too).
         """
         backoff = 0.1
-        while True:
-            if error is None:
-                try:
-                    delivery = await consume()
-                except ConsumerClosedError:
-                    return None
-                except Exception as exc:
-                    error = exc
-                else:
-                    if backoff != 0.1:
-                        logger.info("consuming works again")
-                        self._set_health(True)
-                    return delivery
+        while error is not None:
             if isinstance(error, ConsumerClosedError) or self._stop.is_set():
                 return None
             logger.error("consuming failed (%r); retrying in %.1fs", error, backoff)
-            error = None
             self._set_health(False)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
+            attempt = asyncio.ensure_future(consume())
+            try:
+                done, _ = await asyncio.wait({attempt}, timeout=1.0)
+                if not done:
+                    self._set_health(True)
+                    logger.info("consuming works again")
+                delivery = await attempt
+            except asyncio.CancelledError:
+                if attempt.done() and not attempt.cancelled() and attempt.exception() is None:
+                    await asyncio.shield(self._settle("reject", attempt.result()))
+                attempt.cancel()
+                raise
+            except ConsumerClosedError:
+                return None
+            except Exception as exc:
+                error = exc
+            else:
+                self._set_health(True)
+                return delivery
+        try:
+            return await consume()
+        except ConsumerClosedError:
+            return None
+        except Exception as exc:
+            return await self._guarded_consume(consume, exc)
 
     async def _shutdown(self) -> None:
         self._stopping = True
         for lane in self._lane_states:
             if lane.idle:  # waiting for a message: safe to cancel (consume is cancel-safe)
                 lane.task.cancel()
+        if self._stop_taking is not None:
+            await self._stop_taking()
         lanes = self._lanes
         if not lanes:
             return
@@ -342,6 +402,10 @@ class Runner:
             for task in pending:
                 task.cancel()
             await asyncio.wait(pending)
+
+    def close(self) -> None:
+        """Release the thread and process pools (done by `run()` itself when it ends)."""
+        self._shutdown_pools()
 
     def _shutdown_pools(self) -> None:
         if self._thread_pool is not None:
@@ -359,6 +423,8 @@ class Runner:
             while True:
                 await asyncio.sleep(interval)
                 running = [lane.current for lane in self._lane_states if lane.current is not None]
+                if self._inbox is not None:
+                    running.extend(self._inbox._queue)  # type: ignore[attr-defined]
                 if running:
                     try:
                         await self.broker.renew(running)
@@ -387,6 +453,10 @@ class Runner:
                     return
                 delivery = recovered
             lane.idle = False
+            if self._stopping:  # taken in the same instant the stop came: give it back
+                await self._settle("reject", delivery)
+                return
+            lane.current = delivery
             try:
                 await self._process(lane, delivery)
             except asyncio.CancelledError:
@@ -394,8 +464,9 @@ class Runner:
             except Exception:  # a bug in repid itself must not kill the lane
                 logger.exception("unexpected error processing message %s", delivery.key.id_)
                 await self._settle("reject", delivery)
+            lane.current = None
             self.processed += 1
-            if self._tickets is not None and self.processed >= self.worker.messages_limit:
+            if self._limit is not None and self.processed >= self._limit:
                 self.request_stop()
             since_yield += 1
             if since_yield >= _YIELD_EVERY:
@@ -485,13 +556,20 @@ class Runner:
                 kwargs=kwargs,
             )
         started = time.time_ns()
-        lane.current = delivery
-        lane.deadline = self._loop_time() + params.execution_timeout.total_seconds()
+        timeout = params.execution_timeout.total_seconds()
         try:
             if actor.is_async:
+                lane.deadline = self._loop_time() + timeout
                 result = await actor.fn(*args, **kwargs)
+            elif actor.run_in_process:
+                lane.deadline = self._loop_time() + timeout
+                result = await self._run_sync(actor.fn, kwargs, True, args)
             else:
-                result = await self._run_sync(actor.fn, kwargs, actor.run_in_process, args)
+                # The clock starts when a pool thread starts the actor, not while it waits
+                # for a free thread behind other (possibly timed-out, still running) actors.
+                result = await self._run_sync(
+                    _start_clock(actor.fn, lane, self._loop_time, timeout), kwargs, False, args
+                )
         except asyncio.CancelledError:
             lane.deadline = math.inf
             lane.current = None
@@ -502,7 +580,9 @@ class Runner:
                 logger.info("message %s returned to the queue on shutdown", delivery.key.id_)
                 await asyncio.shield(self._settle("reject", delivery))
             raise
-        except Exception as exc:
+        except (
+            BaseException
+        ) as exc:  # KeyboardInterrupt/SystemExit from actor code are failures too
             lane.deadline = math.inf
             lane.current = None
             if lane.timed_out:  # the actor turned our cancellation into an exception
@@ -558,7 +638,7 @@ class Runner:
 
     def _count_processed(self) -> None:
         self.processed += 1
-        if self._tickets is not None and self.processed >= self.worker.messages_limit:
+        if self._limit is not None and self.processed >= self._limit:
             self.request_stop()
 
     async def _settle(self, how: str, delivery: Delivery, *args: Any) -> None:
@@ -639,7 +719,7 @@ class Runner:
             executor = self._process_pool
         else:
             if self._thread_pool is None:
-                self._thread_pool = ThreadPoolExecutor(
+                self._thread_pool = DaemonThreadPool(
                     max_workers=min(self.worker.tasks_limit, 64), thread_name_prefix="repid-actor"
                 )
             executor = self._thread_pool

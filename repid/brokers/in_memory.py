@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import timedelta
+from typing import Any
 
 from repid.brokers.base import BrokerCapabilities, Delivery, OutgoingMessage
 from repid.codec import decode_message
@@ -47,6 +48,11 @@ Its `handle` is a sequence number unique to that object. A message given back to
 (lease expiry, reject) is stored as a new entry with a new handle, so settlements by a stale
 holder of the old delivery find nothing and return False.
 """
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 class _Lease:
@@ -167,6 +173,9 @@ class InMemoryMessageBroker:
             d.clear()
         q.delayed.clear()
         q.dead.clear()
+        for lease in q.inflight.values():  # their settlements become stale; free the consumers
+            if lease.consumer is not None:
+                lease.consumer._settled()
         q.inflight.clear()
         q.pending_ids.clear()
 
@@ -237,8 +246,11 @@ class InMemoryMessageBroker:
         check_unique: bool,
     ) -> None:
         limit = self.max_message_size
-        if limit is not None and len(payload) > limit:
-            raise MessageTooLargeError(len(payload), limit)
+        # Cheap on the hot path: a str of n characters takes at most 4n bytes in UTF-8.
+        if limit is not None and len(payload) * 4 > limit:
+            size = len(payload.encode())
+            if size > limit:
+                raise MessageTooLargeError(size, limit)
         ids = q.pending_ids
         if check_unique and key.id_ in ids:
             logger.debug("message %s is already pending in %s; not added again", key.id_, q.name)
@@ -328,6 +340,24 @@ class InMemoryMessageBroker:
             return None
         q.inflight[entry.handle] = _Lease(entry, self._clock() + self.lease_duration, consumer)
         return entry
+
+    def take_ready(self, queue_name: str, handle: Any) -> Delivery | None:
+        """Lease one specific ready message (by its delivery handle), or None if not ready.
+
+        For tools that must run exactly one known message (the pytest plugin).
+        """
+        q = self._queue(queue_name)
+        if q.delayed or q.inflight:
+            self._promote(q)
+        for ready in q.ready:
+            for i, entry in enumerate(ready):
+                if entry.handle == handle:
+                    del ready[i]
+                    q.inflight[entry.handle] = _Lease(
+                        entry, self._clock() + self.lease_duration, None
+                    )
+                    return entry
+        return None
 
     def _next_wakeup(self, q: _MemoryQueue) -> float | None:
         """Seconds until something may become ready without a publish (delays, leases)."""
@@ -561,21 +591,23 @@ class _InMemoryConsumer:
             if delivery is not None:
                 self._outstanding += 1
                 return delivery
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            fut: asyncio.Future[None] = loop.create_future()
             q.waiters.append(fut)
             timeout = broker._next_wakeup(q)
+            # A timer resolving the same future, not asyncio.wait_for: on Python 3.11 wait_for
+            # can swallow a cancellation that races with the wake-up.
+            timer = None if timeout is None else loop.call_later(timeout, _wake, fut)
             try:
-                if timeout is None:
-                    await fut
-                else:
-                    await asyncio.wait_for(fut, timeout)
-            except TimeoutError:
-                pass
+                await fut
             except asyncio.CancelledError:
                 # Pass a wake-up we may have swallowed on to another waiter.
                 if fut.done() and not fut.cancelled():
                     q.wake_one()
                 raise
+            finally:
+                if timer is not None:
+                    timer.cancel()
 
     async def fetch(self, max_count: int, timeout: float = 0.0) -> list[Delivery]:
         broker = self._broker

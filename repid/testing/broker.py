@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from unittest.mock import AsyncMock, MagicMock
 
 from repid.brokers.base import Delivery, OutgoingMessage
-from repid.brokers.in_memory import InMemoryMessageBroker, _Entry, _Lease, _MemoryQueue
+from repid.brokers.in_memory import InMemoryMessageBroker, _Entry, _MemoryQueue
 from repid.data import Parameters, RoutingKey
 from repid.router import Router
 from repid.worker import Runner, Worker
@@ -131,7 +131,7 @@ class TestMessageBroker(InMemoryMessageBroker):
     def close(self) -> None:
         """Release the runner's thread/process pools (sync actors). The broker stays usable."""
         if self._runner is not None:
-            self._runner._shutdown_pools()
+            self._runner.close()
             self._runner = None
 
     # -- publishing runs the actor ------------------------------------------------------------
@@ -155,9 +155,7 @@ class TestMessageBroker(InMemoryMessageBroker):
         for q, entry in placed:
             await self._run_entry(q, entry)
 
-    async def _collect_placed(
-        self, publish: Awaitable[None]
-    ) -> list[tuple[_MemoryQueue, _Entry]]:
+    async def _collect_placed(self, publish: Awaitable[None]) -> list[tuple[_MemoryQueue, _Entry]]:
         """Await `publish`, returning the entries it put in the ready or delayed part."""
         if not self.run_on_enqueue:
             await publish
@@ -179,14 +177,16 @@ class TestMessageBroker(InMemoryMessageBroker):
         not run again in the same call).
 
         Args:
-            queue_name: only this queue (default: every queue an actor listens on).
+            queue_name: only this queue (default: every declared queue an actor listens on).
             include_delayed: first make the delayed messages of those actors ready, whatever
                 their time (deferred and recurring jobs, retries waiting for their delay).
         """
-        names = [queue_name] if queue_name is not None else self.known_queues
+        if queue_name is not None:
+            queues = [self._queue(queue_name)]  # raises for an undeclared queue
+        else:
+            queues = [self._queues[n] for n in self.known_queues if n in self._queues]
         entries: list[tuple[_MemoryQueue, _Entry]] = []
-        for name in names:
-            q = self._queue(name)
+        for q in queues:
             if include_delayed:
                 self._release_delayed(q)
             self._promote(q)
@@ -223,22 +223,7 @@ class TestMessageBroker(InMemoryMessageBroker):
         return True
 
     def _take_entry(self, q: _MemoryQueue, entry: _Entry) -> Delivery | None:
-        """Lease exactly `entry` (as `_take` would) if it is still ready."""
+        """Lease exactly `entry` if it is still ready (None if taken, flushed or deleted)."""
         if self._queues.get(q.name) is not q:
-            return None
-        ready = q.ready[entry.key.priority]
-        try:
-            ready.remove(entry)
-        except ValueError:  # already taken (e.g. by a real consumer) or flushed
-            return None
-        token = next(self._seq)
-        q.inflight[token] = _Lease(entry, self._clock() + self.lease_duration, None)
-        return Delivery(
-            entry.key,
-            entry.payload,
-            entry.parameters,
-            token,
-            raw=entry.raw,
-            decode_error=entry.decode_error,
-            redelivered=entry.redelivered,
-        )
+            return None  # the queue was deleted meanwhile
+        return self.take_ready(q.name, entry.handle)

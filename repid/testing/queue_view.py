@@ -1,4 +1,4 @@
-"""A read-only look at one queue of an in-memory broker (the `repid_get_in_memory_queue` fixture)."""
+"""A read-only look into a queue of an in-memory broker (`repid_get_in_memory_queue`)."""
 
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ class QueuedMessage:
 
     @property
     def id_(self) -> str:
+        """The message id (the job's `id_`, or a random one)."""
         return self.key.id_
 
     @property
@@ -92,6 +93,7 @@ class InMemoryQueueView:
 
     @property
     def is_declared(self) -> bool:
+        """Whether the queue exists on the broker (every other property raises if not)."""
         return self.name in self.broker.queue_names()
 
     @property
