@@ -1,0 +1,19 @@
+import asyncio
+
+from repid import Connection, InMemoryMessageBroker, Job, Repid
+
+app = Repid(Connection(InMemoryMessageBroker()))
+
+
+async def main() -> None:
+    # --8<-- [start:snippet]
+    async with app.magic():
+        j = Job(name="my_awesome_job")  # (1)
+        await j.queue.declare()
+        await j.enqueue()
+        # ✅ Success!
+    # --8<-- [end:snippet]
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

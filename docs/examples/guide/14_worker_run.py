@@ -1,0 +1,15 @@
+import asyncio
+
+from repid import Connection, InMemoryMessageBroker, Repid, Worker
+
+app = Repid(Connection(InMemoryMessageBroker()))
+
+
+async def main() -> None:
+    async with app.magic(auto_disconnect=True):
+        my_worker = Worker()
+        await my_worker.run()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,3 @@
+"""The plugin's own tests run inner pytest sessions with `pytester`."""
+
+pytest_plugins = ["pytester"]
