@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from collections.abc import Mapping
@@ -39,9 +40,28 @@ _NO_DELAY = DelayProperties()
 _UNSET: Any = object()
 
 
+class _IdSource:
+    """Ids unique across processes: a random 64-bit prefix per process plus a counter.
+
+    Ids must be unique, not secret; this is ~3x cheaper than a random draw per id. Forked
+    children draw a new prefix, so worker processes never share a sequence.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+        os.register_at_fork(after_in_child=self.reset)
+
+    def reset(self) -> None:
+        self.prefix = os.urandom(8).hex()
+        self.counter = itertools.count(int.from_bytes(os.urandom(4)))
+
+
+_ids = _IdSource()
+
+
 def new_id() -> str:
-    """A random 32-hex-digit id (same shape as `uuid4().hex`)."""
-    return os.urandom(16).hex()
+    """A new unique 32-hex-digit id (the shape of `uuid4().hex`)."""
+    return f"{_ids.prefix}{next(_ids.counter) & 0xFFFFFFFFFFFFFFFF:016x}"
 
 
 def _duration(value: timedelta | float | None, what: str) -> timedelta | None:
@@ -92,6 +112,7 @@ class Job:
         "_args_payload",
         "_connection",
         "_last_result_id",
+        "_priority",
         "args",
         "args_id",
         "args_ttl",
@@ -137,6 +158,7 @@ class Job:
         self.name = validate_name(name, "job name")
         self.queue = queue if isinstance(queue, Queue) else _queue(queue, _connection)
         self.priority = priority if type(priority) is PrioritiesT else PrioritiesT(priority)
+        self._priority = int(self.priority)
         self.id_ = _validate_id(id_, "job id")
         if cron is not None and deferred_by is not None:
             raise ConfigurationError("cron and deferred_by are mutually exclusive")
@@ -236,7 +258,7 @@ class Job:
             delay,
             TimerProperties(now, self.ttl),
         )
-        key = RoutingKey(self.id_ or new_id(), self.name, self.queue.name, self.priority.value)
+        key = RoutingKey(self.id_ or new_id(), self.name, self.queue.name, self._priority)
         return key, payload, params
 
     async def enqueue(self) -> Job:
