@@ -20,6 +20,7 @@ ruff check .
 echo "== mypy --strict"
 mypy --strict
 echo "== mkdocs build --strict"
+export NO_MKDOCS_2_WARNING=1
 mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
 echo "== pytest"
 python -m pytest "$@"
