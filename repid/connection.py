@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from repid.brokers.base import BucketBrokerT, MessageBrokerT
@@ -51,6 +52,9 @@ class Connection:
         self.args_bucket_broker: Any = args_bucket_broker
         self.results_bucket_broker: Any = results_bucket_broker
         self.is_open = False
+        self.header_providers: list[Callable[[], Mapping[str, str] | None]] = []
+        """Called at every enqueue; the headers they return travel with the message
+        (`Parameters.headers`), e.g. trace context."""
 
     def use_middlewares(self, dispatcher: MiddlewareDispatcher) -> None:
         """Route every broker call through `dispatcher` (done by `Repid`)."""

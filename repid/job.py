@@ -251,12 +251,18 @@ class Job:
                 )
             self._last_result_id = self.result_id or new_id()
             result = ResultProperties(self._last_result_id, self.result_ttl)
+        headers: dict[str, str] | None = None
+        for provider in connection.header_providers:
+            extra = provider()
+            if extra:
+                headers = {**(headers or {}), **extra}
         params = Parameters(
             self.timeout,
             RetriesProperties(self.retries, 0) if self.retries else _NO_RETRIES,
             result,
             delay,
             TimerProperties(now, self.ttl),
+            headers=headers,
         )
         key = RoutingKey(self.id_ or new_id(), self.name, self.queue.name, self._priority)
         return key, payload, params
@@ -284,14 +290,7 @@ class Job:
             await connection.args_bucket_broker.store_bucket(
                 args_id, ArgsBucket(data=payload, ttl=self.args_ttl)
             )
-            params = Parameters(
-                params.execution_timeout,
-                params.retries,
-                params.result,
-                params.delay,
-                params.timer,
-                args_id=args_id,
-            )
+            params = params._replace(args_id=args_id)
             payload = ""
         await connection.message_broker.enqueue(key, payload, params)
         return self

@@ -53,6 +53,14 @@ def _start_clock(
     return timed
 
 
+_DRAIN_WAIT = 0.1
+"""In drain mode, how long a lane waits for a ready message before deciding a queue is empty."""
+
+
+class _DrainedError(Exception):
+    """Drain mode: no ready message is left."""
+
+
 class _Lane:
     """One of the worker's `tasks_limit` concurrent slots: a task that runs actors in turn."""
 
@@ -136,8 +144,13 @@ class Worker(Router):
         for name in self.queues:
             await broker.queue_declare(name)
 
-    async def run(self) -> Runner:
+    async def run(self, *, drain: bool = False) -> Runner:
         """Consume until `messages_limit` messages are processed or a stop signal arrives.
+
+        Args:
+            drain: process what is ready now and return once the worker's queues have no
+                ready message left (CI jobs, cron-style runs). Delayed messages that are not
+                due yet are left for later.
 
         Returns the runner, whose counters (`processed`, ...) describe what happened.
         """
@@ -150,7 +163,7 @@ class Worker(Router):
             await connection.connect()
         if self.auto_declare:
             await self.declare_all_queues()
-        runner = Runner(self, connection)
+        runner = Runner(self, connection, drain=drain)
         self._runner = runner
         if self._stop_requested:
             runner.request_stop()
@@ -176,8 +189,9 @@ class Runner:
     that raised or timed out), `retried`, `dead_lettered`, `rejected` (returned on shutdown).
     """
 
-    def __init__(self, worker: Worker, connection: Connection) -> None:
+    def __init__(self, worker: Worker, connection: Connection, *, drain: bool = False) -> None:
         self.worker = worker
+        self.drain = drain
         self.connection = connection
         self.broker = connection.message_broker
         self.actors: dict[str, ActorData] = dict(worker.actors)
@@ -253,6 +267,8 @@ class Runner:
 
     def _on_lane_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or task.exception() is None:
+            if self.drain and all(lane.task.done() for lane in self._lane_states):
+                self.request_stop()
             return
         logger.critical("a worker lane crashed; stopping the worker", exc_info=task.exception())
         self.crashed = task.exception()
@@ -295,6 +311,17 @@ class Runner:
             await consumer.start()
             stack.push_async_callback(consumer.finish)
             self._consumers.append(consumer)
+        if self.drain:
+            consumers = list(self._consumers)
+
+            async def take_ready() -> Delivery:
+                for consumer in consumers:
+                    batch: list[Delivery] = await consumer.fetch(1, _DRAIN_WAIT)
+                    if batch:
+                        return batch[0]
+                raise _DrainedError
+
+            return take_ready
         if len(self._consumers) == 1:
             consume: Callable[[], Awaitable[Delivery]] = self._consumers[0].consume
             return consume
@@ -447,6 +474,8 @@ class Runner:
                 delivery = await source()
             except asyncio.CancelledError:
                 return  # stopping while waiting for a message (consume is cancel-safe)
+            except _DrainedError:
+                return
             except Exception as exc:
                 recovered = await self._guarded_consume(source, exc)
                 if recovered is None:
