@@ -45,6 +45,16 @@ from repid.errors import (
     SerializationError,
 )
 from repid.job import Job
+from repid.lifecycle import (
+    CancelOutcome,
+    EventKind,
+    JobCancelledError,
+    JobEvent,
+    JobFailedError,
+    JobNotFoundError,
+    RateLimit,
+    Snooze,
+)
 from repid.main import Repid
 from repid.message import Message, MessageDependency
 from repid.queue import Queue
@@ -73,6 +83,7 @@ __all__ = [
     "BrokerUnavailableError",
     "BucketBrokerT",
     "BucketT",
+    "CancelOutcome",
     "Config",
     "ConfigurationError",
     "Connection",
@@ -84,12 +95,17 @@ __all__ = [
     "DefaultConverter",
     "Delivery",
     "Depends",
+    "EventKind",
     "HealthCheckServer",
     "HealthCheckServerSettings",
     "HealthCheckStatus",
     "InMemoryBucketBroker",
     "InMemoryMessageBroker",
     "Job",
+    "JobCancelledError",
+    "JobEvent",
+    "JobFailedError",
+    "JobNotFoundError",
     "Message",
     "MessageBrokerT",
     "MessageCategory",
@@ -101,6 +117,7 @@ __all__ = [
     "PydanticConverter",
     "Queue",
     "QueueNotDeclaredError",
+    "RateLimit",
     "Repid",
     "RepidError",
     "ResultBucket",
@@ -113,6 +130,7 @@ __all__ = [
     "Runner",
     "SerializationError",
     "SerializerT",
+    "Snooze",
     "Worker",
     "default_retry_policy_factory",
     "default_serializer",

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from repid.brokers.base import BucketBrokerT, MessageBrokerT
 from repid.errors import ConfigurationError
+from repid.lifecycle import EventDispatcher, EventHandler, EventKind
 from repid.middlewares import (
     MiddlewareDispatcher,
     instrument_bucket_broker,
@@ -52,9 +53,21 @@ class Connection:
         self.args_bucket_broker: Any = args_bucket_broker
         self.results_bucket_broker: Any = results_bucket_broker
         self.is_open = False
+        self.events = EventDispatcher()
+        """Job lifecycle event handlers (see `on_event`)."""
         self.header_providers: list[Callable[[], Mapping[str, str] | None]] = []
         """Called at every enqueue; the headers they return travel with the message
         (`Parameters.headers`), e.g. trace context."""
+
+    def on_event(
+        self, handler: EventHandler, kinds: Iterable[EventKind | str] | None = None
+    ) -> EventHandler:
+        """Call `handler(event)` (sync or async) for job lifecycle events of `kinds` (default all).
+
+        Returns the handler, so it can be used as a decorator.
+        """
+        self.events.add(handler, kinds)
+        return handler
 
     def use_middlewares(self, dispatcher: MiddlewareDispatcher) -> None:
         """Route every broker call through `dispatcher` (done by `Repid`)."""

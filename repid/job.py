@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import re
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
+
+from pydantic_core import from_json
 
 from repid.data import (
     ArgsBucket,
@@ -21,7 +25,15 @@ from repid.data import (
     TimerProperties,
     next_tick,
 )
-from repid.errors import ConfigurationError
+from repid.errors import BrokerError, ConfigurationError
+from repid.lifecycle import (
+    CancelOutcome,
+    EventKind,
+    JobCancelledError,
+    JobEvent,
+    JobFailedError,
+    JobNotFoundError,
+)
 from repid.main import Repid
 from repid.queue import Queue, validate_name
 from repid.serializer import SerializerT, default_serializer, serialize_args
@@ -111,6 +123,7 @@ class Job:
     __slots__ = (
         "_args_payload",
         "_connection",
+        "_last_id",
         "_last_result_id",
         "_priority",
         "args",
@@ -193,6 +206,7 @@ class Job:
         self._connection = _connection
         self._args_payload: str | None = None
         self._last_result_id: str | None = result_id
+        self._last_id: str | None = id_
 
     # -- properties ---------------------------------------------------------------------------
 
@@ -293,7 +307,65 @@ class Job:
             params = params._replace(args_id=args_id)
             payload = ""
         await connection.message_broker.enqueue(key, payload, params)
+        self._last_id = key.id_
+        if connection.events:
+            await connection.events.emit(
+                JobEvent(EventKind.ENQUEUED, key.id_, key.topic, key.queue, 1, time.time())
+            )
         return self
+
+    async def wait(self, timeout: float | timedelta | None = None) -> Any:
+        """Wait for the result of the last enqueued run and return what the actor returned.
+
+        Args:
+            timeout: give up after this long (None: wait forever). The job is not cancelled.
+
+        Raises:
+            JobFailedError: the actor failed for good (retries exhausted); carries its error.
+            JobCancelledError: the job was cancelled while it ran.
+            TimeoutError: no result within `timeout`.
+            ConfigurationError: the job does not store results (no results bucket broker,
+                or `store_result=False`), so there is nothing to wait for.
+        """
+        broker = self.connection.results_bucket_broker
+        if broker is None:
+            raise ConfigurationError(
+                "job.wait() needs a Connection with a results_bucket_broker "
+                "(e.g. InMemoryBucketBroker(use_result_bucket=True))"
+            )
+        if self._last_result_id is None:
+            raise ConfigurationError(
+                f"job {self.name!r} has no stored result to wait for: enqueue it first, "
+                "with store_result left on"
+            )
+        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+        bucket = await _wait_for_bucket(broker, self._last_result_id, seconds)
+        if bucket is None:
+            raise TimeoutError(f"no result for job {self.name!r} within {seconds}s")
+        return _unwrap_result(bucket)
+
+    async def enqueue_and_wait(self, timeout: float | timedelta | None = None) -> Any:
+        """`enqueue()` then `wait(timeout)`: returns the actor's result or raises its failure."""
+        if self.store_result is False:
+            raise ConfigurationError("enqueue_and_wait() needs store_result to be on")
+        await self.enqueue()
+        return await self.wait(timeout)
+
+    async def cancel(self) -> CancelOutcome:
+        """Cancel the last enqueued run (or the job with this `id_`).
+
+        A waiting job is removed and never runs (`CancelOutcome.DEQUEUED`); a running one is
+        cancelled promptly by its worker and recorded as cancelled, not retried
+        (`CancelOutcome.REQUESTED`).
+
+        Raises:
+            JobNotFoundError: no pending or running job has this id in the job's queue.
+            BrokerError: the broker cannot cancel jobs.
+        """
+        job_id = self.id_ or self._last_id
+        if job_id is None:
+            raise JobNotFoundError(f"job {self.name!r} was never enqueued: nothing to cancel")
+        return await cancel_job(self.connection, self.queue.name, job_id)
 
     @property
     async def result(self) -> ResultBucket | None:
@@ -326,6 +398,51 @@ def _queue(name: str, connection: Connection | None) -> Queue:
         if len(_QUEUES) < 10_000:
             _QUEUES[name] = queue
     return queue
+
+
+async def cancel_job(connection: Connection, queue: str, job_id: str) -> CancelOutcome:
+    """Cancel the job `job_id` of `queue` (see `Job.cancel`)."""
+    cancel = getattr(connection.message_broker, "cancel", None)
+    if cancel is None:
+        raise BrokerError(
+            f"{type(connection.message_broker).__name__} cannot cancel jobs (no cancel())"
+        )
+    outcome = await cancel(queue, job_id)
+    if outcome is None:
+        raise JobNotFoundError(f"no pending or running job {job_id!r} in queue {queue!r}")
+    return CancelOutcome(outcome)
+
+
+async def _wait_for_bucket(broker: Any, result_id: str, timeout: float | None) -> Any:
+    waiter = getattr(broker, "wait_bucket", None)
+    if waiter is not None:
+        return await waiter(result_id, timeout)
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    pause = 0.005
+    while True:
+        bucket = await broker.get_bucket(result_id)
+        if bucket is not None:
+            return bucket
+        if deadline is not None and loop.time() >= deadline:
+            return None
+        wait = pause if deadline is None else min(pause, max(0.0, deadline - loop.time()))
+        await asyncio.sleep(wait)
+        pause = min(pause * 2, 0.5)
+
+
+def _unwrap_result(bucket: Any) -> Any:
+    if not isinstance(bucket, ResultBucket):
+        raise TypeError(f"expected a ResultBucket, got {type(bucket).__name__}")
+    if bucket.success:
+        return from_json(bucket.data) if bucket.data else None
+    error = JobCancelledError if bucket.exception_type == "JobCancelledError" else JobFailedError
+    summary = (bucket.exception or "").strip().splitlines()
+    raise error(
+        summary[-1] if summary else f"job failed ({bucket.exception_type})",
+        bucket.exception_type,
+        bucket.exception,
+    )
 
 
 def _validate_cron(cron: str) -> None:

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Any, ClassVar
 
 from repid.connection import Connection
+from repid.lifecycle import EventHandler
 from repid.middlewares import MiddlewareDispatcher
 
 __all__ = ["Repid"]
@@ -21,9 +22,17 @@ class Repid:
 
     _magic_connection: ClassVar[Connection | None] = None
 
-    def __init__(self, connection: Connection, *, middlewares: Iterable[Any] | None = None) -> None:
+    def __init__(
+        self,
+        connection: Connection,
+        *,
+        middlewares: Iterable[Any] | None = None,
+        event_handlers: Iterable[EventHandler] | None = None,
+    ) -> None:
         self.connection = connection
         self.middlewares = list(middlewares or [])
+        for handler in event_handlers or ():
+            connection.on_event(handler)
         if self.middlewares:
             connection.use_middlewares(MiddlewareDispatcher(self.middlewares))
 

@@ -9,6 +9,8 @@ from typing import Any, TypeVar, overload
 
 from repid.converter import ConverterT, DefaultConverter
 from repid.dependencies import Depends, find_injected_parameters
+from repid.errors import ConfigurationError
+from repid.lifecycle import RateLimit
 from repid.queue import validate_name
 from repid.retry_policy import RetryPolicyT, default_retry_policy_factory
 
@@ -35,9 +37,11 @@ class ActorData:
         "depends",
         "fn",
         "is_async",
+        "max_concurrency",
         "message_params",
         "name",
         "queue",
+        "rate_limit",
         "retry_policy",
         "run_in_process",
     )
@@ -50,7 +54,13 @@ class ActorData:
         retry_policy: RetryPolicyT,
         run_in_process: bool,
         converter: ConverterT,
+        max_concurrency: int | None = None,
+        rate_limit: RateLimit | None = None,
     ) -> None:
+        if max_concurrency is not None and max_concurrency < 1:
+            raise ConfigurationError(f"actor {name!r}: max_concurrency must be >= 1")
+        self.max_concurrency = max_concurrency
+        self.rate_limit = rate_limit
         self.fn = fn
         self.name = name
         self.queue = queue
@@ -101,6 +111,8 @@ class Router:
         retry_policy: RetryPolicyT | None = None,
         run_in_process: bool | None = None,
         converter: type[ConverterT] | None = None,
+        max_concurrency: int | None = None,
+        rate_limit: RateLimit | None = None,
     ) -> Callable[[FnT], FnT]: ...
 
     def actor(
@@ -113,10 +125,21 @@ class Router:
         retry_policy: RetryPolicyT | None = None,
         run_in_process: bool | None = None,
         converter: type[ConverterT] | None = None,
+        max_concurrency: int | None = None,
+        rate_limit: RateLimit | None = None,
     ) -> FnT | Callable[[FnT], FnT]:
         """Register a function as an actor; returns the function unchanged.
 
         Usable bare (`@router.actor`) or with arguments (`@router.actor(name=..., queue=...)`).
+
+        Args:
+            name: the actor's name (default: the function's name).
+            queue: the queue it listens on (default: the router's default queue).
+            retry_policy: delay before each retry (default: the router's).
+            run_in_process: run a sync function in a process pool instead of a thread pool.
+            converter: turns payloads into arguments (default: pydantic validation).
+            max_concurrency: at most this many runs of the actor at once, per worker process.
+            rate_limit: at most `RateLimit(n, per)` starts of the actor, per worker process.
         """
 
         def register(function: FnT) -> FnT:
@@ -134,6 +157,8 @@ class Router:
                     self.defaults.run_in_process if run_in_process is None else run_in_process
                 ),
                 converter=converter_cls(function),
+                max_concurrency=max_concurrency,
+                rate_limit=rate_limit,
             )
             return function
 

@@ -25,6 +25,13 @@ from repid.brokers.in_memory import ConsumerClosedError
 from repid.data import DeadLetterInfo, DeadLetterReason, ResultBucket
 from repid.dependencies import resolve_dependency
 from repid.errors import ConfigurationError
+from repid.lifecycle import (
+    ActorLimiter,
+    EventKind,
+    JobCancelledError,
+    JobEvent,
+    Snooze,
+)
 from repid.message import MessageDependency
 from repid.retry_policy import retry_delay
 from repid.router import ActorData, Router, RouterDefaults
@@ -53,6 +60,8 @@ def _start_clock(
     return timed
 
 
+_CANCEL_POLL_INTERVAL = 0.1
+"""How often running jobs are checked for cancellation requests."""
 _DRAIN_WAIT = 0.1
 """In drain mode, how long a lane waits for a ready message before deciding a queue is empty."""
 
@@ -64,14 +73,22 @@ class _DrainedError(Exception):
 class _Lane:
     """One of the worker's `tasks_limit` concurrent slots: a task that runs actors in turn."""
 
-    __slots__ = ("current", "deadline", "idle", "task", "timed_out")
+    __slots__ = ("cancel_requested", "current", "deadline", "idle", "in_actor", "task", "timed_out")
 
     def __init__(self) -> None:
         self.idle = False
+        self.in_actor = False
+        self.cancel_requested = False
         self.task: asyncio.Task[None] = None  # type: ignore[assignment]  # set right after
         self.current: Delivery | None = None
         self.deadline = math.inf
         self.timed_out = False
+
+    def end_actor(self) -> None:
+        """The actor returned or raised: no more timeouts or cancellations for it."""
+        self.in_actor = False
+        self.deadline = math.inf
+        self.current = None
 
 
 class Worker(Router):
@@ -186,7 +203,8 @@ class Runner:
     """One run of a worker: its lanes, consumers and counters.
 
     Counters: `processed` (every message taken and settled), `succeeded`, `failed` (attempts
-    that raised or timed out), `retried`, `dead_lettered`, `rejected` (returned on shutdown).
+    that raised or timed out), `retried`, `dead_lettered`, `rejected` (returned on shutdown),
+    `snoozed`, `cancelled`.
     """
 
     def __init__(self, worker: Worker, connection: Connection, *, drain: bool = False) -> None:
@@ -201,6 +219,8 @@ class Runner:
         self.retried = 0
         self.dead_lettered = 0
         self.rejected = 0
+        self.snoozed = 0
+        self.cancelled = 0
         self.crashed: BaseException | None = None
         limit = worker.messages_limit
         self._tickets: int | None = None if math.isinf(limit) else math.ceil(limit)
@@ -216,6 +236,12 @@ class Runner:
         self._inbox: asyncio.Queue[Delivery] | None = None
         self._stop_taking: Callable[[], Awaitable[None]] | None = None
         self._health: HealthCheckServer | None = None
+        self._events = connection.events
+        self._limiters: dict[str, ActorLimiter] = {
+            actor.name: ActorLimiter(actor.max_concurrency, actor.rate_limit)
+            for actor in self.actors.values()
+            if actor.max_concurrency is not None or actor.rate_limit is not None
+        }
         dispatcher = connection.middleware
         self._actor_run_events = dispatcher.handles("actor_run")
         self._dispatcher = dispatcher
@@ -247,6 +273,8 @@ class Runner:
                         self._lane_states.append(lane)
                     self._lanes = [lane.task for lane in self._lane_states]
                     helpers = [self._start_watchdog()]
+                    if getattr(self.broker, "cancelled_ids", None) is not None:
+                        helpers.append(self._start_cancel_watcher())
                     renewal = self._start_lease_renewal()
                     if renewal is not None:
                         helpers.append(renewal)
@@ -516,11 +544,38 @@ class Runner:
                 await asyncio.sleep(_WATCHDOG_INTERVAL)
                 now = loop.time()
                 for lane in self._lane_states:
-                    if lane.deadline <= now and not lane.timed_out:
+                    if lane.deadline <= now and not lane.timed_out and not lane.cancel_requested:
                         lane.timed_out = True
                         lane.task.cancel()
 
         return asyncio.create_task(watch(), name="repid-timeout-watchdog")
+
+    def _start_cancel_watcher(self) -> asyncio.Task[None]:
+        """Cancel running actors whose jobs were cancelled (`Job.cancel`) on any producer."""
+
+        async def watch() -> None:
+            while True:
+                await asyncio.sleep(_CANCEL_POLL_INTERVAL)
+                running = {
+                    lane.current.key.id_: lane
+                    for lane in self._lane_states
+                    if lane.in_actor and lane.current is not None
+                }
+                if not running:
+                    continue
+                try:
+                    requested = await self.broker.cancelled_ids(list(running))
+                except Exception:
+                    logger.exception("checking for cancelled jobs failed; will retry")
+                    continue
+                for job_id in requested:
+                    lane = running[job_id]
+                    # Still the same actor run, and not already being interrupted?
+                    if lane.in_actor and not lane.cancel_requested and not lane.timed_out:
+                        lane.cancel_requested = True
+                        lane.task.cancel()
+
+        return asyncio.create_task(watch(), name="repid-cancel-watcher")
 
     # -- processing ---------------------------------------------------------------------------
 
@@ -584,8 +639,30 @@ class Runner:
                 args=args,
                 kwargs=kwargs,
             )
+        limiter = self._limiters.get(actor.name) if self._limiters else None
+        if limiter is not None:
+            await limiter.acquire()  # a limited job waits its turn; its lease keeps renewing
+        try:
+            await self._run_actor(lane, delivery, actor, args, kwargs, message)
+        finally:
+            if limiter is not None:
+                limiter.release()
+
+    async def _run_actor(
+        self,
+        lane: _Lane,
+        delivery: Delivery,
+        actor: ActorData,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        message: MessageDependency | None,
+    ) -> None:
+        params = delivery.parameters
         started = time.time_ns()
+        if self._events:
+            await self._event(EventKind.STARTED, delivery)
         timeout = params.execution_timeout.total_seconds()
+        lane.in_actor = True
         try:
             if actor.is_async:
                 lane.deadline = self._loop_time() + timeout
@@ -600,31 +677,36 @@ class Runner:
                     _start_clock(actor.fn, lane, self._loop_time, timeout), kwargs, False, args
                 )
         except asyncio.CancelledError:
-            lane.deadline = math.inf
-            lane.current = None
+            lane.end_actor()
             if lane.timed_out:
                 await self._timed_out(lane, delivery, actor, started, message)
+                return
+            if lane.cancel_requested:
+                await self._cancelled(lane, delivery, started)
                 return
             if self._stopping:
                 logger.info("message %s returned to the queue on shutdown", delivery.key.id_)
                 await asyncio.shield(self._settle("reject", delivery))
             raise
-        except (
-            BaseException
-        ) as exc:  # KeyboardInterrupt/SystemExit from actor code are failures too
-            lane.deadline = math.inf
-            lane.current = None
-            if lane.timed_out:  # the actor turned our cancellation into an exception
-                await self._timed_out(lane, delivery, actor, started, message)
+        except Snooze as snooze:
+            lane.end_actor()
+            if lane.timed_out or lane.cancel_requested:
+                await self._interrupted(lane, delivery, actor, started, message)
+                return
+            await self._snoozed(delivery, snooze)
+            return
+        except BaseException as exc:  # KeyboardInterrupt/SystemExit from actor code fail too
+            lane.end_actor()
+            if lane.timed_out or lane.cancel_requested:  # our cancellation, turned into an error
+                await self._interrupted(lane, delivery, actor, started, message)
             else:
                 await self._failed(
                     delivery, actor, exc, DeadLetterReason.EXCEPTION, started, message
                 )
             return
-        lane.deadline = math.inf
-        lane.current = None
-        if lane.timed_out:  # the actor swallowed our cancellation
-            await self._timed_out(lane, delivery, actor, started, message)
+        lane.end_actor()
+        if lane.timed_out or lane.cancel_requested:  # the actor swallowed our cancellation
+            await self._interrupted(lane, delivery, actor, started, message)
             return
         if self._actor_run_events:
             await self._dispatcher.emit(
@@ -650,8 +732,84 @@ class Runner:
                 logger.exception(
                     "ack of message %s failed; the broker will deliver it again", delivery.key.id_
                 )
+            if self._events:
+                await self._event(EventKind.SUCCEEDED, delivery, started)
             return
         await self._succeeded(delivery, actor, result, started, message)
+
+    async def _interrupted(
+        self,
+        lane: _Lane,
+        delivery: Delivery,
+        actor: ActorData,
+        started: int,
+        message: MessageDependency | None,
+    ) -> None:
+        if lane.timed_out:
+            await self._timed_out(lane, delivery, actor, started, message)
+        else:
+            await self._cancelled(lane, delivery, started)
+
+    async def _event(
+        self,
+        kind: EventKind,
+        delivery: Delivery,
+        started: int | None = None,
+        exc: BaseException | None = None,
+    ) -> None:
+        key = delivery.key
+        await self._events.emit(
+            JobEvent(
+                kind,
+                key.id_,
+                key.topic,
+                key.queue,
+                delivery.parameters.attempt,
+                time.time(),
+                None if started is None else (time.time_ns() - started) / 1e9,
+                None if exc is None else type(exc).__name__,
+                None if exc is None else str(exc),
+            )
+        )
+
+    async def _snoozed(self, delivery: Delivery, snooze: Snooze) -> None:
+        logger.info("message %s snoozed for %s", delivery.key.id_, snooze.delay)
+        self.snoozed += 1
+        await self._settle("requeue", delivery, None, delivery.parameters.for_delay(snooze.delay))
+        if self._events:
+            await self._event(EventKind.SNOOZED, delivery)
+
+    async def _cancelled(self, lane: _Lane, delivery: Delivery, started: int) -> None:
+        lane.cancel_requested = False
+        task = lane.task
+        while task.cancelling():
+            task.uncancel()
+        logger.info("message %s cancelled while running", delivery.key.id_)
+        self.cancelled += 1
+        exc = JobCancelledError("the job was cancelled while it ran", "JobCancelledError", None)
+        try:
+            await self._store_result(
+                delivery,
+                ResultBucket(
+                    "null",
+                    False,
+                    started,
+                    time.time_ns(),
+                    exception="JobCancelledError: the job was cancelled while it ran",
+                    exception_type="JobCancelledError",
+                ),
+            )
+        except Exception:
+            logger.exception("storing the cancellation of %s failed", delivery.key.id_)
+        await self._settle("ack", delivery)
+        done = getattr(self.broker, "cancel_finished", None)
+        if done is not None:
+            try:
+                await done(delivery.key.id_)
+            except Exception:
+                logger.exception("clearing the cancel request of %s failed", delivery.key.id_)
+        if self._events:
+            await self._event(EventKind.CANCELLED, delivery, started, exc)
 
     async def process_delivery(self, delivery: Delivery) -> None:
         """Run one delivery to its outcome in the calling task (no lanes, no timeout watchdog).
@@ -709,6 +867,8 @@ class Runner:
         )
         self.dead_lettered += 1
         await self._settle("nack", delivery, params.for_dead_letter(info))
+        if self._events:
+            await self._event(EventKind.DEAD_LETTERED, delivery, None, exc)
 
     async def _timed_out(
         self,
@@ -792,6 +952,8 @@ class Runner:
                 await self._settle("requeue", delivery, None, params.for_next_tick())
             else:
                 await self._settle("ack", delivery)
+        if self._events:
+            await self._event(EventKind.SUCCEEDED, delivery, started)
         if message is not None:
             await self._callbacks(message)
 
@@ -806,6 +968,8 @@ class Runner:
     ) -> None:
         self.failed += 1
         params = delivery.parameters
+        if self._events:
+            await self._event(EventKind.FAILED, delivery, started or None, exc)
         if message is not None and message.read_only:
             logger.warning(
                 "actor %s raised after settling message %s itself: %r",
@@ -830,6 +994,8 @@ class Runner:
                 delay = retry_delay(lambda _n=1: 0, 1)
             self.retried += 1
             await self._settle("requeue", delivery, None, params.for_retry(delay))
+            if self._events:
+                await self._event(EventKind.RETRIED, delivery, started or None, exc)
         else:
             failure = ResultBucket(
                 "null",

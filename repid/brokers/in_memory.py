@@ -13,7 +13,7 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -145,6 +145,7 @@ class InMemoryMessageBroker:
         self._queues: dict[str, _MemoryQueue] = {}
         self._seq = itertools.count()
         self._next_sweep = 0.0
+        self._cancel_requests: set[str] = set()
         self.is_connected = False
 
     # -- connection -------------------------------------------------------------------------
@@ -340,6 +341,38 @@ class InMemoryMessageBroker:
             return None
         q.inflight[entry.handle] = _Lease(entry, self._clock() + self.lease_duration, consumer)
         return entry
+
+    async def cancel(self, queue_name: str, id_: str) -> str | None:
+        """Cancel job `id_`: remove it if waiting ("dequeued"), flag it if running ("requested").
+
+        None when no pending or running message has that id.
+        """
+        q = self._queue(queue_name)
+        for ready in q.ready:
+            for entry in ready:
+                if entry.key.id_ == id_:
+                    ready.remove(entry)
+                    self._forget_id(q, id_)
+                    return "dequeued"
+        for i, (_, _, entry) in enumerate(q.delayed):
+            if entry.key.id_ == id_:
+                q.delayed.pop(i)
+                heapq.heapify(q.delayed)
+                self._forget_id(q, id_)
+                return "dequeued"
+        if any(lease.entry.key.id_ == id_ for lease in q.inflight.values()):
+            self._cancel_requests.add(id_)
+            return "requested"
+        return None
+
+    async def cancelled_ids(self, running: Iterable[str]) -> set[str]:
+        """Which of these running job ids have a pending cancellation request."""
+        requests = self._cancel_requests
+        return {id_ for id_ in running if id_ in requests} if requests else set()
+
+    async def cancel_finished(self, id_: str) -> None:
+        """The worker has cancelled job `id_`: forget the request."""
+        self._cancel_requests.discard(id_)
 
     def take_ready(self, queue_name: str, handle: Any) -> Delivery | None:
         """Lease one specific ready message (by its delivery handle), or None if not ready.
