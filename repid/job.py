@@ -437,12 +437,12 @@ def _unwrap_result(bucket: Any) -> Any:
     if bucket.success:
         return from_json(bucket.data) if bucket.data else None
     error = JobCancelledError if bucket.exception_type == "JobCancelledError" else JobFailedError
-    summary = (bucket.exception or "").strip().splitlines()
-    raise error(
-        summary[-1] if summary else f"job failed ({bucket.exception_type})",
-        bucket.exception_type,
-        bucket.exception,
-    )
+    lines = (bucket.exception or "").strip().splitlines()
+    message = lines[-1] if lines else f"job failed ({bucket.exception_type})"
+    head, sep, rest = message.partition(": ")
+    if sep and bucket.exception_type and head.rsplit(".", 1)[-1] == bucket.exception_type:
+        message = rest  # "ValueError: card declined" -> "card declined"
+    raise error(message, bucket.exception_type, bucket.exception)
 
 
 def _validate_cron(cron: str) -> None:

@@ -1,0 +1,199 @@
+"""Find what a CLI command works on: the routers named by `module:attr` and the connection.
+
+Resolution is documented in `docs/cli.md`; every failure is a `CLIError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+from urllib.parse import urlsplit
+
+from repid.brokers.in_memory import InMemoryBucketBroker, InMemoryMessageBroker
+from repid.connection import Connection
+from repid.errors import RepidError
+from repid.main import Repid
+from repid.router import Router
+from repid.worker import Worker
+
+__all__ = [
+    "CLIError",
+    "Target",
+    "connection_from_url",
+    "import_object",
+    "load_app",
+    "resolve_connection",
+    "resolve_target",
+]
+
+_DEFAULT_ATTRS = ("worker", "router", "routers", "app")
+"""Attributes looked up, in order, when a target names only a module."""
+
+_UNAVAILABLE_SCHEMES = {
+    "redis": "Redis",
+    "rediss": "Redis",
+    "amqp": "RabbitMQ",
+    "amqps": "RabbitMQ",
+    "kafka": "Kafka",
+}
+
+
+class CLIError(RepidError):
+    """A command cannot run; its message is shown as one line on stderr."""
+
+
+def import_object(spec: str) -> tuple[ModuleType, Any]:
+    """Import `module:attr` (or `module`, then look for `worker`, `router`, `routers`, `app`).
+
+    `attr` may be dotted (`module:container.router`). The current directory is importable, as
+    with `python -m`.
+    """
+    module_name, _, attr = spec.partition(":")
+    if not module_name or (":" in spec and not attr):
+        raise CLIError(f"invalid target {spec!r}: expected 'module:attribute'")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and module_name.startswith(exc.name):
+            raise CLIError(f"cannot import {module_name!r}: no module named {exc.name!r}") from exc
+        raise CLIError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        raise CLIError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
+    if not attr:
+        for candidate in _DEFAULT_ATTRS:
+            if hasattr(module, candidate):
+                return module, getattr(module, candidate)
+        raise CLIError(
+            f"module {module_name!r} has none of {', '.join(_DEFAULT_ATTRS)}; "
+            "name the object: 'module:attribute'"
+        )
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise CLIError(f"module {module_name!r} has no attribute {attr!r}") from None
+    return module, obj
+
+
+def connection_from_url(url: str) -> Connection:
+    """A connection for a broker URL. Only `memory://` exists in this version."""
+    scheme = urlsplit(url).scheme.lower()
+    if scheme == "memory":
+        return Connection(
+            InMemoryMessageBroker(),
+            results_bucket_broker=InMemoryBucketBroker(use_result_bucket=True),
+        )
+    if scheme in _UNAVAILABLE_SCHEMES:
+        raise CLIError(
+            f"{scheme}:// needs the {_UNAVAILABLE_SCHEMES[scheme]} broker, "
+            "which is not available in this version of repid"
+        )
+    raise CLIError(f"unknown broker URL {url!r}: expected memory://")
+
+
+def load_app(spec: str) -> Repid:
+    """Import `module:attr` naming a `Repid` app."""
+    _, obj = import_object(spec)
+    if not isinstance(obj, Repid):
+        raise CLIError(f"--app {spec!r} is a {type(obj).__name__}, not a Repid app")
+    return obj
+
+
+@dataclass
+class Target:
+    """What a `module:attr` resolved to."""
+
+    routers: list[Router]
+    worker: Worker | None
+    """Set when the target is a `Worker`: its settings are the defaults of `repid run`."""
+    connection: Connection | None
+    """A connection the target carries itself (a Repid app, a Worker built with one)."""
+
+
+def _module_routers(module: ModuleType) -> list[Router]:
+    found: list[Router] = []
+    for value in vars(module).values():
+        if isinstance(value, Router) and not any(value is seen for seen in found):
+            found.append(value)
+    return found
+
+
+def _module_app(module: ModuleType) -> Repid | None:
+    apps = [value for value in vars(module).values() if isinstance(value, Repid)]
+    unique = [app for i, app in enumerate(apps) if not any(app is a for a in apps[:i])]
+    return unique[0] if len(unique) == 1 else None
+
+
+async def _call_factory(factory: Callable[[], Any]) -> Any:
+    result = factory()
+    if inspect.isawaitable(result):
+        awaitable: Awaitable[Any] = result
+        result = await awaitable
+    return result
+
+
+async def resolve_target(spec: str) -> tuple[ModuleType, Target]:
+    """Import `spec` and turn it into routers (calling it first when it is a factory).
+
+    Accepted: a `Worker`, a `Router`, a list or tuple of routers, a `Repid` app (its routers
+    are the `Router`s defined in the same module), or a function returning one of these
+    (sync or async, called with no argument inside the command's event loop).
+    """
+    module, obj = import_object(spec)
+    if callable(obj) and not isinstance(obj, Router | Repid | type):
+        try:
+            obj = await _call_factory(obj)
+        except RepidError:
+            raise
+        except Exception as exc:
+            raise CLIError(f"factory {spec!r} raised {type(exc).__name__}: {exc}") from exc
+    if isinstance(obj, Worker):
+        return module, Target([obj], obj, obj._connection)
+    if isinstance(obj, Router):
+        return module, Target([obj], None, None)
+    if isinstance(obj, list | tuple) and obj and all(isinstance(r, Router) for r in obj):
+        return module, Target(list(obj), None, None)
+    if isinstance(obj, Repid):
+        routers = _module_routers(module)
+        if not routers:
+            raise CLIError(
+                f"{spec!r} is a Repid app but module {module.__name__!r} defines no Router; "
+                "point at the router instead ('module:router')"
+            )
+        return module, Target(routers, None, obj.connection)
+    raise CLIError(
+        f"{spec!r} is a {type(obj).__name__}; expected a Worker, a Router, a list of routers, "
+        "a Repid app or a function returning one"
+    )
+
+
+def resolve_connection(
+    module: ModuleType,
+    target: Target,
+    *,
+    explicit: Connection | None,
+) -> Connection:
+    """The connection to use, in order: `--app`/`--broker`, the target's own, the single
+    `Repid` app of the target's module, the default (magic) connection."""
+    if explicit is not None:
+        return explicit
+    if target.connection is not None:
+        return target.connection
+    app = _module_app(module)
+    if app is not None:
+        return app.connection
+    if Repid._magic_connection is not None:
+        return Repid._magic_connection
+    raise CLIError(
+        "no connection: pass --app module:app or --broker URL, "
+        f"or define one Repid app in {module.__name__!r}"
+    )

@@ -1,0 +1,237 @@
+"""Prometheus metrics of jobs and queues, and an asyncio endpoint that serves them.
+
+Needs the `metrics` extra (`pip install 'repid[metrics]'`, which installs prometheus-client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from repid.data import Parameters, RoutingKey
+from repid.observability._lifecycle import JobLifecycleMiddleware, JobRun, Outcome
+
+__all__ = ["DEFAULT_BUCKETS", "PrometheusMiddleware", "QueueDepthCollector", "serve_metrics"]
+
+logger = logging.getLogger("repid.observability.metrics")
+
+DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 600)
+"""Actor duration buckets in seconds: from quick handlers up to the default 10-minute timeout."""
+
+_LABELS = ("queue", "actor")
+_READ_TIMEOUT = 5.0
+_MAX_LINE = 8 * 1024
+
+
+class PrometheusMiddleware(JobLifecycleMiddleware):
+    """Counts jobs and times actors, labelled by queue and actor.
+
+    Metrics (with the default namespace `repid`):
+
+    - `repid_jobs_enqueued_total`, `repid_jobs_started_total`, `repid_jobs_succeeded_total`
+    - `repid_jobs_failed_total`: runs whose actor raised or timed out (retried or not)
+    - `repid_jobs_retried_total`: runs sent back for another attempt
+    - `repid_jobs_dead_lettered_total` (also labelled by `reason`): every dead letter,
+      including bad input that never reached an actor
+    - `repid_actor_duration_seconds` (histogram, also labelled by `outcome`)
+    - `repid_jobs_in_flight` (gauge): actors running now
+    - `repid_queue_depth` (gauge, labelled by `queue` and `state`), once `track_queue_depth`
+      is called
+
+    Args:
+        registry: where the metrics are registered; prometheus-client's global `REGISTRY` by
+            default. Create one middleware per registry: a second one raises `ValueError`
+            (duplicated time series).
+        namespace: prefix of every metric name.
+        buckets: bucket bounds of the duration histogram, in seconds.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        namespace: str = "repid",
+        buckets: Sequence[float] = DEFAULT_BUCKETS,
+    ) -> None:
+        super().__init__()
+        self.registry = registry if registry is not None else REGISTRY
+        self.namespace = namespace
+        common: dict[str, Any] = {"namespace": namespace, "registry": self.registry}
+        self.enqueued = Counter("jobs_enqueued", "Messages enqueued.", _LABELS, **common)
+        self.started = Counter("jobs_started", "Actor runs started.", _LABELS, **common)
+        self.succeeded = Counter("jobs_succeeded", "Actor runs that succeeded.", _LABELS, **common)
+        self.failed = Counter(
+            "jobs_failed", "Actor runs that raised or timed out.", _LABELS, **common
+        )
+        self.retried = Counter(
+            "jobs_retried", "Failed runs sent back for another attempt.", _LABELS, **common
+        )
+        self.dead_lettered = Counter(
+            "jobs_dead_lettered",
+            "Messages moved to the dead letters.",
+            (*_LABELS, "reason"),
+            **common,
+        )
+        self.duration = Histogram(
+            "actor_duration_seconds",
+            "Time actors ran, by outcome.",
+            (*_LABELS, "outcome"),
+            buckets=buckets,
+            **common,
+        )
+        self.in_flight = Gauge(
+            "jobs_in_flight", "Actors running now.", _LABELS, **common
+        )
+        self._depth_collector: QueueDepthCollector | None = None
+
+    def track_queue_depth(self, broker: Any, queues: Iterable[str] | None = None) -> None:
+        """Export `<namespace>_queue_depth` read from `broker` at every scrape.
+
+        Works with brokers that have a `counts(queue)` method (the in-memory broker); for
+        others nothing is exported. Calling it again replaces the tracked broker.
+
+        Args:
+            broker: a message broker, or a `Connection` (its message broker is used).
+            queues: queue names to report; all the broker's queues (`queue_names()`) if None.
+        """
+        broker = getattr(broker, "raw_message_broker", broker)
+        collector = QueueDepthCollector(broker, queues, namespace=self.namespace)
+        if self._depth_collector is not None:
+            self.registry.unregister(self._depth_collector)
+        self.registry.register(collector)
+        self._depth_collector = collector
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def job_enqueued(self, key: RoutingKey, params: Parameters | None) -> None:
+        self.enqueued.labels(key.queue, key.topic).inc()
+
+    def job_started(self, run: JobRun) -> None:
+        self.started.labels(run.queue, run.actor).inc()
+        self.in_flight.labels(run.queue, run.actor).inc()
+
+    def job_finished(self, run: JobRun) -> None:
+        queue, actor = run.queue, run.actor
+        if run.started is not None:
+            self.in_flight.labels(queue, actor).dec()
+        if run.outcome is Outcome.SUCCEEDED:
+            self.succeeded.labels(queue, actor).inc()
+        elif run.outcome is Outcome.RETRIED:
+            self.retried.labels(queue, actor).inc()
+        elif run.outcome is Outcome.DEAD_LETTERED:
+            reason = run.dead_letter_reason or "unknown"
+            self.dead_lettered.labels(queue, actor, reason).inc()
+        if run.failed:
+            self.failed.labels(queue, actor).inc()
+        if run.duration is not None and run.outcome is not None:
+            self.duration.labels(queue, actor, run.outcome.value).observe(run.duration)
+
+
+class QueueDepthCollector(Collector):
+    """A collector that reads message counts from a broker at scrape time.
+
+    Exports `<namespace>_queue_depth{queue, state}` with the states the broker reports (the
+    in-memory broker: ready, delayed, in_flight, dead). Brokers without `counts()` export
+    nothing. A broker that raises is logged and skipped for that scrape.
+    """
+
+    def __init__(
+        self, broker: Any, queues: Iterable[str] | None = None, *, namespace: str = "repid"
+    ) -> None:
+        self.broker = broker
+        self.queues = None if queues is None else list(queues)
+        self.name = f"{namespace}_queue_depth" if namespace else "queue_depth"
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return [self._family()]
+
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            self.name, "Messages in a queue, by state.", labels=["queue", "state"]
+        )
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = self._family()
+        counts: Callable[[str], dict[str, int]] | None = getattr(self.broker, "counts", None)
+        if counts is not None:
+            queues = self.queues
+            if queues is None:
+                names = getattr(self.broker, "queue_names", None)
+                queues = list(names()) if callable(names) else []
+            for queue in queues:
+                try:
+                    by_state = counts(queue)
+                except Exception:
+                    logger.exception("reading the depth of queue %r failed", queue)
+                    continue
+                for state, value in by_state.items():
+                    family.add_metric([queue, state], value)
+        yield family
+
+
+async def serve_metrics(
+    address: str = "0.0.0.0",
+    port: int = 9464,
+    *,
+    registry: CollectorRegistry | None = None,
+    path: str = "/metrics",
+) -> asyncio.Server:
+    """Serve the Prometheus text format on `http://<address>:<port><path>` from the event loop.
+
+    Collection runs in the event loop, so collectors (like `QueueDepthCollector` on the
+    in-memory broker) read state without locks. Close the returned server to stop it
+    (`server.close(); await server.wait_closed()`, or `async with server:`).
+
+    Args:
+        address: interface to bind.
+        port: TCP port; 0 picks a free one (`server.sockets[0].getsockname()[1]`).
+        registry: what to expose; prometheus-client's global `REGISTRY` by default.
+        path: the path that answers; others get 404.
+
+    Raises:
+        OSError: the address could not be bound.
+    """
+    source = registry if registry is not None else REGISTRY
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(_READ_TIMEOUT):
+                request_line = await reader.readline()
+                while (await reader.readline()).strip():  # headers: not needed
+                    pass
+            parts = request_line.decode("latin-1").split()
+            method, target = (parts[0], parts[1]) if len(parts) == 3 else ("", "")
+            if target.partition("?")[0] != path:
+                status, content_type, body = "404 Not Found", "text/plain", b"Not Found"
+            elif method not in ("GET", "HEAD"):
+                status, content_type, body = "405 Method Not Allowed", "text/plain", b""
+            else:
+                status, content_type, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest(source)
+            head = (
+                f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            ).encode("ascii")
+            writer.write(head if method == "HEAD" else head + body)
+            await writer.drain()
+        except (TimeoutError, ConnectionError, ValueError):
+            logger.debug("metrics request failed", exc_info=True)
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    return await asyncio.start_server(handle, address, port, limit=_MAX_LINE)
