@@ -6,8 +6,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from repid.brokers.base import BucketBrokerT, MessageBrokerT
-from repid.errors import ConfigurationError
-from repid.lifecycle import EventDispatcher, EventHandler, EventKind
+from repid.errors import BrokerError, ConfigurationError
+from repid.lifecycle import EventDispatcher, EventHandler, EventKind, WorkerInfo
 from repid.middlewares import (
     MiddlewareDispatcher,
     instrument_bucket_broker,
@@ -68,6 +68,18 @@ class Connection:
         """
         self.events.add(handler, kinds)
         return handler
+
+    async def live_workers(self) -> list[WorkerInfo]:
+        """The workers that heartbeat on this connection's broker, oldest first.
+
+        Raises:
+            BrokerError: the broker does not keep a worker registry.
+        """
+        live = getattr(self.raw_message_broker, "live_workers", None)
+        if live is None:
+            raise BrokerError(f"{type(self.raw_message_broker).__name__} keeps no worker registry")
+        workers: list[WorkerInfo] = await live()
+        return workers
 
     def use_middlewares(self, dispatcher: MiddlewareDispatcher) -> None:
         """Route every broker call through `dispatcher` (done by `Repid`)."""

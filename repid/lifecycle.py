@@ -31,6 +31,7 @@ __all__ = [
     "JobNotFoundError",
     "RateLimit",
     "Snooze",
+    "WorkerInfo",
 ]
 
 logger = logging.getLogger("repid.lifecycle")
@@ -201,6 +202,37 @@ class ActorLimiter:
     def release(self) -> None:
         if self._semaphore is not None:
             self._semaphore.release()
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """A live worker, as it last reported itself.
+
+    Attributes:
+        id: unique per worker run (`host:pid:random`).
+        host: the machine's name.
+        pid: the worker's process id.
+        queues: the queues it consumes.
+        concurrency: its `tasks_limit`.
+        in_flight: actors running at its last heartbeat.
+        started_at: epoch seconds when it started.
+        last_seen: epoch seconds of its last heartbeat.
+    """
+
+    id: str
+    host: str
+    pid: int
+    queues: tuple[str, ...]
+    concurrency: int
+    in_flight: int
+    started_at: float
+    last_seen: float
+
+
+HEARTBEAT_INTERVAL = 5.0
+"""Seconds between a worker's heartbeats."""
+STALE_AFTER = 3 * HEARTBEAT_INTERVAL
+"""A worker not heard from for this long is no longer listed as live."""
 
 
 def event_handler_signature(handler: Callable[..., Any]) -> None:

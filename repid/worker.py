@@ -12,7 +12,9 @@ import contextlib
 import functools
 import logging
 import math
+import os
 import signal
+import socket
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -25,12 +27,15 @@ from repid.brokers.in_memory import ConsumerClosedError
 from repid.data import DeadLetterInfo, DeadLetterReason, ResultBucket
 from repid.dependencies import resolve_dependency
 from repid.errors import ConfigurationError
+from repid.job import new_id
 from repid.lifecycle import (
+    HEARTBEAT_INTERVAL,
     ActorLimiter,
     EventKind,
     JobCancelledError,
     JobEvent,
     Snooze,
+    WorkerInfo,
 )
 from repid.message import MessageDependency
 from repid.retry_policy import retry_delay
@@ -275,6 +280,8 @@ class Runner:
                     helpers = [self._start_watchdog()]
                     if getattr(self.broker, "cancelled_ids", None) is not None:
                         helpers.append(self._start_cancel_watcher())
+                    if getattr(self.broker, "heartbeat", None) is not None:
+                        helpers.append(await self._start_heartbeat())
                     renewal = self._start_lease_renewal()
                     if renewal is not None:
                         helpers.append(renewal)
@@ -549,6 +556,42 @@ class Runner:
                         lane.task.cancel()
 
         return asyncio.create_task(watch(), name="repid-timeout-watchdog")
+
+    async def _start_heartbeat(self) -> asyncio.Task[None]:
+        """Register this worker in the broker's registry and keep it fresh until it stops."""
+        host = socket.gethostname()
+        worker_id = f"{host}:{os.getpid()}:{new_id()[:8]}"
+        started = time.time()
+        queues = tuple(sorted({actor.queue for actor in self.actors.values()}))
+
+        def info() -> WorkerInfo:
+            in_flight = sum(1 for lane in self._lane_states if lane.current is not None)
+            return WorkerInfo(
+                worker_id,
+                host,
+                os.getpid(),
+                queues,
+                self.worker.tasks_limit,
+                in_flight,
+                started,
+                time.time(),
+            )
+
+        await self.broker.heartbeat(info())
+
+        async def beat() -> None:
+            try:
+                while True:
+                    await asyncio.sleep(HEARTBEAT_INTERVAL)
+                    try:
+                        await self.broker.heartbeat(info())
+                    except Exception:
+                        logger.exception("heartbeat failed; will retry")
+            finally:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.broker.unregister_worker(worker_id))
+
+        return asyncio.create_task(beat(), name="repid-heartbeat")
 
     def _start_cancel_watcher(self) -> asyncio.Task[None]:
         """Cancel running actors whose jobs were cancelled (`Job.cancel`) on any producer."""

@@ -29,6 +29,7 @@ from repid.data import (
     RoutingKey,
 )
 from repid.errors import DecodeError, MessageTooLargeError, QueueNotDeclaredError, RepidError
+from repid.lifecycle import STALE_AFTER, WorkerInfo
 
 __all__ = ["ConsumerClosedError", "InMemoryBucketBroker", "InMemoryMessageBroker"]
 
@@ -146,6 +147,7 @@ class InMemoryMessageBroker:
         self._seq = itertools.count()
         self._next_sweep = 0.0
         self._cancel_requests: set[str] = set()
+        self._workers: dict[str, WorkerInfo] = {}
         self.is_connected = False
 
     # -- connection -------------------------------------------------------------------------
@@ -373,6 +375,21 @@ class InMemoryMessageBroker:
     async def cancel_finished(self, id_: str) -> None:
         """The worker has cancelled job `id_`: forget the request."""
         self._cancel_requests.discard(id_)
+
+    async def heartbeat(self, info: WorkerInfo) -> None:
+        """Record that a worker is alive (called when it starts and every few seconds)."""
+        self._workers[info.id] = info
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        self._workers.pop(worker_id, None)
+
+    async def live_workers(self, stale_after: float = STALE_AFTER) -> list[WorkerInfo]:
+        """Workers heard from within `stale_after` seconds; staler ones are forgotten."""
+        now = self._clock()
+        for worker_id, info in list(self._workers.items()):
+            if now - info.last_seen > stale_after:
+                del self._workers[worker_id]
+        return sorted(self._workers.values(), key=lambda info: info.started_at)
 
     def take_ready(self, queue_name: str, handle: Any) -> Delivery | None:
         """Lease one specific ready message (by its delivery handle), or None if not ready.

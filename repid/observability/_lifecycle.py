@@ -93,7 +93,9 @@ class JobRun:
 
 def _routing_key(key: Any) -> RoutingKey:
     inner = getattr(key, "key", key)  # a Delivery carries its RoutingKey
-    return inner if isinstance(inner, RoutingKey) else RoutingKey(inner.id_, inner.topic, inner.queue)
+    return (
+        inner if isinstance(inner, RoutingKey) else RoutingKey(inner.id_, inner.topic, inner.queue)
+    )
 
 
 def _current_error() -> BaseException | None:

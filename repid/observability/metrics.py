@@ -93,9 +93,7 @@ class PrometheusMiddleware(JobLifecycleMiddleware):
             buckets=buckets,
             **common,
         )
-        self.in_flight = Gauge(
-            "jobs_in_flight", "Actors running now.", _LABELS, **common
-        )
+        self.in_flight = Gauge("jobs_in_flight", "Actors running now.", _LABELS, **common)
         self._depth_collector: QueueDepthCollector | None = None
 
     def track_queue_depth(self, broker: Any, queues: Iterable[str] | None = None) -> None:

@@ -1,0 +1,251 @@
+"""Operator commands as plain async functions: queue sizes, dead letters, enqueue.
+
+The CLI calls them; they take a `Connection`, so they are usable (and tested) in-process too,
+which is the only way they are meaningful with the in-memory broker.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, TextIO
+
+from pydantic_core import from_json
+
+from repid.connection import Connection
+from repid.converter import ArgumentsError
+from repid.data import MessageCategory, PrioritiesT
+from repid.errors import QueueNotDeclaredError
+from repid.job import Job, new_id
+from repid.queue import Queue, validate_name
+from repid.router import ActorData
+
+__all__ = [
+    "DeadLetter",
+    "Progress",
+    "QueueSizes",
+    "enqueue",
+    "list_dead",
+    "purge_dead",
+    "queue_sizes",
+    "requeue_dead",
+]
+
+
+@dataclass(frozen=True)
+class QueueSizes:
+    """Messages per part of one queue; `declared` is False for a queue the broker lacks."""
+
+    name: str
+    declared: bool
+    ready: int = 0
+    delayed: int = 0
+    in_flight: int = 0
+    dead: int = 0
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One dead message, as `repid dead list` shows it."""
+
+    id_: str
+    actor: str
+    reason: str
+    error: str
+    attempts: int
+    dead_at: float
+
+
+class Progress:
+    """A live `label: n/total` counter on a terminal; silent when `stream` is not a TTY."""
+
+    __slots__ = ("_last", "count", "label", "stream", "total")
+
+    def __init__(self, label: str, total: int | None, stream: TextIO | None = None) -> None:
+        self.label = label
+        self.total = total
+        self.stream = stream if stream is not None else sys.stderr
+        self.count = 0
+        self._last = 0.0
+
+    @property
+    def live(self) -> bool:
+        isatty = getattr(self.stream, "isatty", None)
+        return bool(isatty is not None and isatty())
+
+    def _line(self) -> str:
+        return f"{self.label}: {self.count}" + (f"/{self.total}" if self.total is not None else "")
+
+    def advance(self) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if self.live and now - self._last >= 0.05:  # a redraw per message would be the cost
+            self._last = now
+            self.stream.write("\r" + self._line())
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.live:
+            self.stream.write("\r" + self._line() + "\n")
+            self.stream.flush()
+
+
+def _counts(connection: Connection, queue: str) -> dict[str, int] | None:
+    counts = getattr(connection.raw_message_broker, "counts", None)
+    if counts is None:
+        return None
+    try:
+        result: dict[str, int] = counts(queue)
+    except QueueNotDeclaredError:
+        return None
+    return result
+
+
+async def queue_sizes(connection: Connection, queues: Iterable[str] = ()) -> list[QueueSizes]:
+    """Sizes of `queues` plus every queue the broker knows about, sorted by name.
+
+    Raises:
+        CLIError: the broker cannot report sizes (only the in-memory broker can today).
+    """
+    from repid.cli.target import CLIError
+
+    broker = connection.raw_message_broker
+    if getattr(broker, "counts", None) is None:
+        raise CLIError(f"{type(broker).__name__} cannot report queue sizes")
+    names = set(queues)
+    known = getattr(broker, "queue_names", None)
+    if known is not None:
+        names.update(known())
+    out = []
+    for name in sorted(names):
+        counts = _counts(connection, name)
+        if counts is None:
+            out.append(QueueSizes(name, declared=False))
+        else:
+            out.append(
+                QueueSizes(
+                    name,
+                    declared=True,
+                    ready=counts.get("ready", 0),
+                    delayed=counts.get("delayed", 0),
+                    in_flight=counts.get("in_flight", 0),
+                    dead=counts.get("dead", 0),
+                )
+            )
+    return out
+
+
+def _queue(connection: Connection, name: str) -> Queue:
+    return Queue(name, _connection=connection)
+
+
+async def list_dead(
+    connection: Connection, queue: str, limit: int | None = None
+) -> list[DeadLetter]:
+    """The dead messages of `queue` (oldest first), left in place."""
+    out: list[DeadLetter] = []
+    async for message in _queue(connection, queue).get_messages(category=MessageCategory.DEAD):
+        info = message.dead_letter
+        error = ""
+        if info is not None and (info.error_type or info.error_message):
+            error = ": ".join(p for p in (info.error_type, info.error_message) if p)
+        out.append(
+            DeadLetter(
+                id_=message.key.id_,
+                actor=message.key.topic,
+                reason=info.reason if info is not None else "unknown",
+                error=error,
+                attempts=info.attempts if info is not None else message.parameters.attempt,
+                dead_at=info.dead_at if info is not None else 0.0,
+            )
+        )
+        if limit is not None and len(out) >= limit:
+            break
+    return out
+
+
+async def _settle_dead(
+    connection: Connection, queue: str, how: str, label: str, stream: TextIO | None
+) -> int:
+    counts = _counts(connection, queue)
+    progress = Progress(label, counts["dead"] if counts is not None else None, stream)
+    try:
+        async for message in _queue(connection, queue).get_messages(category=MessageCategory.DEAD):
+            await (message.retry() if how == "retry" else message.ack())
+            progress.advance()
+    finally:
+        progress.close()
+    return progress.count
+
+
+async def requeue_dead(connection: Connection, queue: str, stream: TextIO | None = None) -> int:
+    """Send every dead message of `queue` back to work with fresh retries; returns how many.
+
+    Shows a live counter on `stream` (default stderr) when it is a terminal.
+    """
+    return await _settle_dead(connection, queue, "retry", f"requeued ({queue})", stream)
+
+
+async def purge_dead(connection: Connection, queue: str, stream: TextIO | None = None) -> int:
+    """Delete every dead message of `queue`; returns how many."""
+    return await _settle_dead(connection, queue, "ack", f"purged ({queue})", stream)
+
+
+def parse_args_json(text: str) -> dict[str, Any]:
+    """`--args` text: a JSON object of keyword arguments."""
+    from repid.cli.target import CLIError
+
+    try:
+        value = from_json(text)
+    except ValueError as exc:
+        raise CLIError(f"--args is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise CLIError("--args must be a JSON object of keyword arguments, e.g. '{\"x\": 1}'")
+    return value
+
+
+async def enqueue(
+    connection: Connection,
+    actor_name: str,
+    args: dict[str, Any],
+    *,
+    queue: str | None = None,
+    priority: PrioritiesT = PrioritiesT.MEDIUM,
+    delay: float | None = None,
+    actors: dict[str, ActorData] | None = None,
+) -> str:
+    """Enqueue one job for `actor_name`; returns its message id.
+
+    When the actor is among `actors`, its queue is the default and `args` are validated with
+    its converter first, so a typo fails here rather than dead-letters later.
+    """
+    from repid.cli.target import CLIError
+
+    validate_name(actor_name, "actor name")
+    actor = (actors or {}).get(actor_name)
+    if actor is not None:
+        try:
+            actor.converter.convert_inputs(Job(actor_name, args=args).payload)
+        except ArgumentsError as exc:
+            first = str(exc).splitlines()
+            raise CLIError(
+                f"arguments do not fit actor {actor_name!r}: " + " ".join(first[:3])
+            ) from exc
+    deferred_until = None
+    if delay:
+        deferred_until = datetime.now(UTC) + timedelta(seconds=delay)
+    message_id = new_id()  # chosen here so it can be reported; still unique per call
+    job = Job(
+        actor_name,
+        id_=message_id,
+        queue=_queue(connection, queue or (actor.queue if actor is not None else "default")),
+        priority=priority,
+        deferred_until=deferred_until,
+        args=args or None,
+        _connection=connection,
+    )
+    await job.enqueue()
+    return message_id
