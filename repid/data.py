@@ -194,6 +194,8 @@ class DeadLetterInfo:
 
 
 _NO_DELAY = DelayProperties()
+DEFAULT_TIMEOUT = timedelta(minutes=10)
+"""The default execution timeout (one shared object: the worker recognises it cheaply)."""
 _NO_RETRIES = RetriesProperties()
 
 
@@ -220,7 +222,7 @@ class ParametersT(Protocol):
 class _ParametersFields(NamedTuple):
     """The fields of `Parameters` (a tuple: cheap to build, invisible to the cyclic GC)."""
 
-    execution_timeout: timedelta = timedelta(minutes=10)
+    execution_timeout: timedelta = DEFAULT_TIMEOUT
     retries: RetriesProperties = _NO_RETRIES
     result: ResultProperties | None = None
     delay: DelayProperties = _NO_DELAY
@@ -239,7 +241,7 @@ class Parameters(_ParametersFields):
 
     def __new__(
         cls,
-        execution_timeout: timedelta = timedelta(minutes=10),
+        execution_timeout: timedelta = DEFAULT_TIMEOUT,
         retries: RetriesProperties = _NO_RETRIES,
         result: ResultProperties | None = None,
         delay: DelayProperties = _NO_DELAY,

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic_core import from_json
 
 from repid.data import (
+    DEFAULT_TIMEOUT,
     ArgsBucket,
     DelayProperties,
     Parameters,
@@ -45,7 +46,7 @@ __all__ = ["Job"]
 
 _ID = re.compile(r"[a-zA-Z0-9_\-]+")
 _ONE_SECOND = timedelta(seconds=1)
-_TEN_MINUTES = timedelta(minutes=10)
+_TEN_MINUTES = DEFAULT_TIMEOUT
 _ONE_DAY = timedelta(days=1)
 _NO_RETRIES = RetriesProperties()
 _NO_DELAY = DelayProperties()

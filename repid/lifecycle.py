@@ -125,15 +125,18 @@ class EventDispatcher:
 
     def __init__(self) -> None:
         self._handlers: list[tuple[EventHandler, frozenset[EventKind] | None, bool]] = []
+        self.active = False
+        """Whether any handler is registered (read on the hot path: an attribute, not a call)."""
 
     def __bool__(self) -> bool:
-        return bool(self._handlers)
+        return self.active
 
     def add(self, handler: EventHandler, kinds: Iterable[EventKind | str] | None = None) -> None:
         """Register `handler` (sync or async) for `kinds` (default: every kind)."""
         event_handler_signature(handler)
         wanted = None if kinds is None else frozenset(EventKind(k) for k in kinds)
         self._handlers.append((handler, wanted, inspect.iscoroutinefunction(handler)))
+        self.active = True
 
     async def emit(self, event: JobEvent) -> None:
         for handler, kinds, is_async in self._handlers:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from repid._executor import DaemonThreadPool
 from repid.brokers.base import Delivery
 from repid.brokers.in_memory import ConsumerClosedError
-from repid.data import DeadLetterInfo, DeadLetterReason, ResultBucket
+from repid.data import DEFAULT_TIMEOUT, DeadLetterInfo, DeadLetterReason, ResultBucket
 from repid.dependencies import resolve_dependency
 from repid.errors import ConfigurationError
 from repid.job import new_id
@@ -702,9 +702,10 @@ class Runner:
     ) -> None:
         params = delivery.parameters
         started = time.time_ns()
-        if self._events:
+        if self._events.active:
             await self._event(EventKind.STARTED, delivery)
-        timeout = params.execution_timeout.total_seconds()
+        timeout_td = params.execution_timeout
+        timeout = 600.0 if timeout_td is DEFAULT_TIMEOUT else timeout_td.total_seconds()
         lane.in_actor = True
         try:
             if actor.is_async:
@@ -775,7 +776,7 @@ class Runner:
                 logger.exception(
                     "ack of message %s failed; the broker will deliver it again", delivery.key.id_
                 )
-            if self._events:
+            if self._events.active:
                 await self._event(EventKind.SUCCEEDED, delivery, started)
             return
         await self._succeeded(delivery, actor, result, started, message)
@@ -819,7 +820,7 @@ class Runner:
         logger.info("message %s snoozed for %s", delivery.key.id_, snooze.delay)
         self.snoozed += 1
         await self._settle("requeue", delivery, None, delivery.parameters.for_delay(snooze.delay))
-        if self._events:
+        if self._events.active:
             await self._event(EventKind.SNOOZED, delivery)
 
     async def _cancelled(self, lane: _Lane, delivery: Delivery, started: int) -> None:
@@ -851,7 +852,7 @@ class Runner:
                 await done(delivery.key.id_)
             except Exception:
                 logger.exception("clearing the cancel request of %s failed", delivery.key.id_)
-        if self._events:
+        if self._events.active:
             await self._event(EventKind.CANCELLED, delivery, started, exc)
 
     async def process_delivery(self, delivery: Delivery) -> None:
@@ -910,7 +911,7 @@ class Runner:
         )
         self.dead_lettered += 1
         await self._settle("nack", delivery, params.for_dead_letter(info))
-        if self._events:
+        if self._events.active:
             await self._event(EventKind.DEAD_LETTERED, delivery, None, exc)
 
     async def _timed_out(
@@ -995,7 +996,7 @@ class Runner:
                 await self._settle("requeue", delivery, None, params.for_next_tick())
             else:
                 await self._settle("ack", delivery)
-        if self._events:
+        if self._events.active:
             await self._event(EventKind.SUCCEEDED, delivery, started)
         if message is not None:
             await self._callbacks(message)
@@ -1011,7 +1012,7 @@ class Runner:
     ) -> None:
         self.failed += 1
         params = delivery.parameters
-        if self._events:
+        if self._events.active:
             await self._event(EventKind.FAILED, delivery, started or None, exc)
         if message is not None and message.read_only:
             logger.warning(
@@ -1037,7 +1038,7 @@ class Runner:
                 delay = retry_delay(lambda _n=1: 0, 1)
             self.retried += 1
             await self._settle("requeue", delivery, None, params.for_retry(delay))
-            if self._events:
+            if self._events.active:
                 await self._event(EventKind.RETRIED, delivery, started or None, exc)
         else:
             failure = ResultBucket(

@@ -433,12 +433,9 @@ class InMemoryMessageBroker:
         return q, lease.entry
 
     def _forget_id(self, q: _MemoryQueue, id_: str) -> None:
-        ids = q.pending_ids
-        count = ids.get(id_, 0) - 1
-        if count > 0:
-            ids[id_] = count
-        else:
-            ids.pop(id_, None)
+        count = q.pending_ids.pop(id_, 0)
+        if count > 1:  # rare: the same id placed twice (a requeue racing a browse)
+            q.pending_ids[id_] = count - 1
 
     async def ack(self, key: Delivery) -> bool:
         if key.category is not MessageCategory.NORMAL:
