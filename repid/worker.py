@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 import math
@@ -88,6 +89,12 @@ class _Lane:
         self.current: Delivery | None = None
         self.deadline = math.inf
         self.timed_out = False
+
+    def interruption(self) -> BaseException:
+        """What the worker interrupted the actor for (timeout or cancellation)."""
+        if self.timed_out:
+            return TimeoutError("the actor exceeded its timeout")
+        return JobCancelledError("the job was cancelled while it ran", "JobCancelledError", None)
 
     def end_actor(self) -> None:
         """The actor returned or raised: no more timeouts or cancellations for it."""
@@ -678,6 +685,7 @@ class Runner:
                 "before_actor_run",
                 actor=actor,
                 key=delivery.key,
+                delivery=delivery,
                 parameters=params,
                 args=args,
                 kwargs=kwargs,
@@ -720,14 +728,13 @@ class Runner:
                 result = await self._run_sync(
                     _start_clock(actor.fn, lane, self._loop_time, timeout), kwargs, False, args
                 )
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as cancelled:
             lane.end_actor()
-            if lane.timed_out:
-                await self._timed_out(lane, delivery, actor, started, message)
+            if lane.timed_out or lane.cancel_requested:
+                await self._after_run(delivery, actor, args, kwargs, None, lane.interruption())
+                await self._interrupted(lane, delivery, actor, started, message)
                 return
-            if lane.cancel_requested:
-                await self._cancelled(lane, delivery, started)
-                return
+            await self._after_run(delivery, actor, args, kwargs, None, cancelled)
             if self._stopping:
                 logger.info("message %s returned to the queue on shutdown", delivery.key.id_)
                 await asyncio.shield(self._settle("reject", delivery))
@@ -735,32 +742,36 @@ class Runner:
         except Snooze as snooze:
             lane.end_actor()
             if lane.timed_out or lane.cancel_requested:
+                await self._after_run(delivery, actor, args, kwargs, None, lane.interruption())
                 await self._interrupted(lane, delivery, actor, started, message)
                 return
+            await self._after_run(delivery, actor, args, kwargs, None, snooze)
             await self._snoozed(delivery, snooze)
             return
         except BaseException as exc:  # KeyboardInterrupt/SystemExit from actor code fail too
             lane.end_actor()
             if lane.timed_out or lane.cancel_requested:  # our cancellation, turned into an error
+                await self._after_run(delivery, actor, args, kwargs, None, lane.interruption())
                 await self._interrupted(lane, delivery, actor, started, message)
             else:
+                await self._after_run(delivery, actor, args, kwargs, None, exc)
                 await self._failed(
                     delivery, actor, exc, DeadLetterReason.EXCEPTION, started, message
                 )
             return
         lane.end_actor()
         if lane.timed_out or lane.cancel_requested:  # the actor swallowed our cancellation
+            await self._after_run(delivery, actor, args, kwargs, None, lane.interruption())
             await self._interrupted(lane, delivery, actor, started, message)
             return
         if self._actor_run_events:
-            await self._dispatcher.emit(
-                "after_actor_run",
-                actor=actor,
-                key=delivery.key,
-                parameters=params,
-                args=args,
-                kwargs=kwargs,
-                result=result,
+            await self._after_run(
+                delivery,
+                actor,
+                args,
+                kwargs,
+                result,
+                message._exception if message is not None else None,
             )
         if message is not None and message._exception is not None:
             await self._failed(
@@ -780,6 +791,33 @@ class Runner:
                 await self._event(EventKind.SUCCEEDED, delivery, started)
             return
         await self._succeeded(delivery, actor, result, started, message)
+
+    async def _after_run(
+        self,
+        delivery: Delivery,
+        actor: ActorData,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        result: Any,
+        exception: BaseException | None,
+    ) -> None:
+        """The `after_actor_run` middleware event, on every way a run ends.
+
+        `exception` is None on success; otherwise what ended the run (the actor's exception, a
+        `TimeoutError`, `JobCancelledError`, `Snooze`, or `CancelledError` on shutdown).
+        """
+        if self._actor_run_events:
+            await self._dispatcher.emit(
+                "after_actor_run",
+                actor=actor,
+                key=delivery.key,
+                delivery=delivery,
+                parameters=delivery.parameters,
+                args=args,
+                kwargs=kwargs,
+                result=result,
+                exception=exception,
+            )
 
     async def _interrupted(
         self,
@@ -957,6 +995,9 @@ class Runner:
                 )
             executor = self._thread_pool
         call = functools.partial(fn, *args, **kwargs) if args or kwargs else fn
+        if not in_process:
+            # Threads see the caller's context variables (trace context, etc.).
+            call = functools.partial(contextvars.copy_context().run, call)
         return asyncio.get_running_loop().run_in_executor(executor, call)
 
     async def _store_result(self, delivery: Delivery, bucket: ResultBucket) -> None:

@@ -2,7 +2,10 @@
 
 Events: consume, enqueue, queue_declare, queue_flush, queue_delete, ack, nack, reject, requeue,
 get_bucket, store_bucket, delete_bucket, actor_run. A handler receives only the event arguments
-its signature names (or all of them with `**kwargs`); `after_*` handlers may also take `result`.
+its signature names (or all of them with `**kwargs`); `after_*` handlers may also take `result`
+and `exception` (None on success; for broker calls, the error they raised before it propagates;
+for `actor_run`, whatever ended the run: the actor's exception, a timeout, a cancellation...).
+`before_actor_run`/`after_actor_run` also receive the `delivery`.
 An exception in a middleware is logged and swallowed: it never breaks processing.
 """
 
@@ -156,8 +159,12 @@ class _InstrumentedMessageBroker:
 
     async def _call(self, event: str, method: str, /, **kwargs: Any) -> Any:
         await self._dispatcher.emit(f"before_{event}", **kwargs)
-        result = await getattr(self._broker, method)(**kwargs)
-        await self._dispatcher.emit(f"after_{event}", result=result, **kwargs)
+        try:
+            result = await getattr(self._broker, method)(**kwargs)
+        except Exception as exc:
+            await self._dispatcher.emit(f"after_{event}", result=None, exception=exc, **kwargs)
+            raise
+        await self._dispatcher.emit(f"after_{event}", result=result, exception=None, **kwargs)
         return result
 
     async def enqueue(self, key: Any, payload: str = "", params: Any = None) -> None:
