@@ -80,7 +80,7 @@ class Queue:
         consumer = broker.get_consumer(self.name, topics, max_unacked_messages, category)
         await consumer.start()
         handed_out: list[Message] = []
-        seen: set[str] = set()
+        seen: set[tuple[str, float, int]] = set()
         try:
             while True:
                 batch = await consumer.fetch(100, 0.0)
@@ -88,13 +88,20 @@ class Queue:
                     return
                 for index, delivery in enumerate(batch):
                     if category is MessageCategory.NORMAL:
-                        if delivery.key.id_ in seen:
+                        # A message's identity across a give-back: same id, creation time, attempt.
+                        params = delivery.parameters
+                        identity = (
+                            delivery.key.id_,
+                            params.timer.timestamp.timestamp(),
+                            params.attempt,
+                        )
+                        if identity in seen:
                             # Wrapped around: the caller gave this one back. Return what is
                             # left of the batch and stop, or the loop would never end.
                             for rest in reversed(batch[index:]):
                                 await broker.reject(rest)
                             return
-                        seen.add(delivery.key.id_)
+                        seen.add(identity)
                     message = Message(delivery, broker)
                     if category is MessageCategory.NORMAL:
                         handed_out.append(message)

@@ -187,6 +187,10 @@ class InMemoryMessageBroker:
         if q is not None:
             if q.timer is not None:
                 q.timer.cancel()
+            for lease in q.inflight.values():  # their settlements become stale; free consumers
+                if lease.consumer is not None:
+                    lease.consumer._settled()
+            q.inflight.clear()
             q.wake_all()
 
     def queue_names(self) -> list[str]:

@@ -30,7 +30,12 @@ _SYSTEM = "repid"
 class _RunSpan:
     __slots__ = ("span", "task", "token")
 
-    def __init__(self, span: Span, token: object, task: asyncio.Task[Any] | None) -> None:
+    def __init__(
+        self,
+        span: Span,
+        token: contextvars.Token[otel_context.Context],
+        task: asyncio.Task[Any] | None,
+    ) -> None:
         self.span = span
         self.token = token
         self.task = task
@@ -159,7 +164,7 @@ class OpenTelemetryMiddleware(JobLifecycleMiddleware):
         # The run's context was attached in the lane task that runs the actor; detaching it
         # anywhere else (a settlement from another task) would raise inside OpenTelemetry.
         if state is not None and state.task is _current_task():
-            otel_context.detach(state.token)  # type: ignore[arg-type]
+            otel_context.detach(state.token)
 
 
 def _current_task() -> asyncio.Task[Any] | None:
@@ -205,7 +210,3 @@ def install(
     if middleware.inject_headers not in connection.header_providers:
         connection.header_providers.append(middleware.inject_headers)
     return middleware
-
-
-# The token type is private to OpenTelemetry's context API; keep the import surface small.
-_ = contextvars
