@@ -53,7 +53,7 @@ _REASONS = {
 }
 
 
-class HealthCheckStatus(enum.Enum):
+class HealthCheckStatus(enum.IntEnum):
     """The health reported by the server; each value is the HTTP status code it answers with."""
 
     OK = 200
