@@ -271,13 +271,19 @@ class Job:
             extra = provider()
             if extra:
                 headers = {**(headers or {}), **extra}
-        params = Parameters(
-            self.timeout,
-            RetriesProperties(self.retries, 0) if self.retries else _NO_RETRIES,
-            result,
-            delay,
-            TimerProperties(now, self.ttl),
-            headers=headers,
+        # tuple.__new__ skips Parameters.__new__'s defaulting: every field is given here.
+        params: Parameters = tuple.__new__(
+            Parameters,
+            (
+                self.timeout,
+                RetriesProperties(self.retries, 0) if self.retries else _NO_RETRIES,
+                result,
+                delay,
+                TimerProperties(now, self.ttl),
+                None,
+                None,
+                headers,
+            ),
         )
         key = RoutingKey(self.id_ or new_id(), self.name, self.queue.name, self._priority)
         return key, payload, params
