@@ -34,8 +34,7 @@ def _arguments_adapter(actor: ActorData) -> TypeAdapter[Any] | None:
             prepare()
         except ConfigurationError as exc:
             raise ConfigurationError(f"actor {actor.name!r}: {exc}") from exc
-    # The pydantic converter keeps its validator private; see the report on core hooks.
-    adapter = getattr(converter, "_adapter", None)
+    adapter = getattr(converter, "adapter", None)
     return adapter if isinstance(adapter, TypeAdapter) else None
 
 

@@ -145,6 +145,13 @@ class PydanticConverter:
                 f"actor function {name!r} has parameter types pydantic cannot validate: {exc}"
             ) from exc
 
+    @property
+    def adapter(self) -> TypeAdapter[dict[str, Any]]:
+        """The compiled validator of the arguments (e.g. for `adapter.json_schema()`)."""
+        self.prepare()
+        assert self._adapter is not None
+        return self._adapter
+
     def convert_inputs(self, payload: str) -> tuple[list[Any], dict[str, Any]]:
         if self._no_params and (not payload or payload == "{}"):
             return [], {}

@@ -221,6 +221,11 @@ class Job:
         return connection
 
     @property
+    def last_id(self) -> str | None:
+        """The message id of the last `enqueue()` (None before the first)."""
+        return self._last_id
+
+    @property
     def is_unique(self) -> bool:
         """An `id_` was given: the job is not duplicated while a message of it is pending."""
         return self.id_ is not None

@@ -164,6 +164,11 @@ class Worker(Router):
         return Repid.get_magic_connection()
 
     @property
+    def bound_connection(self) -> Connection | None:
+        """The connection given to this worker, if any (else it uses the default one)."""
+        return self._connection
+
+    @property
     def queues(self) -> list[str]:
         """Names of the queues the worker's actors listen on."""
         return sorted({actor.queue for actor in self.actors.values()})
@@ -241,6 +246,7 @@ class Runner:
         self._stopping = False
         self._lanes: list[asyncio.Task[None]] = []
         self._lane_states: list[_Lane] = []
+        self._lanes_alive = 0
         self._loop_time: Callable[[], float] = time.monotonic
         self._thread_pool: DaemonThreadPool | None = None
         self._process_pool: ProcessPoolExecutor | None = None
@@ -282,6 +288,7 @@ class Runner:
                             self._lane(lane, source), name=f"repid-lane-{i}"
                         )
                         lane.task.add_done_callback(self._on_lane_done)
+                        self._lanes_alive += 1
                         self._lane_states.append(lane)
                     self._lanes = [lane.task for lane in self._lane_states]
                     helpers = [self._start_watchdog()]
@@ -308,8 +315,9 @@ class Runner:
                 await self._health.stop()
 
     def _on_lane_done(self, task: asyncio.Task[None]) -> None:
+        self._lanes_alive -= 1
         if task.cancelled() or task.exception() is None:
-            if self.drain and all(lane.task.done() for lane in self._lane_states):
+            if self.drain and self._lanes_alive == 0:
                 self.request_stop()
             return
         logger.critical("a worker lane crashed; stopping the worker", exc_info=task.exception())

@@ -19,7 +19,7 @@ from repid.connection import Connection
 from repid.converter import ArgumentsError
 from repid.data import MessageCategory, PrioritiesT
 from repid.errors import QueueNotDeclaredError
-from repid.job import Job, new_id
+from repid.job import Job
 from repid.queue import Queue, validate_name
 from repid.router import ActorData
 
@@ -237,10 +237,8 @@ async def enqueue(
     deferred_until = None
     if delay:
         deferred_until = datetime.now(UTC) + timedelta(seconds=delay)
-    message_id = new_id()  # chosen here so it can be reported; still unique per call
     job = Job(
         actor_name,
-        id_=message_id,
         queue=_queue(connection, queue or (actor.queue if actor is not None else "default")),
         priority=priority,
         deferred_until=deferred_until,
@@ -248,4 +246,5 @@ async def enqueue(
         _connection=connection,
     )
     await job.enqueue()
-    return message_id
+    assert job.last_id is not None
+    return job.last_id

@@ -157,7 +157,7 @@ async def resolve_target(spec: str) -> tuple[ModuleType, Target]:
         except Exception as exc:
             raise CLIError(f"factory {spec!r} raised {type(exc).__name__}: {exc}") from exc
     if isinstance(obj, Worker):
-        return module, Target([obj], obj, obj._connection)
+        return module, Target([obj], obj, obj.bound_connection)
     if isinstance(obj, Router):
         return module, Target([obj], None, None)
     if isinstance(obj, list | tuple) and obj and all(isinstance(r, Router) for r in obj):
@@ -191,9 +191,10 @@ def resolve_connection(
     app = _module_app(module)
     if app is not None:
         return app.connection
-    if Repid._magic_connection is not None:
-        return Repid._magic_connection
-    raise CLIError(
-        "no connection: pass --app module:app or --broker URL, "
-        f"or define one Repid app in {module.__name__!r}"
-    )
+    try:
+        return Repid.get_magic_connection()
+    except ValueError:
+        raise CLIError(
+            "no connection: pass --app module:app or --broker URL, "
+            f"or define one Repid app in {module.__name__!r}"
+        ) from None
