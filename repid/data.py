@@ -334,6 +334,17 @@ class Parameters(_ParametersFields):
         delay = raw.get("d")
         dead_letter = raw.get("dl")
         timeout = raw.get("t")
+        headers = raw.get("h")
+        if headers is not None and not (
+            isinstance(headers, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())
+        ):
+            raise TypeError("headers must be an object of strings")
+        args_id = raw.get("a")
+        if args_id is not None and not isinstance(args_id, str):
+            raise TypeError("args id must be a string")
+        if delay and delay[2] is not None and not isinstance(delay[2], str):
+            raise TypeError("cron must be a string")
         return cls(
             execution_timeout=timedelta(seconds=timeout if timeout is not None else 600),
             retries=RetriesProperties(int(retries[0]), int(retries[1])) if retries else _NO_RETRIES,
@@ -342,9 +353,9 @@ class Parameters(_ParametersFields):
             if delay
             else _NO_DELAY,
             timer=TimerProperties(_dt(raw["ts"]) or datetime.now(tz=UTC), _td(raw.get("ttl"))),
-            args_id=raw.get("a"),
+            args_id=args_id,
             dead_letter=DeadLetterInfo.decode(dead_letter) if dead_letter else None,
-            headers=raw.get("h"),
+            headers=headers,
         )
 
 

@@ -80,7 +80,7 @@ class Queue:
         consumer = broker.get_consumer(self.name, topics, max_unacked_messages, category)
         await consumer.start()
         handed_out: list[Message] = []
-        seen: set[tuple[str, float, int]] = set()
+        seen: set[tuple[str, float]] = set()
         try:
             while True:
                 batch = await consumer.fetch(100, 0.0)
@@ -88,12 +88,11 @@ class Queue:
                     return
                 for index, delivery in enumerate(batch):
                     if category is MessageCategory.NORMAL:
-                        # A message's identity across a give-back: same id, creation time, attempt.
-                        params = delivery.parameters
+                        # A message's identity across a give-back or a retry: its id and
+                        # creation time (two jobs may share an id, not both).
                         identity = (
                             delivery.key.id_,
-                            params.timer.timestamp.timestamp(),
-                            params.attempt,
+                            delivery.parameters.timer.timestamp.timestamp(),
                         )
                         if identity in seen:
                             # Wrapped around: the caller gave this one back. Return what is

@@ -688,16 +688,6 @@ class Runner:
             except Exception as exc:
                 await self._failed(delivery, actor, exc, DeadLetterReason.EXCEPTION, 0, message)
                 return
-        if self._actor_run_events:
-            await self._dispatcher.emit(
-                "before_actor_run",
-                actor=actor,
-                key=delivery.key,
-                delivery=delivery,
-                parameters=params,
-                args=args,
-                kwargs=kwargs,
-            )
         limiter = self._limiters.get(actor.name) if self._limiters else None
         if limiter is not None:
             await limiter.acquire()  # a limited job waits its turn; its lease keeps renewing
@@ -717,6 +707,16 @@ class Runner:
         message: MessageDependency | None,
     ) -> None:
         params = delivery.parameters
+        if self._actor_run_events:  # after any limiter wait: the run starts now
+            await self._dispatcher.emit(
+                "before_actor_run",
+                actor=actor,
+                key=delivery.key,
+                delivery=delivery,
+                parameters=params,
+                args=args,
+                kwargs=kwargs,
+            )
         started = time.time_ns()
         if self._events.active:
             await self._event(EventKind.STARTED, delivery)

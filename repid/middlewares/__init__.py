@@ -161,7 +161,7 @@ class _InstrumentedMessageBroker:
         await self._dispatcher.emit(f"before_{event}", **kwargs)
         try:
             result = await getattr(self._broker, method)(**kwargs)
-        except Exception as exc:
+        except BaseException as exc:  # cancellation too: every before_ gets its after_
             await self._dispatcher.emit(f"after_{event}", result=None, exception=exc, **kwargs)
             raise
         await self._dispatcher.emit(f"after_{event}", result=result, exception=None, **kwargs)
@@ -173,11 +173,22 @@ class _InstrumentedMessageBroker:
     async def enqueue_many(self, messages: Sequence[Any]) -> None:
         for key, payload, params in messages:
             await self._dispatcher.emit("before_enqueue", key=key, payload=payload, params=params)
-        await self._broker.enqueue_many(messages)
+        failure: BaseException | None = None
+        try:
+            await self._broker.enqueue_many(messages)
+        except BaseException as exc:
+            failure = exc
         for key, payload, params in messages:
             await self._dispatcher.emit(
-                "after_enqueue", result=None, key=key, payload=payload, params=params
+                "after_enqueue",
+                result=None,
+                exception=failure,
+                key=key,
+                payload=payload,
+                params=params,
             )
+        if failure is not None:
+            raise failure
 
     async def ack(self, key: Any) -> Any:
         return await self._call("ack", "ack", key=key)
@@ -214,8 +225,12 @@ class _InstrumentedBucketBroker:
 
     async def _call(self, event: str, /, **kwargs: Any) -> Any:
         await self._dispatcher.emit(f"before_{event}", **kwargs)
-        result = await getattr(self._broker, event)(**kwargs)
-        await self._dispatcher.emit(f"after_{event}", result=result, **kwargs)
+        try:
+            result = await getattr(self._broker, event)(**kwargs)
+        except BaseException as exc:
+            await self._dispatcher.emit(f"after_{event}", result=None, exception=exc, **kwargs)
+            raise
+        await self._dispatcher.emit(f"after_{event}", result=result, exception=None, **kwargs)
         return result
 
     async def get_bucket(self, id_: str) -> Any:

@@ -30,6 +30,8 @@ _LEVELS = {
     Outcome.SUCCEEDED: logging.INFO,
     Outcome.RESCHEDULED: logging.INFO,
     Outcome.RETURNED: logging.INFO,
+    Outcome.CANCELLED: logging.INFO,
+    Outcome.SNOOZED: logging.INFO,
     Outcome.RETRIED: logging.WARNING,
     Outcome.FAILED: logging.ERROR,
     Outcome.DEAD_LETTERED: logging.ERROR,
@@ -39,10 +41,10 @@ _LEVELS = {
 class JobLogMiddleware(JobLifecycleMiddleware):
     """Logs every enqueue, actor start and outcome as one record each.
 
-    Levels: enqueued and started at DEBUG; succeeded, rescheduled and returned at INFO; retried
-    at WARNING; dead-lettered and failed (recurring) at ERROR. The message text is short and
-    human-readable; the fields of `JOB_FIELDS` are attributes of the record, for a JSON
-    formatter or a log shipper.
+    Levels: enqueued and started at DEBUG; succeeded, rescheduled, returned, cancelled and
+    snoozed at INFO; retried at WARNING; dead-lettered and failed (recurring) at ERROR. The
+    message text is short and human-readable; the fields of `JOB_FIELDS` are attributes of the
+    record, for a JSON formatter or a log shipper.
 
     Args:
         logger: where to log; `logging.getLogger("repid.jobs")` by default.

@@ -48,6 +48,8 @@ class PrometheusMiddleware(JobLifecycleMiddleware):
     - `repid_jobs_retried_total`: runs sent back for another attempt
     - `repid_jobs_dead_lettered_total` (also labelled by `reason`): every dead letter,
       including bad input that never reached an actor
+    - `repid_jobs_cancelled_total`, `repid_jobs_snoozed_total`: runs cancelled by
+      `Job.cancel()`, and runs that raised `Snooze`
     - `repid_actor_duration_seconds` (histogram, also labelled by `outcome`)
     - `repid_jobs_in_flight` (gauge): actors running now
     - `repid_queue_depth` (gauge, labelled by `queue` and `state`), once `track_queue_depth`
@@ -86,6 +88,10 @@ class PrometheusMiddleware(JobLifecycleMiddleware):
             (*_LABELS, "reason"),
             **common,
         )
+        self.cancelled = Counter(
+            "jobs_cancelled", "Actor runs cancelled while running.", _LABELS, **common
+        )
+        self.snoozed = Counter("jobs_snoozed", "Actor runs that snoozed.", _LABELS, **common)
         self.duration = Histogram(
             "actor_duration_seconds",
             "Time actors ran, by outcome.",
@@ -122,10 +128,11 @@ class PrometheusMiddleware(JobLifecycleMiddleware):
         self.started.labels(run.queue, run.actor).inc()
         self.in_flight.labels(run.queue, run.actor).inc()
 
+    def job_ran(self, run: JobRun) -> None:
+        self.in_flight.labels(run.queue, run.actor).dec()
+
     def job_finished(self, run: JobRun) -> None:
         queue, actor = run.queue, run.actor
-        if run.started is not None:
-            self.in_flight.labels(queue, actor).dec()
         if run.outcome is Outcome.SUCCEEDED:
             self.succeeded.labels(queue, actor).inc()
         elif run.outcome is Outcome.RETRIED:
@@ -133,6 +140,10 @@ class PrometheusMiddleware(JobLifecycleMiddleware):
         elif run.outcome is Outcome.DEAD_LETTERED:
             reason = run.dead_letter_reason or "unknown"
             self.dead_lettered.labels(queue, actor, reason).inc()
+        elif run.outcome is Outcome.CANCELLED:
+            self.cancelled.labels(queue, actor).inc()
+        elif run.outcome is Outcome.SNOOZED:
+            self.snoozed.labels(queue, actor).inc()
         if run.failed:
             self.failed.labels(queue, actor).inc()
         if run.duration is not None and run.outcome is not None:

@@ -22,7 +22,10 @@ from repid.observability._lifecycle import JobLifecycleMiddleware, JobRun, Outco
 __all__ = ["OpenTelemetryMiddleware", "install"]
 
 _MAX_PENDING_SENDS = 10_000
-"""Producer spans whose enqueue never completed (it raised) are ended past this many."""
+"""A safety net, not the normal path: a producer span whose enqueue raised is ended at once
+(`after_enqueue` with `exception=`), but one whose message never reached the broker call (the
+args bucket could not be stored, a later header provider raised, the enqueue was cancelled)
+gets no event at all. Past this many pending, the oldest is ended as incomplete."""
 
 _SYSTEM = "repid"
 
@@ -33,7 +36,7 @@ class _RunSpan:
     def __init__(
         self,
         span: Span,
-        token: contextvars.Token[otel_context.Context],
+        token: contextvars.Token[otel_context.Context] | None,
         task: asyncio.Task[Any] | None,
     ) -> None:
         self.span = span
@@ -46,11 +49,12 @@ class OpenTelemetryMiddleware(JobLifecycleMiddleware):
 
     - `send <queue>` (kind PRODUCER) is started by `inject_headers` when a job builds its
       message, so the injected context is the producer span's own, and ended when the broker
-      has accepted the message (`after_enqueue`).
+      call returns (`after_enqueue`): with status ERROR and the exception if it raised.
     - `process <queue>` (kind CONSUMER) covers one actor run; its parent is the context
-      extracted from the message headers. It is the current span while an async actor runs,
-      so spans the actor creates are its children. Its status is ERROR when the run failed
-      (retried, dead-lettered), with the exception recorded.
+      extracted from the message headers. It is the current span while the actor runs (async
+      or in a thread), so spans the actor creates are its children, and it ends when the
+      message is settled. Its status is ERROR when the run failed (retried, dead-lettered,
+      failed), with the exception recorded.
 
     Attributes follow the OpenTelemetry messaging conventions (`messaging.system` = "repid",
     `messaging.destination.name` = queue, `messaging.message.id`, `messaging.operation.type`),
@@ -97,6 +101,16 @@ class OpenTelemetryMiddleware(JobLifecycleMiddleware):
         return carrier
 
     def job_enqueued(self, key: RoutingKey, params: Parameters | None) -> None:
+        self._end_send(key, params, None)
+
+    def job_enqueue_failed(
+        self, key: RoutingKey, params: Parameters | None, exception: BaseException
+    ) -> None:
+        self._end_send(key, params, exception)
+
+    def _end_send(
+        self, key: RoutingKey, params: Parameters | None, exception: BaseException | None
+    ) -> None:
         headers = params.headers if params is not None else None
         if not headers:
             return
@@ -112,6 +126,10 @@ class OpenTelemetryMiddleware(JobLifecycleMiddleware):
                 "repid.actor": key.topic,
             }
         )
+        if exception is not None:
+            span.record_exception(exception)
+            span.set_attribute("error.type", type(exception).__name__)
+            span.set_status(Status(StatusCode.ERROR, f"{type(exception).__name__}: {exception}"))
         span.end()
 
     # -- consumer -----------------------------------------------------------------------------
@@ -137,6 +155,14 @@ class OpenTelemetryMiddleware(JobLifecycleMiddleware):
         token = otel_context.attach(trace.set_span_in_context(span))
         run.state = _RunSpan(span, token, _current_task())
 
+    def job_ran(self, run: JobRun) -> None:
+        # The run's context was attached in the task that runs the actor, and `after_actor_run`
+        # comes from that task; a detach anywhere else would raise inside OpenTelemetry.
+        state = run.state if isinstance(run.state, _RunSpan) else None
+        if state is not None and state.token is not None and state.task is _current_task():
+            otel_context.detach(state.token)
+            state.token = None
+
     def job_finished(self, run: JobRun) -> None:
         assert run.outcome is not None
         state = run.state if isinstance(run.state, _RunSpan) else None
@@ -161,10 +187,6 @@ class OpenTelemetryMiddleware(JobLifecycleMiddleware):
             description = f"{run.error_type}: {run.error_message}" if run.error_type else None
             span.set_status(Status(StatusCode.ERROR, description or run.outcome.value))
         span.end()
-        # The run's context was attached in the lane task that runs the actor; detaching it
-        # anywhere else (a settlement from another task) would raise inside OpenTelemetry.
-        if state is not None and state.task is _current_task():
-            otel_context.detach(state.token)
 
 
 def _current_task() -> asyncio.Task[Any] | None:

@@ -78,6 +78,32 @@ EXPECTED: dict[str, list[str]] = {
         r"partner api: \[0, 1, 2, 3, 4\]",
         r"cancelled=1 snoozed=1",
     ],
+    "observability_logging.py": [
+        r'\{"level": "INFO", "logger": "repid\.jobs", '
+        r'"message": "succeeded add sum-1 \(attempt 1\) in \d+\.\d+ ms", '
+        r'"event": "succeeded", "job_id": "sum-1", "actor": "add", "queue": "default", '
+        r'"attempt": 1, "duration_ms": \d+\.\d+, "outcome": "succeeded", '
+        r'"error_type": null, "error_message": null\}',
+        r'\{"level": "ERROR", "logger": "repid\.jobs", '
+        r'"message": "dead_lettered charge order-7 \(attempt 1\) in \d+\.\d+ ms: '
+        r'ValueError: card declined for order 7", '
+        r'"event": "dead_lettered", "job_id": "order-7", "actor": "charge", "queue": "default", '
+        r'"attempt": 1, "duration_ms": \d+\.\d+, "outcome": "dead_lettered", '
+        r'"error_type": "ValueError", "error_message": "card declined for order 7"\}',
+    ],
+    "observability_metrics.py": [
+        r'repid_jobs_succeeded_total\{actor="add"\} 2',
+        r'repid_jobs_dead_lettered_total\{actor="charge",reason="exception"\} 1',
+        r'repid_actor_duration_seconds_count\{actor="add",outcome="succeeded"\} 2',
+        r'repid_queue_depth\{state="dead"\} 1',
+    ],
+    "observability_tracing.py": [
+        r"checkout: root",
+        r"send default: parent is checkout",
+        r"process default: parent is send default",
+        r"render pdf: parent is process default",
+        r"one trace: True",
+    ],
     "migrating_requeue_dead_letters.py": [
         r'requeueing \{"order_id":1\}: payment service is down',
         r'requeueing \{"order_id":2\}: payment service is down',

@@ -1,0 +1,1 @@
+"""Behaviour tests written once and run on every broker (see `conftest.BROKERS`)."""
