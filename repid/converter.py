@@ -138,8 +138,9 @@ class PydanticConverter:
         shape: Any = TypedDict(f"{name}_arguments", fields)  # type: ignore[misc]
         config = ConfigDict(extra="allow" if extra_allowed else "forbid")
         setattr(shape, "__pydantic_config__", config)  # noqa: B010 - pydantic reads it from the class
+        adapter_of: Any = TypeAdapter  # the shape is built at run time: no static type to check
         try:
-            self._adapter = TypeAdapter(shape)
+            self._adapter = adapter_of(shape)
         except Exception as exc:
             raise ConfigurationError(
                 f"actor function {name!r} has parameter types pydantic cannot validate: {exc}"
