@@ -26,7 +26,10 @@ def test_skipped_broker_test_fails_only_under_ci(
 ) -> None:
     monkeypatch.setenv("CI", ci)
     pytester.makeconftest(SUITE_CONFTEST.read_text())
-    pytester.makeini("[pytest]\nmarkers =\n    broker(name): needs a broker\n")
+    pytester.makeini(
+        "[pytest]\nasyncio_default_fixture_loop_scope = function\n"
+        "markers =\n    broker(name): needs a broker\n"
+    )
     pytester.makepyfile(SKIPPING_TEST)
     result = pytester.runpytest("-p", "no:repid", "-p", "no:hypothesispytest")
     assert result.ret == expected
