@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import asdict
@@ -43,7 +44,7 @@ from repid.cli.target import (
 )
 from repid.connection import Connection
 from repid.data import PrioritiesT
-from repid.errors import RepidError
+from repid.errors import BrokerError, RepidError
 from repid.main import Repid
 from repid.router import ActorData, Router
 from repid.worker import Worker
@@ -169,6 +170,16 @@ def build_parser() -> argparse.ArgumentParser:
     queues.add_argument("target", metavar="TARGET", help=_TARGET_HELP)
     queues.add_argument("--json", action="store_true", help="print JSON")
     _add_connection_options(queues)
+
+    workers = commands.add_parser(
+        "workers",
+        help="list live workers",
+        description="List the workers that heartbeat on the broker: queues, concurrency, "
+        "jobs in flight and when each was last heard from.",
+    )
+    workers.add_argument("target", metavar="TARGET", help=_TARGET_HELP)
+    workers.add_argument("--json", action="store_true", help="print JSON")
+    _add_connection_options(workers)
 
     dead = commands.add_parser(
         "dead", help="list, requeue or purge dead letters", description="Manage dead letters."
@@ -449,6 +460,33 @@ async def _command_queues(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _command_workers(args: argparse.Namespace) -> int:
+    _, connection = await _connect(args)
+    try:
+        workers = await connection.live_workers()
+    except BrokerError as exc:
+        raise CLIError(str(exc)) from exc
+    if args.json:
+        print(json.dumps([asdict(w) for w in workers]))
+        return 0
+    now = time.time()
+    rows = [("WORKER", "QUEUES", "CONCURRENCY", "IN_FLIGHT", "LAST_SEEN")]
+    rows += [
+        (
+            w.id,
+            ",".join(w.queues),
+            str(w.concurrency),
+            str(w.in_flight),
+            f"{max(0.0, now - w.last_seen):.0f}s ago",
+        )
+        for w in workers
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    return 0
+
+
 async def _command_dead(args: argparse.Namespace) -> int:
     _, connection = await _connect(args)
     if args.dead_command == "list":
@@ -500,6 +538,7 @@ async def _command_enqueue(args: argparse.Namespace) -> int:
 _ASYNC_COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
     "asyncapi": _command_asyncapi,
     "queues": _command_queues,
+    "workers": _command_workers,
     "dead": _command_dead,
     "enqueue": _command_enqueue,
 }
