@@ -173,7 +173,7 @@ class Job:
         self.queue = queue if isinstance(queue, Queue) else _queue(queue, _connection)
         self.priority = priority if type(priority) is PrioritiesT else PrioritiesT(priority)
         self._priority = int(self.priority)
-        self.id_ = _validate_id(id_, "job id")
+        self.id_ = None if id_ is None else _validate_id(id_, "job id")
         if cron is not None and deferred_by is not None:
             raise ConfigurationError("cron and deferred_by are mutually exclusive")
         if cron is not None:
@@ -181,7 +181,7 @@ class Job:
         if deferred_until is not None and deferred_until.tzinfo is None:
             deferred_until = deferred_until.astimezone()  # naive means local time
         self.deferred_until = deferred_until
-        self.deferred_by = _duration(deferred_by, "deferred_by")
+        self.deferred_by = None if deferred_by is None else _duration(deferred_by, "deferred_by")
         self.cron = cron
         if not isinstance(retries, int) or retries < 0:
             raise ConfigurationError(f"retries must be an integer >= 0, got {retries!r}")
@@ -189,16 +189,16 @@ class Job:
         self.timeout = (
             timeout if timeout is _TEN_MINUTES else _duration(timeout, "timeout") or _TEN_MINUTES
         )
-        self.ttl = _duration(ttl, "ttl")
-        self.args_id = _validate_id(args_id, "args id")
-        self.args_ttl = _duration(args_ttl, "args_ttl")
+        self.ttl = None if ttl is None else _duration(ttl, "ttl")
+        self.args_id = None if args_id is None else _validate_id(args_id, "args id")
+        self.args_ttl = None if args_ttl is None else _duration(args_ttl, "args_ttl")
         if args is not None and type(args) is not dict and not isinstance(args, Mapping):
             raise ConfigurationError(
                 f"args must be a mapping of keyword arguments, got {type(args).__name__}"
             )
         self.args = args
         self.use_args_bucketer = use_args_bucketer
-        self.result_id = _validate_id(result_id, "result id")
+        self.result_id = None if result_id is None else _validate_id(result_id, "result id")
         self.result_ttl = (
             result_ttl if result_ttl is _ONE_DAY else _duration(result_ttl, "result_ttl")
         )
@@ -284,13 +284,15 @@ class Job:
                 RetriesProperties(self.retries, 0) if self.retries else _NO_RETRIES,
                 result,
                 delay,
-                TimerProperties(now, self.ttl),
+                tuple.__new__(TimerProperties, (now, self.ttl)),
                 None,
                 None,
                 headers,
             ),
         )
-        key = RoutingKey(self.id_ or new_id(), self.name, self.queue.name, self._priority)
+        key: RoutingKey = tuple.__new__(
+            RoutingKey, (self.id_ or new_id(), self.name, self.queue.name, self._priority)
+        )
         return key, payload, params
 
     async def enqueue(self) -> Job:

@@ -75,7 +75,10 @@ def _entry(
     raw: bytes | None = None,
     decode_error: str | None = None,
 ) -> _Entry:
-    return Delivery(key, payload, parameters, seq, MessageCategory.NORMAL, raw, decode_error)
+    # tuple.__new__ skips the named tuple's Python-level constructor (hot path).
+    return tuple.__new__(
+        Delivery, (key, payload, parameters, seq, MessageCategory.NORMAL, raw, decode_error, False)
+    )
 
 
 def _renewed(entry: _Entry, seq: int, *, redelivered: bool = False) -> _Entry:
@@ -83,7 +86,17 @@ def _renewed(entry: _Entry, seq: int, *, redelivered: bool = False) -> _Entry:
 
 
 class _MemoryQueue:
-    __slots__ = ("dead", "delayed", "inflight", "name", "pending_ids", "ready", "timer", "waiters")
+    __slots__ = (
+        "dead",
+        "delayed",
+        "inflight",
+        "name",
+        "next_sweep",
+        "pending_ids",
+        "ready",
+        "timer",
+        "waiters",
+    )
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -94,6 +107,7 @@ class _MemoryQueue:
         self.pending_ids: dict[str, int] = {}
         self.waiters: deque[asyncio.Future[None]] = deque()
         self.timer: asyncio.TimerHandle | None = None
+        self.next_sweep = 0.0
 
     def ready_count(self) -> int:
         return sum(len(d) for d in self.ready)
@@ -145,7 +159,6 @@ class InMemoryMessageBroker:
         self._clock = clock
         self._queues: dict[str, _MemoryQueue] = {}
         self._seq = itertools.count()
-        self._next_sweep = 0.0
         self._cancel_requests: set[str] = set()
         self._workers: dict[str, WorkerInfo] = {}
         self.is_connected = False
@@ -301,14 +314,16 @@ class InMemoryMessageBroker:
 
     # -- handing out ---------------------------------------------------------------------------
 
-    def _promote(self, q: _MemoryQueue) -> None:
-        now = self._clock()
+    def _promote(self, q: _MemoryQueue, now: float | None = None) -> None:
+        """Move due delayed messages to ready, and expired leases back to ready."""
+        if now is None:
+            now = self._clock()
         delayed = q.delayed
         while delayed and delayed[0][0] <= now:
             _, _, entry = heapq.heappop(delayed)
             q.ready[entry.key.priority].append(entry)
-        if q.inflight and now >= self._next_sweep:
-            self._next_sweep = now + min(1.0, self.lease_duration / 4)
+        if q.inflight and now >= q.next_sweep:
+            q.next_sweep = now + min(1.0, self.lease_duration / 4)
             expired = [lease for lease in q.inflight.values() if lease.deadline <= now]
             for lease in expired:
                 entry = lease.entry
@@ -327,26 +342,30 @@ class InMemoryMessageBroker:
     def _take(
         self, q: _MemoryQueue, consumer: _InMemoryConsumer | None, topics: frozenset[str] | None
     ) -> Delivery | None:
-        if q.delayed or q.inflight:
-            self._promote(q)
+        now = self._clock()
+        if (q.delayed and q.delayed[0][0] <= now) or (q.inflight and now >= q.next_sweep):
+            self._promote(q, now)
         entry: _Entry | None = None
-        for d in q.ready:
-            if not d:
-                continue
-            if topics is None:
-                entry = d.popleft()
-                break
-            for candidate in d:
-                if candidate.key.topic in topics:
-                    entry = candidate
-                    d.remove(candidate)
+        if topics is None:
+            for d in q.ready:
+                if d:
+                    entry = d.popleft()
                     break
-            if entry is not None:
-                break
+        else:
+            entry = self._take_topic(q, topics)
         if entry is None:
             return None
-        q.inflight[entry.handle] = _Lease(entry, self._clock() + self.lease_duration, consumer)
+        q.inflight[entry.handle] = _Lease(entry, now + self.lease_duration, consumer)
         return entry
+
+    @staticmethod
+    def _take_topic(q: _MemoryQueue, topics: frozenset[str]) -> _Entry | None:
+        for d in q.ready:
+            for candidate in d:
+                if candidate.key.topic in topics:
+                    d.remove(candidate)
+                    return candidate
+        return None
 
     async def cancel(self, queue_name: str, id_: str) -> str | None:
         """Cancel job `id_`: remove it if waiting ("dequeued"), flag it if running ("requested").
