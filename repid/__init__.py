@@ -60,19 +60,13 @@ from repid.message import Message, MessageDependency
 from repid.queue import Queue
 from repid.retry_policy import RetryPolicyT, default_retry_policy_factory
 from repid.router import Router, RouterDefaults
-from repid.serializer import SerializerT, default_serializer
+from repid.serializer import Config, SerializerT, default_serializer
 from repid.worker import Runner, Worker
 
 __version__ = "2.0.0.dev0"
 
 logger = logging.getLogger("repid")
 logger.addHandler(logging.NullHandler())
-
-
-class Config:
-    """Process-wide settings (repid 1.6 name). Only `SERIALIZER` is read today."""
-
-    SERIALIZER: SerializerT = default_serializer
 
 
 __all__ = [

@@ -37,7 +37,7 @@ from repid.lifecycle import (
 )
 from repid.main import Repid
 from repid.queue import Queue, validate_name
-from repid.serializer import SerializerT, default_serializer, serialize_args
+from repid.serializer import Config, SerializerT, serialize_args
 
 if TYPE_CHECKING:
     from repid.connection import Connection
@@ -118,7 +118,7 @@ class Job:
         result_id: id under which the result is stored (default: random per enqueue).
         result_ttl: lifetime of the stored result.
         store_result: store the result (default: when a results bucket broker exists).
-        serializer: turns `args` into JSON text.
+        serializer: turns `args` into JSON text (default: `Config.SERIALIZER`).
     """
 
     __slots__ = (
@@ -166,7 +166,7 @@ class Job:
         result_id: str | None = None,
         result_ttl: timedelta | None = _ONE_DAY,
         store_result: bool | None = None,
-        serializer: SerializerT = default_serializer,
+        serializer: SerializerT | None = None,
         _connection: Connection | None = None,
     ) -> None:
         self.name = validate_name(name, "job name")
@@ -246,7 +246,9 @@ class Job:
         """The JSON text of `args` (serialised once, on first use)."""
         if self._args_payload is None:
             self._args_payload = (
-                "" if self.args is None else serialize_args(self.args, self.serializer)
+                ""
+                if self.args is None
+                else serialize_args(self.args, self.serializer or Config.SERIALIZER)
             )
         return self._args_payload
 

@@ -12,7 +12,7 @@ from pydantic_core import PydanticSerializationError, to_json
 
 from repid.errors import SerializationError
 
-__all__ = ["SerializerT", "default_serializer", "serialize_args"]
+__all__ = ["Config", "SerializerT", "default_serializer", "serialize_args"]
 
 SerializerT = Callable[[Any], str]
 """Turns a Python value into JSON text."""
@@ -48,3 +48,13 @@ def serialize_args(args: Mapping[str, Any], serializer: SerializerT = default_se
                     "to JSON"
                 ) from exc
         raise SerializationError(f"job args cannot be serialised: {exc}") from exc
+
+
+class Config:
+    """Process-wide settings (repid 1.6 name).
+
+    `SERIALIZER` turns job arguments into JSON text for every `Job` created without its own
+    `serializer=`; set it once at start-up to change the default.
+    """
+
+    SERIALIZER: SerializerT = default_serializer

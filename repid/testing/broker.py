@@ -44,7 +44,9 @@ class TestMessageBroker(InMemoryMessageBroker):
     Args:
         routers: routers (or workers) whose actors are run.
         run_on_enqueue: False gives a plain in-memory broker until switched back on.
-        lease_duration, max_message_size, clock: as for `InMemoryMessageBroker`.
+        lease_duration: as for `InMemoryMessageBroker`.
+        max_message_size: as for `InMemoryMessageBroker`.
+        clock: as for `InMemoryMessageBroker`.
     """
 
     __test__ = False  # not a pytest test class, despite the name

@@ -504,3 +504,19 @@ def test_connection_checks_bucket_kinds() -> None:
             InMemoryMessageBroker(),
             args_bucket_broker=InMemoryBucketBroker(use_result_bucket=True),
         )
+
+
+def test_config_serializer_is_the_default_for_new_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from repid import Config, default_serializer
+
+    seen: list[object] = []
+
+    def recording(data: object) -> str:
+        seen.append(data)
+        return default_serializer(data)
+
+    monkeypatch.setattr(Config, "SERIALIZER", recording)
+    assert Job("ok", args={"a": 1}).payload == '{"a":1}'
+    assert seen == [{"a": 1}]
+    assert Job("ok", args={"a": 2}, serializer=default_serializer).payload == '{"a":2}'
+    assert seen == [{"a": 1}]  # an explicit serializer wins
