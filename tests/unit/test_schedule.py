@@ -63,3 +63,18 @@ async def test_cron_job_recurs_on_a_worker() -> None:
     assert runs[1] - runs[0] >= 0.5  # one run per tick, not back to back
     counts = conn.raw_message_broker.counts("default")  # type: ignore[attr-defined]
     assert counts["delayed"] + counts["ready"] == 1  # the schedule is still there, once
+
+
+async def test_a_silent_worker_is_dropped_after_the_staleness_window() -> None:
+    from repid.lifecycle import STALE_AFTER, WorkerInfo
+
+    now = [1000.0]
+    broker = InMemoryMessageBroker(clock=lambda: now[0])
+    conn = Connection(broker)
+    info = WorkerInfo("host:1:abc", "host", 1, ("default",), 10, 0, now[0], now[0])
+    await broker.heartbeat(info)
+    assert [w.id for w in await conn.live_workers()] == ["host:1:abc"]
+    now[0] += STALE_AFTER - 1
+    assert len(await conn.live_workers()) == 1  # still within the window
+    now[0] += 2
+    assert await conn.live_workers() == []  # silent for longer than STALE_AFTER
