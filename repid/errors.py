@@ -11,6 +11,7 @@ __all__ = [
     "BrokerError",
     "BrokerUnavailableError",
     "ConfigurationError",
+    "ConsumerClosedError",
     "DecodeError",
     "MessageTooLargeError",
     "QueueNotDeclaredError",
@@ -58,6 +59,13 @@ class QueueNotDeclaredError(BrokerError, KeyError):
     def __str__(self) -> str:
         name = self.queue_name
         return f"{name!r} (queue is not declared; call `await Queue({name!r}).declare()`)"
+
+
+class ConsumerClosedError(BrokerError):
+    """`consume()` was called on (or was waiting in) a consumer that has finished.
+
+    Every broker's consumer raises this (and only this) to say it will hand out nothing more.
+    """
 
 
 class DecodeError(RepidError, ValueError):

@@ -24,10 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 from repid._executor import DaemonThreadPool
 from repid.brokers.base import Delivery
-from repid.brokers.in_memory import ConsumerClosedError
 from repid.data import DEFAULT_TIMEOUT, DeadLetterInfo, DeadLetterReason, ResultBucket
 from repid.dependencies import resolve_dependency
-from repid.errors import ConfigurationError
+from repid.errors import ConfigurationError, ConsumerClosedError
 from repid.job import new_id
 from repid.lifecycle import (
     HEARTBEAT_INTERVAL,

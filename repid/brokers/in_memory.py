@@ -28,7 +28,12 @@ from repid.data import (
     ResultBucket,
     RoutingKey,
 )
-from repid.errors import DecodeError, MessageTooLargeError, QueueNotDeclaredError, RepidError
+from repid.errors import (
+    ConsumerClosedError,
+    DecodeError,
+    MessageTooLargeError,
+    QueueNotDeclaredError,
+)
 from repid.lifecycle import STALE_AFTER, WorkerInfo
 
 __all__ = ["ConsumerClosedError", "InMemoryBucketBroker", "InMemoryMessageBroker"]
@@ -36,10 +41,6 @@ __all__ = ["ConsumerClosedError", "InMemoryBucketBroker", "InMemoryMessageBroker
 logger = logging.getLogger("repid.brokers.in_memory")
 
 _PRIORITIES = len(PrioritiesT)
-
-
-class ConsumerClosedError(RepidError):
-    """`consume()` was called on (or was waiting in) a consumer that has finished."""
 
 
 _Entry = Delivery

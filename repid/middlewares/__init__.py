@@ -134,7 +134,7 @@ class _InstrumentedConsumer:
         return self._iterate()
 
     async def _iterate(self) -> Any:
-        from repid.brokers.in_memory import ConsumerClosedError
+        from repid.errors import ConsumerClosedError
 
         while True:
             try:
