@@ -163,7 +163,7 @@ class RateLimit:
 
 
 class ActorLimiter:
-    """Per-actor `max_concurrency` and `rate_limit`, enforced by each worker process.
+    """Per-actor `max_concurrency` and `rate_limit` (shared by workers where the broker can).
 
     A limited job waits for its turn (its lease keeps being renewed); it is never dropped and
     never counted as failed.

@@ -138,8 +138,9 @@ class Router:
             retry_policy: delay before each retry (default: the router's).
             run_in_process: run a sync function in a process pool instead of a thread pool.
             converter: turns payloads into arguments (default: pydantic validation).
-            max_concurrency: at most this many runs of the actor at once, per worker process.
-            rate_limit: at most `RateLimit(n, per)` starts of the actor, per worker process.
+            max_concurrency: at most this many runs of the actor at once, across the workers of
+                the broker where it can share state (in-memory: its process), else per worker.
+            rate_limit: at most `RateLimit(n, per)` starts of the actor, shared the same way.
         """
 
         def register(function: FnT) -> FnT:

@@ -254,8 +254,15 @@ class Runner:
         self._stop_taking: Callable[[], Awaitable[None]] | None = None
         self._health: HealthCheckServer | None = None
         self._events = connection.events
+        # Limits are shared by every worker of the broker where the broker can share them
+        # (`actor_limiter`: the in-memory broker, within its process), else per worker.
+        shared = getattr(connection.raw_message_broker, "actor_limiter", None)
         self._limiters: dict[str, ActorLimiter] = {
-            actor.name: ActorLimiter(actor.max_concurrency, actor.rate_limit)
+            actor.name: (
+                shared(actor.name, actor.max_concurrency, actor.rate_limit)
+                if shared is not None
+                else ActorLimiter(actor.max_concurrency, actor.rate_limit)
+            )
             for actor in self.actors.values()
             if actor.max_concurrency is not None or actor.rate_limit is not None
         }

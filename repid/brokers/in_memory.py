@@ -34,7 +34,7 @@ from repid.errors import (
     MessageTooLargeError,
     QueueNotDeclaredError,
 )
-from repid.lifecycle import STALE_AFTER, WorkerInfo
+from repid.lifecycle import STALE_AFTER, ActorLimiter, RateLimit, WorkerInfo
 
 __all__ = ["ConsumerClosedError", "InMemoryBucketBroker", "InMemoryMessageBroker"]
 
@@ -162,6 +162,7 @@ class InMemoryMessageBroker:
         self._seq = itertools.count()
         self._cancel_requests: set[str] = set()
         self._workers: dict[str, WorkerInfo] = {}
+        self._limiters: dict[tuple[str, int | None, RateLimit | None], ActorLimiter] = {}
         self.is_connected = False
 
     # -- connection -------------------------------------------------------------------------
@@ -399,6 +400,16 @@ class InMemoryMessageBroker:
     async def cancel_finished(self, id_: str) -> None:
         """The worker has cancelled job `id_`: forget the request."""
         self._cancel_requests.discard(id_)
+
+    def actor_limiter(
+        self, actor: str, max_concurrency: int | None, rate_limit: RateLimit | None
+    ) -> ActorLimiter:
+        """The limiter of `actor` shared by every worker on this broker (same limits, same one)."""
+        key = (actor, max_concurrency, rate_limit)
+        limiter = self._limiters.get(key)
+        if limiter is None:
+            limiter = self._limiters[key] = ActorLimiter(max_concurrency, rate_limit)
+        return limiter
 
     async def heartbeat(self, info: WorkerInfo) -> None:
         """Record that a worker is alive (called when it starts and every few seconds)."""
