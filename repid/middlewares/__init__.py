@@ -98,9 +98,7 @@ class _InstrumentedConsumer:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._consumer, name)
 
-    async def consume(self) -> Any:
-        await self._dispatcher.emit("before_consume")
-        delivery = await self._consumer.consume()
+    async def _consumed(self, delivery: Any) -> None:
         await self._dispatcher.emit(
             "after_consume",
             result=delivery,
@@ -108,19 +106,18 @@ class _InstrumentedConsumer:
             payload=delivery.payload,
             params=delivery.parameters,
         )
+
+    async def consume(self) -> Any:
+        await self._dispatcher.emit("before_consume")
+        delivery = await self._consumer.consume()
+        await self._consumed(delivery)
         return delivery
 
     async def fetch(self, max_count: int, timeout: float = 0.0) -> list[Any]:
         await self._dispatcher.emit("before_consume")
         batch: list[Any] = await self._consumer.fetch(max_count, timeout)
         for delivery in batch:
-            await self._dispatcher.emit(
-                "after_consume",
-                result=delivery,
-                key=delivery.key,
-                payload=delivery.payload,
-                params=delivery.parameters,
-            )
+            await self._consumed(delivery)
         return batch
 
     async def __aenter__(self) -> _InstrumentedConsumer:
