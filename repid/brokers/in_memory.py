@@ -191,10 +191,7 @@ class InMemoryMessageBroker:
             d.clear()
         q.delayed.clear()
         q.dead.clear()
-        for lease in q.inflight.values():  # their settlements become stale; free the consumers
-            if lease.consumer is not None:
-                lease.consumer._settled()
-        q.inflight.clear()
+        self._drop_leases(q)
         q.pending_ids.clear()
 
     async def queue_delete(self, queue_name: str) -> None:
@@ -202,11 +199,16 @@ class InMemoryMessageBroker:
         if q is not None:
             if q.timer is not None:
                 q.timer.cancel()
-            for lease in q.inflight.values():  # their settlements become stale; free consumers
-                if lease.consumer is not None:
-                    lease.consumer._settled()
-            q.inflight.clear()
+            self._drop_leases(q)
             q.wake_all()
+
+    @staticmethod
+    def _drop_leases(q: _MemoryQueue) -> None:
+        """Forget in-flight messages: their settlements become stale; free their consumers."""
+        for lease in q.inflight.values():
+            if lease.consumer is not None:
+                lease.consumer._settled()
+        q.inflight.clear()
 
     def queue_names(self) -> list[str]:
         return list(self._queues)
