@@ -50,7 +50,6 @@ _TEN_MINUTES = DEFAULT_TIMEOUT
 _ONE_DAY = timedelta(days=1)
 _NO_RETRIES = RetriesProperties()
 _NO_DELAY = DelayProperties()
-_UNSET: Any = object()
 
 
 class _IdSource:
