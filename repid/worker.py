@@ -550,9 +550,7 @@ class Runner:
                 logger.exception("unexpected error processing message %s", delivery.key.id_)
                 await self._settle("reject", delivery)
             lane.current = None
-            self.processed += 1
-            if self._limit is not None and self.processed >= self._limit:
-                self.request_stop()
+            self._count_processed()
             since_yield += 1
             if since_yield >= _YIELD_EVERY:
                 since_yield = 0
