@@ -1,7 +1,7 @@
 """The broker table and the fixtures every conformance test uses.
 
-Adding a broker to the suite is one entry in `BROKERS`: a factory building an unconnected
-`Connection` and the capabilities the broker is expected to declare. Tests that need a capability
+Adding a broker to the suite is one module in `tests/conformance/specs/` (see its docstring): a
+factory building an unconnected `Connection` and the capabilities the broker must declare. Tests that need a capability
 call `require(conn, ...)`, which reads `broker.capabilities` and skips with the declared reason.
 """
 
@@ -14,57 +14,11 @@ from uuid import uuid4
 
 import pytest
 
-from repid import (
-    BrokerCapabilities,
-    Connection,
-    InMemoryBucketBroker,
-    InMemoryMessageBroker,
-    Queue,
-    Repid,
-)
+from repid import BrokerCapabilities, Connection, Queue, Repid
+from tests.conformance.specs import BrokerSpec, load_specs
 
 
-class ConnectionFactory(Protocol):
-    def __call__(
-        self, *, lease_duration: float | None = None, args_bucket: bool = False
-    ) -> Connection:
-        """An unconnected connection; `lease_duration` only for brokers with `lease_renewal`."""
-        ...
-
-
-@dataclass(frozen=True)
-class BrokerSpec:
-    """How to build one broker for the suite and what it must declare.
-
-    `capabilities` names the boolean `BrokerCapabilities` fields the broker declares True; the
-    suite checks the declaration against it, so a broker cannot silently drop a guarantee.
-    """
-
-    make: ConnectionFactory
-    capabilities: frozenset[str]
-
-
-def _memory(*, lease_duration: float | None = None, args_bucket: bool = False) -> Connection:
-    broker = (
-        InMemoryMessageBroker()
-        if lease_duration is None
-        else InMemoryMessageBroker(lease_duration=lease_duration)
-    )
-    return Connection(
-        broker,
-        args_bucket_broker=InMemoryBucketBroker() if args_bucket else None,
-        results_bucket_broker=InMemoryBucketBroker(use_result_bucket=True),
-    )
-
-
-BROKERS: dict[str, BrokerSpec] = {
-    "memory": BrokerSpec(
-        make=_memory,
-        capabilities=frozenset(
-            {"strict_priorities", "native_delays", "native_dead_letters", "lease_renewal"}
-        ),
-    ),
-}
+BROKERS: dict[str, BrokerSpec] = load_specs()
 
 BOOLEAN_CAPABILITIES = frozenset(
     f.name
