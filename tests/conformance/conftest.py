@@ -1,22 +1,22 @@
 """The broker table and the fixtures every conformance test uses.
 
 Adding a broker to the suite is one module in `tests/conformance/specs/` (see its docstring): a
-factory building an unconnected `Connection` and the capabilities the broker must declare. Tests that need a capability
-call `require(conn, ...)`, which reads `broker.capabilities` and skips with the declared reason.
+factory building an unconnected `Connection` and the capabilities the broker must declare.
+Tests that need a capability call `require(conn, ...)`, which reads `broker.capabilities` and
+skips with the declared reason.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, fields
-from typing import Any, Protocol
+from dataclasses import fields
+from typing import Any
 from uuid import uuid4
 
 import pytest
 
 from repid import BrokerCapabilities, Connection, Queue, Repid
 from tests.conformance.specs import BrokerSpec, load_specs
-
 
 BROKERS: dict[str, BrokerSpec] = load_specs()
 
