@@ -3,7 +3,7 @@
 # answers. Which servers: REPID_SERVICES (space-separated), default: those the suite uses today.
 set -euo pipefail
 
-SERVICES=${REPID_SERVICES:-}
+SERVICES=${REPID_SERVICES:-redis rabbitmq}
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
