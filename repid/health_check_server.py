@@ -10,7 +10,7 @@ import contextlib
 import enum
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.utils import formatdate
 from types import TracebackType
@@ -22,6 +22,7 @@ __all__ = [
     "HealthCheckServerSettings",
     "HealthCheckStatus",
     "RequestHook",
+    "RouteHandler",
 ]
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,13 @@ RequestHook = Callable[[str, str, int], None]
 `method` and `path` are empty strings when the request could not be parsed (status 400). Meant
 for metrics (e.g. counting probes by status code); it runs inline, so it must be fast and must not
 block. An exception it raises is logged and otherwise ignored.
+"""
+
+RouteHandler = Callable[[], tuple[str, bytes]]
+"""Answers `GET` on an extra path with `(content_type, body)`, e.g. Prometheus metrics.
+
+It runs in the event loop, so it must be quick (rendering a metrics registry is). An exception it
+raises answers 500 and is logged; the server keeps running.
 """
 
 # Bounds on what a client may send before we answer. A probe's request is a few hundred bytes.
@@ -49,6 +57,7 @@ _REASONS = {
     400: "Bad Request",
     404: "Not Found",
     405: "Method Not Allowed",
+    500: "Internal Server Error",
     503: "Service Unavailable",
 }
 
@@ -85,12 +94,13 @@ class _Response:
     status_code: int
     body: bytes
     allow: str | None = None
+    content_type: str = "text/plain; charset=utf-8"
 
     def encode(self, *, include_body: bool) -> bytes:
         lines = [
             f"HTTP/1.1 {self.status_code} {_REASONS[self.status_code]}",
             f"Date: {formatdate(usegmt=True)}",
-            "Content-Type: text/plain; charset=utf-8",
+            f"Content-Type: {self.content_type}",
             f"Content-Length: {len(self.body)}",
             "Connection: close",
         ]
@@ -103,6 +113,7 @@ class _Response:
 _BAD_REQUEST = _Response(400, b"Bad Request")
 _NOT_FOUND = _Response(404, b"Not Found")
 _METHOD_NOT_ALLOWED = _Response(405, b"Method Not Allowed", allow=", ".join(_ALLOWED_METHODS))
+_SERVER_ERROR = _Response(500, b"Internal Server Error")
 
 
 class HealthCheckServer:
@@ -127,6 +138,7 @@ class HealthCheckServer:
         *,
         read_timeout: float = _DEFAULT_READ_TIMEOUT,
         on_request: RequestHook | None = None,
+        routes: Mapping[str, RouteHandler] | None = None,
     ) -> None:
         """Create a server; nothing is bound until `start`.
 
@@ -136,6 +148,8 @@ class HealthCheckServer:
                 answer) before the connection is dropped.
             on_request: Optional `RequestHook`, called once per answered request. It can also be
                 set later through the `on_request` attribute.
+            routes: Extra paths served next to the probe, each answered by a `RouteHandler`
+                (the worker adds `/metrics` this way); see `add_route`.
         """
         self._settings = settings if settings is not None else HealthCheckServerSettings()
         self._read_timeout = read_timeout
@@ -144,6 +158,23 @@ class HealthCheckServer:
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
+        self._routes: dict[str, RouteHandler] = {}
+        for path, handler in (routes or {}).items():
+            self.add_route(path, handler)
+
+    def add_route(self, path: str, handler: RouteHandler) -> None:
+        """Serve `GET`/`HEAD` on `path` with `handler`, next to the health endpoint.
+
+        Args:
+            path: An absolute path such as `/metrics`; not the health endpoint's own.
+            handler: Returns `(content_type, body)` for each request.
+
+        Raises:
+            ValueError: `path` does not start with `/` or is the health endpoint.
+        """
+        if not path.startswith("/") or path == self._settings.endpoint_name:
+            raise ValueError(f"cannot serve {path!r} next to {self._settings.endpoint_name!r}")
+        self._routes[path] = handler
 
     @property
     def settings(self) -> HealthCheckServerSettings:
@@ -283,6 +314,16 @@ class HealthCheckServer:
             await writer.drain()
 
     def _respond(self, method: str, path: str) -> _Response:
+        route = self._routes.get(path.partition("?")[0])
+        if route is not None:
+            if method not in _ALLOWED_METHODS:
+                return _METHOD_NOT_ALLOWED
+            try:
+                content_type, body = route()
+            except Exception:
+                logger.exception("Handler of %s raised.", path)
+                return _SERVER_ERROR
+            return _Response(200, body, content_type=content_type)
         if path != self._settings.endpoint_name:
             return _NOT_FOUND
         if method not in _ALLOWED_METHODS:

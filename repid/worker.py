@@ -208,6 +208,22 @@ class Worker(Router):
             raise RuntimeError("a worker lane crashed (a bug in repid)") from runner.crashed
         return runner
 
+    @property
+    def health_check_port(self) -> int | None:
+        """The port the health check server is bound to while `run()` runs, else None.
+
+        Useful with `HealthCheckServerSettings(port=0)`. The same port serves `/metrics` when the
+        connection uses `PrometheusMiddleware`.
+        """
+        runner = self._runner
+        server = None if runner is None else runner._health
+        if server is None:
+            return None
+        try:
+            return server.port
+        except RuntimeError:  # stopped
+            return None
+
     def stop(self) -> None:
         """Start a graceful shutdown (like receiving SIGTERM); also works before `run()` starts."""
         self._stop_requested = True
@@ -347,6 +363,11 @@ class Runner:
         from repid.health_check_server import HealthCheckServer
 
         self._health = HealthCheckServer(self.worker.health_check_server_settings)
+        for middleware in self.connection.middleware.middlewares:
+            routes = getattr(middleware, "http_routes", None)
+            if routes is not None:
+                for path, handler in routes().items():
+                    self._health.add_route(path, handler)
         await self._health.start()
 
     def _set_health(self, healthy: bool) -> None:

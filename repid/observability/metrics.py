@@ -119,6 +119,19 @@ class PrometheusMiddleware(JobLifecycleMiddleware):
         self.registry.register(collector)
         self._depth_collector = collector
 
+    def http_routes(self) -> dict[str, Callable[[], tuple[str, bytes]]]:
+        """`{"/metrics": handler}`: what a worker's health check server serves for this middleware.
+
+        A `Worker(run_health_check_server=True)` whose connection uses this middleware answers
+        `GET /metrics` on the health check port, so one port serves the probe and the scrape.
+        """
+        registry = self.registry
+
+        def render() -> tuple[str, bytes]:
+            return CONTENT_TYPE_LATEST, generate_latest(registry)
+
+        return {"/metrics": render}
+
     # -- lifecycle ----------------------------------------------------------------------------
 
     def job_enqueued(self, key: RoutingKey, params: Parameters | None) -> None:

@@ -144,3 +144,49 @@ def test_a_second_middleware_on_one_registry_is_refused(registry: CollectorRegis
     PrometheusMiddleware(registry)
     with pytest.raises(ValueError, match="Duplicated"):
         PrometheusMiddleware(registry)
+
+
+async def test_worker_serves_metrics_on_its_health_check_port(registry: CollectorRegistry) -> None:
+    """One port answers the probe and the scrape: `/metrics` next to `/healthz`."""
+    from repid import HealthCheckServerSettings, Worker
+
+    ran = asyncio.Event()
+    router = make_router(on_run=ran.set)
+    middleware = PrometheusMiddleware(registry)
+    async with in_memory_app(middleware):
+        await declare(router)
+        worker = Worker(
+            routers=[router],
+            handle_signals=[],
+            run_health_check_server=True,
+            health_check_server_settings=HealthCheckServerSettings(address="127.0.0.1", port=0),
+        )
+        task = asyncio.create_task(worker.run())
+        try:
+            await Job("add", args={"a": 1, "b": 2}).enqueue()
+            await asyncio.wait_for(ran.wait(), 5)
+            port = worker.health_check_port
+            assert port is not None
+
+            async def succeeded() -> float:
+                status, headers, body = await _http_get(port, "/metrics")
+                assert status == 200
+                assert headers["content-type"].startswith("text/plain; version=")
+                key = (
+                    "repid_jobs_succeeded_total",
+                    frozenset({("queue", "default"), ("actor", "add")}),
+                )
+                return _samples(body).get(key, 0.0)
+
+            deadline = asyncio.get_running_loop().time() + 5
+            while await succeeded() != 1.0:
+                assert asyncio.get_running_loop().time() < deadline, "success never counted"
+                await asyncio.sleep(0.01)
+            status, _, body = await _http_get(port, "/healthz")
+            assert (status, body) == (200, "OK")
+            status, _, _ = await _http_get(port, "/metrics", method="POST")
+            assert status == 405
+        finally:
+            worker.stop()
+            await asyncio.wait_for(task, 10)
+        assert worker.health_check_port is None

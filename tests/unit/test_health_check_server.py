@@ -330,3 +330,33 @@ def test_defaults() -> None:
     assert server.status is HealthCheckStatus.OK
     assert HealthCheckStatus.OK.value == 200
     assert HealthCheckStatus.UNHEALTHY.value == 503
+
+
+async def test_extra_route_is_served_and_a_failing_handler_answers_500() -> None:
+    calls = 0
+
+    def broken() -> tuple[str, bytes]:
+        raise RuntimeError("boom")
+
+    def hello() -> tuple[str, bytes]:
+        nonlocal calls
+        calls += 1
+        return "application/json", b'{"hello": 1}'
+
+    settings = HealthCheckServerSettings(address="127.0.0.1", port=0)
+    server = HealthCheckServer(settings, routes={"/hello": hello})
+    server.add_route("/broken", broken)
+    with pytest.raises(ValueError):
+        server.add_route("/healthz", hello)
+    with pytest.raises(ValueError):
+        server.add_route("relative", hello)
+    async with server:
+        raw = await send_raw(server.port, b"GET /hello?x=1 HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert raw.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert b"Content-Type: application/json\r\n" in raw
+        assert raw.endswith(b'{"hello": 1}')
+        raw = await send_raw(server.port, b"GET /broken HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert raw.startswith(b"HTTP/1.1 500 ")
+        raw = await send_raw(server.port, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert raw.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert calls == 1
