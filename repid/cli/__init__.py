@@ -100,7 +100,19 @@ def _add_connection_options(parser: argparse.ArgumentParser) -> None:
         "--broker",
         metavar="URL",
         default=os.environ.get("REPID_BROKER_URL"),
-        help="broker URL (memory:// in this version; env REPID_BROKER_URL)",
+        help=(
+            "broker URL: memory://, redis://host:port/db, amqp://user:pass@host/vhost or "
+            "kafka://host:port (env REPID_BROKER_URL)"
+        ),
+    )
+    group.add_argument(
+        "--results",
+        metavar="URL",
+        default=os.environ.get("REPID_RESULTS_URL"),
+        help=(
+            "redis:// URL of the results bucket for --broker amqp:// or kafka:// "
+            "(env REPID_RESULTS_URL; redis:// brokers use their own server)"
+        ),
     )
 
 
@@ -224,7 +236,7 @@ def _explicit_connection(args: argparse.Namespace) -> Connection | None:
     if getattr(args, "app", None):
         return load_app(args.app).connection
     if getattr(args, "broker", None):
-        return connection_from_url(args.broker)
+        return connection_from_url(args.broker, getattr(args, "results", None))
     return None
 
 
@@ -395,6 +407,8 @@ def _child_command(args: argparse.Namespace) -> list[str]:
         command += ["--app", args.app]
     if args.broker:
         command += ["--broker", args.broker]
+    if args.results:
+        command += ["--results", args.results]
     return command
 
 
@@ -405,7 +419,7 @@ def _command_run(args: argparse.Namespace) -> int:
         if args.app:
             load_app(args.app)
         if args.broker:
-            connection_from_url(args.broker)
+            connection_from_url(args.broker, args.results)
         return Supervisor(
             _child_command(args),
             args.processes,

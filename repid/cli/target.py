@@ -35,12 +35,12 @@ __all__ = [
 _DEFAULT_ATTRS = ("worker", "router", "routers", "app")
 """Attributes looked up, in order, when a target names only a module."""
 
-_UNAVAILABLE_SCHEMES = {
-    "redis": "Redis",
-    "rediss": "Redis",
-    "amqp": "RabbitMQ",
-    "amqps": "RabbitMQ",
-    "kafka": "Kafka",
+_NETWORK_SCHEMES = {
+    "redis": ("Redis", "redis"),
+    "rediss": ("Redis", "redis"),
+    "amqp": ("RabbitMQ", "rabbitmq"),
+    "amqps": ("RabbitMQ", "rabbitmq"),
+    "kafka": ("Kafka", "kafka"),
 }
 
 
@@ -84,20 +84,61 @@ def import_object(spec: str) -> tuple[ModuleType, Any]:
     return module, obj
 
 
-def connection_from_url(url: str) -> Connection:
-    """A connection for a broker URL. Only `memory://` exists in this version."""
+def connection_from_url(url: str, results_url: str | None = None) -> Connection:
+    """A connection for a broker URL, with a results bucket where one can be had.
+
+    - `memory://`: the in-memory broker and results bucket (one process only).
+    - `redis://...` / `rediss://...`: `RedisMessageBroker`, and `RedisBucketBroker` for results
+      on the same server.
+    - `amqp://...` / `amqps://...`: `RabbitMessageBroker`.
+    - `kafka://host:port[,host:port...]`: `KafkaMessageBroker` with those bootstrap servers.
+
+    Args:
+        url: The broker URL.
+        results_url: A `redis://` URL for the results bucket of a broker that has none of its
+            own (RabbitMQ, Kafka); the Redis broker's own server is used when omitted.
+
+    Raises:
+        CLIError: An unknown scheme, or the broker's client library is not installed.
+    """
     scheme = urlsplit(url).scheme.lower()
     if scheme == "memory":
         return Connection(
             InMemoryMessageBroker(),
             results_bucket_broker=InMemoryBucketBroker(use_result_bucket=True),
         )
-    if scheme in _UNAVAILABLE_SCHEMES:
+    if scheme not in _NETWORK_SCHEMES:
         raise CLIError(
-            f"{scheme}:// needs the {_UNAVAILABLE_SCHEMES[scheme]} broker, "
-            "which is not available in this version of repid"
+            f"unknown broker URL {url!r}: expected memory://, redis://, rediss://, amqp://, "
+            "amqps:// or kafka://"
         )
-    raise CLIError(f"unknown broker URL {url!r}: expected memory://")
+    if results_url is not None and urlsplit(results_url).scheme.lower() not in {"redis", "rediss"}:
+        raise CLIError(f"results URL {results_url!r}: expected redis:// or rediss://")
+    name, extra = _NETWORK_SCHEMES[scheme]
+    try:
+        from repid import brokers
+
+        if scheme in {"redis", "rediss"}:
+            return Connection(
+                brokers.RedisMessageBroker(url),
+                results_bucket_broker=brokers.RedisBucketBroker(
+                    results_url or url, use_result_bucket=True
+                ),
+            )
+        if scheme in {"amqp", "amqps"}:
+            message_broker: Any = brokers.RabbitMessageBroker(url)
+        else:
+            message_broker = brokers.KafkaMessageBroker(urlsplit(url).netloc)
+        results = (
+            None
+            if results_url is None
+            else brokers.RedisBucketBroker(results_url, use_result_bucket=True)
+        )
+        return Connection(message_broker, results_bucket_broker=results)
+    except ImportError as exc:
+        raise CLIError(
+            f"{scheme}:// needs the {name} client: pip install 'repid[{extra}]' ({exc})"
+        ) from exc
 
 
 def load_app(spec: str) -> Repid:

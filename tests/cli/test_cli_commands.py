@@ -189,18 +189,15 @@ def test_build_worker_applies_options_over_the_target_worker() -> None:
 
 
 @pytest.mark.parametrize(
-    ("url", "error"),
+    ("url", "results", "error"),
     [
-        ("redis://localhost:6379/0", "redis:// needs the Redis broker"),
-        ("rediss://h", "rediss:// needs the Redis broker"),
-        ("amqp://guest@h/", "amqp:// needs the RabbitMQ broker"),
-        ("kafka://h:9092", "kafka:// needs the Kafka broker"),
-        ("mongodb://h", "unknown broker URL"),
+        ("mongodb://h", None, "unknown broker URL 'mongodb://h'"),
+        ("amqp://guest@h/", "memory://", "results URL 'memory://': expected redis://"),
     ],
 )
-def test_unavailable_broker_urls(url: str, error: str) -> None:
+def test_bad_broker_urls_are_clear_errors(url: str, results: str | None, error: str) -> None:
     with pytest.raises(CLIError, match=error):
-        connection_from_url(url)
+        connection_from_url(url, results)
 
 
 def test_memory_url_gives_an_in_memory_connection() -> None:
