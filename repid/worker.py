@@ -116,6 +116,9 @@ class Worker(Router):
         auto_declare: declare every queue the actors use when `run()` starts.
         run_health_check_server: serve an HTTP health endpoint while running.
         health_check_server_settings: address, port and path of that endpoint.
+        heartbeat_interval: seconds between the heartbeats that list this worker as live
+            (`Connection.live_workers`); a worker silent for 3 intervals (15 s by default) is
+            considered gone.
     """
 
     def __init__(
@@ -130,6 +133,7 @@ class Worker(Router):
         auto_declare: bool = True,
         run_health_check_server: bool = False,
         health_check_server_settings: HealthCheckServerSettings | None = None,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
         _connection: Connection | None = None,
     ) -> None:
         super().__init__(defaults=router_defaults)
@@ -141,6 +145,9 @@ class Worker(Router):
             raise ConfigurationError("messages_limit must be > 0")
         if tasks_limit < 1:
             raise ConfigurationError("tasks_limit must be >= 1")
+        if not heartbeat_interval > 0:
+            raise ConfigurationError("heartbeat_interval must be > 0")
+        self.heartbeat_interval = heartbeat_interval
         self.graceful_shutdown_time = graceful_shutdown_time
         self.messages_limit = messages_limit
         self.tasks_limit = tasks_limit
@@ -622,7 +629,7 @@ class Runner:
         async def beat() -> None:
             try:
                 while True:
-                    await asyncio.sleep(HEARTBEAT_INTERVAL)
+                    await asyncio.sleep(self.worker.heartbeat_interval)
                     try:
                         await self.broker.heartbeat(info())
                     except Exception:
