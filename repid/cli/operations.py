@@ -6,6 +6,7 @@ which is the only way they are meaningful with the in-memory broker.
 
 from __future__ import annotations
 
+import inspect
 import sys
 import time
 from collections.abc import Iterable
@@ -93,12 +94,17 @@ class Progress:
             self.stream.flush()
 
 
-def _counts(connection: Connection, queue: str) -> dict[str, int] | None:
+async def _maybe_await(value: Any) -> Any:
+    """Brokers answer `counts`/`queue_names` directly (in-memory) or as a coroutine (network)."""
+    return await value if inspect.isawaitable(value) else value
+
+
+async def _counts(connection: Connection, queue: str) -> dict[str, int] | None:
     counts = getattr(connection.raw_message_broker, "counts", None)
     if counts is None:
         return None
     try:
-        result: dict[str, int] = counts(queue)
+        result: dict[str, int] = await _maybe_await(counts(queue))
     except QueueNotDeclaredError:
         return None
     return result
@@ -118,10 +124,10 @@ async def queue_sizes(connection: Connection, queues: Iterable[str] = ()) -> lis
     names = set(queues)
     known = getattr(broker, "queue_names", None)
     if known is not None:
-        names.update(known())
+        names.update(await _maybe_await(known()))
     out = []
     for name in sorted(names):
-        counts = _counts(connection, name)
+        counts = await _counts(connection, name)
         if counts is None:
             out.append(QueueSizes(name, declared=False))
         else:
@@ -170,7 +176,7 @@ async def list_dead(
 async def _settle_dead(
     connection: Connection, queue: str, how: str, label: str, stream: TextIO | None
 ) -> int:
-    counts = _counts(connection, queue)
+    counts = await _counts(connection, queue)
     progress = Progress(label, counts["dead"] if counts is not None else None, stream)
     try:
         async for message in _queue(connection, queue).get_messages(category=MessageCategory.DEAD):

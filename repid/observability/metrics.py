@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -105,8 +106,9 @@ class PrometheusMiddleware(JobLifecycleMiddleware):
     def track_queue_depth(self, broker: Any, queues: Iterable[str] | None = None) -> None:
         """Export `<namespace>_queue_depth` read from `broker` at every scrape.
 
-        Works with brokers that have a `counts(queue)` method (the in-memory broker); for
-        others nothing is exported. Calling it again replaces the tracked broker.
+        Works with brokers that have a `counts(queue)` method (every repid broker that can
+        count; see `QueueDepthCollector` for how network brokers are read); for others nothing
+        is exported. Calling it again replaces the tracked broker.
 
         Args:
             broker: a message broker, or a `Connection` (its message broker is used).
@@ -166,9 +168,14 @@ class PrometheusMiddleware(JobLifecycleMiddleware):
 class QueueDepthCollector(Collector):
     """A collector that reads message counts from a broker at scrape time.
 
-    Exports `<namespace>_queue_depth{queue, state}` with the states the broker reports (the
-    in-memory broker: ready, delayed, in_flight, dead). Brokers without `counts()` export
-    nothing. A broker that raises is logged and skipped for that scrape.
+    Exports `<namespace>_queue_depth{queue, state}` with the states the broker reports (ready,
+    delayed, in_flight, dead). Brokers without `counts()` export nothing. A broker that raises
+    is logged and skipped for that scrape.
+
+    Network brokers count with a round trip (`async def counts`), which a scrape cannot wait for
+    inside the event loop: each scrape then exports the counts read after the previous scrape
+    and starts a refresh in the background, so the figures are at most one scrape interval old
+    (the first scrape exports none).
     """
 
     def __init__(
@@ -177,6 +184,8 @@ class QueueDepthCollector(Collector):
         self.broker = broker
         self.queues = None if queues is None else list(queues)
         self.name = f"{namespace}_queue_depth" if namespace else "queue_depth"
+        self._cached: dict[str, dict[str, int]] = {}
+        self._refreshing: asyncio.Task[None] | None = None
 
     def describe(self) -> Iterable[GaugeMetricFamily]:
         return [self._family()]
@@ -188,21 +197,54 @@ class QueueDepthCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = self._family()
-        counts: Callable[[str], dict[str, int]] | None = getattr(self.broker, "counts", None)
+        counts: Callable[[str], Any] | None = getattr(self.broker, "counts", None)
         if counts is not None:
-            queues = self.queues
-            if queues is None:
-                names = getattr(self.broker, "queue_names", None)
-                queues = list(names()) if callable(names) else []
-            for queue in queues:
-                try:
-                    by_state = counts(queue)
-                except Exception:
-                    logger.exception("reading the depth of queue %r failed", queue)
-                    continue
-                for state, value in by_state.items():
-                    family.add_metric([queue, state], value)
+            if inspect.iscoroutinefunction(counts):
+                self._refresh_soon()
+                for queue, by_state in sorted(self._cached.items()):
+                    for state, value in by_state.items():
+                        family.add_metric([queue, state], value)
+            else:
+                for queue in self._queue_names_now():
+                    try:
+                        by_state = counts(queue)
+                    except Exception:
+                        logger.exception("reading the depth of queue %r failed", queue)
+                        continue
+                    for state, value in by_state.items():
+                        family.add_metric([queue, state], value)
         yield family
+
+    def _queue_names_now(self) -> list[str]:
+        if self.queues is not None:
+            return self.queues
+        names = getattr(self.broker, "queue_names", None)
+        return list(names()) if callable(names) else []
+
+    def _refresh_soon(self) -> None:
+        if self._refreshing is not None and not self._refreshing.done():
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # scraped from another thread: no loop to read the broker with
+            return
+        self._refreshing = loop.create_task(self._refresh(), name="repid-queue-depth")
+
+    async def _refresh(self) -> None:
+        queues: Iterable[str] | None = self.queues
+        if queues is None:
+            names = getattr(self.broker, "queue_names", None)
+            if names is None:
+                return
+            found = names()
+            queues = await found if inspect.isawaitable(found) else found
+        fresh: dict[str, dict[str, int]] = {}
+        for queue in queues or ():
+            try:
+                fresh[queue] = dict(await self.broker.counts(queue))
+            except Exception:
+                logger.exception("reading the depth of queue %r failed", queue)
+        self._cached = fresh
 
 
 async def serve_metrics(

@@ -190,3 +190,39 @@ async def test_worker_serves_metrics_on_its_health_check_port(registry: Collecto
             worker.stop()
             await asyncio.wait_for(task, 10)
         assert worker.health_check_port is None
+
+
+async def test_queue_depth_of_a_broker_that_counts_asynchronously(
+    registry: CollectorRegistry,
+) -> None:
+    """Network brokers count with a round trip: a scrape shows the counts read after the last."""
+    from repid.observability.metrics import QueueDepthCollector
+
+    class CountsOverTheNetwork:
+        def __init__(self) -> None:
+            self.ready = 3
+
+        async def queue_names(self) -> list[str]:
+            await asyncio.sleep(0)
+            return ["orders"]
+
+        async def counts(self, queue: str) -> dict[str, int]:
+            await asyncio.sleep(0)
+            return {"ready": self.ready, "dead": 1}
+
+    broker = CountsOverTheNetwork()
+    registry.register(QueueDepthCollector(broker))
+
+    def depth(state: str) -> float | None:
+        return registry.get_sample_value("repid_queue_depth", {"queue": "orders", "state": state})
+
+    assert depth("ready") is None  # first scrape: nothing read yet, a refresh starts
+    deadline = asyncio.get_running_loop().time() + 5
+    while depth("ready") != 3:
+        assert asyncio.get_running_loop().time() < deadline, "the counts were never refreshed"
+        await asyncio.sleep(0.01)
+    assert depth("dead") == 1
+    broker.ready = 5
+    while depth("ready") != 5:
+        assert asyncio.get_running_loop().time() < deadline, "the counts were not refreshed again"
+        await asyncio.sleep(0.01)
