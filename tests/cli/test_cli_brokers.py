@@ -1,0 +1,102 @@
+"""The `repid` command as operators run it, as subprocesses against each real broker.
+
+enqueue → queues (depth) → run --burst (drains, exits 0) → dead list → dead requeue → dead purge,
+with the queue's state read back through the CLI itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+
+from tests.conformance.specs import RUN_ID
+
+URLS = {
+    "redis": os.environ.get("REPID_REDIS_DSN", "redis://127.0.0.1:6379/0"),
+}
+TIMEOUT = 60
+APP = "cli_broker_app:router"
+
+
+@pytest.fixture(params=sorted(URLS))
+def broker_url(request: pytest.FixtureRequest) -> str:
+    return URLS[request.param]
+
+
+def repid(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "repid.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def sizes(env: dict[str, str], queue: str) -> dict[str, object]:
+    out = ok(repid(env, "queues", APP, "--json"))
+    [row] = [row for row in json.loads(out) if row["name"] == queue]
+    return dict(row)
+
+
+def test_operator_round_trip(broker_url: str, cli_env: dict[str, str]) -> None:
+    queue = f"cli_{RUN_ID}_{uuid4().hex[:8]}"
+    env = {**cli_env, "REPID_BROKER_URL": broker_url, "REPID_TEST_QUEUE": queue}
+    marker = Path(env["REPID_TEST_MARKER"])
+    try:
+        for n in range(3):
+            ok(repid(env, "enqueue", "work", "--args", json.dumps({"n": n}), "--queue", queue))
+        ok(repid(env, "enqueue", "fail", "--args", '{"n": 7}', "--queue", queue))
+        ok(repid(env, "enqueue", "work", "--args", '{"n": 9}', "--queue", queue, "--delay", "600"))
+        before = sizes(env, queue)
+        assert (before["ready"], before["delayed"], before["dead"]) == (4, 1, 0)
+
+        ok(repid(env, "run", APP, "--burst"))
+        runs = sorted(line.split()[:2] for line in marker.read_text().splitlines())
+        assert runs == [["fail", "7"], ["work", "0"], ["work", "1"], ["work", "2"]]
+        after = sizes(env, queue)
+        assert (after["ready"], after["delayed"], after["dead"]) == (0, 1, 1)
+
+        listed = json.loads(ok(repid(env, "dead", "list", queue, APP, "--json")))
+        assert [(d["actor"], d["error"]) for d in listed] == [("fail", "ValueError: failure 7")]
+        ok(repid(env, "dead", "requeue", queue, APP))
+        assert sizes(env, queue)["dead"] == 0
+        ok(repid(env, "run", APP, "--burst"))
+        assert sizes(env, queue)["dead"] == 1  # failed again: back in the dead letters
+        ok(repid(env, "dead", "purge", queue, APP))
+        assert sizes(env, queue)["dead"] == 0
+
+        bad = repid(env, "enqueue", "work", "--args", "[1]", "--queue", queue)
+        assert bad.returncode != 0
+        assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    finally:
+        subprocess.run(
+            [sys.executable, "-c", _DELETE, broker_url, queue], env=env, timeout=TIMEOUT, check=True
+        )
+
+
+_DELETE = """
+import asyncio, sys
+from repid import Queue
+from repid.cli.target import connection_from_url
+
+async def main():
+    conn = connection_from_url(sys.argv[1])
+    await conn.connect()
+    await Queue(sys.argv[2], _connection=conn).delete()
+    await conn.disconnect()
+
+asyncio.run(main())
+"""
