@@ -1,0 +1,486 @@
+"""Consumers of the RabbitMQ broker: the worker's subscription and the browsers of dead/delayed parts.
+
+Each consumer owns one AMQP channel (prefetch = the worker's concurrency). Acknowledgements of
+one event-loop tick are coalesced, with `multiple=True` when every earlier delivery tag of the
+channel is settled. A channel or consumer lost to a reconnection or a server-side cancel is
+re-established by a supervisor task; settlements of deliveries from a dead channel are stale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import aiormq
+from aiormq.abc import DeliveredMessage
+from pamqp import commands as spec
+
+from repid.brokers.base import Delivery
+from repid.codec import decode_message
+from repid.data import DeadLetterInfo, MessageCategory, Parameters, RoutingKey
+from repid.errors import ConsumerClosedError, DecodeError
+
+if TYPE_CHECKING:
+    from repid.brokers.rabbitmq import RabbitMessageBroker
+
+logger = logging.getLogger("repid.brokers.rabbitmq")
+
+HOLD_LOCALLY = 0.064
+"""A message due within this many seconds is held by the consumer instead of re-delayed."""
+DEAD_INFO_HEADER = "x-repid-dead-letter"
+"""Dead-letter details of a message whose body is not a repid envelope (kept as raw bytes)."""
+CHANNEL_ERRORS = (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, OSError)
+
+
+class ChannelState:
+    """One incarnation of a consumer's channel: its unsettled tags and its pending acks."""
+
+    __slots__ = ("alive", "channel", "flushing", "to_ack", "unsettled")
+
+    def __init__(self, channel: aiormq.abc.AbstractChannel) -> None:
+        self.channel = channel
+        self.alive = True
+        self.unsettled: set[int] = set()
+        self.to_ack: list[int] = []
+        self.flushing = False
+
+    async def ack(self, tag: int) -> bool:
+        """Acknowledge `tag` together with the other acks of this tick (few frames)."""
+        if not self.alive:
+            return False
+        self.unsettled.discard(tag)
+        self.to_ack.append(tag)
+        if self.flushing:
+            return True  # the task already flushing sends this one too
+        self.flushing = True
+        try:
+            await asyncio.sleep(0)  # let the other lanes finishing in this tick add theirs
+        finally:
+            self.flushing = False
+        tags, self.to_ack = self.to_ack, []
+        lowest = min(self.unsettled) if self.unsettled else None
+        below = [t for t in tags if lowest is None or t < lowest]
+        try:
+            if below:
+                # Every tag up to max(below) is settled or in `below`: one frame acks them all.
+                await self.channel.basic_ack(max(below), multiple=len(below) > 1, wait=False)
+            for t in tags:
+                if lowest is not None and t > lowest:
+                    await self.channel.basic_ack(t, wait=False)
+        except CHANNEL_ERRORS as exc:
+            self.alive = False
+            logger.warning(
+                "ack on a closed channel (%r); RabbitMQ will deliver those messages again", exc
+            )
+            return False
+        return True
+
+    async def settle_now(self, tag: int, *, requeue: bool) -> bool:
+        """Reject one delivery at once: back to its queue (`requeue`) or dropped."""
+        if not self.alive:
+            return False
+        self.unsettled.discard(tag)
+        try:
+            await self.channel.basic_nack(tag, requeue=requeue, wait=False)
+        except CHANNEL_ERRORS as exc:
+            self.alive = False
+            logger.warning(
+                "reject on a closed channel (%r); RabbitMQ will deliver the message again", exc
+            )
+            return False
+        return True
+
+
+class Handle:
+    """The broker-owned part of a delivery: the channel incarnation and the delivery tag."""
+
+    __slots__ = ("source", "state", "tag")
+
+    def __init__(self, state: ChannelState, tag: int, source: str | None = None) -> None:
+        self.state = state
+        self.tag = tag
+        self.source = source
+        """The RabbitMQ queue a browsed (dead or delayed) message was read from."""
+
+    def __repr__(self) -> str:
+        return f"Handle(tag={self.tag}, alive={self.state.alive})"
+
+
+def to_delivery(
+    message: DeliveredMessage,
+    state: ChannelState,
+    queue: str,
+    category: MessageCategory = MessageCategory.NORMAL,
+    source: str | None = None,
+) -> Delivery:
+    """Decode one AMQP message into a delivery (an undecodable one keeps its raw bytes)."""
+    tag = message.delivery.delivery_tag  # type: ignore[union-attr]
+    redelivered = bool(message.delivery.redelivered)  # type: ignore[union-attr]
+    body = message.body
+    handle = Handle(state, tag, source)
+    try:
+        key, payload, params = decode_message(body)
+    except DecodeError as exc:
+        props = message.header.properties
+        priority = 2 - (props.priority or 0) if props.priority is not None else 1
+        params = Parameters()
+        headers = props.headers or {}
+        info = headers.get(DEAD_INFO_HEADER)
+        if isinstance(info, (bytes, str)):
+            from pydantic_core import from_json
+
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                params = params._replace(dead_letter=DeadLetterInfo.decode(from_json(info)))
+        return Delivery(
+            RoutingKey(f"raw-{tag}", "", queue, min(max(priority, 0), 2)),
+            "",
+            params,
+            handle,
+            category,
+            body,
+            str(exc),
+            redelivered,
+        )
+    return tuple.__new__(
+        Delivery, (key, payload, params, handle, category, None, None, redelivered)
+    )
+
+
+class RabbitConsumer:
+    """Hands out the deliveries of one queue (NORMAL) to a worker, or browses a part of it."""
+
+    def __init__(
+        self,
+        broker: RabbitMessageBroker,
+        queue: str,
+        topics: Sequence[str] | None,
+        max_unacked_messages: int | None,
+        category: MessageCategory,
+    ) -> None:
+        self._broker = broker
+        self._queue = queue
+        self._topics = frozenset(topics) if topics is not None else None
+        self.max_unacked_messages = max_unacked_messages
+        self._category = category
+        self._ready: deque[Delivery] = deque()
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._state: ChannelState | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._closed = False
+        self._paused = False
+        self._subscribed = False
+        self._resubscribe = asyncio.Event()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._broker._check_queue(self._queue)
+        self._closed = False
+        self._state = await self._open_state()
+
+    async def _open_state(self) -> ChannelState:
+        channel = await self._broker._new_channel(confirms=False)
+        if self.max_unacked_messages:
+            await channel.basic_qos(prefetch_count=self.max_unacked_messages)
+        return ChannelState(channel)
+
+    async def pause(self) -> None:
+        self._paused = True
+
+    async def unpause(self) -> None:
+        self._paused = False
+        self._wake_all()
+
+    async def finish(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            await asyncio.gather(self._supervisor, return_exceptions=True)
+        for timer in self._timers:
+            timer.cancel()
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        self._wake_all()
+        state = self._state
+        if state is not None:
+            # Unsettled deliveries go back to the queue when the channel closes.
+            state.alive = False
+            with contextlib.suppress(*CHANNEL_ERRORS, asyncio.CancelledError):
+                await state.channel.close()
+        self._ready.clear()
+
+    def _wake_all(self) -> None:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+
+    # -- the subscription (NORMAL) ------------------------------------------------------------
+
+    def _subscribe(self) -> None:
+        if not self._subscribed:
+            self._subscribed = True
+            self._supervisor = asyncio.create_task(
+                self._supervise(), name=f"repid-rabbitmq-consumer-{self._queue}"
+            )
+
+    async def _supervise(self) -> None:
+        """Keep a consumer subscribed: re-open the channel / re-consume after any loss."""
+        backoff = 0.1
+        while not self._closed:
+            state = self._state
+            try:
+                if state is None or not state.alive or state.channel.is_closed:
+                    if state is not None:
+                        state.alive = False
+                    self._state = state = None
+                    self._ready.clear()  # their channel is gone: RabbitMQ redelivers them
+                    state = await self._open_state()
+                    self._state = state
+                self._resubscribe.clear()
+                channel = state.channel
+                cancelled = asyncio.get_running_loop().create_future()
+
+                def on_cancel(frame: Any, fut: asyncio.Future[None] = cancelled) -> None:
+                    if not fut.done():
+                        fut.set_result(None)
+
+                channel.on_consumer_cancel_callbacks.add(on_cancel)  # type: ignore[attr-defined]
+                try:
+                    await channel.basic_consume(
+                        self._broker._name(self._queue),
+                        self._on_message_for(state),
+                        no_ack=False,
+                    )
+                    backoff = 0.1
+                    await asyncio.wait(
+                        {cancelled, channel.closing}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    channel.on_consumer_cancel_callbacks.discard(on_cancel)  # type: ignore[attr-defined]
+                if cancelled.done() and not channel.is_closed:
+                    logger.warning(
+                        "RabbitMQ cancelled the consumer of %r; subscribing again", self._queue
+                    )
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 2.0)
+                else:
+                    logger.warning("channel of the consumer of %r closed; reopening", self._queue)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning(
+                    "consuming %r failed (%r); retrying in %.1fs", self._queue, exc, backoff
+                )
+                if state is not None and state.channel.is_closed:
+                    state.alive = False
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def _on_message_for(self, state: ChannelState) -> Any:
+        queue = self._queue
+        ready = self._ready
+
+        def on_message(message: DeliveredMessage) -> None:
+            tag = message.delivery.delivery_tag  # type: ignore[union-attr]
+            state.unsettled.add(tag)
+            delivery = to_delivery(message, state, queue)
+            if self._admit(delivery):
+                ready.append(delivery)
+                self._wake_one()
+
+        return on_message
+
+    def _admit(self, delivery: Delivery) -> bool:
+        """False if the delivery is not for a worker now: cancelled, early, or another topic."""
+        broker = self._broker
+        handle: Handle = delivery.handle
+        if broker._tombstones and broker._is_tombstoned(delivery):
+            self._spawn(handle.state.ack(handle.tag))
+            return False
+        not_before = delivery.parameters.not_before
+        if not_before is not None:
+            remaining = not_before - time.time()
+            if remaining > HOLD_LOCALLY:
+                self._spawn(broker._delay_again(delivery))
+                return False
+            if remaining > 0:
+                timer = asyncio.get_running_loop().call_later(
+                    remaining, self._release_held, delivery
+                )
+                self._timers.add(timer)
+                return False
+        return True
+
+    def _release_held(self, delivery: Delivery) -> None:
+        self._timers = {t for t in self._timers if not t.cancelled() and t.when() > 0}
+        if not self._closed and delivery.handle.state.alive:
+            self._ready.append(delivery)
+            self._wake_one()
+
+    def _unpark(self, delivery: Delivery) -> None:
+        if not self._closed:
+            self._ready.appendleft(delivery)
+            self._wake_one()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- handing out ----------------------------------------------------------------------------
+
+    def _take(self) -> Delivery | None:
+        ready = self._ready
+        topics = self._topics
+        while ready:
+            delivery = ready.popleft()
+            if not delivery.handle.state.alive:
+                continue  # its channel died: RabbitMQ delivers it again
+            if topics is not None and delivery.key.topic not in topics:
+                self._spawn(delivery.handle.state.settle_now(delivery.handle.tag, requeue=True))
+                continue
+            requeuing = self._broker._requeuing
+            if requeuing:
+                parked = requeuing.get((delivery.key.queue, delivery.key.id_))
+                if parked is not None:
+                    parked.append((self, delivery))
+                    continue
+            self._broker._track(delivery)
+            return delivery
+        return None
+
+    async def consume(self) -> Delivery:
+        if self._category is not MessageCategory.NORMAL:
+            batch = await self.fetch(1)
+            if not batch:
+                raise ConsumerClosedError("no more messages in this part of the queue")
+            return batch[0]
+        self._subscribe()
+        while True:
+            if self._closed:
+                raise ConsumerClosedError(f"consumer of {self._queue!r} has finished")
+            if not self._paused:
+                delivery = self._take()
+                if delivery is not None:
+                    return delivery
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(fut)
+            try:
+                await fut
+            except asyncio.CancelledError:
+                if fut.done() and not fut.cancelled():
+                    self._wake_one()  # pass on a wake-up we swallowed
+                raise
+
+    async def fetch(self, max_count: int, timeout: float = 0.0) -> list[Delivery]:
+        if self._category is not MessageCategory.NORMAL:
+            return await self._browse(max_count)
+        out: list[Delivery] = []
+        while len(out) < max_count:
+            delivery = self._take()
+            if delivery is None:
+                break
+            out.append(delivery)
+        if out or self._subscribed:
+            if not out and timeout > 0:
+                with contextlib.suppress(TimeoutError):
+                    out.append(await asyncio.wait_for(self.consume(), timeout))
+            return out
+        deadline = time.monotonic() + timeout
+        while len(out) < max_count:
+            got = await self._get_one()
+            if got is None:
+                if out or time.monotonic() >= deadline:
+                    break
+                await asyncio.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
+                continue
+            if got is not False:
+                out.append(got)
+        return out
+
+    async def _get_one(self) -> Delivery | bool | None:
+        """basic.get one NORMAL message: the delivery, False if it was not admitted, None if empty."""
+        state = self._state
+        if state is None or not state.alive:
+            raise ConsumerClosedError(f"consumer of {self._queue!r} has finished")
+        message = await state.channel.basic_get(self._broker._name(self._queue), no_ack=False)
+        if not isinstance(message.delivery, spec.Basic.GetOk):
+            return None
+        state.unsettled.add(message.delivery.delivery_tag)
+        delivery = to_delivery(message, state, self._queue)
+        if not self._admit(delivery):
+            return False
+        if self._topics is not None and delivery.key.topic not in self._topics:
+            await state.settle_now(delivery.handle.tag, requeue=True)
+            return False
+        self._broker._track(delivery)
+        return delivery
+
+    # -- browsing DEAD and DELAYED parts --------------------------------------------------------
+
+    async def _browse(self, max_count: int) -> list[Delivery]:
+        state = self._state
+        if state is None or not state.alive:
+            return []
+        broker = self._broker
+        if self._category is MessageCategory.DEAD:
+            sources = [broker._name(self._queue) + ":dead"]
+        else:
+            sources = await broker._delay_queues(self._queue)
+        out: list[Delivery] = []
+        for source in sources:
+            while len(out) < max_count:
+                try:
+                    message = await state.channel.basic_get(source, no_ack=False)
+                except aiormq.exceptions.ChannelNotFoundEntity:
+                    # A delay queue vanished (flushed): what we held went back; start over.
+                    state.alive = False
+                    self._state = state = await self._open_state()
+                    break
+                if not isinstance(message.delivery, spec.Basic.GetOk):
+                    break
+                delivery = to_delivery(message, state, self._queue, self._category, source)
+                if broker._tombstones and broker._is_tombstoned(delivery):
+                    await state.channel.basic_ack(message.delivery.delivery_tag)
+                    continue
+                if self._topics is not None and delivery.key.topic not in self._topics:
+                    continue
+                out.append(delivery)
+        return out
+
+    # -- iteration -------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> RabbitConsumer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.finish()
+
+    def __aiter__(self) -> AsyncIterator[Delivery]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Delivery]:
+        while True:
+            try:
+                yield await self.consume()
+            except ConsumerClosedError:
+                return
