@@ -112,8 +112,8 @@ class RabbitMessageBroker:
         self._tombstones: dict[tuple[str, str], float] = {}
         self._in_flight: dict[tuple[str, str], int] = {}
         self._cancel_requests: set[str] = set()
-        # Copies of a message arriving while the requeue that sent them is still returning:
-        # handed out only once it has returned (the worker's `retried` comes before `started`).
+        # A message delivered while the enqueue/requeue that sent it is still returning is
+        # handed out only once that call has returned (`enqueued`/`retried` come before `started`).
         self._requeuing: dict[tuple[str, str], list[tuple[RabbitConsumer, Delivery]]] = {}
         self._workers: dict[str, WorkerInfo] = {}
         self._props: dict[tuple[bool, int], dict[str, Any]] = {
@@ -379,11 +379,19 @@ class RabbitMessageBroker:
         params = params or Parameters()
         if not self._remember(key, params):
             return
+        slot = (key.queue, key.id_)
+        requeuing = self._requeuing
+        requeuing[slot] = []
         try:
             await self._publish(key, encode_message(key, payload, params), params)
         except BaseException:
             self._forget(key)
             raise
+        finally:
+            parked = requeuing.pop(slot, None)
+            if parked:
+                for consumer, delivery in parked:
+                    consumer._unpark(delivery)
 
     async def enqueue_many(self, messages: Sequence[OutgoingMessage]) -> None:
         await asyncio.gather(*(self.enqueue(k, p, m) for k, p, m in messages))
