@@ -41,7 +41,16 @@ SUBJECT = "repid"
 #: Pinned requirements of each peer's virtualenv. Bump deliberately, and say so in the README.
 PEER_REQUIREMENTS: dict[str, tuple[str, ...]] = {
     "taskiq": ("taskiq==0.13.0",),
-    "dramatiq": ("dramatiq==2.2.1",),
+    "dramatiq": ("dramatiq[redis,rabbitmq]==2.2.1",),
+    "arq": ("arq==0.28.0",),
+    "saq": ("saq[redis]==0.26.4",),
+    "taskiq-redis": ("taskiq-redis==1.2.4", "taskiq==0.13.0"),
+    "streaq": ("streaq==7.2.0",),
+    "celery": ("celery[redis]==5.7.0",),
+    "faststream": ("faststream[redis,rabbit,kafka]==0.7.8",),
+    "repid-2": ("repid[redis]==2.1.4",),
+    "taskiq-aio-pika": ("taskiq-aio-pika==0.6.1", "taskiq==0.13.0"),
+    "aiokafka": ("aiokafka==0.14.0",),
 }
 
 
