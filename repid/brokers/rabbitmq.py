@@ -203,10 +203,14 @@ class RabbitMessageBroker:
     async def queue_declare(self, queue_name: str) -> None:
         name = self._name(queue_name)
         dead = name + ":dead"
+        # auto_delete: the exchange goes away with the last dead-letter queue bound to it.
         await self._admin(
-            "exchange_declare", exchange=self.dead_letter_exchange, exchange_type="direct",
+            "exchange_declare",
+            exchange=self.dead_letter_exchange,
+            exchange_type="direct",
             durable=True,
-        )  # fmt: skip
+            auto_delete=True,
+        )
         await self._admin("queue_declare", dead, durable=True)
         await self._admin(
             "queue_bind", dead, self.dead_letter_exchange, routing_key=dead
