@@ -18,13 +18,17 @@ PYTHONPATH so an editable install is not strictly required. See `benchmarks/READ
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import shutil
+import signal
+import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -71,10 +75,19 @@ class Case:
 
 @dataclass(frozen=True)
 class Suite:
+    """A set of cases on one broker.
+
+    `network` suites use the two-process method of `cases/_common.NetCase` (sequential and
+    concurrent enqueue, drain by a worker process, latency, worker RSS); `server` names the
+    server the suite needs ("redis", "rabbitmq", "kafka"), checked (or started) before the rounds.
+    """
+
     name: str
     description: str
     default_n: int
     cases: tuple[Case, ...]
+    network: bool = False
+    server: str | None = None
 
 
 SUITES: dict[str, Suite] = {
@@ -88,9 +101,63 @@ SUITES: dict[str, Suite] = {
             Case("dramatiq", "dramatiq_stub.py", venv="dramatiq", concurrency=100),
         ),
     ),
-    # Later: "redis", "rabbitmq", "kafka" suites, whose cases start from the same scripts'
-    # shape and whose orchestration may first check that the server is reachable.
+    "redis": Suite(
+        name="redis",
+        description="Redis 127.0.0.1:6379 (REPID_REDIS_URL)",
+        default_n=20_000,
+        network=True,
+        server="redis",
+        cases=(
+            Case("repid", "repid_redis.py", venv=None, concurrency=100),
+            Case("repid-2", "repid2_redis.py", venv="repid-2", concurrency=100),
+            Case("arq", "arq_redis.py", venv="arq", concurrency=100),
+            Case("saq", "saq_redis.py", venv="saq", concurrency=100),
+            Case("taskiq-redis", "taskiq_redis.py", venv="taskiq-redis", concurrency=100),
+            Case("streaq", "streaq_redis.py", venv="streaq", concurrency=100),
+            Case("dramatiq", "dramatiq_redis.py", venv="dramatiq", concurrency=100),
+            Case("celery", "celery_redis.py", venv="celery", concurrency=100),
+            Case("faststream", "faststream_redis.py", venv="faststream", concurrency=100),
+        ),
+    ),
+    "rabbitmq": Suite(
+        name="rabbitmq",
+        description="RabbitMQ 127.0.0.1:5672, guest/guest (REPID_AMQP_URL)",
+        default_n=20_000,
+        network=True,
+        server="rabbitmq",
+        cases=(
+            Case("repid", "repid_rabbitmq.py", venv=None, concurrency=100),
+            Case("faststream", "faststream_rabbitmq.py", venv="faststream", concurrency=100),
+            Case("taskiq-aio-pika", "taskiq_rabbitmq.py", venv="taskiq-aio-pika", concurrency=100),
+            Case("dramatiq", "dramatiq_rabbitmq.py", venv="dramatiq", concurrency=100),
+            Case("celery", "celery_rabbitmq.py", venv="celery", concurrency=100),
+        ),
+    ),
+    "kafka": Suite(
+        name="kafka",
+        description="Kafka protocol: a private noida-db, or REPID_KAFKA_BOOTSTRAP",
+        default_n=20_000,
+        network=True,
+        server="kafka",
+        cases=(
+            Case("repid", "repid_kafka.py", venv=None, concurrency=100),
+            Case("faststream", "faststream_kafka.py", venv="faststream", concurrency=100),
+            Case("aiokafka (raw)", "aiokafka_raw.py", venv="aiokafka", concurrency=100),
+        ),
+    ),
 }
+
+#: Network-suite figures: (key, column title, higher is better).
+NET_FIGURES: tuple[tuple[str, str, bool], ...] = (
+    ("seq_enqueue", "seq. enqueue /s", True),
+    ("conc_enqueue", "conc. enqueue /s", True),
+    ("drain_launch", "drain /s (from launch)", True),
+    ("drain_ready", "drain /s (from ready)", True),
+    ("end_to_end", "end-to-end /s", True),
+    ("latency_p50_ms", "latency p50 ms", False),
+    ("latency_p99_ms", "latency p99 ms", False),
+    ("worker_peak_rss_mb", "worker peak RSS MB", False),
+)
 
 # Figures reported per case: (key, column title, higher is better).
 RATE_FIGURES: tuple[tuple[str, str], ...] = (
@@ -181,8 +248,18 @@ def _subject_env() -> dict[str, str]:
     return env
 
 
-def run_case(case: Case, python: Path, n: int, timeout: float) -> dict[str, Any]:
-    """Run one case once in a fresh interpreter; return its JSON result or raise RuntimeError."""
+def run_case(
+    case: Case,
+    python: Path,
+    n: int,
+    timeout: float,
+    extra_env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Run one case once in a fresh interpreter; return its JSON result or raise RuntimeError.
+
+    `timeout` bounds the case's own waits; the orchestrator kills the case (and its worker
+    processes) 60 s after that.
+    """
     cmd = [
         str(python),
         str(CASES_DIR / case.script),
@@ -194,20 +271,27 @@ def run_case(case: Case, python: Path, n: int, timeout: float) -> dict[str, Any]
         str(timeout),
     ]
     env = _subject_env() if case.venv is None else _clean_env()
+    env.update(extra_env or {})
+    # A session of its own, so a timeout kills the case and the worker processes it launched.
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=PROJECT_ROOT,
+        start_new_session=True,
+    )
     try:
-        proc = subprocess.run(
-            cmd,
-            capture_output=True,
-            text=True,
-            timeout=timeout + 60,
-            env=env,
-            cwd=PROJECT_ROOT,
-            check=False,
-        )
+        stdout, stderr = proc.communicate(timeout=timeout + 60)
     except subprocess.TimeoutExpired as exc:
+        _kill_group(proc)
         raise RuntimeError(f"timed out after {exc.timeout:.0f}s") from exc
+    finally:
+        _kill_group(proc)
+    proc_stdout, proc_stderr = stdout, stderr
 
-    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    lines = [line for line in proc_stdout.splitlines() if line.strip()]
     result: dict[str, Any] | None = None
     if lines:
         try:
@@ -215,11 +299,18 @@ def run_case(case: Case, python: Path, n: int, timeout: float) -> dict[str, Any]
         except json.JSONDecodeError:
             result = None
     if proc.returncode != 0 or result is None or "error" in result:
-        detail = (result or {}).get("error") or _tail(proc.stderr) or _tail(proc.stdout)
+        detail = (result or {}).get("error") or _tail(proc_stderr) or _tail(proc_stdout)
         raise RuntimeError(f"exit {proc.returncode}: {detail}")
     if result["jobs_run"] != n:
         raise RuntimeError(f"ran {result['jobs_run']} jobs, expected {n}")
     return result
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    """Kill the case's process group (the case and any worker it left behind)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def _tail(text: str, lines: int = 6) -> str:
@@ -362,6 +453,240 @@ def render_markdown(suite: Suite, n: int, rounds: int, summaries: Sequence[dict[
 
 
 # --------------------------------------------------------------------------------------------
+# network suites: figures, statistics, table
+
+
+def net_figures(result: dict[str, Any]) -> dict[str, float | None]:
+    """Every network-suite figure of one run (rates in jobs/s)."""
+    n = result["n"]
+
+    def rate(seconds: float | None) -> float | None:
+        return None if seconds is None or seconds <= 0 else n / seconds
+
+    return {
+        "seq_enqueue": rate(result["seq_enqueue_s"]),
+        "conc_enqueue": rate(result["conc_enqueue_s"]),
+        "drain_launch": rate(result["drain_launch_s"]),
+        "drain_ready": rate(result["drain_ready_s"]),
+        "end_to_end": rate(result["seq_enqueue_s"] + result["drain_launch_s"]),
+        "latency_p50_ms": result["latency_p50_ms"],
+        "latency_p99_ms": result["latency_p99_ms"],
+        "worker_peak_rss_mb": result["worker_peak_rss_mb"],
+    }
+
+
+def summarize_net(runs: CaseRuns) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        "case": runs.case.name,
+        "rounds_ok": len(runs.results),
+        "failures": runs.failures,
+    }
+    if not runs.results:
+        return summary
+    first = runs.results[0]
+    summary |= {
+        "framework": first["framework"],
+        "version": first["version"],
+        "concurrency": first["concurrency"],
+        "guarantees": first["guarantees"],
+        "notes": first["notes"],
+    }
+    per_round = [net_figures(r) for r in runs.results]
+    for key, _, _ in NET_FIGURES:
+        values = [f[key] for f in per_round]
+        summary[key] = _median(values)
+        summary[f"{key}_all"] = values
+    e2e = [v for v in summary["end_to_end_all"] if v is not None]
+    summary["end_to_end_spread"] = (
+        (max(e2e) - min(e2e)) / statistics.median(e2e) if len(e2e) > 1 else None
+    )
+    return summary
+
+
+def ratios_net(summaries: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """repid's figure / the best peer's, per figure, and which peer was best.
+
+    For rates the best peer is the fastest (a ratio above 1 = repid faster); for latency and
+    RSS it is the lowest (a ratio below 1 = repid lower, i.e. better).
+    """
+    subject = next((s for s in summaries if s["case"] == SUBJECT and s["rounds_ok"]), None)
+    peers = [s for s in summaries if s["case"] != SUBJECT and s["rounds_ok"]]
+    out: dict[str, dict[str, Any]] = {}
+    for key, _, higher_better in NET_FIGURES:
+        candidates = [p for p in peers if p.get(key) is not None]
+        best = (max if higher_better else min)(
+            candidates, key=lambda p: float(p[key]), default=None
+        )
+        mine = subject.get(key) if subject else None
+        out[key] = {
+            "best_peer": best["case"] if best else None,
+            "best_peer_value": best[key] if best else None,
+            "ratio": mine / best[key] if mine is not None and best and best[key] else None,
+        }
+    return out
+
+
+def _fmt_value(key: str, value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    if key.endswith("_ms"):
+        return f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
+    if key.endswith("_mb"):
+        return f"{value:.1f}"
+    return f"{value:,.0f}"
+
+
+def render_markdown_net(
+    suite: Suite, n: int, rounds: int, summaries: Sequence[dict[str, Any]]
+) -> str:
+    headers = ["case", "version", "concurrency", *(t for _, t, _ in NET_FIGURES), "e2e spread"]
+    lines = [
+        f"## {suite.name}: {suite.description}",
+        "",
+        f"N = {n:,} jobs per run, median of {rounds} interleaved rounds, each case in a fresh "
+        f"interpreter, its worker in a fresh process. Python {platform.python_version()}, "
+        f"{platform.machine()}, {os.cpu_count()} CPUs.",
+        "",
+        "| " + " | ".join(headers) + " |",
+        "|" + "|".join(["---"] * 3 + ["---:"] * (len(headers) - 3)) + "|",
+    ]
+    for s in summaries:
+        if not s["rounds_ok"]:
+            cells = [s["case"], "failed", *[""] * (len(headers) - 2)]
+            lines.append("| " + " | ".join(cells) + " |")
+            continue
+        spread = s["end_to_end_spread"]
+        rounds_note = "" if s["rounds_ok"] == rounds else f" ({s['rounds_ok']}/{rounds} rounds ok)"
+        cells = [
+            s["case"] + rounds_note,
+            s["version"],
+            s["concurrency"],
+            *(_fmt_value(key, s[key]) for key, _, _ in NET_FIGURES),
+            "n/a" if spread is None else f"{spread:.0%}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    r = ratios_net(summaries)
+    lines.append(
+        "| **repid / best peer** | | | "
+        + " | ".join(_fmt_ratio(r[key]["ratio"]) for key, _, _ in NET_FIGURES)
+        + " | |"
+    )
+    lines.append(
+        "| best peer | | | "
+        + " | ".join(r[key]["best_peer"] or "n/a" for key, _, _ in NET_FIGURES)
+        + " | |"
+    )
+    lines += [
+        "",
+        "- seq. enqueue: N awaited enqueue calls one after the other; conc. enqueue: the same "
+        "calls gathered 500 at a time (n/a: the framework's enqueue call is synchronous); drain: "
+        "one fresh worker process on the full queue, from process launch and from its 'ready' "
+        "point, to the N-th job having run; end-to-end = N / (seq. enqueue + drain from launch).",
+        "- latency: enqueue-to-start of 1,000 jobs enqueued at a steady 500/s into an idle "
+        "worker (p50, p99). Worker peak RSS: ru_maxrss of the drain worker process.",
+        "- Ratios: repid / the best peer (fastest for rates, lowest for latency and RSS); above 1 "
+        "is better for rates, below 1 is better for latency and RSS. e2e spread = (max - min) / "
+        "median over the rounds.",
+        "",
+        "What an acknowledged enqueue means per case:",
+        "",
+    ]
+    for s in summaries:
+        if s.get("guarantees"):
+            lines.append(f"- {s['case']}: {s['guarantees']}")
+    lines.append("")
+    for s in summaries:
+        lines += [f"- {s['case']}: {note}" for note in s.get("notes", [])]
+        lines += [f"- {s['case']} FAILED: {failure}" for failure in s["failures"]]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# servers
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class KafkaServer:
+    """A private noida-db (Kafka protocol) on a free port, unless REPID_KAFKA_BOOTSTRAP is set."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.data_dir: str | None = None
+        self.bootstrap = os.environ.get("REPID_KAFKA_BOOTSTRAP", "")
+
+    def __enter__(self) -> str:
+        if self.bootstrap:
+            return self.bootstrap
+        import noida_db  # type: ignore[import-untyped]  # the dev extra
+
+        binary = Path(noida_db.__file__).parent / "noida-db"
+        port = _free_port()
+        self.data_dir = tempfile.mkdtemp(prefix="repid-bench-kafka-")
+        log = Path(self.data_dir) / "noida.log"
+        _log(f"[setup] starting noida-db (Kafka) on 127.0.0.1:{port}, data in {self.data_dir}")
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [
+                    str(binary),
+                    *("start", "--only", "kafka", "--kafka-port", str(port)),
+                    *("--data-dir", str(Path(self.data_dir) / "data")),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        deadline = time.monotonic() + 60
+        while not _port_open("127.0.0.1", port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.__exit__()
+                raise SystemExit(f"noida-db did not start; log: {log.read_text()[-2000:]}")
+            time.sleep(0.1)
+        self.bootstrap = f"127.0.0.1:{port}"
+        return self.bootstrap
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+        if self.data_dir is not None:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+            self.data_dir = None
+
+
+def check_server(server: str) -> None:
+    """Exit with a clear message if the suite's server is not reachable."""
+    from urllib.parse import urlparse
+
+    url = {
+        "redis": os.environ.get("REPID_REDIS_URL", "redis://127.0.0.1:6379/0"),
+        "rabbitmq": os.environ.get("REPID_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"),
+    }[server]
+    parsed = urlparse(url)
+    host, port = parsed.hostname or "127.0.0.1", parsed.port or 0
+    if not _port_open(host, port):
+        raise SystemExit(f"{server} is not reachable at {host}:{port} (scripts/services.sh)")
+
+
+# --------------------------------------------------------------------------------------------
 # CLI
 
 
@@ -378,6 +703,44 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--timeout", type=float, default=300.0, help="seconds one run may take (default 300)"
     )
     return parser.parse_args(argv)
+
+
+def _run_one(
+    case: Case,
+    round_no: int,
+    args: argparse.Namespace,
+    n: int,
+    suite: Suite,
+    pythons: dict[str, Path],
+    runs: dict[str, CaseRuns],
+    extra_env: dict[str, str],
+) -> None:
+    """Run one case once; a failure is recorded and the rounds go on."""
+    python = Path(sys.executable) if case.venv is None else pythons[case.venv]
+    started = time.perf_counter()
+    tag = f"[round {round_no}/{args.rounds}] {case.name}"
+    try:
+        result = run_case(case, python, n, args.timeout, extra_env)
+    except RuntimeError as exc:
+        runs[case.name].failures.append(f"round {round_no}: {exc}")
+        _log(f"{tag}: FAILED {exc}")
+        return
+    runs[case.name].results.append(result)
+    wall = time.perf_counter() - started
+    if suite.network:
+        f = net_figures(result)
+        _log(
+            f"{tag}: seq {_fmt_rate(f['seq_enqueue'])}/s, conc {_fmt_rate(f['conc_enqueue'])}/s,"
+            f" drain {_fmt_rate(f['drain_launch'])}/s, e2e {_fmt_rate(f['end_to_end'])}/s,"
+            f" p50 {f['latency_p50_ms']:.1f} ms, RSS {f['worker_peak_rss_mb']:.1f} MB"
+            f" ({wall:.1f}s wall)"
+        )
+    else:
+        e2e = rates(result)["end_to_end"]
+        _log(
+            f"{tag}: {_fmt_rate(e2e)} jobs/s end-to-end,"
+            f" peak RSS {result['peak_rss_mb']:.1f} MB ({wall:.1f}s wall)"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -400,26 +763,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         environments[venv_name] = venv_freeze(pythons[venv_name])
 
     runs = {c.name: CaseRuns(c) for c in cases}
-    for round_no in range(1, args.rounds + 1):
-        for case in cases:
-            python = Path(sys.executable) if case.venv is None else pythons[case.venv]
-            started = time.perf_counter()
-            try:
-                result = run_case(case, python, n, args.timeout)
-            except RuntimeError as exc:
-                runs[case.name].failures.append(f"round {round_no}: {exc}")
-                _log(f"[round {round_no}/{args.rounds}] {case.name}: FAILED {exc}")
-                continue
-            runs[case.name].results.append(result)
-            e2e = rates(result)["end_to_end"]
-            _log(
-                f"[round {round_no}/{args.rounds}] {case.name}: {_fmt_rate(e2e)} jobs/s end-to-end,"
-                f" peak RSS {result['peak_rss_mb']:.1f} MB"
-                f" ({time.perf_counter() - started:.1f}s wall)"
-            )
+    extra_env: dict[str, str] = {}
+    kafka = KafkaServer()
+    if suite.server == "kafka":
+        extra_env["REPID_KAFKA_BOOTSTRAP"] = kafka.__enter__()
+    elif suite.server is not None:
+        check_server(suite.server)
+    try:
+        for round_no in range(1, args.rounds + 1):
+            for case in cases:
+                _run_one(case, round_no, args, n, suite, pythons, runs, extra_env)
+    finally:
+        kafka.__exit__()
 
-    summaries = [summarize(runs[c.name]) for c in cases]
-    print(render_markdown(suite, n, args.rounds, summaries))
+    if suite.network:
+        summaries = [summarize_net(runs[c.name]) for c in cases]
+        print(render_markdown_net(suite, n, args.rounds, summaries))
+        ratio_report: dict[str, Any] = ratios_net(summaries)
+    else:
+        summaries = [summarize(runs[c.name]) for c in cases]
+        print(render_markdown(suite, n, args.rounds, summaries))
+        ratio_report = ratios(summaries)
 
     if args.json:
         report = {
@@ -436,7 +800,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "peer_requirements": {k: list(PEER_REQUIREMENTS[k]) for k in pythons},
             "peer_environments": environments,
             "summaries": summaries,
-            "ratios_vs_best_peer": ratios(summaries),
+            "ratios_vs_best_peer": ratio_report,
             "runs": {name: r.results for name, r in runs.items()},
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
