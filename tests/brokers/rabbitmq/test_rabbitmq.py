@@ -1,0 +1,204 @@
+"""What only RabbitMQ does: crashes and connection loss lose nothing, priorities, delay queues."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+
+from repid import (
+    BrokerUnavailableError,
+    Connection,
+    Job,
+    MessageCategory,
+    PrioritiesT,
+    Queue,
+    Router,
+    Worker,
+)
+from repid.brokers.rabbitmq import RabbitMessageBroker
+from repid.brokers.redis import RedisBucketBroker
+from tests.conformance.specs.rabbitmq import DSN, PREFIX
+from tests.conformance.support import browse, running, wait, wait_until
+
+pytestmark = pytest.mark.broker("rabbitmq")
+
+HERE = Path(__file__).parent
+REDIS_DSN = os.environ.get("REPID_REDIS_DSN", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture
+async def conn() -> AsyncIterator[Connection]:
+    connection = Connection(RabbitMessageBroker(DSN, prefix=PREFIX, timeout=5.0))
+    await connection.connect()
+    yield connection
+    await connection.disconnect()
+
+
+@pytest.fixture
+async def queue(conn: Connection) -> AsyncIterator[Queue]:
+    q = Queue(f"rq_{uuid4().hex[:10]}", _connection=conn)
+    await q.declare()
+    yield q
+    await q.delete()
+
+
+def _job(conn: Connection, queue: Queue, name: str, **options: object) -> Job:
+    return Job(name, queue=queue.name, _connection=conn, **options)  # type: ignore[arg-type]
+
+
+async def test_priorities_end_to_end(conn: Connection, queue: Queue) -> None:
+    router = Router()
+    order: list[str] = []
+
+    @router.actor(queue=queue.name)
+    async def record(tag: str) -> None:
+        order.append(tag)
+
+    plan = [PrioritiesT.LOW, PrioritiesT.MEDIUM, PrioritiesT.HIGH] * 10
+    for i, priority in enumerate(plan):
+        await _job(conn, queue, "record", priority=priority, args={"tag": priority.name}).enqueue()
+        assert i < len(plan)
+    worker = Worker([router], tasks_limit=1, messages_limit=len(plan), handle_signals=[],
+                    _connection=conn)  # fmt: skip
+    await asyncio.wait_for(worker.run(), 10)
+    assert order == ["HIGH"] * 10 + ["MEDIUM"] * 10 + ["LOW"] * 10
+
+
+async def test_deferred_jobs_never_run_early_and_delays_do_not_block_each_other(
+    conn: Connection, queue: Queue
+) -> None:
+    router = Router()
+    started: dict[str, float] = {}
+    both = asyncio.Event()
+
+    @router.actor(queue=queue.name)
+    async def later(tag: str) -> None:
+        started[tag] = time.time()
+        if len(started) == 2:
+            both.set()
+
+    now = datetime.now(tz=UTC)
+    due = {"long": now + timedelta(seconds=2.3), "short": now + timedelta(seconds=0.7)}
+    # The long delay is enqueued first: a single TTL queue would hold the short one behind it.
+    await _job(conn, queue, "later", args={"tag": "long"}, deferred_until=due["long"]).enqueue()
+    await _job(conn, queue, "later", args={"tag": "short"}, deferred_until=due["short"]).enqueue()
+    far = now + timedelta(hours=2)
+    await _job(conn, queue, "later", args={"tag": "far"}, deferred_until=far).enqueue()
+    assert len(await browse(queue, MessageCategory.DELAYED)) == 3
+    async with running(Worker([router], handle_signals=[], _connection=conn)):
+        await wait(both, "both deferred jobs", timeout=6)
+    for tag in ("short", "long"):
+        early = due[tag].timestamp() - started[tag]
+        assert early <= 0, f"{tag} ran {early:.3f}s early"
+        assert -early < 1.0, f"{tag} ran {-early:.3f}s late"
+    assert started["short"] < started["long"]
+    assert [m.key.topic for m in await browse(queue, MessageCategory.DELAYED)] == ["later"]
+
+
+async def test_connections_closed_by_the_server_lose_nothing(
+    conn: Connection, queue: Queue
+) -> None:
+    ctl = shutil.which("rabbitmqctl")
+    if ctl is None or os.geteuid() != 0:
+        pytest.skip("needs rabbitmqctl as root to close connections")
+    router = Router()
+    done: set[int] = set()
+    total = 200
+
+    @router.actor(queue=queue.name)
+    async def work(n: int) -> None:
+        await asyncio.sleep(0.01)
+        done.add(n)
+
+    for n in range(total // 2):
+        await _job(conn, queue, "work", args={"n": n}).enqueue()
+    async with running(Worker([router], tasks_limit=10, handle_signals=[], _connection=conn)):
+        await wait_until(lambda: len(done) >= 20, "some jobs to run")
+        closed = subprocess.run(
+            [ctl, "close_all_connections", "repid test: connection loss"],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        assert closed.returncode == 0, closed.stderr
+        # The producer side reconnects too: these enqueues wait for it.
+        for n in range(total // 2, total):
+            await _job(conn, queue, "work", args={"n": n}).enqueue()
+        await wait_until(lambda: len(done) == total, "every job after the reconnection", 20)
+    assert done == set(range(total))
+    assert await browse(queue) == []
+
+
+async def test_worker_killed_mid_batch_loses_nothing(
+    conn: Connection, queue: Queue, tmp_path: Path
+) -> None:
+    log = tmp_path / "runs.log"
+    total = 150
+    for n in range(total):
+        await _job(conn, queue, "record", args={"n": n}).enqueue()
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "worker_app.py"), DSN, PREFIX, queue.name, str(log)],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(HERE.parents[2])},
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not log.exists() or len(log.read_text().split()) < 30:
+            assert proc.poll() is None, "the worker process exited"
+            assert time.monotonic() < deadline, "the worker process ran nothing"
+            await asyncio.sleep(0.02)
+    finally:
+        proc.kill()  # SIGKILL: no graceful shutdown, unacked deliveries stay with RabbitMQ
+        proc.wait(10)
+        assert proc.stdout is not None
+        proc.stdout.close()
+    ran_before = {int(line) for line in log.read_text().split()}
+    assert len(ran_before) < total, "the worker finished before it was killed"
+
+    router = Router()
+    ran_after: set[int] = set()
+
+    @router.actor(queue=queue.name)
+    async def record(n: int) -> None:
+        ran_after.add(n)
+
+    async with running(Worker([router], handle_signals=[], _connection=conn)):
+        await wait_until(lambda: ran_before | ran_after == set(range(total)), "every job", 20)
+    assert await browse(queue) == []
+    assert await browse(queue, MessageCategory.DEAD) == []
+
+
+async def test_results_in_redis(queue: Queue) -> None:
+    results = RedisBucketBroker(REDIS_DSN, use_result_bucket=True, prefix=f"{PREFIX}results:")
+    conn = Connection(RabbitMessageBroker(DSN, prefix=PREFIX), results_bucket_broker=results)
+    await conn.connect()
+    router = Router()
+
+    @router.actor(queue=queue.name)
+    async def add(a: int, b: int) -> int:
+        return a + b
+
+    try:
+        async with running(Worker([router], handle_signals=[], _connection=conn)):
+            job = _job(conn, queue, "add", args={"a": 2, "b": 40}, result_ttl=timedelta(minutes=1))
+            assert await job.enqueue_and_wait(10) == 42
+    finally:
+        await conn.disconnect()
+
+
+async def test_unreachable_server_is_a_repid_error() -> None:
+    broker = RabbitMessageBroker("amqp://guest:guest@127.0.0.1:1/", timeout=1.0)
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailableError):
+        await broker.connect()
+    assert time.monotonic() - started < 5
