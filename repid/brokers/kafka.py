@@ -1,0 +1,575 @@
+"""Kafka message broker (aiokafka): a topic per queue, a consumer group per queue.
+
+At-least-once through offsets: a consumer commits, per partition, only the contiguous prefix of
+finished messages. Delays and retries go through a `<queue>.delayed` topic, dead letters through
+`<queue>.dead`. Install with `pip install repid[kafka]`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import timedelta
+from typing import Any
+
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic, RecordsToDelete
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    OutOfOrderSequenceNumber,
+    TopicAlreadyExistsError,
+    UnknownTopicOrPartitionError,
+)
+from pydantic_core import to_json
+
+from repid.brokers._kafka_consumer import (
+    DEAD_HEADER,
+    REMOVE_HEADER,
+    KafkaConsumer,
+    Removal,
+    read_topic,
+)
+from repid.brokers.base import BrokerCapabilities, BucketBrokerT, Delivery, OutgoingMessage
+from repid.brokers.in_memory import InMemoryBucketBroker
+from repid.codec import encode_message
+from repid.data import ArgsBucket, MessageCategory, Parameters, RoutingKey
+from repid.errors import (
+    BrokerError,
+    BrokerUnavailableError,
+    MessageTooLargeError,
+    QueueNotDeclaredError,
+)
+from repid.lifecycle import STALE_AFTER, WorkerInfo
+
+__all__ = ["KafkaMessageBroker"]
+
+logger = logging.getLogger("repid.brokers.kafka")
+
+_UNAVAILABLE = (KafkaConnectionError, KafkaTimeoutError, ConnectionError, OSError)
+
+
+def _generated_here(id_: str) -> bool:
+    """Ids drawn by `repid.job.new_id` in this process are unique by construction."""
+    from repid.job import _ids
+
+    return len(id_) == 32 and id_.startswith(_ids.prefix)
+
+
+class KafkaMessageBroker:
+    """A message broker on Apache Kafka (or any Kafka-protocol server).
+
+    Each queue is three topics: `<prefix><queue>` (ready messages), `<prefix><queue>.delayed`
+    (delays and retries, moved to the queue when due) and `<prefix><queue>.dead` (dead letters),
+    consumed by the consumer group `<prefix><queue>`.
+
+    Args:
+        bootstrap_servers: `host:port` of one or more brokers of the cluster.
+        topic_prefix: prepended to every topic and consumer-group name.
+        partitions: partitions of a queue's topic when `queue_declare` creates it; one worker
+            process consumes at most this many in parallel. Order is kept per partition.
+        replication_factor: replication of the created topics.
+        max_message_size: largest envelope `enqueue` accepts, in bytes (keep it at or below the
+            topic's `max.message.bytes`).
+        timeout: seconds `enqueue` and administrative calls wait for the cluster before raising
+            `BrokerUnavailableError`.
+        linger_ms: how long the producer waits to batch concurrent sends (0: batch only what
+            piles up while a request is in flight).
+        commit_interval: seconds between offset commits of a consumer (coalesced).
+        drain_timeout: on a rebalance, seconds a consumer waits for the running messages of the
+            partitions it loses before leaving them to the next owner (who runs them again).
+        unique_ids: where ids given by the user (`Job(id_=...)`) are remembered while pending.
+            Default: in this process only. Pass a shared bucket broker (e.g.
+            `RedisBucketBroker(dsn)`) to enforce unique ids across processes.
+        unique_ttl: how long a pending unique id is remembered at most.
+        client_options: extra keyword arguments for every aiokafka client (security, SASL...).
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str | list[str] = "127.0.0.1:19092",
+        *,
+        topic_prefix: str = "",
+        partitions: int = 1,
+        replication_factor: int = 1,
+        max_message_size: int = 1_000_000,
+        timeout: float = 10.0,
+        linger_ms: int = 0,
+        commit_interval: float = 0.2,
+        drain_timeout: float = 5.0,
+        unique_ids: BucketBrokerT | None = None,
+        unique_ttl: timedelta = timedelta(days=1),
+        client_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        from repid.errors import ConfigurationError
+
+        if partitions < 1:
+            raise ConfigurationError("partitions must be >= 1")
+        if timeout <= 0 or commit_interval <= 0 or drain_timeout < 0:
+            raise ConfigurationError("timeout and commit_interval must be > 0, drain_timeout >= 0")
+        self.bootstrap_servers = bootstrap_servers
+        self.topic_prefix = topic_prefix
+        self.partitions = partitions
+        self.replication_factor = replication_factor
+        self.max_message_size = max_message_size
+        self.timeout = timeout
+        self.linger_ms = linger_ms
+        self.commit_interval = commit_interval
+        self.drain_timeout = drain_timeout
+        self.unique_ttl = unique_ttl
+        self.client_options: dict[str, Any] = dict(client_options or {})
+        self.capabilities = BrokerCapabilities(
+            strict_priorities=False,
+            native_delays=True,
+            native_dead_letters=True,
+            lease_renewal=False,
+            per_partition_order=partitions > 1,
+            shared_state=False,
+            persistent=True,
+            max_message_size=max_message_size,
+            lease_duration=None,
+        )
+        self._unique: BucketBrokerT = (
+            unique_ids if unique_ids is not None else InMemoryBucketBroker()
+        )
+        self._own_unique = unique_ids is None
+        self._producer: AIOKafkaProducer | None = None
+        self._admin: AIOKafkaAdminClient | None = None
+        self._declared: set[str] = set()
+        self._consumers: set[KafkaConsumer] = set()
+        self._cancel_requests: set[str] = set()
+        self._workers: dict[str, WorkerInfo] = {}
+        self._lock = asyncio.Lock()
+        self.is_connected = False
+
+    # -- names -----------------------------------------------------------------------------
+
+    def topic(self, queue_name: str, category: MessageCategory = MessageCategory.NORMAL) -> str:
+        """The topic holding one part of a queue."""
+        base = f"{self.topic_prefix}{queue_name}"
+        if category is MessageCategory.DELAYED:
+            return f"{base}.delayed"
+        if category is MessageCategory.DEAD:
+            return f"{base}.dead"
+        return base
+
+    def group(self, queue_name: str) -> str:
+        """The consumer group of a queue."""
+        return f"{self.topic_prefix}{queue_name}"
+
+    def _topics(self, queue_name: str) -> list[str]:
+        return [self.topic(queue_name, category) for category in MessageCategory]
+
+    # -- connection ------------------------------------------------------------------------
+
+    def _client_kwargs(self) -> dict[str, Any]:
+        return {"bootstrap_servers": self.bootstrap_servers, **self.client_options}
+
+    async def connect(self) -> None:
+        """Start the producer and the admin client; `BrokerUnavailableError` if unreachable."""
+        if self.is_connected:
+            return
+        try:
+            await asyncio.wait_for(self._start_clients(), self.timeout)
+        except (TimeoutError, *_UNAVAILABLE, KafkaError) as exc:
+            await self._stop_clients()
+            raise BrokerUnavailableError(
+                f"Kafka at {self.bootstrap_servers!r} is unreachable: {exc!r}"
+            ) from exc
+        if self._own_unique:
+            await self._unique.connect()
+        self.is_connected = True
+
+    async def _start_clients(self) -> None:
+        self._producer = self._new_producer()
+        await self._producer.start()
+        self._admin = AIOKafkaAdminClient(
+            request_timeout_ms=int(self.timeout * 1000), **self._client_kwargs()
+        )
+        await self._admin.start()
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=self.linger_ms,
+            max_batch_size=max(16384, min(self.max_message_size + 1024, 1 << 20)),
+            max_request_size=self.max_message_size + 1024,
+            request_timeout_ms=int(self.timeout * 1000),
+            metadata_max_age_ms=5000,
+            **self._client_kwargs(),
+        )
+
+    async def _stop_clients(self) -> None:
+        producer, admin = self._producer, self._admin
+        self._producer = self._admin = None
+        if producer is not None:
+            try:
+                await producer.stop()
+            except Exception:  # closing a broken client must not hide the original error
+                logger.debug("stopping the Kafka producer failed", exc_info=True)
+        if admin is not None:
+            try:
+                await admin.close()
+            except Exception:
+                logger.debug("closing the Kafka admin client failed", exc_info=True)
+
+    async def disconnect(self) -> None:
+        """Stop this broker's consumers and clients."""
+        self.is_connected = False
+        for consumer in list(self._consumers):
+            await consumer.finish()
+        await self._stop_clients()
+        if self._own_unique:
+            await self._unique.disconnect()
+
+    def _require_producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise BrokerUnavailableError("the Kafka broker is not connected; call connect()")
+        return self._producer
+
+    def _require_admin(self) -> AIOKafkaAdminClient:
+        if self._admin is None:
+            raise BrokerUnavailableError("the Kafka broker is not connected; call connect()")
+        return self._admin
+
+    # -- queues ------------------------------------------------------------------------------
+
+    async def queue_declare(self, queue_name: str) -> None:
+        """Create the queue's topics (no effect on those that exist)."""
+        admin = self._require_admin()
+        sizes = {
+            MessageCategory.NORMAL: self.partitions,
+            MessageCategory.DELAYED: 1,
+            MessageCategory.DEAD: 1,
+        }
+        missing = [
+            NewTopic(self.topic(queue_name, cat), n, self.replication_factor)
+            for cat, n in sizes.items()
+        ]
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                response = await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                break
+            except _UNAVAILABLE as exc:
+                raise BrokerUnavailableError(f"creating topics of {queue_name!r}: {exc!r}") from exc
+            # Error 36: exists; a topic still being deleted (real Kafka) answers the same way
+            # until it is gone, so wait for the ones that were not created.
+            errors = {topic: code for topic, code, *_ in response.topic_errors if code not in (0,)}
+            if all(code == 36 for code in errors.values()):
+                break
+            if time.monotonic() > deadline:
+                raise BrokerError(f"could not create the topics of {queue_name!r}: {errors}")
+            await asyncio.sleep(0.1)
+        self._declared.add(queue_name)
+        for consumer in self._local_consumers(queue_name):
+            await consumer.topics_recreated()
+
+    async def _queue_exists(self, queue_name: str) -> bool:
+        if queue_name in self._declared:
+            return True
+        try:
+            topics = await asyncio.wait_for(self._require_admin().list_topics(), self.timeout)
+        except (TimeoutError, *_UNAVAILABLE) as exc:
+            raise BrokerUnavailableError(f"listing topics: {exc!r}") from exc
+        if self.topic(queue_name) in topics:
+            self._declared.add(queue_name)
+            return True
+        return False
+
+    async def queue_flush(self, queue_name: str) -> None:
+        """Delete every record of the queue's three topics (Kafka `DeleteRecords`).
+
+        Consumers of the queue in this process drop what they had fetched; their running
+        messages' settlements become stale.
+        """
+        if not await self._queue_exists(queue_name):
+            raise QueueNotDeclaredError(queue_name)
+        for consumer in self._local_consumers(queue_name):
+            consumer.forget_fetched()
+        ends = await self._end_offsets(self._topics(queue_name))
+        to_delete = {tp: RecordsToDelete(end) for tp, end in ends.items() if end > 0}
+        if to_delete:
+            try:
+                await self._require_admin().delete_records(
+                    to_delete, timeout_ms=int(self.timeout * 1000)
+                )
+            except _UNAVAILABLE as exc:
+                raise BrokerUnavailableError(f"flushing {queue_name!r}: {exc!r}") from exc
+        await self._forget_unique_ids(queue_name)
+
+    async def queue_delete(self, queue_name: str) -> None:
+        """Delete the queue's topics (and with them its messages)."""
+        self._declared.discard(queue_name)
+        for consumer in self._local_consumers(queue_name):
+            consumer.forget_fetched(topics_deleted=True)
+        try:
+            await self._require_admin().delete_topics(self._topics(queue_name))
+        except UnknownTopicOrPartitionError:
+            pass
+        except _UNAVAILABLE as exc:
+            raise BrokerUnavailableError(f"deleting {queue_name!r}: {exc!r}") from exc
+        await self._forget_unique_ids(queue_name)
+        # The idempotent producer keeps sequence numbers per partition: a recreated topic
+        # would refuse them. Start a new producer (a new producer id).
+        await self._restart_producer()
+
+    async def _restart_producer(self) -> None:
+        async with self._lock:
+            old, self._producer = self._producer, self._new_producer()
+            await self._producer.start()
+        if old is not None:
+            await old.stop()
+
+    async def queue_names(self) -> list[str]:
+        """Names of the queues on the cluster (topics with this broker's prefix)."""
+        topics = await self._require_admin().list_topics()
+        prefix = self.topic_prefix
+        return sorted(
+            t[len(prefix) :]
+            for t in topics
+            if t.startswith(prefix) and "." not in t[len(prefix) :] and not t.startswith("__")
+        )
+
+    async def _end_offsets(self, topics: Iterable[str]) -> dict[TopicPartition, int]:
+        from repid.brokers._kafka_consumer import end_offsets
+
+        return await end_offsets(self, list(topics))
+
+    def _local_consumers(self, queue_name: str) -> list[KafkaConsumer]:
+        return [c for c in self._consumers if c.queue_name == queue_name]
+
+    # -- publishing ------------------------------------------------------------------------
+
+    def _encode(self, key: RoutingKey, payload: str, params: Parameters) -> bytes:
+        value = encode_message(key, payload, params)
+        if len(value) > self.max_message_size:
+            raise MessageTooLargeError(len(value), self.max_message_size)
+        return value
+
+    def _destination(self, key: RoutingKey, params: Parameters) -> str:
+        due = params.not_before
+        if due is not None and due > time.time():
+            return self.topic(key.queue, MessageCategory.DELAYED)
+        return self.topic(key.queue)
+
+    async def enqueue(
+        self, key: RoutingKey, payload: str = "", params: Parameters | None = None
+    ) -> None:
+        """Publish one message; return once every in-sync replica has it (`acks=all`).
+
+        Raises:
+            QueueNotDeclaredError: the queue's topic does not exist.
+            MessageTooLargeError: the envelope exceeds `max_message_size`; nothing sent.
+            BrokerUnavailableError: the cluster did not take it within `timeout` seconds.
+        """
+        params = params or Parameters()
+        value = self._encode(key, payload, params)
+        if key.queue not in self._declared and not await self._queue_exists(key.queue):
+            raise QueueNotDeclaredError(key.queue)
+        if not _generated_here(key.id_) and not await self._claim_unique(key):
+            logger.debug("message %s is already pending in %s; not added again", key.id_, key.queue)
+            return
+        await self._send(self._destination(key, params), value)
+
+    async def enqueue_many(self, messages: Sequence[OutgoingMessage]) -> None:
+        """Publish several messages in as few produce requests as the producer can batch."""
+        encoded = [
+            (key, params, self._encode(key, payload, params)) for key, payload, params in messages
+        ]
+        for queue in {key.queue for key, _, _ in encoded}:
+            if queue not in self._declared and not await self._queue_exists(queue):
+                raise QueueNotDeclaredError(queue)
+        sends = []
+        for key, params, value in encoded:
+            if not _generated_here(key.id_) and not await self._claim_unique(key):
+                continue
+            sends.append(self._send(self._destination(key, params), value))
+        await asyncio.gather(*sends)
+
+    async def _send(
+        self, topic: str, value: bytes, headers: list[tuple[str, bytes]] | None = None
+    ) -> None:
+        for attempt in (1, 2):
+            producer = self._require_producer()
+            try:
+                future = await asyncio.wait_for(
+                    producer.send(topic, value, headers=headers), self.timeout
+                )
+                await asyncio.wait_for(future, self.timeout)
+                return
+            except MessageSizeTooLargeError as exc:
+                raise MessageTooLargeError(len(value), self.max_message_size) from exc
+            except OutOfOrderSequenceNumber:
+                if attempt == 2:
+                    raise
+                # The topic was recreated under this producer: start a fresh producer id.
+                await self._restart_producer()
+            except (TimeoutError, *_UNAVAILABLE) as exc:
+                raise BrokerUnavailableError(
+                    f"Kafka did not acknowledge a message to {topic!r} within {self.timeout}s "
+                    f"({exc!r}); it may or may not have been stored"
+                ) from exc
+
+    async def send_removal(
+        self, queue_name: str, removal: Removal, *categories: MessageCategory
+    ) -> None:
+        """Append a removal marker (a record with no payload) to parts of a queue."""
+        header = [(REMOVE_HEADER, to_json(list(removal)))]
+        await asyncio.gather(
+            *(self._send(self.topic(queue_name, cat), b"", header) for cat in categories)
+        )
+
+    # -- unique ids ----------------------------------------------------------------------------
+
+    def _unique_key(self, queue_name: str, id_: str) -> str:
+        return f"repid-kafka-unique:{self.topic_prefix}{queue_name}:{id_}"
+
+    async def _claim_unique(self, key: RoutingKey) -> bool:
+        """Remember a user-given id as pending; False if it already is (not atomic)."""
+        name = self._unique_key(key.queue, key.id_)
+        if await self._unique.get_bucket(name) is not None:
+            return False
+        await self._unique.store_bucket(name, ArgsBucket("", ttl=self.unique_ttl))
+        return True
+
+    async def release_unique(self, key: RoutingKey) -> None:
+        """The message left the pending state (settled or removed): free its id."""
+        if not _generated_here(key.id_):
+            await self._unique.delete_bucket(self._unique_key(key.queue, key.id_))
+
+    async def _forget_unique_ids(self, queue_name: str) -> None:
+        if self._own_unique and isinstance(self._unique, InMemoryBucketBroker):
+            prefix = self._unique_key(queue_name, "")
+            for name in [n for n in self._unique._data if n.startswith(prefix)]:
+                await self._unique.delete_bucket(name)
+
+    # -- settling -----------------------------------------------------------------------------
+
+    async def ack(self, key: Delivery) -> bool:
+        """Done: the message's offset counts as finished (committed with its prefix)."""
+        if key.category is not MessageCategory.NORMAL:
+            return await self._remove_browsed(key)
+        return await KafkaConsumer.settle(key, None)
+
+    async def nack(self, key: Delivery, parameters: Parameters | None = None) -> bool:
+        """Write the message to `<queue>.dead`, then finish its offset."""
+        if key.category is MessageCategory.DEAD:
+            return True
+        params = key.parameters if parameters is None else parameters
+        headers = None
+        if key.decode_error is not None:  # keep the raw bytes; the parameters go in a header
+            value = key.raw or b""
+            headers = [(DEAD_HEADER, to_json(params.encode()))]
+        else:
+            value = encode_message(key.key, key.payload, params)
+        dead = self.topic(key.key.queue, MessageCategory.DEAD)
+        if key.category is MessageCategory.DELAYED:
+            await self._send(dead, value, headers)
+            return await self._remove_browsed(key)
+        return await KafkaConsumer.settle(key, (dead, value, headers))
+
+    async def reject(self, key: Delivery) -> bool:
+        """Give the message back: handed out again by the same consumer, or by the next owner."""
+        if key.category is not MessageCategory.NORMAL:
+            return True
+        return await KafkaConsumer.give_back(key)
+
+    async def requeue(
+        self, key: Delivery, payload: str | None = None, params: Parameters | None = None
+    ) -> bool:
+        """Publish the new version (to `.delayed` if it is not due yet), then finish the old."""
+        params = key.parameters if params is None else params
+        new_payload = key.payload if payload is None else payload
+        value = self._encode(key.key, new_payload, params)
+        destination = self._destination(key.key, params)
+        if key.category is not MessageCategory.NORMAL:
+            await self._send(destination, value)
+            return await self._remove_browsed(key)
+        return await KafkaConsumer.settle(key, (destination, value, None), keep_id=True)
+
+    async def renew(self, deliveries: Sequence[Delivery]) -> None:
+        """No leases on Kafka: a delivery stays owned while its partition is assigned."""
+
+    async def _remove_browsed(self, key: Delivery) -> bool:
+        handle = key.handle
+        removal = Removal(key.key.id_, key.parameters.timer.timestamp.timestamp())
+        await self.send_removal(key.key.queue, removal, key.category)
+        if key.category is MessageCategory.DELAYED:
+            await self.release_unique(key.key)
+        return bool(handle is not None)
+
+    # -- consuming ----------------------------------------------------------------------------
+
+    def get_consumer(
+        self,
+        queue: str,
+        topics: Sequence[str] | None = None,
+        max_unacked_messages: int | None = None,
+        category: MessageCategory = MessageCategory.NORMAL,
+    ) -> KafkaConsumer:
+        """A consumer of one part of a queue (NORMAL: joins the queue's consumer group)."""
+        return KafkaConsumer(self, queue, topics, max_unacked_messages, category)
+
+    # -- cancellation, worker registry (this process) ------------------------------------------
+
+    async def cancel(self, queue_name: str, id_: str) -> str | None:
+        """Cancel job `id_`: "requested" if it runs in this process, "dequeued" if it waits.
+
+        A waiting job is found by reading the pending part of the queue (cost proportional
+        to the backlog) and removed with a removal marker; a consumer that has already handed
+        it to an actor in another process runs it anyway.
+        """
+        for consumer in self._local_consumers(queue_name):
+            if consumer.is_running(id_):
+                self._cancel_requests.add(id_)
+                return "requested"
+        found = False
+        for consumer in self._local_consumers(queue_name):
+            found = consumer.drop_buffered(id_) or found
+        if not found:
+            found = await self._pending_somewhere(queue_name, id_)
+        if not found:
+            return None
+        removal = Removal(id_, None)
+        await self.send_removal(
+            queue_name, removal, MessageCategory.NORMAL, MessageCategory.DELAYED
+        )
+        await self._unique.delete_bucket(self._unique_key(queue_name, id_))
+        return "dequeued"
+
+    async def _pending_somewhere(self, queue_name: str, id_: str) -> bool:
+        for category in (MessageCategory.NORMAL, MessageCategory.DELAYED):
+            for delivery in await read_topic(self, queue_name, category):
+                if delivery.key.id_ == id_:
+                    return True
+        return False
+
+    async def cancelled_ids(self, running: Iterable[str]) -> set[str]:
+        """Which of these running job ids have a cancellation request (made in this process)."""
+        requests = self._cancel_requests
+        return {id_ for id_ in running if id_ in requests} if requests else set()
+
+    async def cancel_finished(self, id_: str) -> None:
+        self._cancel_requests.discard(id_)
+
+    async def heartbeat(self, info: WorkerInfo) -> None:
+        """Record a live worker of this process (Kafka keeps no shared registry here)."""
+        self._workers[info.id] = info
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        self._workers.pop(worker_id, None)
+
+    async def live_workers(self, stale_after: float = STALE_AFTER) -> list[WorkerInfo]:
+        """Workers of this process heard from within `stale_after` seconds."""
+        now = time.time()
+        for worker_id, info in list(self._workers.items()):
+            if now - info.last_seen > stale_after:
+                del self._workers[worker_id]
+        return sorted(self._workers.values(), key=lambda info: info.started_at)
