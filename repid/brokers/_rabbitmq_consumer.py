@@ -1,4 +1,4 @@
-"""Consumers of the RabbitMQ broker: the worker's subscription and the browsers of dead/delayed parts.
+"""RabbitMQ consumers: the worker's subscription, and the browsers of the dead and delayed parts.
 
 Each consumer owns one AMQP channel (prefetch = the worker's concurrency). Acknowledgements of
 one event-loop tick are coalesced, with `multiple=True` when every earlier delivery tag of the
@@ -119,7 +119,7 @@ def to_delivery(
     source: str | None = None,
 ) -> Delivery:
     """Decode one AMQP message into a delivery (an undecodable one keeps its raw bytes)."""
-    tag = message.delivery.delivery_tag  # type: ignore[union-attr]
+    tag: int = message.delivery.delivery_tag  # type: ignore[union-attr, assignment]
     redelivered = bool(message.delivery.redelivered)  # type: ignore[union-attr]
     body = message.body
     handle = Handle(state, tag, source)
@@ -262,7 +262,7 @@ class RabbitConsumer:
                     if not fut.done():
                         fut.set_result(None)
 
-                channel.on_consumer_cancel_callbacks.add(on_cancel)  # type: ignore[attr-defined]
+                channel.on_consumer_cancel_callbacks.add(on_cancel)
                 try:
                     await channel.basic_consume(
                         self._broker._name(self._queue),
@@ -274,7 +274,7 @@ class RabbitConsumer:
                         {cancelled, channel.closing}, return_when=asyncio.FIRST_COMPLETED
                     )
                 finally:
-                    channel.on_consumer_cancel_callbacks.discard(on_cancel)  # type: ignore[attr-defined]
+                    channel.on_consumer_cancel_callbacks.discard(on_cancel)
                 if cancelled.done() and not channel.is_closed:
                     logger.warning(
                         "RabbitMQ cancelled the consumer of %r; subscribing again", self._queue
@@ -299,7 +299,7 @@ class RabbitConsumer:
         ready = self._ready
 
         def on_message(message: DeliveredMessage) -> None:
-            tag = message.delivery.delivery_tag  # type: ignore[union-attr]
+            tag: int = message.delivery.delivery_tag  # type: ignore[union-attr, assignment]
             state.unsettled.add(tag)
             delivery = to_delivery(message, state, queue)
             if self._admit(delivery):
@@ -406,33 +406,33 @@ class RabbitConsumer:
             return out
         deadline = time.monotonic() + timeout
         while len(out) < max_count:
-            got = await self._get_one()
-            if got is None:
+            empty, got = await self._get_one()
+            if empty:
                 if out or time.monotonic() >= deadline:
                     break
                 await asyncio.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
                 continue
-            if got is not False:
+            if got is not None:
                 out.append(got)
         return out
 
-    async def _get_one(self) -> Delivery | bool | None:
-        """basic.get one NORMAL message: the delivery, False if it was not admitted, None if empty."""
+    async def _get_one(self) -> tuple[bool, Delivery | None]:
+        """basic.get one message: (queue was empty, the delivery unless it was not admitted)."""
         state = self._state
         if state is None or not state.alive:
             raise ConsumerClosedError(f"consumer of {self._queue!r} has finished")
         message = await state.channel.basic_get(self._broker._name(self._queue), no_ack=False)
         if not isinstance(message.delivery, spec.Basic.GetOk):
-            return None
-        state.unsettled.add(message.delivery.delivery_tag)
+            return True, None
         delivery = to_delivery(message, state, self._queue)
+        state.unsettled.add(delivery.handle.tag)
         if not self._admit(delivery):
-            return False
+            return False, None
         if self._topics is not None and delivery.key.topic not in self._topics:
             await state.settle_now(delivery.handle.tag, requeue=True)
-            return False
+            return False, None
         self._broker._track(delivery)
-        return delivery
+        return False, delivery
 
     # -- browsing DEAD and DELAYED parts --------------------------------------------------------
 
@@ -459,7 +459,7 @@ class RabbitConsumer:
                     break
                 delivery = to_delivery(message, state, self._queue, self._category, source)
                 if broker._tombstones and broker._is_tombstoned(delivery):
-                    await state.channel.basic_ack(message.delivery.delivery_tag)
+                    await state.channel.basic_ack(delivery.handle.tag)
                     continue
                 if self._topics is not None and delivery.key.topic not in self._topics:
                     continue

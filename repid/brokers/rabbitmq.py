@@ -1,4 +1,4 @@
-"""RabbitMQ message broker (aio-pika): durable priority queues, TTL delay queues, dead-letter queues.
+"""RabbitMQ message broker (aio-pika): durable priority queues, TTL delay queues, dead letters.
 
 Per repid queue `q`: a durable queue `q` (`x-max-priority`), a dead-letter queue `q:dead` fed by
 a dead-letter exchange, and delay queues `q:delay:<ms>` whose queue-wide TTL dead-letters each
@@ -156,7 +156,7 @@ class RabbitMessageBroker:
             raise BrokerUnavailableError(
                 f"RabbitMQ stayed unreachable for {self.timeout}s"
             ) from None
-        transport = connection.transport  # type: ignore[attr-defined]
+        transport = connection.transport
         if transport is None:
             raise BrokerUnavailableError("RabbitMQ connection is reconnecting")
         channel: aiormq.abc.AbstractChannel = await transport.connection.channel(
@@ -212,9 +212,7 @@ class RabbitMessageBroker:
             auto_delete=True,
         )
         await self._admin("queue_declare", dead, durable=True)
-        await self._admin(
-            "queue_bind", dead, self.dead_letter_exchange, routing_key=dead
-        )
+        await self._admin("queue_bind", dead, self.dead_letter_exchange, routing_key=dead)
         await self._admin(
             "queue_declare",
             name,
@@ -334,7 +332,7 @@ class RabbitMessageBroker:
         while True:
             try:
                 channel = await self._channel("fast" if fast else "confirm")
-                await channel.basic_publish(
+                await channel.basic_publish(  # type: ignore[call-arg]
                     body,
                     exchange=exchange,
                     routing_key=routing_key,
@@ -350,7 +348,7 @@ class RabbitMessageBroker:
                     level = None
                     continue
                 raise QueueNotDeclaredError(queue_name) from None
-            except (*CHANNEL_ERRORS, asyncio.TimeoutError) as exc:
+            except (TimeoutError, *CHANNEL_ERRORS) as exc:
                 if time.monotonic() + backoff > deadline:
                     raise BrokerUnavailableError(
                         f"RabbitMQ stayed unreachable for {self.timeout}s: {exc!r}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -124,13 +123,15 @@ async def test_connections_closed_by_the_server_lose_nothing(
         await _job(conn, queue, "work", args={"n": n}).enqueue()
     async with running(Worker([router], tasks_limit=10, handle_signals=[], _connection=conn)):
         await wait_until(lambda: len(done) >= 20, "some jobs to run")
-        closed = subprocess.run(
-            [ctl, "close_all_connections", "repid test: connection loss"],
-            capture_output=True,
-            timeout=30,
-            check=False,
+        closer = await asyncio.create_subprocess_exec(
+            ctl,
+            "close_all_connections",
+            "repid test: connection loss",
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
         )
-        assert closed.returncode == 0, closed.stderr
+        _, errors = await asyncio.wait_for(closer.communicate(), 30)
+        assert closer.returncode == 0, errors
         # The producer side reconnects too: these enqueues wait for it.
         for n in range(total // 2, total):
             await _job(conn, queue, "work", args={"n": n}).enqueue()
@@ -146,22 +147,25 @@ async def test_worker_killed_mid_batch_loses_nothing(
     total = 150
     for n in range(total):
         await _job(conn, queue, "record", args={"n": n}).enqueue()
-    proc = subprocess.Popen(
-        [sys.executable, str(HERE / "worker_app.py"), DSN, PREFIX, queue.name, str(log)],
-        stdout=subprocess.PIPE,
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(HERE / "worker_app.py"),
+        DSN,
+        PREFIX,
+        queue.name,
+        str(log),
+        stdout=asyncio.subprocess.DEVNULL,
         env={**os.environ, "PYTHONPATH": str(HERE.parents[2])},
     )
     try:
         deadline = time.monotonic() + 20
         while not log.exists() or len(log.read_text().split()) < 30:
-            assert proc.poll() is None, "the worker process exited"
+            assert proc.returncode is None, "the worker process exited"
             assert time.monotonic() < deadline, "the worker process ran nothing"
             await asyncio.sleep(0.02)
     finally:
         proc.kill()  # SIGKILL: no graceful shutdown, unacked deliveries stay with RabbitMQ
-        proc.wait(10)
-        assert proc.stdout is not None
-        proc.stdout.close()
+        await asyncio.wait_for(proc.wait(), 10)
     ran_before = {int(line) for line in log.read_text().split()}
     assert len(ran_before) < total, "the worker finished before it was killed"
 
