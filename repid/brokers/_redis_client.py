@@ -1,0 +1,248 @@
+"""A lean pipelining RESP2 client on `asyncio.Protocol`, used for the Redis broker's hot path.
+
+Commands issued in the same event-loop iteration leave in one write and their replies are
+matched in order, so concurrent callers share round trips without an explicit pipeline. The
+address is parsed by redis-py (`redis.connection.parse_url`); errors become repid's errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+from repid.errors import BrokerError, BrokerUnavailableError
+
+__all__ = [
+    "RedisAddress",
+    "RedisReplyError",
+    "RespConnection",
+    "encode_head",
+    "open_connection",
+]
+
+logger = logging.getLogger("repid.brokers.redis")
+
+Arg = bytes | str | int | float
+
+
+class RedisReplyError(BrokerError):
+    """Redis answered a command with an error reply."""
+
+    @property
+    def code(self) -> str:
+        return str(self).split(" ", 1)[0]
+
+
+class _IncompleteError(Exception):
+    """The buffer does not hold a whole reply yet."""
+
+
+_INCOMPLETE = _IncompleteError()
+
+
+class RedisAddress:
+    """Where and how to connect, parsed from a `redis://`, `rediss://` or `unix://` DSN."""
+
+    __slots__ = ("db", "host", "password", "path", "port", "tls", "username")
+
+    def __init__(self, dsn: str) -> None:
+        from redis.connection import parse_url
+
+        options: dict[str, Any] = parse_url(dsn)  # type: ignore[no-untyped-call]
+        self.host: str = options.get("host", "127.0.0.1")
+        self.port: int = int(options.get("port", 6379))
+        self.path: str | None = options.get("path")
+        self.db: int = int(options.get("db", 0) or 0)
+        self.username: str | None = options.get("username")
+        self.password: str | None = options.get("password")
+        self.tls = dsn.startswith("rediss://")
+
+
+def _encode(args: Sequence[Arg]) -> bytes:
+    return b"*%d\r\n%b" % (len(args), _bulk(args))
+
+
+def encode_head(*args: Arg) -> tuple[int, bytes]:
+    """The leading arguments of a command sent many times (e.g. `EVALSHA sha n keys...`)."""
+    return len(args), _bulk(args)
+
+
+def _bulk(args: Sequence[Arg]) -> bytes:
+    out = []
+    for arg in args:
+        if type(arg) is bytes:
+            data = arg
+        elif type(arg) is str:
+            data = arg.encode()
+        else:
+            data = str(arg).encode()
+        out.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+class RespConnection(asyncio.Protocol):
+    """One Redis connection; `call()` may be used by many tasks at once (replies in order)."""
+
+    def __init__(self) -> None:
+        self._transport: asyncio.Transport | None = None
+        self._waiters: deque[asyncio.Future[Any]] = deque()
+        self._buffer = bytearray()
+        self._pos = 0
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self._loop = asyncio.get_running_loop()
+        self.closed = False
+        self.lost: asyncio.Future[None] = self._loop.create_future()
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._transport = None
+        error = BrokerUnavailableError(f"connection to Redis lost: {exc!r}" if exc else "closed")
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_exception(error)
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        waiters = self._waiters
+        while self._pos < len(buffer):
+            start = self._pos
+            try:
+                reply = self._parse()
+            except _IncompleteError:
+                self._pos = start
+                break
+            if not waiters:  # pragma: no cover - a reply nobody asked for
+                logger.warning("unexpected reply from Redis: %r", reply)
+                continue
+            fut = waiters.popleft()
+            if not fut.done():
+                if type(reply) is RedisReplyError:
+                    fut.set_exception(reply)
+                else:
+                    fut.set_result(reply)
+        if self._pos:
+            del buffer[: self._pos]
+            self._pos = 0
+
+    def _parse(self) -> Any:
+        buffer = self._buffer
+        pos = self._pos
+        end = buffer.find(b"\r\n", pos)
+        if end < 0:
+            raise _INCOMPLETE
+        kind = buffer[pos]
+        if kind == 36:  # $ bulk string
+            size = int(buffer[pos + 1 : end])
+            if size < 0:
+                self._pos = end + 2
+                return None
+            start = end + 2
+            stop = start + size
+            if stop + 2 > len(buffer):
+                raise _INCOMPLETE
+            self._pos = stop + 2
+            return bytes(buffer[start:stop])
+        if kind == 42:  # * array
+            count = int(buffer[pos + 1 : end])
+            self._pos = end + 2
+            if count < 0:
+                return None
+            parse = self._parse
+            return [parse() for _ in range(count)]
+        line = bytes(buffer[pos + 1 : end])
+        self._pos = end + 2
+        if kind == 58:  # : integer
+            return int(line)
+        if kind == 43:  # + simple string
+            return line
+        if kind == 45:  # - error
+            return RedisReplyError(line.decode(errors="replace"))
+        raise BrokerError(f"unexpected byte {kind!r} in a Redis reply")
+
+    # -- commands --------------------------------------------------------------------------------
+
+    def call(self, *args: Arg) -> asyncio.Future[Any]:
+        """Send one command; the future resolves with its reply (errors raise)."""
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        if self.closed:
+            fut.set_exception(BrokerUnavailableError("connection to Redis is closed"))
+            return fut
+        self._out.append(_encode(args))
+        self._waiters.append(fut)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+        return fut
+
+    def call_with_head(self, head: tuple[int, bytes], args: Sequence[Arg]) -> asyncio.Future[Any]:
+        """`call(*head, *args)` with the head encoded once in advance (`encode_head`)."""
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        if self.closed:
+            fut.set_exception(BrokerUnavailableError("connection to Redis is closed"))
+            return fut
+        self._out.append(b"*%d\r\n%b%b" % (head[0] + len(args), head[1], _bulk(args)))
+        self._waiters.append(fut)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+        return fut
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out = self._out
+        if not out:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        if self._transport is not None:
+            self._transport.write(data)
+
+    def close(self) -> None:
+        self.closed = True
+        if self._transport is not None:
+            self._transport.close()
+
+
+async def open_connection(address: RedisAddress, timeout: float) -> RespConnection:
+    """Connect, authenticate and select the database; `BrokerUnavailableError` on failure."""
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(timeout):
+            if address.path is not None:
+                _, protocol = await loop.create_unix_connection(RespConnection, address.path)
+            else:
+                context = ssl.create_default_context() if address.tls else None
+                _, protocol = await loop.create_connection(
+                    RespConnection, address.host, address.port, ssl=context
+                )
+            if address.password is not None:
+                if address.username:
+                    await protocol.call("AUTH", address.username, address.password)
+                else:
+                    await protocol.call("AUTH", address.password)
+            if address.db:
+                await protocol.call("SELECT", address.db)
+    except (OSError, TimeoutError) as exc:
+        raise BrokerUnavailableError(
+            f"cannot connect to Redis at {_describe(address)}: {exc!r}"
+        ) from exc
+    return protocol
+
+
+def _describe(address: RedisAddress) -> str:
+    return address.path if address.path is not None else f"{address.host}:{address.port}"

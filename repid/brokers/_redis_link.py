@@ -1,0 +1,124 @@
+"""The Redis broker's connection to the server: reconnection with backoff and its Lua scripts.
+
+One pipelined command connection serves every producer and consumer of a broker; commands that
+fail because the connection dropped are retried on a new connection until the operation timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from importlib import resources
+from typing import Any
+
+from repid.brokers._redis_client import (
+    Arg,
+    RedisAddress,
+    RedisReplyError,
+    RespConnection,
+    open_connection,
+)
+from repid.errors import BrokerUnavailableError
+
+__all__ = ["SCRIPTS", "Link", "Script"]
+
+logger = logging.getLogger("repid.brokers.redis")
+
+
+class Script:
+    """One Lua script: called by its SHA1, loaded again when the server forgot it."""
+
+    __slots__ = ("body", "name", "sha")
+
+    def __init__(self, name: str, body: str) -> None:
+        self.name = name
+        self.body = body
+        self.sha = hashlib.sha1(body.encode(), usedforsecurity=False).hexdigest()
+
+
+def _load_scripts() -> dict[str, Script]:
+    text = resources.files("repid.brokers").joinpath("_redis_scripts.lua").read_text()
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        if line.startswith("-- @script "):
+            current = sections.setdefault(line.split()[-1], [])
+        elif current is not None:
+            current.append(line)
+    prelude = "\n".join(sections.pop("prelude"))
+    return {name: Script(name, prelude + "\n" + "\n".join(body)) for name, body in sections.items()}
+
+
+SCRIPTS = _load_scripts()
+
+
+class Link:
+    """The command connection of one broker, re-opened on demand after a failure."""
+
+    def __init__(self, address: RedisAddress, connect_timeout: float, timeout: float) -> None:
+        self.address = address
+        self.connect_timeout = connect_timeout
+        self.timeout = timeout
+        self.conn: RespConnection | None = None
+        self._lock: asyncio.Lock | None = None
+        self._failures = 0
+
+    async def connection(self) -> RespConnection:
+        conn = self.conn
+        if conn is not None and not conn.closed:
+            return conn
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            conn = self.conn
+            if conn is not None and not conn.closed:
+                return conn
+            conn = await open_connection(self.address, self.connect_timeout)
+            if self._failures:
+                logger.info("reconnected to Redis")
+                self._failures = 0
+            self.conn = conn
+            return conn
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    async def call(self, *args: Arg, timeout: float | None = None) -> Any:
+        """Run one command, reconnecting with backoff while Redis is unreachable.
+
+        Raises `BrokerUnavailableError` once `timeout` (default: the link's) has passed.
+        Only commands that are safe to repeat may go through here.
+        """
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        backoff = 0.05
+        while True:
+            try:
+                conn = await self.connection()
+                return await conn.call(*args)
+            except BrokerUnavailableError as exc:
+                self._failures += 1
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise BrokerUnavailableError(
+                        f"Redis unreachable for {self.timeout:g}s: {exc}"
+                    ) from exc
+                if self._failures == 1:
+                    logger.warning("Redis connection failed (%s); retrying", exc)
+                await asyncio.sleep(min(backoff, remaining))
+                backoff = min(backoff * 2, 1.0)
+
+    async def script(
+        self, script: Script, keys: list[bytes], args: list[Arg], timeout: float | None = None
+    ) -> Any:
+        """Run a Lua script by SHA1 (loading it when the server does not know it)."""
+        try:
+            return await self.call("EVALSHA", script.sha, len(keys), *keys, *args, timeout=timeout)
+        except RedisReplyError as exc:
+            if exc.code != "NOSCRIPT":
+                raise
+        await self.call("SCRIPT", "LOAD", script.body, timeout=timeout)
+        return await self.call("EVALSHA", script.sha, len(keys), *keys, *args, timeout=timeout)

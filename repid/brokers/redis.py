@@ -1,0 +1,492 @@
+"""Redis broker: Streams with a consumer group per queue, one stream per priority.
+
+Delayed messages wait in a sorted set and are moved to their stream by a Lua script; a delivery
+is a pending stream entry whose idle time is its lease (renewed while the actor runs, reclaimed
+with XAUTOCLAIM once expired); dead letters live in their own stream. Every multi-key change is
+one Lua script (`_redis_scripts.lua`), so it is atomic. Needs `pip install repid[redis]`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from datetime import timedelta
+from typing import Any
+
+from pydantic_core import from_json, to_json
+
+from repid.brokers._redis_client import RedisAddress, RedisReplyError, encode_head
+from repid.brokers._redis_consumer import RedisConsumer, key_names
+from repid.brokers._redis_limiter import RedisActorLimiter
+from repid.brokers._redis_link import SCRIPTS, Link
+from repid.brokers.base import BrokerCapabilities, Delivery, OutgoingMessage
+from repid.codec import encode_message
+from repid.data import (
+    ArgsBucket,
+    BucketT,
+    MessageCategory,
+    Parameters,
+    ResultBucket,
+    RoutingKey,
+)
+from repid.errors import BrokerUnavailableError, MessageTooLargeError, QueueNotDeclaredError
+from repid.lifecycle import STALE_AFTER, RateLimit, WorkerInfo
+
+__all__ = ["RedisBucketBroker", "RedisMessageBroker"]
+
+logger = logging.getLogger("repid.brokers.redis")
+
+_CANCEL_TTL = 24 * 3600
+"""Seconds a cancellation request of a running job is kept (if its worker never clears it)."""
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _due_ms(params: Parameters) -> str:
+    delay = params.delay
+    when = delay.next_execution_time or delay.delay_until
+    return "" if when is None else str(int(when.timestamp() * 1000))
+
+
+class _AckBatch:
+    """Acks of one queue issued in the same event-loop iteration: one script call for all."""
+
+    __slots__ = ("args", "future")
+
+    def __init__(self, future: asyncio.Future[list[int]]) -> None:
+        self.args: list[bytes | str | int] = []
+        self.future = future
+
+
+class RedisMessageBroker:
+    """A message broker on Redis Streams (redis-py's address format, our own pipelined client).
+
+    Args:
+        dsn: `redis://[[user]:password@]host[:port][/db]`, `rediss://...` (TLS) or
+            `unix:///path?db=N`.
+        prefix: prefix of every key the broker writes (several apps can share one Redis).
+        lease_duration: seconds a delivery stays owned without renewal; the worker renews it
+            every third of that while the actor runs. An expired delivery (a crashed worker's)
+            is handed out again.
+        max_message_size: largest envelope accepted by `enqueue`, in bytes.
+        connect_timeout: seconds one connection attempt may take.
+        operation_timeout: seconds `enqueue` and settlements keep retrying while Redis is
+            unreachable before raising `BrokerUnavailableError`.
+        sweep_interval: at most this many seconds pass between two moves of due delayed
+            messages and reclaims of expired leases by an idle consumer.
+    """
+
+    def __init__(
+        self,
+        dsn: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str = "repid:",
+        lease_duration: float = 30.0,
+        max_message_size: int | None = 16 * 1024 * 1024,
+        connect_timeout: float = 5.0,
+        operation_timeout: float = 10.0,
+        sweep_interval: float = 0.25,
+    ) -> None:
+        self.capabilities = BrokerCapabilities(
+            strict_priorities=True,
+            native_delays=True,
+            native_dead_letters=True,
+            lease_renewal=True,
+            shared_state=True,
+            persistent=True,
+            max_message_size=max_message_size,
+            lease_duration=lease_duration,
+        )
+        self.dsn = dsn
+        self.prefix = prefix
+        self.lease_duration = lease_duration
+        self.max_message_size = max_message_size
+        self.sweep_interval = min(sweep_interval, lease_duration / 4)
+        self.address = RedisAddress(dsn)
+        self.link = Link(self.address, connect_timeout, operation_timeout)
+        self._keys: dict[str, list[bytes]] = {}
+        self._enqueue_heads: dict[str, tuple[int, bytes]] = {}
+        self._acks: dict[str, _AckBatch] = {}
+        self._registry = f"{prefix}queues".encode()
+        self._workers_key = f"{prefix}workers".encode()
+        self._seen_key = f"{prefix}workers:seen".encode()
+        self._limiters: dict[str, RedisActorLimiter] = {}
+        self.is_connected = False
+
+    # -- connection -------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Open the command connection (raises `BrokerUnavailableError` if Redis is down)."""
+        conn = await self.link.connection()
+        for script in SCRIPTS.values():
+            await conn.call("SCRIPT", "LOAD", script.body)
+        self.is_connected = True
+
+    async def disconnect(self) -> None:
+        for limiter in self._limiters.values():
+            await limiter.close()
+        self.link.close()
+        self.is_connected = False
+
+    def keys(self, queue: str) -> list[bytes]:
+        """The Redis keys of one queue (see `_redis_scripts.lua`)."""
+        keys = self._keys.get(queue)
+        if keys is None:
+            keys = self._keys[queue] = key_names(self.prefix, queue)
+        return keys
+
+    # -- queues -------------------------------------------------------------------------------
+
+    async def queue_declare(self, queue_name: str) -> None:
+        await self.link.script(
+            SCRIPTS["declare"], [*self.keys(queue_name), self._registry], [queue_name, _now_ms()]
+        )
+
+    async def queue_flush(self, queue_name: str) -> None:
+        await self._require(queue_name)
+        await self.link.script(
+            SCRIPTS["flush"], [*self.keys(queue_name), self._registry], ["0", queue_name]
+        )
+
+    async def queue_delete(self, queue_name: str) -> None:
+        await self.link.script(
+            SCRIPTS["flush"], [*self.keys(queue_name), self._registry], ["1", queue_name]
+        )
+
+    async def _require(self, queue_name: str) -> None:
+        if not await self.link.call("EXISTS", self.keys(queue_name)[10]):
+            raise QueueNotDeclaredError(queue_name)
+
+    async def queue_names(self) -> list[str]:
+        """Names of the declared queues."""
+        names = await self.link.call("SMEMBERS", self._registry)
+        return sorted(name.decode() for name in names)
+
+    async def counts(self, queue_name: str) -> dict[str, int]:
+        """Number of messages per part of the queue: ready, delayed, in_flight, dead."""
+        reply = await self.link.script(SCRIPTS["counts"], self.keys(queue_name), [])
+        if reply == -1:
+            raise QueueNotDeclaredError(queue_name)
+        ready, delayed, in_flight, dead = reply
+        return {"ready": ready, "delayed": delayed, "in_flight": in_flight, "dead": dead}
+
+    # -- publishing ------------------------------------------------------------------------
+
+    def _envelope(self, key: RoutingKey, payload: str, params: Parameters) -> bytes:
+        envelope = encode_message(key, payload, params)
+        limit = self.max_message_size
+        if limit is not None and len(envelope) > limit:
+            raise MessageTooLargeError(len(envelope), limit)
+        return envelope
+
+    async def enqueue(
+        self, key: RoutingKey, payload: str = "", params: Parameters | None = None
+    ) -> None:
+        if params is None:
+            params = Parameters()
+        envelope = self._envelope(key, payload, params)
+        args = (key.id_, envelope, int(key.priority), _due_ms(params), _now_ms(), 1)
+        conn = self.link.conn
+        try:
+            if conn is None or conn.closed:
+                raise BrokerUnavailableError("not connected")
+            head = self._enqueue_heads.get(key.queue)
+            if head is None:
+                keys = self.keys(key.queue)
+                head = self._enqueue_heads[key.queue] = encode_head(
+                    "EVALSHA", SCRIPTS["enqueue"].sha, len(keys), *keys
+                )
+            added = await conn.call_with_head(head, args)
+        except (BrokerUnavailableError, RedisReplyError):
+            # Safe to repeat: a message that did arrive is pending under its id.
+            added = await self.link.script(SCRIPTS["enqueue"], self.keys(key.queue), list(args))
+        if added == -1:
+            raise QueueNotDeclaredError(key.queue)
+        if added == 0:
+            logger.debug("message %s is already pending in %s; not added again", key.id_, key.queue)
+
+    async def enqueue_many(self, messages: Sequence[OutgoingMessage]) -> None:
+        """Publish several messages in one pipelined write (each one atomically)."""
+        envelopes = [self._envelope(key, payload, params) for key, payload, params in messages]
+        for key, _, _ in messages:
+            if key.queue not in self._keys:
+                await self._require(key.queue)
+        now = _now_ms()
+        results = await asyncio.gather(
+            *(
+                self.link.script(
+                    SCRIPTS["enqueue"],
+                    self.keys(key.queue),
+                    [key.id_, envelope, int(key.priority), _due_ms(params), now, 1],
+                )
+                for (key, _, params), envelope in zip(messages, envelopes, strict=True)
+            )
+        )
+        for (key, _, _), added in zip(messages, results, strict=True):
+            if added == -1:
+                raise QueueNotDeclaredError(key.queue)
+
+    # -- settling -------------------------------------------------------------------------------
+
+    async def ack(self, key: Delivery) -> bool:
+        if key.category is not MessageCategory.NORMAL:
+            return await self._browsed(key, "ack")
+        p, entry_id, consumer, count = key.handle
+        consumer.settled(entry_id)
+        queue = key.key.queue
+        batch = self._acks.get(queue)
+        if batch is None:
+            loop = asyncio.get_running_loop()
+            batch = self._acks[queue] = _AckBatch(loop.create_future())
+            loop.call_soon(self._flush_acks, queue)
+        index = len(batch.args) // 5
+        batch.args += (p, entry_id, consumer.name, count, key.key.id_)
+        try:
+            results = await batch.future
+        except (BrokerUnavailableError, RedisReplyError):
+            results = await self.link.script(
+                SCRIPTS["ack"],
+                self.keys(queue),
+                [p, entry_id, consumer.name, count, key.key.id_],
+            )
+            index = 0
+        return bool(results[index])
+
+    def _flush_acks(self, queue: str) -> None:
+        batch = self._acks.pop(queue)
+        conn = self.link.conn
+        if conn is None or conn.closed:
+            batch.future.set_exception(BrokerUnavailableError("not connected"))
+            batch.future.exception()  # retrieved: every waiter falls back on its own
+            return
+        keys = self.keys(queue)
+        reply = conn.call("EVALSHA", SCRIPTS["ack"].sha, len(keys), *keys, *batch.args)
+
+        def done(reply: asyncio.Future[Any]) -> None:
+            if batch.future.done():
+                return
+            exc = reply.exception()
+            if exc is not None:
+                batch.future.set_exception(exc)
+                batch.future.exception()
+            else:
+                batch.future.set_result(reply.result())
+
+        reply.add_done_callback(done)
+
+    async def _settle(
+        self, key: Delivery, op: str, envelope: bytes | str = "", due: str = ""
+    ) -> bool:
+        p, entry_id, consumer, count = key.handle
+        consumer.settled(entry_id)
+        result = await self.link.script(
+            SCRIPTS["settle"],
+            self.keys(key.key.queue),
+            [op, p, entry_id, consumer.name, count, key.key.id_, envelope, due, _now_ms()],
+        )
+        return bool(result)
+
+    async def nack(self, key: Delivery, parameters: Parameters | None = None) -> bool:
+        if key.category is MessageCategory.DEAD:
+            return True
+        envelope = b"" if parameters is None else self._raw_envelope(key, parameters)
+        if key.category is MessageCategory.DELAYED:
+            return await self._browsed(key, "nack", envelope)
+        return await self._settle(key, "nack", envelope)
+
+    def _raw_envelope(self, key: Delivery, parameters: Parameters) -> bytes:
+        if key.decode_error is not None and key.raw is not None:
+            return key.raw  # undecodable bytes are dead-lettered as they came
+        return encode_message(key.key, key.payload, parameters)
+
+    async def reject(self, key: Delivery) -> bool:
+        if key.category is not MessageCategory.NORMAL:
+            return True  # a browsed dead or delayed message stays where it is
+        return await self._settle(key, "reject")
+
+    async def requeue(
+        self, key: Delivery, payload: str | None = None, params: Parameters | None = None
+    ) -> bool:
+        new_params = key.parameters if params is None else params
+        envelope = self._envelope(key.key, key.payload if payload is None else payload, new_params)
+        if key.category is not MessageCategory.NORMAL:
+            return await self._browsed(key, "requeue", envelope, _due_ms(new_params))
+        return await self._settle(key, "requeue", envelope, _due_ms(new_params))
+
+    async def _browsed(
+        self, key: Delivery, op: str, envelope: bytes | str = "", due: str = ""
+    ) -> bool:
+        category = "dead" if key.category is MessageCategory.DEAD else "delayed"
+        result = await self.link.script(
+            SCRIPTS["browsed"],
+            self.keys(key.key.queue),
+            [category, key.handle, op, key.key.id_, envelope, due, _now_ms(), key.key.priority],
+        )
+        return bool(result)
+
+    async def renew(self, deliveries: Sequence[Delivery]) -> None:
+        by_queue: dict[str, list[Any]] = {}
+        for delivery in deliveries:
+            if delivery.category is not MessageCategory.NORMAL:
+                continue
+            p, entry_id, consumer, count = delivery.handle
+            by_queue.setdefault(delivery.key.queue, []).extend((p, entry_id, consumer.name, count))
+        for queue, args in by_queue.items():
+            await self.link.script(SCRIPTS["renew"], self.keys(queue), args)
+
+    def get_consumer(
+        self,
+        queue: str,
+        topics: Sequence[str] | None = None,
+        max_unacked_messages: int | None = None,
+        category: MessageCategory = MessageCategory.NORMAL,
+    ) -> RedisConsumer:
+        return RedisConsumer(self, queue, topics, max_unacked_messages, category)
+
+    # -- cancellation, workers and limits ------------------------------------------------------
+
+    def _cancel_key(self, id_: str) -> bytes:
+        return f"{self.prefix}cancel:{id_}".encode()
+
+    async def cancel(self, queue_name: str, id_: str) -> str | None:
+        """Cancel job `id_`: remove it if waiting ("dequeued"), flag it if running ("requested").
+
+        None when no pending or running message has that id.
+        """
+        await self._require(queue_name)
+        outcome = await self.link.script(
+            SCRIPTS["cancel"],
+            self.keys(queue_name),
+            [id_, self._cancel_key(id_), _CANCEL_TTL],
+        )
+        return None if outcome is None else outcome.decode()
+
+    async def cancelled_ids(self, running: Iterable[str]) -> set[str]:
+        """Which of these running job ids have a pending cancellation request."""
+        ids = list(running)
+        if not ids:
+            return set()
+        flags = await self.link.call("MGET", *(self._cancel_key(id_) for id_ in ids))
+        return {id_ for id_, flag in zip(ids, flags, strict=True) if flag is not None}
+
+    async def cancel_finished(self, id_: str) -> None:
+        """The worker has cancelled job `id_`: forget the request."""
+        await self.link.call("DEL", self._cancel_key(id_))
+
+    def actor_limiter(
+        self, actor: str, max_concurrency: int | None, rate_limit: RateLimit | None
+    ) -> RedisActorLimiter:
+        """The limiter of `actor`, shared through Redis by every worker using this prefix.
+
+        Concurrency slots are leases: a crashed worker's slots free themselves after
+        `lease_duration`.
+        """
+        limiter = self._limiters.get(actor)
+        if (
+            limiter is None
+            or limiter.max_concurrency != max_concurrency
+            or limiter.rate_limit != rate_limit
+        ):
+            limiter = RedisActorLimiter(
+                self.link,
+                f"{self.prefix}limit:{actor}",
+                max_concurrency,
+                rate_limit,
+                self.lease_duration,
+            )
+            self._limiters[actor] = limiter
+        return limiter
+
+    async def heartbeat(self, info: WorkerInfo) -> None:
+        """Record that worker `info.id` is alive (listed by `live_workers`)."""
+        record = to_json(
+            {
+                "id": info.id,
+                "host": info.host,
+                "pid": info.pid,
+                "queues": list(info.queues),
+                "concurrency": info.concurrency,
+                "in_flight": info.in_flight,
+                "started_at": info.started_at,
+                "last_seen": info.last_seen,
+            }
+        )
+        await self.link.call("HSET", self._workers_key, info.id, record)
+        await self.link.call("ZADD", self._seen_key, int(info.last_seen * 1000), info.id)
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        await self.link.call("HDEL", self._workers_key, worker_id)
+        await self.link.call("ZREM", self._seen_key, worker_id)
+
+    async def live_workers(self, stale_after: float = STALE_AFTER) -> list[WorkerInfo]:
+        """Workers heard from within `stale_after` seconds; staler ones are forgotten."""
+        oldest = int((time.time() - stale_after) * 1000)
+        records = await self.link.script(
+            SCRIPTS["live_workers"], [self._workers_key, self._seen_key], [oldest]
+        )
+        workers = []
+        for raw in records:
+            obj = from_json(raw)
+            obj["queues"] = tuple(obj["queues"])
+            workers.append(WorkerInfo(**obj))
+        return sorted(workers, key=lambda info: info.started_at)
+
+
+class RedisBucketBroker:
+    """Args or results storage in Redis; each bucket is one key that expires with its TTL.
+
+    Args:
+        dsn: the Redis address (as for `RedisMessageBroker`).
+        use_result_bucket: True to store actor results (`ResultBucket`), False for job args.
+        prefix: prefix of every key written.
+        ttl: expiry of buckets that carry no TTL of their own (None: kept until deleted).
+        connect_timeout: seconds one connection attempt may take.
+        operation_timeout: seconds an operation keeps retrying while Redis is unreachable.
+    """
+
+    def __init__(
+        self,
+        dsn: str = "redis://127.0.0.1:6379/0",
+        *,
+        use_result_bucket: bool = False,
+        prefix: str = "repid:",
+        ttl: timedelta | None = None,
+        connect_timeout: float = 5.0,
+        operation_timeout: float = 10.0,
+    ) -> None:
+        self.use_result_bucket = use_result_bucket
+        self.BUCKET_CLASS: type[ArgsBucket] | type[ResultBucket] = (
+            ResultBucket if use_result_bucket else ArgsBucket
+        )
+        self.prefix = prefix
+        self.ttl = ttl
+        self.link = Link(RedisAddress(dsn), connect_timeout, operation_timeout)
+        self._kind = "result" if use_result_bucket else "args"
+
+    async def connect(self) -> None:
+        await self.link.connection()
+
+    async def disconnect(self) -> None:
+        self.link.close()
+
+    def _key(self, id_: str) -> bytes:
+        return f"{self.prefix}{self._kind}:{id_}".encode()
+
+    async def get_bucket(self, id_: str) -> BucketT | None:
+        raw = await self.link.call("GET", self._key(id_))
+        return None if raw is None else self.BUCKET_CLASS.decode(raw)
+
+    async def store_bucket(self, id_: str, payload: BucketT) -> None:
+        ttl = payload.ttl if payload.ttl is not None else self.ttl
+        if ttl is None:
+            await self.link.call("SET", self._key(id_), payload.encode())
+        else:
+            ms = max(1, int(ttl.total_seconds() * 1000))
+            await self.link.call("SET", self._key(id_), payload.encode(), "PX", ms)
+
+    async def delete_bucket(self, id_: str) -> None:
+        await self.link.call("DEL", self._key(id_))
