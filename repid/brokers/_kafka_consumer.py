@@ -23,7 +23,7 @@ from aiokafka.errors import KafkaError
 from pydantic_core import from_json
 
 from repid.brokers.base import Delivery
-from repid.codec import decode_message
+from repid.codec import decode_message, encode_message
 from repid.data import MessageCategory, Parameters, PrioritiesT, RoutingKey
 from repid.errors import BrokerUnavailableError, ConsumerClosedError, DecodeError
 
@@ -84,6 +84,12 @@ def _decode(record: ConsumerRecord[Any, Any], queue_name: str) -> tuple[Delivery
             str(exc),
         )
     return Delivery(key, payload, params, None), None
+
+
+def _encode(delivery: Delivery) -> bytes:
+    if delivery.decode_error is not None:
+        return delivery.raw or b""
+    return encode_message(delivery.key, delivery.payload, delivery.parameters)
 
 
 class _Partition:
@@ -257,6 +263,7 @@ class KafkaConsumer:
         self.broker._consumers.discard(self)
         kafka, self._kafka = self._kafka, None
         if kafka is not None:
+            await self._close_gaps()
             await self._commit(kafka)
             for part in self._parts.values():
                 part.revoked = True
@@ -340,7 +347,8 @@ class KafkaConsumer:
                 continue
             if self._reset_to_beginning:
                 self._reset_to_beginning = False
-                kafka.seek_to_beginning()
+                with contextlib.suppress(Exception):
+                    await kafka.seek_to_beginning()
                 continue
             for tp, records in batches.items():
                 part = self._parts.get(tp)
@@ -495,6 +503,32 @@ class KafkaConsumer:
             return
         if self._held.pop((part, offset), None) is not None and generation == part.generation:
             part.finish(offset)
+
+    async def _close_gaps(self) -> None:
+        """Before leaving: re-append unfinished messages that sit below finished ones.
+
+        Otherwise the commit would stop at them and the finished messages after them would
+        be delivered again to the next owner. Re-appended copies keep their relative order.
+        """
+        gaps: list[Delivery] = []
+        for part in self._parts.values():
+            if not part.done or part.revoked:
+                continue
+            highest = max(part.done)
+            waiting = sorted(
+                (d for ready in self._ready for d in ready if d.handle.part is part),
+                key=lambda d: d.handle.offset,
+            )
+            gaps.extend(d for d in waiting if d.handle.offset < highest)
+        if not gaps:
+            return
+        try:
+            await asyncio.gather(*(self.broker._send(self._main, _encode(d)) for d in gaps))
+        except Exception:
+            logger.exception("re-appending unfinished messages of %s failed", self.queue_name)
+            return
+        for delivery in gaps:
+            delivery.handle.part.finish(delivery.handle.offset)
 
     # -- committing ---------------------------------------------------------------------------
 
