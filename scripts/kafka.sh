@@ -14,7 +14,11 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 binary() {
   # The `noida-db` console script is a Python wrapper that does not pass SIGTERM on: run the
   # binary shipped inside the package directly, so the PID we record is the server's.
-  python - <<'PY'
+  local py=python3
+  if [ -x "$(dirname "${BASH_SOURCE[0]}")/../.venv/bin/python" ]; then
+    py="$(dirname "${BASH_SOURCE[0]}")/../.venv/bin/python"
+  fi
+  "$py" - <<'PY'
 import os, noida_db
 print(os.path.join(os.path.dirname(noida_db.__file__), "noida-db"))
 PY

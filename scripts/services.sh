@@ -3,7 +3,7 @@
 # answers. Which servers: REPID_SERVICES (space-separated), default: those the suite uses today.
 set -euo pipefail
 
-SERVICES=${REPID_SERVICES:-redis rabbitmq}
+SERVICES=${REPID_SERVICES:-redis rabbitmq kafka}
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -33,6 +33,11 @@ start_rabbitmq() {
   rabbitmq-server -detached
   rabbitmqctl await_startup --timeout 120
   wait_port rabbitmq 5672 60
+}
+
+start_kafka() {
+  # A Kafka-protocol test broker (noida-db) on 127.0.0.1:19092; see scripts/kafka.sh.
+  bash "$(dirname "${BASH_SOURCE[0]}")/kafka.sh" start
 }
 
 for service in $SERVICES; do

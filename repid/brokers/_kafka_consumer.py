@@ -386,7 +386,7 @@ class KafkaConsumer:
                 with contextlib.suppress(Exception):
                     reached = (
                         kafka._subscription.subscription.assignment.state_value(tp).position >= end
-                    )  # noqa: SLF001
+                    )
             if reached:
                 del targets[tp]
         if not targets:
@@ -405,10 +405,7 @@ class KafkaConsumer:
                 part.finish(offset)
                 continue
             delivery, _ = _decode(record, self.queue_name)
-            if delivery.decode_error is None:
-                due = delivery.parameters.not_before
-            else:
-                due = None
+            due = delivery.parameters.not_before if delivery.decode_error is None else None
             if delayed or (due is not None and due > now):
                 self._hold(part, offset, delivery, record.value or b"", due or now, now)
                 continue
@@ -734,7 +731,7 @@ class KafkaConsumer:
         kafka = self._kafka
         if kafka is not None and self._reset_to_beginning:
             with contextlib.suppress(Exception):
-                await kafka._client.force_metadata_update()  # noqa: SLF001
+                await kafka._client.force_metadata_update()
 
 
 # -- reading topics without a group -----------------------------------------------------------
@@ -762,11 +759,11 @@ async def _reader(broker: KafkaMessageBroker) -> AsyncIterator[AIOKafkaConsumer]
 
 
 async def _partitions(reader: AIOKafkaConsumer, topics: list[str]) -> list[TopicPartition]:
-    tps = []
+    tps: list[TopicPartition] = []
     for topic in topics:
         parts = reader.partitions_for_topic(topic)
         if parts is None:
-            await reader._client.force_metadata_update()  # noqa: SLF001
+            await reader._client.force_metadata_update()
             parts = reader.partitions_for_topic(topic) or set()
         tps.extend(TopicPartition(topic, p) for p in sorted(parts))
     return tps
@@ -817,9 +814,7 @@ async def read_topic(
         while remaining and time.monotonic() < deadline:
             batches = await reader.getmany(*remaining, timeout_ms=100)
             for tp, batch in batches.items():
-                for record in batch:
-                    if record.offset < ends[tp]:
-                        records.append(record)
+                records.extend(record for record in batch if record.offset < ends[tp])
                 if batch and batch[-1].offset + 1 >= ends[tp]:
                     remaining.discard(tp)
     deliveries: list[tuple[TopicPartition, int, Delivery]] = []
