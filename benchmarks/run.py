@@ -47,7 +47,8 @@ PEER_REQUIREMENTS: dict[str, tuple[str, ...]] = {
     "taskiq": ("taskiq==0.13.0",),
     "dramatiq": ("dramatiq[redis,rabbitmq]==2.2.1",),
     "arq": ("arq==0.28.0",),
-    "saq": ("saq[redis]==0.26.4",),
+    # saq 0.26.4 imports typing_extensions without declaring it.
+    "saq": ("saq[redis]==0.26.4", "typing-extensions==4.16.0"),
     "taskiq-redis": ("taskiq-redis==1.2.4", "taskiq==0.13.0"),
     "streaq": ("streaq==7.2.0",),
     "celery": ("celery[redis]==5.7.0",),
@@ -112,7 +113,7 @@ SUITES: dict[str, Suite] = {
             Case("repid-2", "repid2_redis.py", venv="repid-2", concurrency=100),
             Case("arq", "arq_redis.py", venv="arq", concurrency=100),
             Case("saq", "saq_redis.py", venv="saq", concurrency=100),
-            Case("taskiq-redis", "taskiq_redis.py", venv="taskiq-redis", concurrency=100),
+            Case("taskiq-redis", "taskiq_redis_stream.py", venv="taskiq-redis", concurrency=100),
             Case("streaq", "streaq_redis.py", venv="streaq", concurrency=100),
             Case("dramatiq", "dramatiq_redis.py", venv="dramatiq", concurrency=100),
             Case("celery", "celery_redis.py", venv="celery", concurrency=100),
