@@ -31,6 +31,7 @@ from repid.brokers._rabbitmq_consumer import (
     RabbitConsumer,
     to_delivery,
 )
+from repid.brokers._rabbitmq_publisher import ConfirmBatcher, supports_batches
 from repid.brokers.base import BrokerCapabilities, Delivery, OutgoingMessage
 from repid.codec import encode_message
 from repid.data import MessageCategory, Parameters, RoutingKey
@@ -106,6 +107,7 @@ class RabbitMessageBroker:
         self._delay_declared: set[tuple[str, int]] = set()
         self._declared: set[str] = set()
         self._msg_ids = itertools.count()
+        self._batcher = ConfirmBatcher()
         # Per-process state (shared_state=False): unique ids enqueued here and not yet settled
         # here, cancelled ids, in-flight ids, the worker registry.
         self._pending: dict[str, OrderedDict[str, float]] = {}
@@ -332,14 +334,19 @@ class RabbitMessageBroker:
         while True:
             try:
                 channel = await self._channel("fast" if fast else "confirm")
-                await channel.basic_publish(  # type: ignore[call-arg]
-                    body,
-                    exchange=exchange,
-                    routing_key=routing_key,
-                    properties=properties,
-                    mandatory=not fast,
-                    wait=False,
-                )
+                if not fast and supports_batches(channel):
+                    await self._batcher.publish(
+                        channel, exchange, routing_key, body, properties, mandatory=True
+                    )
+                else:
+                    await channel.basic_publish(  # type: ignore[call-arg]
+                        body,
+                        exchange=exchange,
+                        routing_key=routing_key,
+                        properties=properties,
+                        mandatory=not fast,
+                        wait=False,
+                    )
                 return
             except aiormq.exceptions.PublishError:
                 if level is not None:  # the delay queue vanished (flushed elsewhere)
