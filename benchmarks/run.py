@@ -53,7 +53,8 @@ PEER_REQUIREMENTS: dict[str, tuple[str, ...]] = {
     "streaq": ("streaq==7.2.0",),
     "celery": ("celery[redis]==5.7.0",),
     "faststream": ("faststream[redis,rabbit,kafka]==0.7.8",),
-    "repid-2": ("repid[redis]==2.1.4",),
+    # repid 2.1.4 imports typing_extensions without declaring it.
+    "repid-2": ("repid[redis]==2.1.4", "typing-extensions==4.16.0"),
     "taskiq-aio-pika": ("taskiq-aio-pika==0.6.1", "taskiq==0.13.0"),
     "aiokafka": ("aiokafka==0.14.0",),
 }

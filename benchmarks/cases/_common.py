@@ -159,8 +159,8 @@ class JobCounter:
 
     def ready(self) -> None:
         """Say that the worker is about to consume (printed once, on stdout)."""
-        sys.stdout.write(f"READY {time.monotonic_ns()}\n")
-        sys.stdout.flush()
+        # Straight to file descriptor 1: some workers (Celery) redirect sys.stdout to a logger.
+        os.write(1, f"READY {time.monotonic_ns()}\n".encode())
 
     def hit(self, n: int) -> None:
         now = time.monotonic_ns()
@@ -178,8 +178,7 @@ class JobCounter:
             "peak_rss_mb": peak_rss_mb(),
             "latencies_ns": self.latencies_ns,
         }
-        sys.stdout.write("DONE " + json.dumps(report) + "\n")
-        sys.stdout.flush()
+        os.write(1, ("DONE " + json.dumps(report) + "\n").encode())
         os._exit(0)
 
 
