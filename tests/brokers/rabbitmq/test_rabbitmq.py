@@ -26,13 +26,13 @@ from repid import (
 )
 from repid.brokers.rabbitmq import RabbitMessageBroker
 from repid.brokers.redis import RedisBucketBroker
-from tests.conformance.specs.rabbitmq import DSN, PREFIX
+from tests.conformance.specs.rabbitmq import BUCKET_PREFIX, DSN, PREFIX
+from tests.conformance.specs.redis import DSN as REDIS_DSN
 from tests.conformance.support import browse, running, wait, wait_until
 
 pytestmark = pytest.mark.broker("rabbitmq")
 
 HERE = Path(__file__).parent
-REDIS_DSN = os.environ.get("REPID_REDIS_DSN", "redis://127.0.0.1:6379/0")
 
 
 @pytest.fixture
@@ -183,7 +183,7 @@ async def test_worker_killed_mid_batch_loses_nothing(
 
 
 async def test_results_in_redis(queue: Queue) -> None:
-    results = RedisBucketBroker(REDIS_DSN, use_result_bucket=True, prefix=f"{PREFIX}results:")
+    results = RedisBucketBroker(REDIS_DSN, use_result_bucket=True, prefix=BUCKET_PREFIX)
     conn = Connection(RabbitMessageBroker(DSN, prefix=PREFIX), results_bucket_broker=results)
     await conn.connect()
     router = Router()
@@ -206,3 +206,35 @@ async def test_unreachable_server_is_a_repid_error() -> None:
     with pytest.raises(BrokerUnavailableError):
         await broker.connect()
     assert time.monotonic() - started < 5
+
+
+async def test_unsettled_delivery_is_held_until_its_channel_closes(
+    conn: Connection, queue: Queue
+) -> None:
+    """RabbitMQ has no leases (lease_renewal=False): a delivery stays with its consumer however
+    long its actor runs, and comes back (redelivered) only when that consumer's channel closes."""
+    broker = conn.message_broker
+    await _job(conn, queue, "orphan", args={"n": 1}).enqueue()
+    holder = broker.get_consumer(queue.name, max_unacked_messages=10)
+    await holder.start()
+    (taken,) = await holder.fetch(1, 2.0)
+    assert not taken.redelivered
+
+    other = broker.get_consumer(queue.name, max_unacked_messages=10)
+    await other.start()
+    try:
+        assert await other.fetch(1, 1.0) == [], "handed out twice while its consumer lives"
+        await holder.finish()  # the channel closes, as when a worker process dies
+        (again,) = await other.fetch(1, 5.0)
+        assert again.key.id_ == taken.key.id_
+        assert again.redelivered
+        # Settlements through the dead channel are stale: logged, False, the copy untouched.
+        assert await broker.ack(taken) is False
+        assert await broker.reject(taken) is False
+        assert await broker.requeue(taken) is False
+        assert await broker.nack(taken) is False
+        assert await broker.ack(again) is True
+    finally:
+        await other.finish()
+    assert await browse(queue) == []
+    assert await browse(queue, MessageCategory.DEAD) == []
