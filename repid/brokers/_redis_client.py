@@ -29,6 +29,10 @@ logger = logging.getLogger("repid.brokers.redis")
 Arg = bytes | str | int | float
 
 
+_EARLY_FLUSH = 64
+"""Commands buffered in one loop iteration before they are written without waiting for its end."""
+
+
 class RedisReplyError(BrokerError):
     """Redis answered a command with an error reply."""
 
@@ -84,14 +88,74 @@ def _bulk(args: Sequence[Arg]) -> bytes:
     return b"".join(out)
 
 
+def _parse(buffer: bytes, pos: int) -> tuple[Any, int]:
+    """Parse one reply at `pos`; return it and the position after it."""
+    end = buffer.find(b"\r\n", pos)
+    if end < 0:
+        raise _INCOMPLETE
+    kind = buffer[pos]
+    if kind == 36:  # $ bulk string
+        size = int(buffer[pos + 1 : end])
+        if size < 0:
+            return None, end + 2
+        stop = end + 2 + size
+        if stop + 2 > len(buffer):
+            raise _INCOMPLETE
+        return buffer[end + 2 : stop], stop + 2
+    if kind == 42:  # * array: flat elements parsed inline (the common case), nested recursively
+        count = int(buffer[pos + 1 : end])
+        pos = end + 2
+        if count < 0:
+            return None, pos
+        items: list[Any] = []
+        append = items.append
+        find = buffer.find
+        total = len(buffer)
+        for _ in range(count):
+            if pos >= total:
+                raise _INCOMPLETE
+            kind = buffer[pos]
+            if kind == 36:
+                end = find(b"\r\n", pos)
+                if end < 0:
+                    raise _INCOMPLETE
+                size = int(buffer[pos + 1 : end])
+                if size < 0:
+                    append(None)
+                    pos = end + 2
+                    continue
+                stop = end + 2 + size
+                if stop + 2 > total:
+                    raise _INCOMPLETE
+                append(buffer[end + 2 : stop])
+                pos = stop + 2
+            elif kind == 58:
+                end = find(b"\r\n", pos)
+                if end < 0:
+                    raise _INCOMPLETE
+                append(int(buffer[pos + 1 : end]))
+                pos = end + 2
+            else:
+                item, pos = _parse(buffer, pos)
+                append(item)
+        return items, pos
+    line = buffer[pos + 1 : end]
+    if kind == 58:  # : integer
+        return int(line), end + 2
+    if kind == 43:  # + simple string
+        return line, end + 2
+    if kind == 45:  # - error
+        return RedisReplyError(line.decode(errors="replace")), end + 2
+    raise BrokerError(f"unexpected byte {kind!r} in a Redis reply")
+
+
 class RespConnection(asyncio.Protocol):
     """One Redis connection; `call()` may be used by many tasks at once (replies in order)."""
 
     def __init__(self) -> None:
         self._transport: asyncio.Transport | None = None
         self._waiters: deque[asyncio.Future[Any]] = deque()
-        self._buffer = bytearray()
-        self._pos = 0
+        self._buffer = b""
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self._loop = asyncio.get_running_loop()
@@ -116,15 +180,14 @@ class RespConnection(asyncio.Protocol):
             self.lost.set_result(None)
 
     def data_received(self, data: bytes) -> None:
-        buffer = self._buffer
-        buffer += data
+        buffer = self._buffer + data if self._buffer else data
         waiters = self._waiters
-        while self._pos < len(buffer):
-            start = self._pos
+        pos = 0
+        size = len(buffer)
+        while pos < size:
             try:
-                reply = self._parse()
+                reply, pos = _parse(buffer, pos)
             except _IncompleteError:
-                self._pos = start
                 break
             if not waiters:  # pragma: no cover - a reply nobody asked for
                 logger.warning("unexpected reply from Redis: %r", reply)
@@ -135,75 +198,45 @@ class RespConnection(asyncio.Protocol):
                     fut.set_exception(reply)
                 else:
                     fut.set_result(reply)
-        if self._pos:
-            del buffer[: self._pos]
-            self._pos = 0
-
-    def _parse(self) -> Any:
-        buffer = self._buffer
-        pos = self._pos
-        end = buffer.find(b"\r\n", pos)
-        if end < 0:
-            raise _INCOMPLETE
-        kind = buffer[pos]
-        if kind == 36:  # $ bulk string
-            size = int(buffer[pos + 1 : end])
-            if size < 0:
-                self._pos = end + 2
-                return None
-            start = end + 2
-            stop = start + size
-            if stop + 2 > len(buffer):
-                raise _INCOMPLETE
-            self._pos = stop + 2
-            return bytes(buffer[start:stop])
-        if kind == 42:  # * array
-            count = int(buffer[pos + 1 : end])
-            self._pos = end + 2
-            if count < 0:
-                return None
-            parse = self._parse
-            return [parse() for _ in range(count)]
-        line = bytes(buffer[pos + 1 : end])
-        self._pos = end + 2
-        if kind == 58:  # : integer
-            return int(line)
-        if kind == 43:  # + simple string
-            return line
-        if kind == 45:  # - error
-            return RedisReplyError(line.decode(errors="replace"))
-        raise BrokerError(f"unexpected byte {kind!r} in a Redis reply")
+        self._buffer = buffer[pos:] if pos < size else b""
 
     # -- commands --------------------------------------------------------------------------------
 
     def call(self, *args: Arg) -> asyncio.Future[Any]:
         """Send one command; the future resolves with its reply (errors raise)."""
-        fut: asyncio.Future[Any] = self._loop.create_future()
-        if self.closed:
-            fut.set_exception(BrokerUnavailableError("connection to Redis is closed"))
-            return fut
-        self._out.append(_encode(args))
-        self._waiters.append(fut)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
-        return fut
+        return self._send(_encode(args))
 
     def call_with_head(self, head: tuple[int, bytes], args: Sequence[Arg]) -> asyncio.Future[Any]:
         """`call(*head, *args)` with the head encoded once in advance (`encode_head`)."""
+        return self._send(b"*%d\r\n%b%b" % (head[0] + len(args), head[1], _bulk(args)))
+
+    def _send(self, command: bytes) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = self._loop.create_future()
-        if self.closed:
+        if self.closed or self._transport is None:
             fut.set_exception(BrokerUnavailableError("connection to Redis is closed"))
             return fut
-        self._out.append(b"*%d\r\n%b%b" % (head[0] + len(args), head[1], _bulk(args)))
-        self._waiters.append(fut)
+        waiters = self._waiters
+        if not waiters and not self._out:
+            # An idle connection: send at once (a lone caller does not wait for the loop step).
+            # Commands issued right after it in this step are batched behind it.
+            waiters.append(fut)
+            self._transport.write(command)
+            return fut
+        self._out.append(command)
+        waiters.append(fut)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+            self._loop.call_soon(self._scheduled_flush)
+        elif len(self._out) >= _EARLY_FLUSH:
+            self.flush()  # let Redis start on a long pipeline while we encode the rest
         return fut
 
-    def _flush(self) -> None:
+    def _scheduled_flush(self) -> None:
         self._flush_scheduled = False
+        self.flush()
+
+    def flush(self) -> None:
+        """Write the commands buffered so far now (else they leave at the end of this loop step)."""
         out = self._out
         if not out:
             return

@@ -38,6 +38,8 @@ __all__ = ["RedisBucketBroker", "RedisMessageBroker"]
 
 logger = logging.getLogger("repid.brokers.redis")
 
+_ACK_BATCH = 25
+"""Acks sent in one script call at most; a full batch leaves at once (overlapping later work)."""
 _CANCEL_TTL = 24 * 3600
 """Seconds a cancellation request of a running job is kept (if its worker never clears it)."""
 
@@ -245,6 +247,8 @@ class RedisMessageBroker:
             loop.call_soon(self._flush_acks, queue)
         index = len(batch.args) // 5
         batch.args += (p, entry_id, consumer.name, count, key.key.id_)
+        if index + 1 >= _ACK_BATCH:  # let Redis work on these while later actors still run
+            self._flush_acks(queue, now=True)
         try:
             results = await batch.future
         except (BrokerUnavailableError, RedisReplyError):
@@ -256,8 +260,11 @@ class RedisMessageBroker:
             index = 0
         return bool(results[index])
 
-    def _flush_acks(self, queue: str) -> None:
-        batch = self._acks.pop(queue)
+    def _flush_acks(self, queue: str, now: bool = False) -> None:
+        batch = self._acks.get(queue)
+        if batch is None or (not now and batch is not self._acks[queue]):
+            return
+        del self._acks[queue]
         conn = self.link.conn
         if conn is None or conn.closed:
             batch.future.set_exception(BrokerUnavailableError("not connected"))
@@ -277,6 +284,8 @@ class RedisMessageBroker:
                 batch.future.set_result(reply.result())
 
         reply.add_done_callback(done)
+        if now:
+            conn.flush()
 
     async def _settle(
         self, key: Delivery, op: str, envelope: bytes | str = "", due: str = ""
