@@ -27,7 +27,7 @@ class FastStreamProducer(Producer):
 class FastStreamRedisCase(NetCase):
     case = "faststream"
     framework = "faststream"
-    guarantees = "publish returns after RPUSH (Redis durability); a list pop is the delivery (no ack)"
+    guarantees = "publish returns after RPUSH (Redis durability); the list pop is the delivery"
     notes = (
         "list subscriber: a popped message is gone (at-most-once if the worker dies)",
         "producer RedisBroker(max_connections=500): with redis-py's default pool (100) the "

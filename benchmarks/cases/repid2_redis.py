@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 
 from _common import REDIS_URL, JobCounter, NetCase, Producer, redis_delete_matching
-from repid import Repid, Router
 from repid.connections import RedisServer
+
+from repid import Repid, Router
 
 
 def make_app() -> Repid:
