@@ -41,6 +41,13 @@ EXPECTED: dict[str, list[str]] = {
         r"ran low after \d+\.\ds",
         r"ran deferred after (0\.[5-9]|[1-9]\d*\.\d)s",  # never before its time
     ],
+    "brokers_rabbitmq.py": [
+        r"ran high after \d+\.\ds",
+        r"ran low after \d+\.\ds",
+        r"ran deferred after (0\.[5-9]|[1-9]\d*\.\d)s",  # never before its time
+        r"dead letter: charge exception ValueError",
+        r"add: 42",
+    ],
     "reliability_outcomes.py": [
         r"attempts=6 retried=3",
         r'succeed: success=True "done"',
