@@ -46,6 +46,7 @@ from repid.connection import Connection
 from repid.data import PrioritiesT
 from repid.errors import BrokerError, RepidError
 from repid.main import Repid
+from repid.queue import Queue
 from repid.router import ActorData, Router
 from repid.worker import Worker
 
@@ -182,6 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
     queues.add_argument("target", metavar="TARGET", help=_TARGET_HELP)
     queues.add_argument("--json", action="store_true", help="print JSON")
     _add_connection_options(queues)
+
+    declare = commands.add_parser(
+        "declare",
+        help="declare the queues of the actors",
+        description="Declare every queue the target's actors use (and its delayed and dead "
+        "parts), as `repid run` does at start-up; a deployment step before producers start.",
+    )
+    declare.add_argument("target", metavar="TARGET", help=_TARGET_HELP)
+    _add_connection_options(declare)
 
     workers = commands.add_parser(
         "workers",
@@ -474,6 +484,15 @@ async def _command_queues(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _command_declare(args: argparse.Namespace) -> int:
+    target, connection = await _connect(args)
+    names = sorted({a.queue for a in _actors(target.routers).values()})
+    for name in names:
+        await Queue(name, _connection=connection).declare()
+        print(f"declared {name}")
+    return 0
+
+
 async def _command_workers(args: argparse.Namespace) -> int:
     _, connection = await _connect(args)
     try:
@@ -552,6 +571,7 @@ async def _command_enqueue(args: argparse.Namespace) -> int:
 _ASYNC_COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
     "asyncapi": _command_asyncapi,
     "queues": _command_queues,
+    "declare": _command_declare,
     "workers": _command_workers,
     "dead": _command_dead,
     "enqueue": _command_enqueue,

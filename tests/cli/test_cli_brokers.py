@@ -56,6 +56,7 @@ def test_operator_round_trip(broker_url: str, cli_env: dict[str, str]) -> None:
     env = {**cli_env, "REPID_BROKER_URL": broker_url, "REPID_TEST_QUEUE": queue}
     marker = Path(env["REPID_TEST_MARKER"])
     try:
+        assert ok(repid(env, "declare", APP)) == f"declared {queue}\n"
         for n in range(3):
             ok(repid(env, "enqueue", "work", "--args", json.dumps({"n": n}), "--queue", queue))
         ok(repid(env, "enqueue", "fail", "--args", '{"n": 7}', "--queue", queue))
@@ -69,7 +70,8 @@ def test_operator_round_trip(broker_url: str, cli_env: dict[str, str]) -> None:
         after = sizes(env, queue)
         assert (after["ready"], after["delayed"], after["dead"]) == (0, 1, 1)
 
-        listed = json.loads(ok(repid(env, "dead", "list", queue, APP, "--json")))
+        out = ok(repid(env, "dead", "list", queue, APP, "--json"))
+        listed = [json.loads(line) for line in out.splitlines()]  # JSON lines
         assert [(d["actor"], d["error"]) for d in listed] == [("fail", "ValueError: failure 7")]
         ok(repid(env, "dead", "requeue", queue, APP))
         assert sizes(env, queue)["dead"] == 0
