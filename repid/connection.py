@@ -69,8 +69,13 @@ class Connection:
         self.events.add(handler, kinds)
         return handler
 
-    async def live_workers(self) -> list[WorkerInfo]:
+    async def live_workers(self, stale_after: float | None = None) -> list[WorkerInfo]:
         """The workers that heartbeat on this connection's broker, oldest first.
+
+        Args:
+            stale_after: seconds of silence after which a worker is no longer listed; the
+                default is 3 default heartbeat intervals (15 s). Pass a shorter window when the
+                workers use a shorter `Worker(heartbeat_interval=...)`.
 
         Raises:
             BrokerError: the broker does not keep a worker registry.
@@ -78,7 +83,7 @@ class Connection:
         live = getattr(self.raw_message_broker, "live_workers", None)
         if live is None:
             raise BrokerError(f"{type(self.raw_message_broker).__name__} keeps no worker registry")
-        workers: list[WorkerInfo] = await live()
+        workers: list[WorkerInfo] = await (live() if stale_after is None else live(stale_after))
         return workers
 
     def use_middlewares(self, dispatcher: MiddlewareDispatcher) -> None:

@@ -136,7 +136,7 @@ async def test_each_tick_of_a_periodic_job_runs_once_across_three_workers(
     conn: Connection, queue: Queue, workers: tuple[Workers, Path]
 ) -> None:
     group, ledger = workers
-    interval = 0.4
+    interval = 1.0
     # Three "deployments" schedule the same periodic job at start-up: one schedule results.
     for _ in range(3):
         await Job(
@@ -147,7 +147,7 @@ async def test_each_tick_of_a_periodic_job_runs_once_across_three_workers(
             _connection=conn,
         ).enqueue()
     group.start(3)
-    ticks = 8
+    ticks = 4
 
     def runs() -> list[float]:
         return sorted(at for event, actor, _, at in _ledger(ledger) if actor == "tick")
