@@ -579,24 +579,40 @@ _ASYNC_COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, in
 
 
 @contextlib.contextmanager
-def _logging(level: str) -> Iterator[None]:
+def _logging(level: str, *, libraries: bool) -> Iterator[None]:
+    """repid's logs at `level` on stderr; client libraries' warnings too when `libraries`.
+
+    A worker (`run`) shows what its broker client says (reconnects, for instance). One-shot
+    commands do not: their failure is reported once, as the one-line error, so the client
+    library's own log line (which Python would print through its last-resort handler) is
+    dropped.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("repid")
-    previous = root.level
-    root.addHandler(handler)
-    root.setLevel(level)
+    ours = logging.getLogger("repid")
+    root = logging.getLogger()
+    previous = ours.level
+    ours.setLevel(level)
+    others: logging.Handler = handler if libraries else logging.NullHandler()
+    if libraries:
+        root.addHandler(handler)
+    else:
+        ours.addHandler(handler)
+        ours.propagate = False
+        root.addHandler(others)
     try:
         yield
     finally:
-        root.removeHandler(handler)
-        root.setLevel(previous)
+        ours.removeHandler(handler)
+        ours.propagate = True
+        root.removeHandler(others)
+        ours.setLevel(previous)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `repid` command; returns the exit status (errors: one line on stderr, 1)."""
     args = build_parser().parse_args(argv)
-    with _logging(args.log_level):
+    with _logging(args.log_level, libraries=args.command == "run"):
         try:
             if args.command == "run":
                 return _command_run(args)

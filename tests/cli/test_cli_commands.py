@@ -17,6 +17,8 @@ SUBCOMMANDS = [
     ["run"],
     ["asyncapi"],
     ["queues"],
+    ["declare"],
+    ["workers"],
     ["dead"],
     ["dead", "list"],
     ["dead", "requeue"],
@@ -58,8 +60,9 @@ def test_help_via_module(cli_env, tmp_path) -> None:
         (["queues", "no_such_module:app"], "cannot import 'no_such_module'"),
         (["queues", "cli_shop_app:nope"], "has no attribute 'nope'"),
         (["queues", "cli_shop_app:Currency"], "is a EnumType; expected a Worker"),
-        (["queues", "cli_shop_app:orders", "--broker", "redis://localhost"], "needs the Redis"),
-        (["run", "cli_shop_app:orders", "--broker", "amqp://x", "--burst"], "RabbitMQ"),
+        (["queues", "cli_shop_app:orders", "--broker", "mongodb://x"], "unknown broker URL"),
+        (["run", "cli_shop_app:orders", "--broker", "nats://x", "--burst"], "unknown broker URL"),
+        (["queues", "cli_shop_app:orders", "--broker", "amqp://x", "--results", "x://"], "results"),
         (["run", "cli_shop_app:orders", "--queues", "nope", "--burst"], "no actor listens"),
         (["enqueue", "place_order", "--args", "[1]", "--app", "cli_shop_app:app"], "JSON object"),
         (["enqueue", "place_order", "--args", "{}", "--app", "cli_shop_app:app"], "do not fit"),
@@ -80,7 +83,15 @@ def test_errors_are_one_line_with_exit_code_1(args, message, capsys) -> None:
     ("args", "message"),
     [
         (["run", "no_such_module:app"], "cannot import 'no_such_module'"),
-        (["run", "cli_shop_app:orders", "--processes", "2", "--broker", "kafka://h"], "Kafka"),
+        (["queues", "cli_shop_app:orders", "--broker", "redis://127.0.0.1:1/0"], "Redis"),
+        (
+            ["queues", "cli_shop_app:orders", "--broker", "amqp://guest:guest@127.0.0.1:1/"],
+            "Rabbit",
+        ),
+        (
+            ["run", "cli_shop_app:orders", "--processes", "2", "--broker", "mongodb://h"],
+            "unknown broker URL",
+        ),
     ],
 )
 def test_errors_of_the_module_entry_point(cli_env, tmp_path, args, message) -> None:
