@@ -238,3 +238,79 @@ async def test_unsettled_delivery_is_held_until_its_channel_closes(
         await other.finish()
     assert await browse(queue) == []
     assert await browse(queue, MessageCategory.DEAD) == []
+
+
+class _Proxy:
+    """A TCP proxy to RabbitMQ that the test can take down (all connections) and bring back."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.server: asyncio.Server | None = None
+        self.port = 0
+        self.links: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for writer in list(self.links):
+            writer.transport.abort()
+        await self.server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self.links |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except OSError:
+                pass
+            finally:
+                dst.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self.links -= {writer, up_writer}
+
+
+async def test_enqueue_raises_when_rabbitmq_stays_away_and_works_once_it_is_back(
+    queue: Queue,
+) -> None:
+    from urllib.parse import urlsplit
+
+    target = urlsplit(DSN)
+    proxy = _Proxy(target.hostname or "127.0.0.1", target.port or 5672)
+    await proxy.start()
+    via_proxy = target._replace(
+        netloc=f"{target.username}:{target.password}@127.0.0.1:{proxy.port}"
+    )
+    broker = RabbitMessageBroker(via_proxy.geturl(), prefix=PREFIX, timeout=1.0,
+                                 reconnect_interval=0.2)  # fmt: skip
+    conn = Connection(broker)
+    await conn.connect()
+    try:
+        await _job(conn, queue, "x", args={"n": 1}).enqueue()
+        await proxy.stop()
+        started = time.monotonic()
+        with pytest.raises(BrokerUnavailableError):
+            await _job(conn, queue, "x", args={"n": 2}).enqueue()
+        assert time.monotonic() - started < 4.0, "enqueue() waited far past its timeout"
+
+        await proxy.start()  # RabbitMQ is reachable again: the connection comes back by itself
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                await _job(conn, queue, "x", args={"n": 3}).enqueue()
+                break
+            except BrokerUnavailableError:
+                assert time.monotonic() < deadline, "the broker never reconnected"
+        payloads = sorted(m.raw_payload for m in await browse(queue))
+        assert payloads == ['{"n":1}', '{"n":3}']
+    finally:
+        await conn.disconnect()
+        await proxy.stop()
