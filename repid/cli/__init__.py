@@ -253,13 +253,33 @@ def _explicit_connection(args: argparse.Namespace) -> Connection | None:
 async def _connect(args: argparse.Namespace) -> tuple[Target, Connection]:
     explicit = _explicit_connection(args)
     if explicit is not None:  # a factory target may enqueue: give it the connection
-        await explicit.connect()
+        await _open(explicit)
         Repid.set_magic_connection(explicit)
     module, target = await resolve_target(args.target)
     connection = resolve_connection(module, target, explicit=explicit)
-    await connection.connect()
+    await _open(connection)
     Repid.set_magic_connection(connection)
     return target, connection
+
+
+_OPENED: list[Connection] = []
+"""Connections a one-shot command opened; closed when it ends (see `_one_shot`)."""
+
+
+async def _open(connection: Connection) -> None:
+    await connection.connect()
+    if connection not in _OPENED:
+        _OPENED.append(connection)
+
+
+async def _one_shot(args: argparse.Namespace) -> int:
+    """Run an async command, then close what it opened (cleanly, whatever the outcome)."""
+    try:
+        return await _ASYNC_COMMANDS[args.command](args)
+    finally:
+        while _OPENED:
+            with contextlib.suppress(Exception):
+                await _OPENED.pop().disconnect()
 
 
 def _actors(routers: Sequence[Router]) -> dict[str, ActorData]:
@@ -554,7 +574,7 @@ async def _command_enqueue(args: argparse.Namespace) -> int:
         actors = _actors([v for v in vars(module).values() if isinstance(v, Router)])
     connection = _explicit_connection(args)
     assert connection is not None
-    await connection.connect()
+    await _open(connection)
     message_id = await enqueue(
         connection,
         args.actor,
@@ -616,7 +636,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             if args.command == "run":
                 return _command_run(args)
-            return asyncio.run(_ASYNC_COMMANDS[args.command](args))
+            return asyncio.run(_one_shot(args))
         except (RepidError, ValueError) as exc:
             if args.traceback:
                 traceback.print_exc()

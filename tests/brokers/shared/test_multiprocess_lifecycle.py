@@ -28,6 +28,8 @@ from tests.conformance.specs import RUN_ID
 HERE = Path(__file__).parent
 URLS = {
     "redis": os.environ.get("REPID_REDIS_DSN", "redis://127.0.0.1:6379/0"),
+    "rabbitmq": os.environ.get("REPID_RABBITMQ_DSN", "amqp://guest:guest@127.0.0.1:5672/"),
+    "kafka": "kafka://" + os.environ.get("REPID_KAFKA_BOOTSTRAP", "127.0.0.1:19092"),
 }
 DEADLINE = 15.0
 COMMAND = [sys.executable, "-m", "repid.cli", "run", "shared_app:worker"]
@@ -165,7 +167,7 @@ async def test_max_concurrency_holds_across_worker_processes(
     conn: Connection, queue: Queue, workers: tuple[Workers, Path]
 ) -> None:
     if not conn.message_broker.capabilities.shared_state:
-        pytest.skip("max_concurrency is per worker on brokers without shared state")
+        pytest.skip("broker declares shared_state=False: max_concurrency is per worker")
     group, ledger = workers
     jobs = 12
     for n in range(jobs):
@@ -192,6 +194,8 @@ async def test_max_concurrency_holds_across_worker_processes(
 async def test_live_workers_across_processes_and_a_killed_one_drops_out(
     conn: Connection, queue: Queue, workers: tuple[Workers, Path]
 ) -> None:
+    if not conn.message_broker.capabilities.shared_state:
+        pytest.skip("broker declares shared_state=False: each process lists its own workers")
     group, _ = workers
     group.start(3)
     pids = {p.pid for p in group.processes}
