@@ -144,7 +144,7 @@ SUITES: dict[str, Suite] = {
         cases=(
             Case("repid", "repid_kafka.py", venv=None, concurrency=100),
             Case("faststream", "faststream_kafka.py", venv="faststream", concurrency=100),
-            Case("aiokafka (raw)", "aiokafka_raw.py", venv="aiokafka", concurrency=100),
+            Case("aiokafka-raw", "aiokafka_raw.py", venv="aiokafka", concurrency=100),
         ),
     ),
 }
@@ -287,8 +287,11 @@ def run_case(
     try:
         stdout, stderr = proc.communicate(timeout=timeout + 60)
     except subprocess.TimeoutExpired as exc:
-        _kill_group(proc)
+        _stop_case(proc)
         raise RuntimeError(f"timed out after {exc.timeout:.0f}s") from exc
+    except BaseException:  # Ctrl-C, SIGTERM: let the case clean up, then stop it
+        _stop_case(proc)
+        raise
     finally:
         _kill_group(proc)
     proc_stdout, proc_stderr = stdout, stderr
@@ -306,6 +309,16 @@ def run_case(
     if result["jobs_run"] != n:
         raise RuntimeError(f"ran {result['jobs_run']} jobs, expected {n}")
     return result
+
+
+def _stop_case(proc: subprocess.Popen[str], grace: float = 30.0) -> None:
+    """Interrupt a running case (SIGINT: it kills its workers and deletes its queues), then
+    kill its process group if it has not exited within `grace` seconds."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGINT)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.communicate(timeout=grace)
+    _kill_group(proc)
 
 
 def _kill_group(proc: subprocess.Popen[str]) -> None:
@@ -745,9 +758,15 @@ def _run_one(
         )
 
 
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     suite = SUITES[args.suite]
+    # SIGTERM unwinds like Ctrl-C, so the running case is interrupted and cleans up.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     n: int = args.n or suite.default_n
     cases = list(suite.cases)
     if args.cases:

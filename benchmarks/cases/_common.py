@@ -11,6 +11,7 @@ import json
 import math
 import os
 import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -250,10 +251,27 @@ class NetCase:
             fail("the worker returned before the N-th job")
         import asyncio
 
+        # Ctrl-C / SIGINT / SIGTERM raise at once (asyncio's own SIGINT handler only cancels the
+        # main task, which a client library may swallow); the queues are deleted either way.
+        signal.signal(signal.SIGINT, _interrupt)
+        signal.signal(signal.SIGTERM, _interrupt)
+        self._workers: list[subprocess.Popen[str]] = []
+        self._queues: list[str] = []
         try:
             asyncio.run(self._drive(args))
         except CaseError as exc:
             fail(str(exc))
+        except BaseException:
+            self._kill_workers()
+            if self._queues:
+                asyncio.run(self.cleanup(self._queues))
+            raise
+
+    def _kill_workers(self) -> None:
+        for w in self._workers:
+            if w.poll() is None:
+                w.kill()
+                w.wait()
 
     async def _drive(self, args: argparse.Namespace) -> None:
         import asyncio
@@ -261,9 +279,11 @@ class NetCase:
 
         n: int = args.n
         run_id = f"bench{uuid.uuid4().hex[:10]}"
-        q_seq, q_conc, q_lat = (f"{run_id}-{self.case}-{x}" for x in ("seq", "conc", "lat"))
+        slug = "".join(c for c in self.case if c.isalnum())  # valid in every broker's names
+        q_seq, q_conc, q_lat = (f"{run_id}-{slug}-{x}" for x in ("seq", "conc", "lat"))
         queues = [q_seq, q_conc, q_lat]
-        workers: list[subprocess.Popen[str]] = []
+        workers = self._workers
+        self._queues = queues
         try:
             # (a) sequential enqueue
             prod = await self.producer(q_seq)
@@ -303,11 +323,10 @@ class NetCase:
             # latency: an idle worker, then LATENCY_JOBS jobs at a steady LATENCY_RATE
             latencies = await self._latency(args, q_lat, workers)
         finally:
-            for w in workers:
-                if w.poll() is None:
-                    w.kill()
-                    w.wait()
-            await self.cleanup(queues)
+            self._kill_workers()
+            if not _interrupted:
+                await self.cleanup(queues)
+                self._queues = []
 
         lat_ms = sorted(x / 1e6 for x in latencies)
         NetCaseResult(
@@ -382,6 +401,15 @@ class NetCase:
         if latency:
             cmd.append("--latency")
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, bufsize=1)
+
+
+_interrupted = False
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    global _interrupted
+    _interrupted = True
+    raise KeyboardInterrupt
 
 
 class CaseError(Exception):
@@ -496,3 +524,18 @@ def _resp_read(reader: Any) -> Any:
         count = int(rest)
         return None if count < 0 else [_resp_read(reader) for _ in range(count)]
     raise CaseError(f"redis: unexpected reply {line!r}")
+
+
+async def kafka_delete_topics(topics: list[str], bootstrap: str = KAFKA_BOOTSTRAP) -> None:
+    """Delete the run's topics (aiokafka is in every Kafka case's environment)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        doomed = [t for t in topics if t in existing]
+        if doomed:
+            await admin.delete_topics(doomed)
+    finally:
+        await admin.close()

@@ -45,7 +45,7 @@ class FastStreamRedisCase(NetCase):
         return FastStreamProducer(broker, queue)
 
     def run_worker(self, queue: str, counter: JobCounter, concurrency: int) -> None:
-        broker = RedisBroker(REDIS_URL)
+        broker = RedisBroker(REDIS_URL, logger=None)
 
         @broker.subscriber(list=queue, max_workers=concurrency)
         async def noop(n: int) -> None:
