@@ -209,6 +209,9 @@ class RabbitConsumer:
             await asyncio.gather(self._supervisor, return_exceptions=True)
         for timer in self._timers:
             timer.cancel()
+        if self._background:
+            # Let re-delays finish: cut short, a message could end up both re-delayed and back.
+            await asyncio.wait(set(self._background), timeout=5.0)
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)

@@ -72,6 +72,9 @@ class RabbitMessageBroker:
             before raising `BrokerUnavailableError`.
         reconnect_interval: seconds between reconnection attempts.
         max_message_size: the largest envelope `enqueue()` accepts, in bytes.
+        unique_window: seconds (after it is due) an id enqueued by this process keeps counting
+            as pending unless a worker of this process settles it first; see the docs page on
+            what is per process.
     """
 
     def __init__(
@@ -83,6 +86,7 @@ class RabbitMessageBroker:
         timeout: float = 10.0,
         reconnect_interval: float = 1.0,
         max_message_size: int = 16 * 1024 * 1024,
+        unique_window: float = 600.0,
     ) -> None:
         self.dsn = dsn
         self.prefix = prefix
@@ -90,6 +94,7 @@ class RabbitMessageBroker:
         self.timeout = timeout
         self.reconnect_interval = reconnect_interval
         self.max_message_size = max_message_size
+        self.unique_window = unique_window
         self.capabilities = BrokerCapabilities(
             strict_priorities=True,
             native_delays=True,
@@ -110,7 +115,8 @@ class RabbitMessageBroker:
         self._batcher = ConfirmBatcher()
         # Per-process state (shared_state=False): unique ids enqueued here and not yet settled
         # here, cancelled ids, in-flight ids, the worker registry.
-        self._pending: dict[str, OrderedDict[str, float]] = {}
+        self._pending: dict[str, OrderedDict[str, tuple[float, float]]] = {}
+        """queue -> id -> (message timestamp, when the id stops counting as pending)."""
         self._tombstones: dict[tuple[str, str], float] = {}
         self._in_flight: dict[tuple[str, str], int] = {}
         self._cancel_requests: set[str] = set()
@@ -369,13 +375,24 @@ class RabbitMessageBroker:
         pending = self._pending.get(key.queue)
         if pending is None:
             pending = self._pending[key.queue] = OrderedDict()
-        if key.id_ in pending:
-            logger.debug("message %s is already pending in %s; not added again", *key[:3:2])
-            return False
-        pending[key.id_] = params.timer.timestamp.timestamp()
+        now = time.time()
+        known = pending.get(key.id_)
+        if known is not None:
+            if known[1] > now:
+                logger.debug("message %s is already pending in %s; not added again", *key[:3:2])
+                return False
+            del pending[key.id_]
+        pending[key.id_] = self._pending_entry(params, now)
         if len(pending) > _PENDING_LIMIT:
             pending.popitem(last=False)
         return True
+
+    def _pending_entry(self, params: Parameters, now: float) -> tuple[float, float]:
+        # Settlements in other processes are not seen here: an id stops counting as pending
+        # `unique_window` seconds after it is due, so a later enqueue of it is never lost.
+        due = params.not_before
+        start = now if due is None or due < now else due
+        return params.timer.timestamp.timestamp(), start + self.unique_window
 
     def _forget(self, key: RoutingKey) -> None:
         pending = self._pending.get(key.queue)
@@ -529,7 +546,7 @@ class RabbitMessageBroker:
                 self._leave_flight(key)
             elif key.category is MessageCategory.DEAD:
                 pending = self._pending.setdefault(key.key.queue, OrderedDict())
-                pending[key.key.id_] = new_params.timer.timestamp.timestamp()
+                pending[key.key.id_] = self._pending_entry(new_params, time.time())
             return await handle.state.ack(handle.tag)
         finally:
             for consumer, parked in self._requeuing.pop(slot, ()):
@@ -582,8 +599,9 @@ class RabbitMessageBroker:
             self._cancel_requests.add(id_)
             return "requested"
         pending = self._pending.get(queue_name)
-        if pending is not None and id_ in pending:
-            self._tombstones[(queue_name, id_)] = pending.pop(id_)
+        known = None if pending is None else pending.pop(id_, None)
+        if known is not None and known[1] > time.time():
+            self._tombstones[(queue_name, id_)] = known[0]
             return "dequeued"
         return None
 

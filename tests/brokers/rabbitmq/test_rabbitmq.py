@@ -314,3 +314,26 @@ async def test_enqueue_raises_when_rabbitmq_stays_away_and_works_once_it_is_back
     finally:
         await conn.disconnect()
         await proxy.stop()
+
+
+async def test_unique_ids_are_per_process_and_never_block_for_longer_than_the_window(
+    queue: Queue,
+) -> None:
+    """shared_state=False: the enqueuing process remembers unique ids for `unique_window`
+    seconds (a worker elsewhere may have run the job meanwhile), then accepts the id again."""
+    window = 0.3
+    producer = Connection(RabbitMessageBroker(DSN, prefix=PREFIX, unique_window=window))
+    other = Connection(RabbitMessageBroker(DSN, prefix=PREFIX))
+    await producer.connect()
+    await other.connect()
+    try:
+        await _job(producer, queue, "x", id_="nightly", args={"n": 1}).enqueue()
+        await _job(producer, queue, "x", id_="nightly", args={"n": 2}).enqueue()
+        await _job(other, queue, "x", id_="nightly", args={"n": 3}).enqueue()  # another process
+        await asyncio.sleep(window)  # the window itself is what is tested
+        await _job(producer, queue, "x", id_="nightly", args={"n": 4}).enqueue()
+        payloads = sorted(m.raw_payload for m in await browse(queue))
+        assert payloads == ['{"n":1}', '{"n":3}', '{"n":4}']
+    finally:
+        await producer.disconnect()
+        await other.disconnect()
