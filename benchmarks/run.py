@@ -42,6 +42,11 @@ VENVS_DIR = BENCH_DIR / ".venvs"
 
 SUBJECT = "repid"
 
+#: Seconds a case may run past its own `--timeout` before the orchestrator stops it, and seconds
+#: it then has to clean up after SIGINT before its process group is killed.
+KILL_GRACE = 60.0
+STOP_GRACE = 30.0
+
 #: Pinned requirements of each peer's virtualenv. Bump deliberately, and say so in the README.
 PEER_REQUIREMENTS: dict[str, tuple[str, ...]] = {
     "taskiq": ("taskiq==0.13.0",),
@@ -105,7 +110,7 @@ SUITES: dict[str, Suite] = {
     ),
     "redis": Suite(
         name="redis",
-        description="Redis 127.0.0.1:6379 (REPID_REDIS_URL)",
+        description="Redis 127.0.0.1:6379 (REPID_REDIS_DSN)",
         default_n=20_000,
         network=True,
         server="redis",
@@ -123,7 +128,7 @@ SUITES: dict[str, Suite] = {
     ),
     "rabbitmq": Suite(
         name="rabbitmq",
-        description="RabbitMQ 127.0.0.1:5672, guest/guest (REPID_AMQP_URL)",
+        description="RabbitMQ 127.0.0.1:5672, guest/guest (REPID_RABBITMQ_DSN)",
         default_n=20_000,
         network=True,
         server="rabbitmq",
@@ -259,8 +264,8 @@ def run_case(
 ) -> dict[str, Any]:
     """Run one case once in a fresh interpreter; return its JSON result or raise RuntimeError.
 
-    `timeout` bounds the case's own waits; the orchestrator kills the case (and its worker
-    processes) 60 s after that.
+    `timeout` bounds the case's own waits; `KILL_GRACE` seconds after that the orchestrator
+    interrupts the case (it deletes its queues) and then kills its process group.
     """
     cmd = [
         str(python),
@@ -285,7 +290,7 @@ def run_case(
         start_new_session=True,
     )
     try:
-        stdout, stderr = proc.communicate(timeout=timeout + 60)
+        stdout, stderr = proc.communicate(timeout=timeout + KILL_GRACE)
     except subprocess.TimeoutExpired as exc:
         _stop_case(proc)
         raise RuntimeError(f"timed out after {exc.timeout:.0f}s") from exc
@@ -311,13 +316,13 @@ def run_case(
     return result
 
 
-def _stop_case(proc: subprocess.Popen[str], grace: float = 30.0) -> None:
+def _stop_case(proc: subprocess.Popen[str]) -> None:
     """Interrupt a running case (SIGINT: it kills its workers and deletes its queues), then
-    kill its process group if it has not exited within `grace` seconds."""
+    kill its process group if it has not exited within `STOP_GRACE` seconds."""
     with contextlib.suppress(ProcessLookupError):
         proc.send_signal(signal.SIGINT)
     with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.communicate(timeout=grace)
+        proc.communicate(timeout=STOP_GRACE)
     _kill_group(proc)
 
 
@@ -692,8 +697,8 @@ def check_server(server: str) -> None:
     from urllib.parse import urlparse
 
     url = {
-        "redis": os.environ.get("REPID_REDIS_URL", "redis://127.0.0.1:6379/0"),
-        "rabbitmq": os.environ.get("REPID_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"),
+        "redis": os.environ.get("REPID_REDIS_DSN", "redis://127.0.0.1:6379/0"),
+        "rabbitmq": os.environ.get("REPID_RABBITMQ_DSN", "amqp://guest:guest@127.0.0.1:5672/"),
     }[server]
     parsed = urlparse(url)
     host, port = parsed.hostname or "127.0.0.1", parsed.port or 0
@@ -766,7 +771,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     suite = SUITES[args.suite]
     # SIGTERM unwinds like Ctrl-C, so the running case is interrupted and cleans up.
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        return _main(args, suite)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(args: argparse.Namespace, suite: Suite) -> int:
     n: int = args.n or suite.default_n
     cases = list(suite.cases)
     if args.cases:

@@ -107,8 +107,8 @@ LATENCY_JOBS = 1_000
 LATENCY_RATE = 500.0  # jobs per second
 CHUNK = 500  # concurrent enqueue: calls gathered per chunk
 
-REDIS_URL = os.environ.get("REPID_REDIS_URL", "redis://127.0.0.1:6379/0")
-AMQP_URL = os.environ.get("REPID_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+REDIS_URL = os.environ.get("REPID_REDIS_DSN", "redis://127.0.0.1:6379/0")
+AMQP_URL = os.environ.get("REPID_RABBITMQ_DSN", "amqp://guest:guest@127.0.0.1:5672/")
 KAFKA_BOOTSTRAP = os.environ.get("REPID_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
 
 
