@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import aiormq
 from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
+from pamqp.header import ContentHeader
 
 from repid.brokers.base import Delivery
 from repid.codec import decode_message
@@ -153,6 +154,35 @@ def to_delivery(
     )
 
 
+def _deliver_inline(channel: Any, consumer_tag: str | None, on_message: Any) -> None:
+    """Run `on_message` right in the channel's reader instead of in a task per message.
+
+    aiormq starts a task for each delivery; our callback is synchronous (it only queues the
+    delivery), so calling it inline saves that task. Only when the channel has the reader
+    hooks this relies on; otherwise aiormq's own path stays.
+    """
+    original = getattr(channel, "_on_deliver_frame", None)
+    get_frame = getattr(channel, "_get_frame", None)
+    read_content = getattr(channel, "_read_content", None)
+    if original is None or get_frame is None or read_content is None or consumer_tag is None:
+        return
+
+    async def on_deliver_frame(frame: spec.Basic.Deliver) -> None:
+        if frame.consumer_tag != consumer_tag:
+            await original(frame)
+            return
+        header = await get_frame()
+        if not isinstance(header, ContentHeader):
+            raise TypeError(f"unexpected frame {header!r} instead of a content header")
+        message = await read_content(frame, header)
+        try:
+            on_message(message)
+        except Exception:  # a bug of ours must not stop the channel's reader
+            logger.exception("handling a delivery failed; it returns when the channel closes")
+
+    channel._on_deliver_frame = on_deliver_frame
+
+
 class RabbitConsumer:
     """Hands out the deliveries of one queue (NORMAL) to a worker, or browses a part of it."""
 
@@ -269,11 +299,11 @@ class RabbitConsumer:
 
                 channel.on_consumer_cancel_callbacks.add(on_cancel)
                 try:
-                    await channel.basic_consume(
-                        self._broker._name(self._queue),
-                        self._on_message_for(state),
-                        no_ack=False,
+                    on_message = self._on_message_for(state)
+                    ok = await channel.basic_consume(
+                        self._broker._name(self._queue), on_message, no_ack=False
                     )
+                    _deliver_inline(channel, ok.consumer_tag, on_message)
                     backoff = 0.1
                     await asyncio.wait(
                         {cancelled, channel.closing}, return_when=asyncio.FIRST_COMPLETED
