@@ -43,29 +43,43 @@ CHANNEL_ERRORS = (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidS
 class ChannelState:
     """One incarnation of a consumer's channel: its unsettled tags and its pending acks."""
 
-    __slots__ = ("alive", "channel", "flushing", "to_ack", "unsettled")
+    __slots__ = ("alive", "channel", "flush_timer", "flushes", "to_ack", "unsettled")
 
     def __init__(self, channel: aiormq.abc.AbstractChannel) -> None:
         self.channel = channel
         self.alive = True
         self.unsettled: set[int] = set()
+        """Delivered and not settled yet (held by a lane or waiting in the consumer)."""
         self.to_ack: list[int] = []
-        self.flushing = False
+        self.flush_timer: asyncio.TimerHandle | None = None
+        self.flushes: set[asyncio.Task[None]] = set()
 
     async def ack(self, tag: int) -> bool:
-        """Acknowledge `tag` together with the other acks of the next `ACK_WINDOW` seconds."""
+        """Acknowledge `tag` with the other acks of the next `ACK_WINDOW` seconds (one frame).
+
+        Returns at once; `drain()` sends what is pending (the consumer calls it on finish).
+        With nothing else in flight the ack leaves on the next loop iteration.
+        """
         if not self.alive:
             return False
         self.unsettled.discard(tag)
         self.to_ack.append(tag)
-        if self.flushing:
-            return True  # the task already flushing sends this one too
-        self.flushing = True
-        try:
-            await asyncio.sleep(ACK_WINDOW)  # the acks of other lanes join this frame
-        finally:
-            self.flushing = False
+        if self.flush_timer is None:
+            loop = asyncio.get_running_loop()
+            delay = ACK_WINDOW if self.unsettled else 0.0
+            self.flush_timer = loop.call_later(delay, self._start_flush)
+        return True
+
+    def _start_flush(self) -> None:
+        self.flush_timer = None
+        task = asyncio.ensure_future(self._flush())
+        self.flushes.add(task)
+        task.add_done_callback(self.flushes.discard)
+
+    async def _flush(self) -> None:
         tags, self.to_ack = self.to_ack, []
+        if not tags:
+            return
         lowest = min(self.unsettled) if self.unsettled else None
         below = [t for t in tags if lowest is None or t < lowest]
         try:
@@ -80,8 +94,14 @@ class ChannelState:
             logger.warning(
                 "ack on a closed channel (%r); RabbitMQ will deliver those messages again", exc
             )
-            return False
-        return True
+
+    async def drain(self) -> None:
+        """Send the pending acks now (before the channel closes)."""
+        if self.flush_timer is not None:
+            self.flush_timer.cancel()
+            self._start_flush()
+        if self.flushes:
+            await asyncio.gather(*self.flushes, return_exceptions=True)
 
     async def settle_now(self, tag: int, *, requeue: bool) -> bool:
         """Reject one delivery at once: back to its queue (`requeue`) or dropped."""
@@ -248,6 +268,7 @@ class RabbitConsumer:
         self._wake_all()
         state = self._state
         if state is not None:
+            await state.drain()
             # Unsettled deliveries go back to the queue when the channel closes.
             state.alive = False
             with contextlib.suppress(*CHANNEL_ERRORS, asyncio.CancelledError):

@@ -453,6 +453,7 @@ class RabbitMessageBroker:
                     found = again.handle
             yield found
         finally:
+            await state.drain()
             state.alive = False
             with contextlib.suppress(*CHANNEL_ERRORS, asyncio.CancelledError):
                 await channel.close()  # the others go back to their queue
