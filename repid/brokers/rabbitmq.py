@@ -267,6 +267,30 @@ class RabbitMessageBroker:
         """The queues declared through this broker object (RabbitMQ lists no others to AMQP)."""
         return sorted(self._declared)
 
+    async def counts(self, queue_name: str) -> dict[str, int]:
+        """Messages per part of the queue: ready, delayed, in_flight (in this process), dead.
+
+        AMQP does not report unacknowledged messages, so `in_flight` counts the deliveries held
+        by consumers of this process only.
+        """
+        try:
+            ready = await self._admin("queue_declare", self._name(queue_name), passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            raise QueueNotDeclaredError(queue_name) from None
+        dead = await self._admin("queue_declare", self._name(queue_name) + ":dead", passive=True)
+        delayed = 0
+        for name in await self._delay_queues(queue_name):
+            with contextlib.suppress(aiormq.exceptions.ChannelNotFoundEntity):
+                reply = await self._admin("queue_declare", name, passive=True)
+                delayed += reply.message_count or 0
+        in_flight = sum(n for (q, _), n in self._in_flight.items() if q == queue_name)
+        return {
+            "ready": ready.message_count or 0,
+            "delayed": delayed,
+            "in_flight": in_flight,
+            "dead": dead.message_count or 0,
+        }
+
     async def _delay_queues(self, queue_name: str) -> list[str]:
         """The delay queues of `queue_name` that exist on the server, shortest delay first."""
         found = []

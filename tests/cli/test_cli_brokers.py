@@ -19,6 +19,7 @@ from tests.conformance.specs import RUN_ID
 
 URLS = {
     "redis": os.environ.get("REPID_REDIS_DSN", "redis://127.0.0.1:6379/0"),
+    "rabbitmq": os.environ.get("REPID_RABBITMQ_DSN", "amqp://guest:guest@127.0.0.1:5672/"),
 }
 TIMEOUT = 60
 APP = "cli_broker_app:router"
