@@ -220,13 +220,19 @@ class KafkaConsumer:
             auto_offset_reset="earliest",
             metadata_max_age_ms=5000,
             fetch_max_wait_ms=100,
-            max_poll_interval_ms=max(300_000, int(broker.drain_timeout * 2000)),
+            max_poll_interval_ms=300_000,
+            # How long a rebalance waits for members to rejoin: our revoke drains first.
+            rebalance_timeout_ms=int((broker.drain_timeout + broker.session_timeout) * 1000),
+            session_timeout_ms=int(broker.session_timeout * 1000),
+            heartbeat_interval_ms=max(100, int(broker.session_timeout * 1000 / 3)),
             request_timeout_ms=max(40_000, int(broker.timeout * 1000)),
             **broker._client_kwargs(),
         )
-        kafka.subscribe([self._main, self._delayed], listener=_Listener(self))
         try:
             await asyncio.wait_for(kafka.start(), broker.timeout)
+            # Subscribing after start: joining the group happens in the background (it can
+            # take a session timeout when a crashed member is still registered).
+            kafka.subscribe([self._main, self._delayed], listener=_Listener(self))
         except (TimeoutError, KafkaError, OSError) as exc:
             with contextlib.suppress(Exception):
                 await kafka.stop()
@@ -336,9 +342,18 @@ class KafkaConsumer:
             await self._unpaused.wait()
             room = self._buffer_limit() - self._buffered
             if room <= 0:
+                # Full: keep polling with the partitions paused, so that the group does not
+                # take a slow consumer for a dead one (max.poll.interval).
+                kafka.pause(*kafka.assignment())
                 self._room.clear()
-                await self._room.wait()
-                continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._room.wait(), 1.0)
+                if self._buffered >= self._buffer_limit():
+                    with contextlib.suppress(KafkaError):
+                        await kafka.getmany(timeout_ms=0)
+                    continue
+                kafka.resume(*kafka.paused())
+                room = self._buffer_limit() - self._buffered
             try:
                 batches = await kafka.getmany(timeout_ms=200, max_records=min(room, 1000))
             except KafkaError as exc:

@@ -44,6 +44,7 @@ from repid.errors import (
     MessageTooLargeError,
     QueueNotDeclaredError,
 )
+from repid.job import _ids
 from repid.lifecycle import STALE_AFTER, WorkerInfo
 
 __all__ = ["KafkaMessageBroker"]
@@ -55,8 +56,6 @@ _UNAVAILABLE = (KafkaConnectionError, KafkaTimeoutError, ConnectionError, OSErro
 
 def _generated_here(id_: str) -> bool:
     """Ids drawn by `repid.job.new_id` in this process are unique by construction."""
-    from repid.job import _ids
-
     return len(id_) == 32 and id_.startswith(_ids.prefix)
 
 
@@ -82,6 +81,8 @@ class KafkaMessageBroker:
         commit_interval: seconds between offset commits of a consumer (coalesced).
         drain_timeout: on a rebalance, seconds a consumer waits for the running messages of the
             partitions it loses before leaving them to the next owner (who runs them again).
+        session_timeout: seconds after which the group drops a consumer that stopped
+            heartbeating (a crashed worker); its partitions wait that long for a new owner.
         unique_ids: where ids given by the user (`Job(id_=...)`) are remembered while pending.
             Default: in this process only. Pass a shared bucket broker (e.g.
             `RedisBucketBroker(dsn)`) to enforce unique ids across processes.
@@ -101,6 +102,7 @@ class KafkaMessageBroker:
         linger_ms: int = 0,
         commit_interval: float = 0.2,
         drain_timeout: float = 5.0,
+        session_timeout: float = 10.0,
         unique_ids: BucketBrokerT | None = None,
         unique_ttl: timedelta = timedelta(days=1),
         client_options: Mapping[str, Any] | None = None,
@@ -120,6 +122,7 @@ class KafkaMessageBroker:
         self.linger_ms = linger_ms
         self.commit_interval = commit_interval
         self.drain_timeout = drain_timeout
+        self.session_timeout = session_timeout
         self.unique_ttl = unique_ttl
         self.client_options: dict[str, Any] = dict(client_options or {})
         self.capabilities = BrokerCapabilities(
@@ -399,10 +402,10 @@ class KafkaMessageBroker:
         for attempt in (1, 2):
             producer = self._require_producer()
             try:
-                future = await asyncio.wait_for(
-                    producer.send(topic, value, headers=headers), self.timeout
-                )
-                await asyncio.wait_for(future, self.timeout)
+                # asyncio.timeout, not wait_for: no extra task per message. aiokafka retries
+                # a batch while the cluster is down; this bounds what enqueue() waits.
+                async with asyncio.timeout(self.timeout):
+                    await (await producer.send(topic, value, headers=headers))
                 return
             except MessageSizeTooLargeError as exc:
                 raise MessageTooLargeError(len(value), self.max_message_size) from exc
