@@ -43,7 +43,7 @@ CHANNEL_ERRORS = (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidS
 class ChannelState:
     """One incarnation of a consumer's channel: its unsettled tags and its pending acks."""
 
-    __slots__ = ("alive", "channel", "flush_timer", "flushes", "to_ack", "unsettled")
+    __slots__ = ("alive", "channel", "flush_timer", "flushes", "in_flight", "to_ack", "unsettled")
 
     def __init__(self, channel: aiormq.abc.AbstractChannel) -> None:
         self.channel = channel
@@ -53,6 +53,8 @@ class ChannelState:
         self.to_ack: list[int] = []
         self.flush_timer: asyncio.TimerHandle | None = None
         self.flushes: set[asyncio.Task[None]] = set()
+        self.in_flight: dict[int, tuple[str, str]] = {}
+        """Handed out by the consumer, by tag: (queue, job id)."""
 
     async def ack(self, tag: int) -> bool:
         """Acknowledge `tag` with the other acks of the next `ACK_WINDOW` seconds (one frame).
@@ -270,7 +272,7 @@ class RabbitConsumer:
         if state is not None:
             await state.drain()
             # Unsettled deliveries go back to the queue when the channel closes.
-            state.alive = False
+            self._broker._release_state(state)
             with contextlib.suppress(*CHANNEL_ERRORS, asyncio.CancelledError):
                 await state.channel.close()
         self._ready.clear()
@@ -305,7 +307,7 @@ class RabbitConsumer:
             try:
                 if state is None or not state.alive or state.channel.is_closed:
                     if state is not None:
-                        state.alive = False
+                        self._broker._release_state(state)
                     self._state = state = None
                     self._ready.clear()  # their channel is gone: RabbitMQ redelivers them
                     state = await self._open_state()
@@ -346,7 +348,7 @@ class RabbitConsumer:
                     "consuming %r failed (%r); retrying in %.1fs", self._queue, exc, backoff
                 )
                 if state is not None and state.channel.is_closed:
-                    state.alive = False
+                    self._broker._release_state(state)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 

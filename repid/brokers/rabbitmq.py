@@ -535,17 +535,31 @@ class RabbitMessageBroker:
         return await handle.state.settle_now(handle.tag, requeue=True)
 
     def _track(self, delivery: Delivery) -> None:
-        """A NORMAL delivery was handed out in this process (for `cancel`)."""
+        """A NORMAL delivery was handed out in this process (for `cancel` and `counts`)."""
         slot = (delivery.key.queue, delivery.key.id_)
+        handle: Handle = delivery.handle
+        handle.state.in_flight[handle.tag] = slot
         self._in_flight[slot] = self._in_flight.get(slot, 0) + 1
 
     def _leave_flight(self, delivery: Delivery) -> None:
-        slot = (delivery.key.queue, delivery.key.id_)
+        handle: Handle = delivery.handle
+        slot = handle.state.in_flight.pop(handle.tag, None)
+        if slot is not None:
+            self._drop_flight(slot)
+
+    def _drop_flight(self, slot: tuple[str, str]) -> None:
         count = self._in_flight.get(slot, 0) - 1
         if count > 0:
             self._in_flight[slot] = count
         else:
             self._in_flight.pop(slot, None)
+
+    def _release_state(self, state: ChannelState) -> None:
+        """A consumer's channel is gone: RabbitMQ takes its deliveries back."""
+        state.alive = False
+        for slot in state.in_flight.values():
+            self._drop_flight(slot)
+        state.in_flight.clear()
 
     async def requeue(
         self, key: Delivery, payload: str | None = None, params: Parameters | None = None

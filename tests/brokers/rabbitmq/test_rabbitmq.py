@@ -337,3 +337,29 @@ async def test_unique_ids_are_per_process_and_never_block_for_longer_than_the_wi
     finally:
         await producer.disconnect()
         await other.disconnect()
+
+
+async def test_counts_read_each_part_of_the_queue(conn: Connection, queue: Queue) -> None:
+    broker = conn.message_broker
+    later = datetime.now(tz=UTC) + timedelta(hours=1)
+    await _job(conn, queue, "ready", args={"n": 1}).enqueue()
+    await _job(conn, queue, "ready", args={"n": 2}).enqueue()
+    await _job(conn, queue, "later", deferred_until=later).enqueue()
+    await _job(conn, queue, "doomed").enqueue()
+    consumer = broker.get_consumer(queue.name)
+    await consumer.start()
+    try:
+        taken = await consumer.fetch(3, 2.0)
+        for delivery in taken:
+            if delivery.key.topic == "doomed":
+                await broker.nack(delivery)
+        assert await broker.counts(queue.name) == {
+            "ready": 0,
+            "delayed": 1,
+            "in_flight": 2,
+            "dead": 1,
+        }
+    finally:
+        await consumer.finish()
+    assert await broker.counts(queue.name) == {"ready": 2, "delayed": 1, "in_flight": 0, "dead": 1}
+    assert queue.name in broker.queue_names()
