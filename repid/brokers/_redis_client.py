@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -177,6 +178,8 @@ class RespConnection(asyncio.Protocol):
         self._flush_scheduled = False
         self._loop = asyncio.get_running_loop()
         self.closed = False
+        self.last_activity = time.monotonic()
+        """When the server last answered, or when a command was sent to an idle connection."""
         self.lost: asyncio.Future[None] = self._loop.create_future()
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
@@ -197,6 +200,7 @@ class RespConnection(asyncio.Protocol):
             self.lost.set_result(None)
 
     def data_received(self, data: bytes) -> None:
+        self.last_activity = time.monotonic()
         buffer = self._buffer + data if self._buffer else data
         waiters = self._waiters
         pos = 0
@@ -234,6 +238,7 @@ class RespConnection(asyncio.Protocol):
             return fut
         waiters = self._waiters
         if not waiters and not self._out:
+            self.last_activity = time.monotonic()
             # An idle connection: send at once (a lone caller does not wait for the loop step).
             # Commands issued right after it in this step are batched behind it.
             waiters.append(fut)
@@ -261,6 +266,11 @@ class RespConnection(asyncio.Protocol):
         out.clear()
         if self._transport is not None:
             self._transport.write(data)
+
+    @property
+    def busy(self) -> bool:
+        """Commands are waiting for replies."""
+        return bool(self._waiters)
 
     def close(self) -> None:
         self.closed = True

@@ -23,7 +23,12 @@ from repid.brokers._redis_link import SCRIPTS
 from repid.brokers.base import Delivery
 from repid.codec import decode_message
 from repid.data import MessageCategory, Parameters, RoutingKey
-from repid.errors import ConsumerClosedError, DecodeError, QueueNotDeclaredError
+from repid.errors import (
+    BrokerUnavailableError,
+    ConsumerClosedError,
+    DecodeError,
+    QueueNotDeclaredError,
+)
 
 if TYPE_CHECKING:
     from repid.brokers.redis import RedisMessageBroker
@@ -34,6 +39,10 @@ logger = logging.getLogger("repid.brokers.redis")
 
 _KEY_SUFFIXES = ("s0", "s1", "s2", "r0", "r1", "r2", "d", "de", "x", "i", "m")
 _UNLIMITED_BATCH = 100
+_PRUNE_INTERVAL = 60.0
+"""Seconds between two removals of dead consumers (e.g. of SIGKILLed workers) from the groups."""
+_PRUNE_IDLE_MS = 600_000
+"""A consumer holding nothing and idle this long is removed (a live one is recreated on read)."""
 _NORMAL = MessageCategory.NORMAL
 
 
@@ -77,6 +86,7 @@ class RedisConsumer:
         self._fetched = False
         self._next_sweep = 0.0
         self._next_due: float | None = None
+        self._next_prune = 0.0
         self._last_renewal = 0.0
         self._blocking: RespConnection | None = None
         self._blocker: asyncio.Future[None] | None = None
@@ -300,6 +310,9 @@ class RedisConsumer:
         sweep = now >= self._next_sweep
         if sweep:
             self._next_sweep = now + broker.sweep_interval
+            if now >= self._next_prune:
+                self._next_prune = now + _PRUNE_INTERVAL
+                await broker.link.script(SCRIPTS["prune"], self._keys, [_PRUNE_IDLE_MS])
         reply = await broker.link.script(
             SCRIPTS["fetch"],
             self._keys,
@@ -336,7 +349,16 @@ class RedisConsumer:
             return
         self._blocker = blocker = asyncio.get_running_loop().create_future()
         try:
-            self._buffer.extend(await self._block(count, timeout))
+            arrived = await self._block(count, timeout)
+            conn = self._broker.link.conn
+            if arrived and conn is not None and conn.busy:
+                # A producer on this broker may be about to read its reply to the publish we
+                # were woken by (Redis writes to the woken reader first). Replies come in order:
+                # once a PING sent now is answered, the producer has its reply and resumes
+                # before us, so its `enqueued` event precedes the worker's `started`.
+                with contextlib.suppress(Exception):
+                    await conn.call("PING")
+            self._buffer.extend(arrived)
         finally:
             self._blocker = None
             blocker.set_result(None)
@@ -348,25 +370,12 @@ class RedisConsumer:
                 self._broker.address, self._broker.link.connect_timeout
             )
         self._fetched = True
-        keys = self._keys
         try:
-            reply = await conn.call(
-                "XREADGROUP",
-                "GROUP",
-                "repid",
-                self.name,
-                "COUNT",
-                count,
-                "BLOCK",
-                max(1, int(timeout * 1000)),
-                "STREAMS",
-                keys[0],
-                keys[1],
-                keys[2],
-                ">",
-                ">",
-                ">",
-            )
+            async with asyncio.timeout(timeout + self._broker.link.timeout):
+                reply = await self._read_blocking(conn, count, timeout)
+        except TimeoutError:  # the server hangs: drop the connection, the caller retries
+            conn.close()
+            raise BrokerUnavailableError("Redis did not answer a blocking read") from None
         except RedisReplyError:
             # The queue was flushed or deleted under us (NOGROUP, UNBLOCKED): say which.
             await self._broker._require(self._queue)
@@ -382,6 +391,26 @@ class RedisConsumer:
                 out.append(make(p, entry_id, envelope, 1, False))
         out.sort(key=lambda delivery: delivery.handle[0])
         return self._filter(out) if self._topics is not None else out
+
+    async def _read_blocking(self, conn: RespConnection, count: int, timeout: float) -> Any:
+        keys = self._keys
+        return await conn.call(
+            "XREADGROUP",
+            "GROUP",
+            "repid",
+            self.name,
+            "COUNT",
+            count,
+            "BLOCK",
+            max(1, int(timeout * 1000)),
+            "STREAMS",
+            keys[0],
+            keys[1],
+            keys[2],
+            ">",
+            ">",
+            ">",
+        )
 
     def _delivery(
         self, p: int, entry_id: bytes, envelope: bytes, count: int, redelivered: bool

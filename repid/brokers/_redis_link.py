@@ -7,9 +7,11 @@ fail because the connection dropped are retried on a new connection until the op
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
+from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
@@ -57,13 +59,43 @@ SCRIPTS = _load_scripts()
 class Link:
     """The command connection of one broker, re-opened on demand after a failure."""
 
-    def __init__(self, address: RedisAddress, connect_timeout: float, timeout: float) -> None:
+    def __init__(
+        self,
+        address: RedisAddress,
+        connect_timeout: float,
+        timeout: float,
+        scripts: Sequence[Script] = (),
+    ) -> None:
         self.address = address
         self.connect_timeout = connect_timeout
         self.timeout = timeout
         self.conn: RespConnection | None = None
+        self._scripts = scripts
         self._lock: asyncio.Lock | None = None
         self._failures = 0
+        self._watchdog: asyncio.Task[None] | None = None
+
+    def start_watchdog(self) -> None:
+        """Close the connection when Redis leaves commands unanswered for `timeout` seconds.
+
+        A server that hangs without closing the socket would otherwise stall every caller; once
+        closed, callers retry on a new connection (and give up after their timeout).
+        """
+        if self._watchdog is None or self._watchdog.done():
+            self._watchdog = asyncio.create_task(self._watch(), name="repid-redis-watchdog")
+
+    async def _watch(self) -> None:
+        interval = max(0.05, min(1.0, self.timeout / 4))
+        while True:
+            await asyncio.sleep(interval)
+            conn = self.conn
+            if (
+                conn is not None
+                and conn.busy
+                and time.monotonic() - conn.last_activity > self.timeout
+            ):
+                logger.error("Redis has not answered for %.1fs; reconnecting", self.timeout)
+                conn.close()
 
     async def connection(self) -> RespConnection:
         conn = self.conn
@@ -76,13 +108,28 @@ class Link:
             if conn is not None and not conn.closed:
                 return conn
             conn = await open_connection(self.address, self.connect_timeout)
+            if self._scripts:  # a restarted server has forgotten them
+                try:
+                    async with asyncio.timeout(self.connect_timeout):
+                        await asyncio.gather(
+                            *(conn.call("SCRIPT", "LOAD", s.body) for s in self._scripts)
+                        )
+                except TimeoutError:
+                    conn.close()
+                    raise BrokerUnavailableError("Redis did not answer after connecting") from None
             if self._failures:
                 logger.info("reconnected to Redis")
                 self._failures = 0
             self.conn = conn
             return conn
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """Close the connection and stop the watchdog."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+            self._watchdog = None
         if self.conn is not None:
             self.conn.close()
             self.conn = None
@@ -97,14 +144,15 @@ class Link:
         backoff = 0.05
         while True:
             try:
-                conn = await self.connection()
-                return await conn.call(*args)
-            except BrokerUnavailableError as exc:
+                async with asyncio.timeout(max(0.001, deadline - time.monotonic())):
+                    conn = await self.connection()
+                    return await conn.call(*args)
+            except (BrokerUnavailableError, TimeoutError) as exc:
                 self._failures += 1
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise BrokerUnavailableError(
-                        f"Redis unreachable for {self.timeout:g}s: {exc}"
+                        f"Redis unreachable for {self.timeout:g}s: {exc!r}"
                     ) from exc
                 if self._failures == 1:
                     logger.warning("Redis connection failed (%s); retrying", exc)

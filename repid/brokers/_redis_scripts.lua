@@ -308,6 +308,25 @@ if holding == 0 then
 end
 return holding
 
+-- @script prune
+-- Removes consumers that hold no message and were idle for ARGV[1] ms (workers that died after
+-- their messages were reclaimed). A live consumer removed this way is recreated by its next read.
+local removed = 0
+for p = 0, 2 do
+  local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[p + 1], G)
+  if ok then
+    for _, c in ipairs(consumers) do
+      local info = {}
+      for i = 1, #c, 2 do info[c[i]] = c[i + 1] end
+      if info['pending'] == 0 and info['idle'] > tonumber(ARGV[1]) and info['name'] ~= RETURNED then
+        redis.call('XGROUP', 'DELCONSUMER', KEYS[p + 1], G, info['name'])
+        removed = removed + 1
+      end
+    end
+  end
+end
+return removed
+
 -- @script limiter
 -- KEYS[1]: zset of concurrency slots (token -> expiry ms), KEYS[2]: zset of run starts.
 -- ARGV: token, now ms, max concurrency (0 = none), slot lease ms, rate limit (0 = none),

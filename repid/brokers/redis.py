@@ -109,7 +109,7 @@ class RedisMessageBroker:
         self.max_message_size = max_message_size
         self.sweep_interval = min(sweep_interval, lease_duration / 4)
         self.address = RedisAddress(dsn)
-        self.link = Link(self.address, connect_timeout, operation_timeout)
+        self.link = Link(self.address, connect_timeout, operation_timeout, tuple(SCRIPTS.values()))
         self._keys: dict[str, list[bytes]] = {}
         self._enqueue_heads: dict[str, tuple[int, bytes]] = {}
         self._acks: dict[str, _AckBatch] = {}
@@ -123,15 +123,14 @@ class RedisMessageBroker:
 
     async def connect(self) -> None:
         """Open the command connection (raises `BrokerUnavailableError` if Redis is down)."""
-        conn = await self.link.connection()
-        for script in SCRIPTS.values():
-            await conn.call("SCRIPT", "LOAD", script.body)
+        await self.link.connection()
+        self.link.start_watchdog()
         self.is_connected = True
 
     async def disconnect(self) -> None:
         for limiter in self._limiters.values():
             await limiter.close()
-        self.link.close()
+        await self.link.close()
         self.is_connected = False
 
     def keys(self, queue: str) -> list[bytes]:
@@ -478,9 +477,10 @@ class RedisBucketBroker:
 
     async def connect(self) -> None:
         await self.link.connection()
+        self.link.start_watchdog()
 
     async def disconnect(self) -> None:
-        self.link.close()
+        await self.link.close()
 
     def _key(self, id_: str) -> bytes:
         return f"{self.prefix}{self._kind}:{id_}".encode()

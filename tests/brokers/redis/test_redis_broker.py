@@ -242,6 +242,29 @@ async def test_enqueue_raises_broker_unavailable_once_redis_stays_down(
     await conn.disconnect()
 
 
+async def test_enqueue_raises_broker_unavailable_when_redis_hangs(
+    redis_server: RedisServer,
+) -> None:
+    broker = RedisMessageBroker(redis_server.dsn, prefix="hung:", operation_timeout=0.5)
+    conn = Connection(broker)
+    await conn.connect()
+    queue = await new_queue(conn)
+    assert redis_server.process is not None
+    redis_server.process.send_signal(signal.SIGSTOP)  # alive, connected, never answering
+    try:
+        started = time.monotonic()
+        with pytest.raises(BrokerUnavailableError):
+            await Job("x", queue=queue.name, id_="order-1", _connection=conn).enqueue()
+        assert time.monotonic() - started < 5.0
+    finally:
+        redis_server.process.send_signal(signal.SIGCONT)
+    # Once Redis answers again, the broker works again. The failed call's command may still have
+    # been stored (the server was slow, not down): retrying with the same id adds no duplicate.
+    await Job("x", queue=queue.name, id_="order-1", _connection=conn).enqueue()
+    assert (await broker.counts(queue.name))["ready"] == 1
+    await conn.disconnect()
+
+
 async def test_idle_worker_starts_a_new_message_within_milliseconds(connect: Any) -> None:
     conn = await connect()
     producer = await connect()

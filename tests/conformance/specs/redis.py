@@ -10,6 +10,8 @@ from __future__ import annotations
 import atexit
 import os
 
+import redis
+
 from repid import Connection, RedisBucketBroker, RedisMessageBroker
 from tests.conformance.specs import RUN_ID, BrokerSpec
 
@@ -32,8 +34,6 @@ def _redis(*, lease_duration: float | None = None, args_bucket: bool = False) ->
 
 def cleanup_redis_keys(dsn: str = DSN, prefix: str = PREFIX) -> int:
     """Delete every key starting with `prefix`; returns how many were deleted."""
-    import redis
-
     client = redis.Redis.from_url(dsn)
     try:
         keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
