@@ -154,7 +154,7 @@ async def test_members_joining_and_leaving_lose_nothing(conn: Connection, queue:
         return connection, worker
 
     members = [await member() for _ in range(3)]
-    (c1, w1), (c2, w2), (c3, w3) = members
+    w1, w2, w3 = (worker for _, worker in members)
     try:
         async with running(w1, 20), running(w2, 20):
             await wait_until(lambda: len(seen) >= 500, "two members to run 500 jobs", 20)
