@@ -750,8 +750,8 @@ def _run_one(
     if suite.network:
         f = net_figures(result)
         _log(
-            f"{tag}: seq {_fmt_rate(f['seq_enqueue'])}/s, conc {_fmt_rate(f['conc_enqueue'])}/s,"
-            f" drain {_fmt_rate(f['drain_launch'])}/s, e2e {_fmt_rate(f['end_to_end'])}/s,"
+            f"{tag}: jobs/s seq {_fmt_rate(f['seq_enqueue'])}, conc {_fmt_rate(f['conc_enqueue'])},"
+            f" drain {_fmt_rate(f['drain_launch'])}, e2e {_fmt_rate(f['end_to_end'])},"
             f" p50 {f['latency_p50_ms']:.1f} ms, RSS {f['worker_peak_rss_mb']:.1f} MB"
             f" ({wall:.1f}s wall)"
         )

@@ -496,10 +496,10 @@ def redis_delete_matching(
         for pattern in patterns:
             cursor = "0"
             while True:
-                cursor_raw, keys = call("SCAN", cursor, "MATCH", pattern, "COUNT", "1000")
+                cursor_raw, found = call("SCAN", cursor, "MATCH", pattern, "COUNT", "1000")
                 cursor = cursor_raw.decode()
-                if keys:
-                    deleted += int(call("UNLINK", *(k.decode() for k in keys)))
+                if found:
+                    deleted += int(call("UNLINK", *(k.decode() for k in found)))
                 if cursor == "0":
                     break
         return deleted
