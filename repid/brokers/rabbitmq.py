@@ -345,8 +345,6 @@ class RabbitMessageBroker:
         headers: dict[str, Any] | None = None,
     ) -> None:
         """Publish durably (confirmed) or fast; retry connection failures until `timeout`."""
-        if len(body) > self.max_message_size:
-            raise MessageTooLargeError(len(body), self.max_message_size)
         queue_name = key.queue
         level: int | None = None
         if routing_key is None:
@@ -433,7 +431,10 @@ class RabbitMessageBroker:
         requeuing = self._requeuing
         requeuing[slot] = []
         try:
-            await self._publish(key, encode_message(key, payload, params), params)
+            body = encode_message(key, payload, params)
+            if len(body) > self.max_message_size:
+                raise MessageTooLargeError(len(body), self.max_message_size)
+            await self._publish(key, body, params)
         except BaseException:
             self._forget(key)
             raise
@@ -641,6 +642,8 @@ class RabbitMessageBroker:
         known = None if pending is None else pending.pop(id_, None)
         if known is not None and known[1] > time.time():
             self._tombstones[(queue_name, id_)] = known[0]
+            if len(self._tombstones) > _PENDING_LIMIT:  # consumed elsewhere, never seen here
+                del self._tombstones[next(iter(self._tombstones))]
             return "dequeued"
         return None
 
