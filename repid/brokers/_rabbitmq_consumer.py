@@ -327,6 +327,10 @@ class RabbitConsumer:
                         self._broker._name(self._queue), on_message, no_ack=False
                     )
                     _deliver_inline(channel, ok.consumer_tag, on_message)
+                    try:
+                        await self._broker._control.listen()  # cancel requests of other processes
+                    except Exception as exc:
+                        logger.warning("listening for cancel requests failed: %r", exc)
                     backoff = 0.1
                     await asyncio.wait(
                         {cancelled, channel.closing}, return_when=asyncio.FIRST_COMPLETED

@@ -31,6 +31,7 @@ from repid.brokers._rabbitmq_consumer import (
     RabbitConsumer,
     to_delivery,
 )
+from repid.brokers._rabbitmq_control import Control
 from repid.brokers._rabbitmq_publisher import ConfirmBatcher, supports_batches
 from repid.brokers.base import BrokerCapabilities, Delivery, OutgoingMessage
 from repid.codec import encode_message
@@ -113,6 +114,7 @@ class RabbitMessageBroker:
         self._declared: set[str] = set()
         self._msg_ids = itertools.count()
         self._batcher = ConfirmBatcher()
+        self._control = Control(self)
         # Per-process state (shared_state=False): unique ids enqueued here and not yet settled
         # here, cancelled ids, in-flight ids, the worker registry.
         self._pending: dict[str, OrderedDict[str, tuple[float, float]]] = {}
@@ -147,6 +149,7 @@ class RabbitMessageBroker:
             raise BrokerUnavailableError(f"cannot connect to RabbitMQ: {exc!r}") from exc
 
     async def disconnect(self) -> None:
+        await self._control.close()
         connection, self._connection = self._connection, None
         self._channels.clear()
         if connection is not None:
@@ -629,8 +632,9 @@ class RabbitMessageBroker:
         return True
 
     async def cancel(self, queue_name: str, id_: str) -> str | None:
-        """Cancel job `id_`: "requested" if it runs in this process, "dequeued" if this process
-        enqueued it and it has not been settled here, else None.
+        """Cancel job `id_`: "requested" if it runs in this process or in a worker process that
+        answers within half a second; else "dequeued" if this process enqueued it and has not
+        seen it settled; else None.
 
         A dequeued message stays in RabbitMQ (a queue cannot drop one message from its middle)
         until it is delivered; then this process's consumers drop it without running it.
@@ -638,6 +642,11 @@ class RabbitMessageBroker:
         if self._in_flight.get((queue_name, id_)):
             self._cancel_requests.add(id_)
             return "requested"
+        try:
+            if await self._control.ask(queue_name, id_):
+                return "requested"  # a worker in another process runs it
+        except (*CHANNEL_ERRORS, BrokerError) as exc:
+            logger.warning("asking other processes to cancel %s failed: %r", id_, exc)
         pending = self._pending.get(queue_name)
         known = None if pending is None else pending.pop(id_, None)
         if known is not None and known[1] > time.time():

@@ -16,8 +16,10 @@ import pytest
 
 from repid import (
     BrokerUnavailableError,
+    CancelOutcome,
     Connection,
     Job,
+    JobNotFoundError,
     MessageCategory,
     PrioritiesT,
     Queue,
@@ -363,3 +365,34 @@ async def test_counts_read_each_part_of_the_queue(conn: Connection, queue: Queue
         await consumer.finish()
     assert await broker.counts(queue.name) == {"ready": 2, "delayed": 1, "in_flight": 0, "dead": 1}
     assert queue.name in broker.queue_names()
+
+
+async def test_cancel_reaches_a_job_running_in_another_process(
+    conn: Connection, queue: Queue, tmp_path: Path
+) -> None:
+    log = tmp_path / "runs.log"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(HERE / "worker_app.py"),
+        DSN,
+        PREFIX,
+        queue.name,
+        str(log),
+        stdout=asyncio.subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(HERE.parents[2])},
+    )
+    try:
+        endless = await _job(conn, queue, "endless", id_=f"endless-{uuid4().hex[:6]}").enqueue()
+
+        def logged() -> list[str]:
+            return log.read_text().split() if log.exists() else []
+
+        await wait_until(lambda: "started" in logged(), "the job to start in the worker", 20)
+        # This process did enqueue it, but a worker elsewhere runs it: it must be asked.
+        assert await endless.cancel() is CancelOutcome.REQUESTED
+        await wait_until(lambda: "cancelled" in logged(), "the remote actor to be cancelled")
+        with pytest.raises(JobNotFoundError):
+            await _job(conn, queue, "endless", id_="nobody-runs-this").cancel()
+    finally:
+        proc.kill()
+        await asyncio.wait_for(proc.wait(), 10)

@@ -1,4 +1,6 @@
-"""A worker process for the crash tests: each run of `record` appends its job number to a file.
+"""A worker process for the crash and cancel tests: actor runs are logged to a file.
+
+`record` appends its job number; `endless` logs "started" and, when cancelled, "cancelled".
 
 Run as `python worker_app.py <dsn> <prefix> <queue> <log path>`; it prints "ready" once consuming.
 """
@@ -24,6 +26,15 @@ async def main(dsn: str, prefix: str, queue: str, log_path: str) -> None:
         await asyncio.sleep(0.02)  # work in progress when the kill lands
         log.write(f"{n}\n")
         os.fsync(log.fileno())
+
+    @router.actor(queue=queue)
+    async def endless() -> None:
+        log.write("started\n")
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            log.write("cancelled\n")
+            raise
 
     worker = Worker([router], tasks_limit=10, handle_signals=[], _connection=conn)
     print("ready", flush=True)
