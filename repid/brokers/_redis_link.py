@@ -159,6 +159,24 @@ class Link:
                 await asyncio.sleep(min(backoff, remaining))
                 backoff = min(backoff * 2, 1.0)
 
+    async def transaction(self, *commands: Sequence[Arg]) -> list[Any]:
+        """Run `commands` in one MULTI/EXEC (all or none); retried like `call`."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                async with asyncio.timeout(max(0.001, deadline - time.monotonic())):
+                    conn = await self.connection()
+                    # Issued without a suspension in between: nothing else lands inside.
+                    replies = [conn.call("MULTI")]
+                    replies += [conn.call(*command) for command in commands]
+                    replies.append(conn.call("EXEC"))
+                    done: list[Any] = await asyncio.gather(*replies)
+                    return list(done[-1])
+            except (BrokerUnavailableError, TimeoutError) as exc:
+                if time.monotonic() >= deadline:
+                    raise BrokerUnavailableError(f"Redis unreachable: {exc!r}") from exc
+                await asyncio.sleep(0.05)
+
     async def script(
         self, script: Script, keys: list[bytes], args: list[Arg], timeout: float | None = None
     ) -> Any:

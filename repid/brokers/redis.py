@@ -423,12 +423,15 @@ class RedisMessageBroker:
                 "last_seen": info.last_seen,
             }
         )
-        await self.link.call("HSET", self._workers_key, info.id, record)
-        await self.link.call("ZADD", self._seen_key, int(info.last_seen * 1000), info.id)
+        await self.link.transaction(
+            ("HSET", self._workers_key, info.id, record),
+            ("ZADD", self._seen_key, int(info.last_seen * 1000), info.id),
+        )
 
     async def unregister_worker(self, worker_id: str) -> None:
-        await self.link.call("HDEL", self._workers_key, worker_id)
-        await self.link.call("ZREM", self._seen_key, worker_id)
+        await self.link.transaction(
+            ("HDEL", self._workers_key, worker_id), ("ZREM", self._seen_key, worker_id)
+        )
 
     async def live_workers(self, stale_after: float = STALE_AFTER) -> list[WorkerInfo]:
         """Workers heard from within `stale_after` seconds; staler ones are forgotten."""
@@ -499,3 +502,22 @@ class RedisBucketBroker:
 
     async def delete_bucket(self, id_: str) -> None:
         await self.link.call("DEL", self._key(id_))
+
+    async def wait_bucket(self, id_: str, timeout: float | None) -> BucketT | None:
+        """Return the bucket once stored, or None after `timeout` seconds (None: no limit).
+
+        Polls with a short backoff (2 ms, growing to 50 ms): a result is seen at most 50 ms
+        after it is stored, at a cost of at most 20 small reads a second per waiter.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        pause = 0.002
+        while True:
+            bucket = await self.get_bucket(id_)
+            if bucket is not None:
+                return bucket
+            if deadline is not None and loop.time() >= deadline:
+                return None
+            wait = pause if deadline is None else min(pause, max(0.0, deadline - loop.time()))
+            await asyncio.sleep(wait)
+            pause = min(pause * 2, 0.05)
