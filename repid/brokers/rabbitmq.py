@@ -52,6 +52,8 @@ DELAY_LEVELS_MS: tuple[int, ...] = tuple(2**k for k in range(6, 32))
 """TTLs of the delay queues (64 ms to ~24.9 days). A delay hops through the largest level not
 longer than what remains, so it is never early and different delays never block each other."""
 _MAX_PRIORITY = 2
+_QUEUE_VERSION = {"x-queue-version": 2}
+"""Classic queues v2 (RabbitMQ 3.10+, the only kind in 4.x): faster persistent confirms."""
 _PENDING_LIMIT = 100_000
 """Unique ids remembered per process (oldest forgotten first)."""
 
@@ -222,13 +224,14 @@ class RabbitMessageBroker:
             durable=True,
             auto_delete=True,
         )
-        await self._admin("queue_declare", dead, durable=True)
+        await self._admin("queue_declare", dead, durable=True, arguments=_QUEUE_VERSION)
         await self._admin("queue_bind", dead, self.dead_letter_exchange, routing_key=dead)
         await self._admin(
             "queue_declare",
             name,
             durable=True,
             arguments={
+                **_QUEUE_VERSION,
                 "x-max-priority": _MAX_PRIORITY,
                 "x-dead-letter-exchange": self.dead_letter_exchange,
                 "x-dead-letter-routing-key": dead,
@@ -314,6 +317,7 @@ class RabbitMessageBroker:
             self._delay_name(queue_name, level),
             durable=True,
             arguments={
+                **_QUEUE_VERSION,
                 "x-message-ttl": level,
                 "x-dead-letter-exchange": "",
                 "x-dead-letter-routing-key": self._name(queue_name),
