@@ -304,6 +304,13 @@ class RedisConsumer:
         return out
 
     async def _fetch_ready(self, count: int) -> list[Delivery]:
+        try:
+            return await self._fetch_script(count)
+        except RedisReplyError:  # NOGROUP: the queue was deleted; say so clearly
+            await self._broker._require(self._queue)
+            raise
+
+    async def _fetch_script(self, count: int) -> list[Delivery]:
         broker = self._broker
         self._fetched = True
         now = time.monotonic()
@@ -469,7 +476,15 @@ class RedisConsumer:
                 break
             for entry_id, fields in entries:
                 self._browse_after = entry_id
-                delivery = self._browsed(entry_id, fields[1], MessageCategory.DEAD)
+                values = dict(zip(fields[::2], fields[1::2], strict=True))
+                delivery = self._browsed(entry_id, values.get(b"m", b""), MessageCategory.DEAD)
+                raw = values.get(b"raw")
+                if raw is not None:  # an undecodable message: its bytes, and why
+                    info = delivery.parameters.dead_letter
+                    delivery = delivery._replace(
+                        raw=raw,
+                        decode_error=info.error_message if info is not None else "undecodable",
+                    )
                 if self._wanted(delivery):
                     out.append(delivery)
         return out

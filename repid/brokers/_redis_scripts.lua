@@ -166,7 +166,8 @@ return renewed
 
 -- @script settle
 -- ARGV: op ('nack'|'reject'|'requeue'), priority, entry id, consumer, delivery count, job id,
---       new envelope ('' = unchanged), due ms, now ms. Returns 1, or 0 for a stale delivery.
+--       new envelope ('' = unchanged), due ms, now ms, raw bytes of an undecodable message ('').
+-- Returns 1, or 0 for a stale delivery.
 local op, p, id, jid = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[6]
 if not owned(p, id, ARGV[4], ARGV[5]) then return 0 end
 if op == 'reject' then
@@ -181,7 +182,11 @@ end
 release(p, id)
 if op == 'nack' then
   forget(jid, p .. id)
-  redis.call('XADD', KEYS[9], '*', 'm', env, 'j', jid)
+  if ARGV[10] ~= '' then
+    redis.call('XADD', KEYS[9], '*', 'm', env, 'j', jid, 'raw', ARGV[10])
+  else
+    redis.call('XADD', KEYS[9], '*', 'm', env, 'j', jid)
+  end
 else
   place(jid, env, p, ARGV[8], ARGV[9])
 end

@@ -287,29 +287,28 @@ class RedisMessageBroker:
             conn.flush()
 
     async def _settle(
-        self, key: Delivery, op: str, envelope: bytes | str = "", due: str = ""
+        self, key: Delivery, op: str, envelope: bytes | str = "", due: str = "", raw: bytes = b""
     ) -> bool:
         p, entry_id, consumer, count = key.handle
         consumer.settled(entry_id)
         result = await self.link.script(
             SCRIPTS["settle"],
             self.keys(key.key.queue),
-            [op, p, entry_id, consumer.name, count, key.key.id_, envelope, due, _now_ms()],
+            [op, p, entry_id, consumer.name, count, key.key.id_, envelope, due, _now_ms(), raw],
         )
         return bool(result)
 
     async def nack(self, key: Delivery, parameters: Parameters | None = None) -> bool:
         if key.category is MessageCategory.DEAD:
             return True
-        envelope = b"" if parameters is None else self._raw_envelope(key, parameters)
+        if parameters is None:
+            parameters = key.parameters
+        envelope = encode_message(key.key, key.payload, parameters)
         if key.category is MessageCategory.DELAYED:
             return await self._browsed(key, "nack", envelope)
-        return await self._settle(key, "nack", envelope)
-
-    def _raw_envelope(self, key: Delivery, parameters: Parameters) -> bytes:
-        if key.decode_error is not None and key.raw is not None:
-            return key.raw  # undecodable bytes are dead-lettered as they came
-        return encode_message(key.key, key.payload, parameters)
+        # Undecodable bytes are kept beside the dead letter's envelope (which says why).
+        raw = key.raw if key.decode_error is not None and key.raw is not None else b""
+        return await self._settle(key, "nack", envelope, raw=raw)
 
     async def reject(self, key: Delivery) -> bool:
         if key.category is not MessageCategory.NORMAL:

@@ -352,3 +352,30 @@ async def test_deleting_a_queue_leaves_no_key_behind(connect: Any, prefix: str) 
 async def _browse(queue: Queue, category: MessageCategory) -> list[Any]:
     async with contextlib.aclosing(queue.get_messages(category=category)) as messages:
         return [message async for message in messages]
+
+
+async def test_foreign_bytes_in_a_stream_are_dead_lettered_with_their_raw_bytes(
+    connect: Any, prefix: str
+) -> None:
+    conn = await connect()
+    queue = await new_queue(conn)
+    broker = conn.message_broker
+    client = redis.asyncio.Redis.from_url(DSN)
+    try:  # another program writes to the queue's MEDIUM stream
+        await client.xadd(broker.keys(queue.name)[1], {"m": b"\xffnot json"})
+    finally:
+        await client.aclose()
+    router = Router()
+
+    @router.actor(queue=queue.name)
+    async def anything() -> None:
+        raise AssertionError("an undecodable message reached an actor")
+
+    worker = Worker([router], messages_limit=1, handle_signals=[], _connection=conn)
+    runner = await asyncio.wait_for(worker.run(), DEADLINE)
+    assert runner.dead_lettered == 1
+    (dead,) = await _browse(queue, MessageCategory.DEAD)
+    assert dead.dead_letter is not None
+    assert dead.dead_letter.reason == "decode_error"
+    assert dead.delivery.raw == b"\xffnot json"
+    await queue.delete()
