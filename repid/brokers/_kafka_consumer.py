@@ -148,6 +148,15 @@ class _Handle:
         return self.part.revoked or self.generation != self.part.generation
 
 
+def _rejoin_pending(kafka: AIOKafkaConsumer) -> bool:
+    """The group is rebalancing: a commit now would race with it (checked, not guaranteed)."""
+    try:
+        coordinator = kafka._coordinator
+        return bool(coordinator.need_rejoin(kafka._subscription.subscription))
+    except Exception:  # aiokafka internals moved: commit as usual
+        return False
+
+
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, consumer: KafkaConsumer) -> None:
         self.consumer = consumer
@@ -198,6 +207,7 @@ class KafkaConsumer:
         self._caught_up = asyncio.Event()
         self._assignment_changed = False
         self._reset_to_beginning = False
+        self._rebalancing = False
         self._browsed: list[Delivery] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -224,7 +234,7 @@ class KafkaConsumer:
             # How long a rebalance waits for members to rejoin: our revoke drains first.
             rebalance_timeout_ms=int((broker.drain_timeout + broker.session_timeout) * 1000),
             session_timeout_ms=int(broker.session_timeout * 1000),
-            heartbeat_interval_ms=max(100, int(broker.session_timeout * 1000 / 3)),
+            heartbeat_interval_ms=min(500, int(broker.session_timeout * 1000 / 3)),
             request_timeout_ms=max(40_000, int(broker.timeout * 1000)),
             **broker._client_kwargs(),
         )
@@ -311,6 +321,13 @@ class KafkaConsumer:
         self._drop_buffered(lambda d: id(d.handle.part) in lost)
         for key in [k for k in self._held if id(k[0]) in lost]:
             del self._held[key]
+        self._rebalancing = True  # the periodic commit waits: the revoke commits itself
+        try:
+            await self._drain_and_commit(parts)
+        finally:
+            self._rebalancing = False
+
+    async def _drain_and_commit(self, parts: list[_Partition]) -> None:
         running = [p.drained.wait() for p in parts if p.running]
         if running:
             logger.info(
@@ -318,7 +335,7 @@ class KafkaConsumer:
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*running), self.broker.drain_timeout)
-        if self._kafka is not None:
+        if self._kafka is not None and self.broker.commit_on_revoke:
             await self._commit(self._kafka, parts)
         for part in parts:
             part.revoked = True
@@ -549,7 +566,8 @@ class KafkaConsumer:
         assert kafka is not None
         while True:
             await asyncio.sleep(self.broker.commit_interval)
-            await self._commit(kafka)
+            if not self._rebalancing and not _rejoin_pending(kafka):
+                await self._commit(kafka)
 
     async def _commit(
         self, kafka: AIOKafkaConsumer, parts: Sequence[_Partition] | None = None

@@ -83,6 +83,9 @@ class KafkaMessageBroker:
             partitions it loses before leaving them to the next owner (who runs them again).
         session_timeout: seconds after which the group drops a consumer that stopped
             heartbeating (a crashed worker); its partitions wait that long for a new owner.
+        commit_on_revoke: commit the finished prefix of revoked partitions during a rebalance
+            (Kafka's documented pattern). False abandons it to the next owner instead (more
+            duplicates) for servers that refuse commits during a rebalance, like noida-db.
         unique_ids: where ids given by the user (`Job(id_=...)`) are remembered while pending.
             Default: in this process only. Pass a shared bucket broker (e.g.
             `RedisBucketBroker(dsn)`) to enforce unique ids across processes.
@@ -103,6 +106,7 @@ class KafkaMessageBroker:
         commit_interval: float = 0.2,
         drain_timeout: float = 5.0,
         session_timeout: float = 10.0,
+        commit_on_revoke: bool = True,
         unique_ids: BucketBrokerT | None = None,
         unique_ttl: timedelta = timedelta(days=1),
         client_options: Mapping[str, Any] | None = None,
@@ -123,6 +127,7 @@ class KafkaMessageBroker:
         self.commit_interval = commit_interval
         self.drain_timeout = drain_timeout
         self.session_timeout = session_timeout
+        self.commit_on_revoke = commit_on_revoke
         self.unique_ttl = unique_ttl
         self.client_options: dict[str, Any] = dict(client_options or {})
         self.capabilities = BrokerCapabilities(

@@ -4,6 +4,7 @@ best-effort priorities, unreachable clusters, and the Kafka + Redis bucket pair.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -31,6 +32,7 @@ from repid import (
     Router,
     Worker,
 )
+from repid.brokers._kafka_consumer import read_topic
 from tests.conformance.specs import RUN_ID
 from tests.conformance.specs.kafka import BOOTSTRAP
 from tests.conformance.support import browse, run_to_limit, running, wait_until
@@ -100,41 +102,48 @@ def _lines(path: Path) -> list[int]:
 
 
 async def test_worker_sigkilled_mid_batch_loses_nothing(conn: Connection, queue: Queue) -> None:
-    total, tasks = 2000, 50
+    total, tasks = 3000, 50
     await _fill(conn, queue, total)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "done.txt"
-        # The survivor joins first: it leads the group. (noida-db never expels a crashed group
-        # *leader*, unlike Kafka, which drops any member after its session timeout.)
-        survivor = _worker_process(queue, out, tasks)
+        victim = _worker_process(queue, out, tasks)
         try:
-            await wait_until(lambda: len(_lines(out)) >= 50, "the survivor to start", 30)
-            victim = _worker_process(queue, out, tasks)
-            try:
-                mark = len(_lines(out))
-                await wait_until(
-                    lambda: len(_lines(out)) >= mark + 300, "both workers to run jobs", 30
-                )
-            finally:
-                victim.send_signal(signal.SIGKILL)
-                victim.wait()
-            assert len(_lines(out)) < total, "the queue was drained before the kill"
-            await wait_until(lambda: set(_lines(out)) >= set(range(total)), "every job to run", 40)
+            await wait_until(lambda: len(_lines(out)) >= 300, "the worker to run 300 jobs", 30)
         finally:
-            survivor.send_signal(signal.SIGTERM)
-            survivor.wait(10)
-        runs = Counter(_lines(out))
-    assert set(runs) == set(range(total))
-    duplicates = sum(count - 1 for count in runs.values())
-    # Only what was fetched but not committed when the victim died can run twice: at most its
+            victim.send_signal(signal.SIGKILL)
+            victim.wait()
+        done = Counter(_lines(out))
+    assert len(done) < total, "the queue was drained before the kill"
+    # What the next owner of the partitions gets: everything from the committed offsets on.
+    redelivered = Counter(
+        json.loads(d.payload)["n"]
+        for d in await read_topic(conn.message_broker, queue.name, MessageCategory.NORMAL)
+    )
+    assert set(done) | set(redelivered) == set(range(total)), "a job was lost"
+    assert max(done.values()) == 1
+    duplicates = len(set(done) & set(redelivered))
+    # Only what was fetched but not committed when the worker died runs twice: at most its
     # buffer (prefetch 1000) plus the jobs running at that instant.
     assert duplicates <= 1000 + tasks, f"{duplicates} duplicates"
+    if "REPID_KAFKA_BOOTSTRAP" in os.environ:
+        # On Kafka a new worker takes over after the session timeout. (noida-db 0.2.3 never
+        # expels a crashed group leader, so this part needs a real Kafka.)
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "done.txt"
+            survivor = _worker_process(queue, out, tasks)
+            try:
+                await wait_until(lambda: set(_lines(out)) >= set(redelivered), "the redelivery", 60)
+            finally:
+                survivor.send_signal(signal.SIGTERM)
+                survivor.wait(10)
 
 
 @pytest.mark.xfail(
-    reason="noida-db 0.2.3 stalls this 2 -> 3 -> 1 rebalance sequence (members keep rejoining); "
-    "not yet diagnosed whether the broker or the test broker is at fault",
-    strict=False,
+    "REPID_KAFKA_BOOTSTRAP" not in os.environ,
+    reason="noida-db 0.2.3 answers the OffsetCommit sent from on_partitions_revoked with "
+    "ILLEGAL_GENERATION (Kafka accepts it during a rebalance); aiokafka then drops its member id "
+    "and the group stalls, and a departed leader is never replaced. Runs on Kafka only.",
+    run=False,
 )
 async def test_members_joining_and_leaving_lose_nothing(conn: Connection, queue: Queue) -> None:
     total, tasks = 3000, 20
