@@ -322,15 +322,15 @@ class RabbitConsumer:
 
                 channel.on_consumer_cancel_callbacks.add(on_cancel)
                 try:
+                    try:  # before any job can start here: cancel requests of other processes
+                        await self._broker._control.listen()
+                    except Exception as exc:
+                        logger.warning("listening for cancel requests failed: %r", exc)
                     on_message = self._on_message_for(state)
                     ok = await channel.basic_consume(
                         self._broker._name(self._queue), on_message, no_ack=False
                     )
                     _deliver_inline(channel, ok.consumer_tag, on_message)
-                    try:
-                        await self._broker._control.listen()  # cancel requests of other processes
-                    except Exception as exc:
-                        logger.warning("listening for cancel requests failed: %r", exc)
                     backoff = 0.1
                     await asyncio.wait(
                         {cancelled, channel.closing}, return_when=asyncio.FIRST_COMPLETED
