@@ -88,7 +88,8 @@ class KafkaMessageBroker:
             duplicates) for servers that refuse commits during a rebalance, like noida-db.
         unique_ids: where ids given by the user (`Job(id_=...)`) are remembered while pending.
             Default: in this process only. Pass a shared bucket broker (e.g.
-            `RedisBucketBroker(dsn)`) to enforce unique ids across processes.
+            `RedisBucketBroker(dsn)`) to enforce unique ids across processes; this broker
+            connects and disconnects it.
         unique_ttl: how long a pending unique id is remembered at most.
         client_options: extra keyword arguments for every aiokafka client (security, SASL...).
     """
@@ -188,8 +189,7 @@ class KafkaMessageBroker:
             raise BrokerUnavailableError(
                 f"Kafka at {self.bootstrap_servers!r} is unreachable: {exc!r}"
             ) from exc
-        if self._own_unique:
-            await self._unique.connect()
+        await self._unique.connect()
         self.is_connected = True
 
     async def _start_clients(self) -> None:
@@ -232,8 +232,7 @@ class KafkaMessageBroker:
         for consumer in list(self._consumers):
             await consumer.finish()
         await self._stop_clients()
-        if self._own_unique:
-            await self._unique.disconnect()
+        await self._unique.disconnect()
 
     def _require_producer(self) -> AIOKafkaProducer:
         if self._producer is None:

@@ -354,3 +354,73 @@ async def test_unreachable_cluster_is_a_clear_error_and_enqueue_resumes() -> Non
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(10)
+
+
+async def test_kafka_with_redis_buckets_unique_ids_and_results_across_brokers(
+    queue: Queue,
+) -> None:
+    """The documented pairing: unique ids and results in Redis, shared by two Kafka brokers."""
+    from repid.brokers.redis import RedisBucketBroker
+    from tests.conformance.specs.redis import DSN as REDIS_DSN
+
+    prefix = f"repid-{RUN_ID}-kafka-pair:"
+
+    def connection() -> Connection:
+        unique = RedisBucketBroker(REDIS_DSN, prefix=prefix)
+        return Connection(
+            _broker(unique_ids=unique),
+            results_bucket_broker=RedisBucketBroker(
+                REDIS_DSN, use_result_bucket=True, prefix=prefix
+            ),
+        )
+
+    producer, worker_side = connection(), connection()
+    for c in (producer, worker_side):
+        await c.connect()
+    try:
+        short = timedelta(seconds=60)
+        sent = await Job(
+            "square",
+            queue=queue.name,
+            id_="pair-1",
+            args={"x": 4},
+            result_ttl=short,
+            _connection=producer,
+        ).enqueue()
+        # Another producer (another broker object: another process) sends the same id.
+        await Job(
+            "square",
+            queue=queue.name,
+            id_="pair-1",
+            args={"x": 5},
+            result_ttl=short,
+            _connection=worker_side,
+        ).enqueue()
+        (pending,) = await browse(Queue(queue.name, _connection=producer))
+        assert pending.raw_payload == '{"x":4}'
+
+        router = Router()
+
+        @router.actor(queue=queue.name)
+        async def square(x: int) -> int:
+            return x * x
+
+        worker = Worker([router], messages_limit=1, handle_signals=[], _connection=worker_side)
+        await run_to_limit(worker, 10)
+        assert await sent.wait(timeout=5) == 16  # stored by the worker, read by the producer
+        # Settled: the id is free again, for every producer.
+        await Job(
+            "square",
+            queue=queue.name,
+            id_="pair-1",
+            args={"x": 6},
+            result_ttl=short,
+            _connection=producer,
+        ).enqueue()
+        (again,) = await browse(Queue(queue.name, _connection=producer))
+        assert again.raw_payload == '{"x":6}'
+    finally:
+        broker = producer.message_broker
+        await broker._unique.delete_bucket(broker._unique_key(queue.name, "pair-1"))
+        for c in (producer, worker_side):
+            await c.disconnect()
