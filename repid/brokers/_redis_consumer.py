@@ -314,7 +314,8 @@ class RedisConsumer:
         broker = self._broker
         self._fetched = True
         now = time.monotonic()
-        sweep = now >= self._next_sweep
+        due = self._next_due
+        sweep = now >= self._next_sweep or (due is not None and time.time() >= due)
         if sweep:
             self._next_sweep = now + broker.sweep_interval
             if now >= self._next_prune:

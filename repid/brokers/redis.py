@@ -260,10 +260,9 @@ class RedisMessageBroker:
         return bool(results[index])
 
     def _flush_acks(self, queue: str, now: bool = False) -> None:
-        batch = self._acks.get(queue)
-        if batch is None or (not now and batch is not self._acks[queue]):
+        batch = self._acks.pop(queue, None)
+        if batch is None:  # already sent (it filled up before the end of the loop step)
             return
-        del self._acks[queue]
         conn = self.link.conn
         if conn is None or conn.closed:
             batch.future.set_exception(BrokerUnavailableError("not connected"))
