@@ -30,7 +30,15 @@ from repid.errors import BrokerUnavailableError, ConsumerClosedError, DecodeErro
 if TYPE_CHECKING:
     from repid.brokers.kafka import KafkaMessageBroker
 
-__all__ = ["DEAD_HEADER", "REMOVE_HEADER", "KafkaConsumer", "Removal", "end_offsets", "read_topic"]
+__all__ = [
+    "DEAD_HEADER",
+    "REMOVE_HEADER",
+    "KafkaConsumer",
+    "Removal",
+    "end_offsets",
+    "queue_counts",
+    "read_topic",
+]
 
 logger = logging.getLogger("repid.brokers.kafka")
 
@@ -883,3 +891,32 @@ async def read_topic(
             if d.decode_error is not None or (d.parameters.not_before or 0.0) <= time.time() + 1e9
         ]
     return out
+
+
+async def queue_counts(broker: KafkaMessageBroker, queue_name: str) -> dict[str, int]:
+    """Offset arithmetic over a queue's topics (see `KafkaMessageBroker.counts`)."""
+    topics = [broker.topic(queue_name, category) for category in MessageCategory]
+    async with _reader(broker) as reader:
+        tps = await _partitions(reader, topics)
+        ends = await reader.end_offsets(tps)
+        starts = await reader.beginning_offsets(tps)
+    try:
+        committed = await broker._require_admin().list_consumer_group_offsets(
+            broker.group(queue_name), partitions=tps
+        )
+    except KafkaError:
+        committed = {}
+    sizes = dict.fromkeys(topics, 0)
+    for tp in tps:
+        start = starts.get(tp, 0)
+        meta = committed.get(tp)
+        if tp.topic != topics[2] and meta is not None and meta.offset >= 0:
+            start = max(start, meta.offset)
+        sizes[tp.topic] += max(0, ends.get(tp, 0) - start)
+    running = sum(len(c._running) for c in broker._consumers if c.queue_name == queue_name)
+    return {
+        "ready": max(0, sizes[topics[0]] - running),
+        "delayed": sizes[topics[1]],
+        "in_flight": running,
+        "dead": sizes[topics[2]],
+    }

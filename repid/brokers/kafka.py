@@ -32,6 +32,7 @@ from repid.brokers._kafka_consumer import (
     REMOVE_HEADER,
     KafkaConsumer,
     Removal,
+    queue_counts,
     read_topic,
 )
 from repid.brokers.base import BrokerCapabilities, BucketBrokerT, Delivery, OutgoingMessage
@@ -343,6 +344,18 @@ class KafkaMessageBroker:
             for t in topics
             if t.startswith(prefix) and "." not in t[len(prefix) :] and not t.startswith("__")
         )
+
+    async def counts(self, queue_name: str) -> dict[str, int]:
+        """Messages per part of the queue: ready, delayed, in_flight, dead (approximate).
+
+        Computed from offsets: `ready` is the group's lag on the queue's topic minus what
+        consumers of this process are running (`in_flight`; other processes' running messages
+        count as ready), `delayed` the lag on the delay topic and `dead` the records of the dead
+        topic. Removal markers and re-appended delayed messages are counted too.
+        """
+        if not await self._queue_exists(queue_name):
+            raise QueueNotDeclaredError(queue_name)
+        return await queue_counts(self, queue_name)
 
     async def _end_offsets(self, topics: Iterable[str]) -> dict[TopicPartition, int]:
         from repid.brokers._kafka_consumer import end_offsets

@@ -424,3 +424,21 @@ async def test_kafka_with_redis_buckets_unique_ids_and_results_across_brokers(
         await broker._unique.delete_bucket(broker._unique_key(queue.name, "pair-1"))
         for c in (producer, worker_side):
             await c.disconnect()
+
+
+async def test_enqueue_many_and_counts(conn: Connection, queue: Queue) -> None:
+    from repid.data import DelayProperties, Parameters, RoutingKey
+
+    later = Parameters(delay=DelayProperties(delay_until=datetime.now(tz=UTC) + timedelta(hours=1)))
+    broker = conn.message_broker
+    await broker.enqueue_many(
+        [
+            (RoutingKey("m-1", "x", queue.name), '{"n":1}', Parameters()),
+            (RoutingKey("m-2", "x", queue.name), '{"n":2}', Parameters()),
+            (RoutingKey("m-3", "x", queue.name), '{"n":3}', later),
+        ]
+    )
+    assert sorted(m.key.id_ for m in await browse(queue)) == ["m-1", "m-2"]
+    assert [m.key.id_ for m in await browse(queue, MessageCategory.DELAYED)] == ["m-3"]
+    assert await broker.counts(queue.name) == {"ready": 2, "delayed": 1, "in_flight": 0, "dead": 0}
+    assert queue.name in await broker.queue_names()
