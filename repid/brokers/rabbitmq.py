@@ -14,7 +14,7 @@ import itertools
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Collection, Iterable, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from typing import Any
 
 import aio_pika
@@ -33,6 +33,7 @@ from repid.brokers._rabbitmq_consumer import (
 )
 from repid.brokers._rabbitmq_control import Control
 from repid.brokers._rabbitmq_publisher import ConfirmBatcher, supports_batches
+from repid.brokers._rabbitmq_state import ProcessState
 from repid.brokers.base import BrokerCapabilities, Delivery, OutgoingMessage
 from repid.codec import encode_message
 from repid.data import MessageCategory, Parameters, RoutingKey
@@ -42,7 +43,6 @@ from repid.errors import (
     MessageTooLargeError,
     QueueNotDeclaredError,
 )
-from repid.lifecycle import STALE_AFTER, WorkerInfo
 
 __all__ = ["RabbitMessageBroker"]
 
@@ -54,15 +54,13 @@ longer than what remains, so it is never early and different delays never block 
 _MAX_PRIORITY = 2
 _QUEUE_VERSION = {"x-queue-version": 2}
 """Classic queues v2 (RabbitMQ 3.10+, the only kind in 4.x): faster persistent confirms."""
-_PENDING_LIMIT = 100_000
-"""Unique ids remembered per process (oldest forgotten first)."""
 
 
 def _amqp_priority(priority: int) -> int:
     return _MAX_PRIORITY - priority  # repid: HIGH=0; AMQP: higher number first
 
 
-class RabbitMessageBroker:
+class RabbitMessageBroker(ProcessState):
     """A message broker on RabbitMQ, through aio-pika's robust (auto-reconnecting) connection.
 
     Args:
@@ -117,17 +115,10 @@ class RabbitMessageBroker:
         self._msg_ids = itertools.count()
         self._batcher = ConfirmBatcher()
         self._control = Control(self)
-        # Per-process state (shared_state=False): unique ids enqueued here and not yet settled
-        # here, cancelled ids, in-flight ids, the worker registry.
-        self._pending: dict[str, OrderedDict[str, tuple[float, float]]] = {}
-        """queue -> id -> (message timestamp, when the id stops counting as pending)."""
-        self._tombstones: dict[tuple[str, str], float] = {}
-        self._in_flight: dict[tuple[str, str], int] = {}
-        self._cancel_requests: set[str] = set()
+        ProcessState.__init__(self)
         # A message delivered while the enqueue/requeue that sent it is still returning is
         # handed out only once that call has returned (`enqueued`/`retried` come before `started`).
         self._requeuing: dict[tuple[str, str], list[tuple[RabbitConsumer, Delivery]]] = {}
-        self._workers: dict[str, WorkerInfo] = {}
         self._props: dict[tuple[bool, int], dict[str, Any]] = {
             (persistent, priority): {
                 "delivery_mode": 2 if persistent else 1,
@@ -399,35 +390,6 @@ class RabbitMessageBroker:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
 
-    def _remember(self, key: RoutingKey, params: Parameters) -> bool:
-        """Record a pending id; False if it is already pending (not published again)."""
-        pending = self._pending.get(key.queue)
-        if pending is None:
-            pending = self._pending[key.queue] = OrderedDict()
-        now = time.time()
-        known = pending.get(key.id_)
-        if known is not None:
-            if known[1] > now:
-                logger.debug("message %s is already pending in %s; not added again", *key[:3:2])
-                return False
-            del pending[key.id_]
-        pending[key.id_] = self._pending_entry(params, now)
-        if len(pending) > _PENDING_LIMIT:
-            pending.popitem(last=False)
-        return True
-
-    def _pending_entry(self, params: Parameters, now: float) -> tuple[float, float]:
-        # Settlements in other processes are not seen here: an id stops counting as pending
-        # `unique_window` seconds after it is due, so a later enqueue of it is never lost.
-        due = params.not_before
-        start = now if due is None or due < now else due
-        return params.timer.timestamp.timestamp(), start + self.unique_window
-
-    def _forget(self, key: RoutingKey) -> None:
-        pending = self._pending.get(key.queue)
-        if pending:
-            pending.pop(key.id_, None)
-
     async def enqueue(
         self, key: RoutingKey, payload: str = "", params: Parameters | None = None
     ) -> None:
@@ -542,33 +504,6 @@ class RabbitMessageBroker:
         self._leave_flight(key)
         return await handle.state.settle_now(handle.tag, requeue=True)
 
-    def _track(self, delivery: Delivery) -> None:
-        """A NORMAL delivery was handed out in this process (for `cancel` and `counts`)."""
-        slot = (delivery.key.queue, delivery.key.id_)
-        handle: Handle = delivery.handle
-        handle.state.in_flight[handle.tag] = slot
-        self._in_flight[slot] = self._in_flight.get(slot, 0) + 1
-
-    def _leave_flight(self, delivery: Delivery) -> None:
-        handle: Handle = delivery.handle
-        slot = handle.state.in_flight.pop(handle.tag, None)
-        if slot is not None:
-            self._drop_flight(slot)
-
-    def _drop_flight(self, slot: tuple[str, str]) -> None:
-        count = self._in_flight.get(slot, 0) - 1
-        if count > 0:
-            self._in_flight[slot] = count
-        else:
-            self._in_flight.pop(slot, None)
-
-    def _release_state(self, state: ChannelState) -> None:
-        """A consumer's channel is gone: RabbitMQ takes its deliveries back."""
-        state.alive = False
-        for slot in state.in_flight.values():
-            self._drop_flight(slot)
-        state.in_flight.clear()
-
     async def requeue(
         self, key: Delivery, payload: str | None = None, params: Parameters | None = None
     ) -> bool:
@@ -625,16 +560,6 @@ class RabbitMessageBroker:
     ) -> RabbitConsumer:
         return RabbitConsumer(self, queue, topics, max_unacked_messages, category)
 
-    # -- cancellation (per process) --------------------------------------------------------
-
-    def _is_tombstoned(self, delivery: Delivery) -> bool:
-        slot = (delivery.key.queue, delivery.key.id_)
-        stamp = self._tombstones.get(slot)
-        if stamp is None or stamp != delivery.parameters.timer.timestamp.timestamp():
-            return False
-        del self._tombstones[slot]
-        return True
-
     async def cancel(self, queue_name: str, id_: str) -> str | None:
         """Cancel job `id_`: "requested" if it runs in this process or in a worker process that
         answers within half a second; else "dequeued" if this process enqueued it and has not
@@ -651,35 +576,6 @@ class RabbitMessageBroker:
                 return "requested"  # a worker in another process runs it
         except (*CHANNEL_ERRORS, BrokerError) as exc:
             logger.warning("asking other processes to cancel %s failed: %r", id_, exc)
-        pending = self._pending.get(queue_name)
-        known = None if pending is None else pending.pop(id_, None)
-        if known is not None and known[1] > time.time():
-            self._tombstones[(queue_name, id_)] = known[0]
-            if len(self._tombstones) > _PENDING_LIMIT:  # consumed elsewhere, never seen here
-                del self._tombstones[next(iter(self._tombstones))]
+        if self._take_pending(queue_name, id_):
             return "dequeued"
         return None
-
-    async def cancelled_ids(self, running: Iterable[str]) -> set[str]:
-        """Which of these running job ids have a pending cancellation request."""
-        requests = self._cancel_requests
-        return {id_ for id_ in running if id_ in requests} if requests else set()
-
-    async def cancel_finished(self, id_: str) -> None:
-        self._cancel_requests.discard(id_)
-
-    # -- worker registry (per process) -----------------------------------------------------------
-
-    async def heartbeat(self, info: WorkerInfo) -> None:
-        self._workers[info.id] = info
-
-    async def unregister_worker(self, worker_id: str) -> None:
-        self._workers.pop(worker_id, None)
-
-    async def live_workers(self, stale_after: float = STALE_AFTER) -> list[WorkerInfo]:
-        """Workers of this process heard from within `stale_after` seconds."""
-        now = time.time()
-        for worker_id, info in list(self._workers.items()):
-            if now - info.last_seen > stale_after:
-                del self._workers[worker_id]
-        return sorted(self._workers.values(), key=lambda info: info.started_at)

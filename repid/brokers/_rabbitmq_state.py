@@ -1,0 +1,136 @@
+"""What the RabbitMQ broker knows only within its process (`shared_state=False`).
+
+Unique ids enqueued here, jobs in flight here, cancelled ids and the worker registry: RabbitMQ
+has no place to share them, so each broker object keeps its own (see docs/brokers/rabbitmq.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+
+from repid.brokers._rabbitmq_consumer import ChannelState, Handle
+from repid.brokers.base import Delivery
+from repid.data import Parameters, RoutingKey
+from repid.lifecycle import STALE_AFTER, WorkerInfo
+
+logger = logging.getLogger("repid.brokers.rabbitmq")
+
+PENDING_LIMIT = 100_000
+"""Unique ids (and cancelled ids) remembered per queue, oldest forgotten first."""
+
+
+class ProcessState:
+    """The per-process bookkeeping mixed into `RabbitMessageBroker`."""
+
+    unique_window: float
+
+    def __init__(self) -> None:
+        self._pending: dict[str, OrderedDict[str, tuple[float, float]]] = {}
+        """queue -> id -> (message timestamp, when the id stops counting as pending)."""
+        self._tombstones: dict[tuple[str, str], float] = {}
+        """Cancelled queued messages: (queue, id) -> message timestamp."""
+        self._in_flight: dict[tuple[str, str], int] = {}
+        self._cancel_requests: set[str] = set()
+        self._workers: dict[str, WorkerInfo] = {}
+
+    def _remember(self, key: RoutingKey, params: Parameters) -> bool:
+        """Record a pending id; False if it is already pending (not published again)."""
+        pending = self._pending.get(key.queue)
+        if pending is None:
+            pending = self._pending[key.queue] = OrderedDict()
+        now = time.time()
+        known = pending.get(key.id_)
+        if known is not None:
+            if known[1] > now:
+                logger.debug("message %s is already pending in %s; not added again", *key[:3:2])
+                return False
+            del pending[key.id_]
+        pending[key.id_] = self._pending_entry(params, now)
+        if len(pending) > PENDING_LIMIT:
+            pending.popitem(last=False)
+        return True
+
+    def _pending_entry(self, params: Parameters, now: float) -> tuple[float, float]:
+        # Settlements in other processes are not seen here: an id stops counting as pending
+        # `unique_window` seconds after it is due, so a later enqueue of it is never lost.
+        due = params.not_before
+        start = now if due is None or due < now else due
+        return params.timer.timestamp.timestamp(), start + self.unique_window
+
+    def _forget(self, key: RoutingKey) -> None:
+        pending = self._pending.get(key.queue)
+        if pending:
+            pending.pop(key.id_, None)
+
+    def _track(self, delivery: Delivery) -> None:
+        """A NORMAL delivery was handed out in this process (for `cancel` and `counts`)."""
+        slot = (delivery.key.queue, delivery.key.id_)
+        handle: Handle = delivery.handle
+        handle.state.in_flight[handle.tag] = slot
+        self._in_flight[slot] = self._in_flight.get(slot, 0) + 1
+
+    def _leave_flight(self, delivery: Delivery) -> None:
+        handle: Handle = delivery.handle
+        slot = handle.state.in_flight.pop(handle.tag, None)
+        if slot is not None:
+            self._drop_flight(slot)
+
+    def _drop_flight(self, slot: tuple[str, str]) -> None:
+        count = self._in_flight.get(slot, 0) - 1
+        if count > 0:
+            self._in_flight[slot] = count
+        else:
+            self._in_flight.pop(slot, None)
+
+    def _release_state(self, state: ChannelState) -> None:
+        """A consumer's channel is gone: RabbitMQ takes its deliveries back."""
+        state.alive = False
+        for slot in state.in_flight.values():
+            self._drop_flight(slot)
+        state.in_flight.clear()
+
+    def _is_tombstoned(self, delivery: Delivery) -> bool:
+        slot = (delivery.key.queue, delivery.key.id_)
+        stamp = self._tombstones.get(slot)
+        if stamp is None or stamp != delivery.parameters.timer.timestamp.timestamp():
+            return False
+        del self._tombstones[slot]
+        return True
+
+    def _take_pending(self, queue_name: str, id_: str) -> bool:
+        """Turn a pending id of this process into a tombstone; False if it is not pending."""
+        pending = self._pending.get(queue_name)
+        known = None if pending is None else pending.pop(id_, None)
+        if known is None or known[1] <= time.time():
+            return False
+        self._tombstones[(queue_name, id_)] = known[0]
+        if len(self._tombstones) > PENDING_LIMIT:  # consumed elsewhere, never seen here
+            del self._tombstones[next(iter(self._tombstones))]
+        return True
+
+    async def cancelled_ids(self, running: Iterable[str]) -> set[str]:
+        """Which of these running job ids have a pending cancellation request."""
+        requests = self._cancel_requests
+        return {id_ for id_ in running if id_ in requests} if requests else set()
+
+    async def cancel_finished(self, id_: str) -> None:
+        self._cancel_requests.discard(id_)
+
+    # -- worker registry (per process) -----------------------------------------------------------
+
+    async def heartbeat(self, info: WorkerInfo) -> None:
+        self._workers[info.id] = info
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        self._workers.pop(worker_id, None)
+
+    async def live_workers(self, stale_after: float = STALE_AFTER) -> list[WorkerInfo]:
+        """Workers of this process heard from within `stale_after` seconds."""
+        now = time.time()
+        for worker_id, info in list(self._workers.items()):
+            if now - info.last_seen > stale_after:
+                del self._workers[worker_id]
+        return sorted(self._workers.values(), key=lambda info: info.started_at)
