@@ -414,7 +414,11 @@ class KafkaMessageBroker:
         await asyncio.gather(*sends)
 
     async def _send(
-        self, topic: str, value: bytes, headers: list[tuple[str, bytes]] | None = None
+        self,
+        topic: str,
+        value: bytes,
+        headers: list[tuple[str, bytes]] | None = None,
+        partition: int | None = None,
     ) -> None:
         for attempt in (1, 2):
             producer = self._require_producer()
@@ -422,7 +426,7 @@ class KafkaMessageBroker:
                 # asyncio.timeout, not wait_for: no extra task per message. aiokafka retries
                 # a batch while the cluster is down; this bounds what enqueue() waits.
                 async with asyncio.timeout(self.timeout):
-                    await (await producer.send(topic, value, headers=headers))
+                    await (await producer.send(topic, value, headers=headers, partition=partition))
                 return
             except MessageSizeTooLargeError as exc:
                 raise MessageTooLargeError(len(value), self.max_message_size) from exc
@@ -440,11 +444,16 @@ class KafkaMessageBroker:
     async def send_removal(
         self, queue_name: str, removal: Removal, *categories: MessageCategory
     ) -> None:
-        """Append a removal marker (a record with no payload) to parts of a queue."""
+        """Append a removal marker (a record with no payload) to every partition of parts of
+        a queue (a marker only applies to the records of its own partition)."""
         header = [(REMOVE_HEADER, to_json(list(removal)))]
-        await asyncio.gather(
-            *(self._send(self.topic(queue_name, cat), b"", header) for cat in categories)
-        )
+        producer = self._require_producer()
+        sends = []
+        for category in categories:
+            topic = self.topic(queue_name, category)
+            partitions = sorted(await producer.partitions_for(topic))
+            sends.extend(self._send(topic, b"", header, p) for p in partitions)
+        await asyncio.gather(*sends)
 
     # -- unique ids ----------------------------------------------------------------------------
 

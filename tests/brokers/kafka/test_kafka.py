@@ -442,3 +442,24 @@ async def test_enqueue_many_and_counts(conn: Connection, queue: Queue) -> None:
     assert [m.key.id_ for m in await browse(queue, MessageCategory.DELAYED)] == ["m-3"]
     assert await broker.counts(queue.name) == {"ready": 2, "delayed": 1, "in_flight": 0, "dead": 0}
     assert queue.name in await broker.queue_names()
+
+
+async def test_cancel_reaches_the_partition_of_the_job(conn: Connection, queue: Queue) -> None:
+    """A removal marker goes to every partition (the fixture's queue has six)."""
+    router = Router()
+    ran: list[int] = []
+
+    @router.actor(queue=queue.name)
+    async def work(n: int) -> None:
+        ran.append(n)
+
+    jobs = [
+        await Job("work", queue=queue.name, args={"n": n}, _connection=conn).enqueue()
+        for n in range(30)
+    ]
+    for n in (3, 17, 29):
+        assert await jobs[n].cancel() == "dequeued"
+    async with running(Worker([router], handle_signals=[], _connection=conn)):
+        await wait_until(lambda: len(ran) == 27, "the jobs not cancelled", 10)
+    assert sorted(ran) == [n for n in range(30) if n not in (3, 17, 29)]
+    assert await browse(queue) == []
