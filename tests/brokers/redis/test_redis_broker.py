@@ -379,3 +379,20 @@ async def test_foreign_bytes_in_a_stream_are_dead_lettered_with_their_raw_bytes(
     assert dead.dead_letter.reason == "decode_error"
     assert dead.delivery.raw == b"\xffnot json"
     await queue.delete()
+
+
+async def test_background_loops_stop_with_the_broker(connect: Any) -> None:
+    conn = await connect(lease_duration=0.3)
+    broker = conn.message_broker
+    watchdog = broker.link._watchdog
+    assert watchdog is not None
+    assert not watchdog.done()
+    limiter = broker.actor_limiter("looped", 1, None)
+    await limiter.acquire()
+    renewal = limiter._renewal
+    assert renewal is not None
+    assert not renewal.done()
+    limiter.release()  # nothing held: the renewal loop ends by itself
+    await asyncio.wait_for(renewal, 2.0)
+    await conn.disconnect()
+    assert watchdog.done()
