@@ -9,6 +9,7 @@ cost to the frames themselves. Each message still gets its own publisher confirm
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 from typing import Any
 
@@ -17,6 +18,8 @@ import pamqp.frame
 from aiormq.abc import ChannelFrame
 from pamqp import commands as spec
 from pamqp.header import ContentHeader
+
+logger = logging.getLogger("repid.brokers.rabbitmq")
 
 _FRAME = struct.Struct(">BHI")
 _FRAME_END = b"\xce"
@@ -64,23 +67,34 @@ def body_frames(channel: int, body: bytes, max_size: int) -> list[bytes]:
     ]
 
 
-_Item = tuple[str, str, bytes, spec.Basic.Properties, bool, "asyncio.Future[Any]"]
+_Item = tuple[str, str, bytes, spec.Basic.Properties, bool, "asyncio.Future[Any] | None"]
+_FAST_BATCH = 256
+"""Unconfirmed publishes buffered at most before the publisher waits for the socket."""
 
 
 def supports_batches(channel: Any) -> bool:
     """The aiormq channel exposes what batching needs (else publish one by one)."""
     return all(
         hasattr(channel, name)
-        for name in ("confirmations", "message_id_delivery_tag", "delivery_tag", "write_queue")
+        for name in (
+            "confirmations",
+            "message_id_delivery_tag",
+            "delivery_tag",
+            "write_queue",
+            "publisher_confirms",
+            "max_content_size",
+        )
     )
 
 
-class ConfirmBatcher:
-    """Publishes on one confirming channel; `publish` returns once RabbitMQ confirmed."""
+class PublishBatcher:
+    """Publishes on one channel. On a confirming channel `publish` returns once RabbitMQ
+    confirmed the message; on another, once the message is queued for the socket."""
 
     def __init__(self) -> None:
         self._items: list[_Item] = []
         self._flushing = False
+        self._flush_tasks: set[asyncio.Task[None]] = set()
         self._methods_of: Any = None
         self._methods: dict[tuple[str, str, bool], bytes] = {}
         """Marshalled `basic.publish` frames of the current channel, by destination."""
@@ -94,6 +108,16 @@ class ConfirmBatcher:
         properties: spec.Basic.Properties,
         mandatory: bool,
     ) -> None:
+        if not getattr(channel, "publisher_confirms", True):
+            # Nothing to wait for: buffer it, send the buffer on the next loop iteration.
+            self._items.append((exchange, routing_key, body, properties, mandatory, None))
+            if len(self._items) >= _FAST_BATCH:
+                items, self._items = self._items, []
+                await self._send(channel, items)  # backpressure on a producer that never yields
+            elif not self._flushing:
+                self._flushing = True
+                asyncio.get_running_loop().call_soon(self._flush_soon, channel)
+            return
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._items.append((exchange, routing_key, body, properties, mandatory, done))
         if not self._flushing:
@@ -106,12 +130,31 @@ class ConfirmBatcher:
             await self._send(channel, items)
         await done
 
+    def _flush_soon(self, channel: Any) -> None:
+        self._flushing = False
+        items, self._items = self._items, []
+        if items:
+            task = asyncio.ensure_future(self._send(channel, items))
+            self._flush_tasks.add(task)
+            task.add_done_callback(self._flush_tasks.discard)
+
+    async def drain(self) -> None:
+        """Wait until buffered unconfirmed publishes are handed to the socket."""
+        await asyncio.sleep(0)  # a flush scheduled with call_soon starts its task
+        if self._flush_tasks:
+            await asyncio.gather(*self._flush_tasks, return_exceptions=True)
+
     async def _send(self, channel: Any, items: list[_Item]) -> None:
         if channel.is_closed:
             error = aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
+            lost = 0
             for *_, done in items:
-                if not done.done():
+                if done is None:
+                    lost += 1
+                elif not done.done():
                     done.set_exception(error)
+            if lost:
+                logger.warning("%d unconfirmed messages lost: their channel closed", lost)
             return
         parts: list[bytes] = []
         number = channel.number
@@ -122,12 +165,13 @@ class ConfirmBatcher:
         async with channel.lock:
             for exchange, routing_key, body, properties, mandatory, done in items:
                 channel.delivery_tag += 1
-                tag = channel.delivery_tag
-                confirmation = channel.create_future()
-                channel.confirmations[tag] = confirmation
-                message_id: str = properties.message_id or str(tag)
-                channel.message_id_delivery_tag[message_id] = tag
-                confirmation.add_done_callback(_forward(channel, message_id, tag, done))
+                if done is not None:
+                    tag = channel.delivery_tag
+                    confirmation = channel.create_future()
+                    channel.confirmations[tag] = confirmation
+                    message_id: str = properties.message_id or str(tag)
+                    channel.message_id_delivery_tag[message_id] = tag
+                    confirmation.add_done_callback(_forward(channel, message_id, tag, done))
                 method = methods.get((exchange, routing_key, mandatory))
                 if method is None:
                     publish = spec.Basic.Publish(

@@ -32,7 +32,7 @@ from repid.brokers._rabbitmq_consumer import (
     to_delivery,
 )
 from repid.brokers._rabbitmq_control import Control
-from repid.brokers._rabbitmq_publisher import ConfirmBatcher, supports_batches
+from repid.brokers._rabbitmq_publisher import PublishBatcher, supports_batches
 from repid.brokers._rabbitmq_state import ProcessState
 from repid.brokers.base import BrokerCapabilities, Delivery, OutgoingMessage
 from repid.codec import encode_message
@@ -113,7 +113,7 @@ class RabbitMessageBroker(ProcessState):
         self._delay_declared: set[tuple[str, int]] = set()
         self._declared: set[str] = set()
         self._msg_ids = itertools.count()
-        self._batcher = ConfirmBatcher()
+        self._batchers = {"confirm": PublishBatcher(), "fast": PublishBatcher()}
         self._control = Control(self)
         ProcessState.__init__(self)
         # A message delivered while the enqueue/requeue that sent it is still returning is
@@ -143,6 +143,8 @@ class RabbitMessageBroker(ProcessState):
 
     async def disconnect(self) -> None:
         await self._control.close()
+        for batcher in self._batchers.values():
+            await batcher.drain()  # unconfirmed publishes still buffered leave first
         connection, self._connection = self._connection, None
         self._channels.clear()
         if connection is not None:
@@ -359,10 +361,11 @@ class RabbitMessageBroker(ProcessState):
         backoff = 0.05
         while True:
             try:
-                channel = await self._channel("fast" if fast else "confirm")
-                if not fast and supports_batches(channel):
-                    await self._batcher.publish(
-                        channel, exchange, routing_key, body, properties, mandatory=True
+                kind = "fast" if fast else "confirm"
+                channel = await self._channel(kind)
+                if supports_batches(channel):
+                    await self._batchers[kind].publish(
+                        channel, exchange, routing_key, body, properties, mandatory=not fast
                     )
                 else:
                     await channel.basic_publish(  # type: ignore[call-arg]

@@ -396,3 +396,31 @@ async def test_cancel_reaches_a_job_running_in_another_process(
     finally:
         proc.kill()
         await asyncio.wait_for(proc.wait(), 10)
+
+
+async def test_fast_queues_publish_transient_messages_without_waiting(queue: Queue) -> None:
+    broker = RabbitMessageBroker(DSN, prefix=PREFIX, fast_queues={queue.name})
+    conn = Connection(broker)
+    await conn.connect()
+    router = Router()
+    seen: list[int] = []
+
+    @router.actor(queue=queue.name)
+    async def count(n: int) -> None:
+        seen.append(n)
+
+    try:
+        for n in range(300):  # more than one buffered batch, never yielding in between
+            await _job(conn, queue, "count", args={"n": n}).enqueue()
+        await broker._batchers["fast"].drain()
+        channel = await broker._new_channel(confirms=False)
+        try:
+            message = await channel.basic_get(PREFIX + queue.name, no_ack=False)
+            assert message.header.properties.delivery_mode == 1  # transient
+        finally:
+            await channel.close()  # the message goes back
+        async with running(Worker([router], handle_signals=[], _connection=conn)):
+            await wait_until(lambda: len(seen) == 300, "every fast message to run")
+        assert sorted(seen) == list(range(300))
+    finally:
+        await conn.disconnect()
