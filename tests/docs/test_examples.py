@@ -48,6 +48,14 @@ EXPECTED: dict[str, list[str]] = {
         r"dead letter: charge exception ValueError",
         r"add: 42",
     ],
+    "brokers_kafka.py": [
+        r"\{'ready': 3, 'delayed': 1, 'in_flight': 0, 'dead': 0\}",
+        r"ran high after \d+\.\ds",
+        r"ran low after \d+\.\ds",
+        r"ran deferred after (0\.[5-9]|[1-9]\d*\.\d)s",  # never before its time
+        r"dead letter: charge exception ValueError",
+        r"add: 42",
+    ],
     "brokers_redis.py": [
         r"\{'ready': 3, 'delayed': 1, 'in_flight': 0, 'dead': 0\}",
         r"ran high after \d+\.\ds",

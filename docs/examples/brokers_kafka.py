@@ -1,0 +1,97 @@
+import asyncio
+import os
+import time
+from datetime import datetime, timedelta
+from uuid import uuid4
+
+from repid import (
+    Connection,
+    Job,
+    KafkaMessageBroker,
+    MessageCategory,
+    PrioritiesT,
+    Queue,
+    RedisBucketBroker,
+    Repid,
+    Router,
+    Worker,
+)
+
+# --8<-- [start:connection]
+KAFKA = os.environ.get("REPID_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
+REDIS = os.environ.get("REPID_REDIS_DSN", "redis://127.0.0.1:6379/0")
+
+app = Repid(
+    Connection(
+        # Unique job ids are remembered in Redis, so every producer process sees them.
+        KafkaMessageBroker(
+            KAFKA, topic_prefix="shop-", unique_ids=RedisBucketBroker(REDIS, prefix="shop:")
+        ),
+        args_bucket_broker=RedisBucketBroker(REDIS, prefix="shop:"),
+        results_bucket_broker=RedisBucketBroker(REDIS, prefix="shop:", use_result_bucket=True),
+    )
+)
+# --8<-- [end:connection]
+
+QUEUE = f"docs_example_{uuid4().hex[:8]}"  # fresh topics, deleted at the end
+router = Router()
+started = 0.0
+
+
+@router.actor(queue=QUEUE)
+async def work(label: str) -> None:
+    print(f"ran {label} after {time.monotonic() - started:.1f}s")
+
+
+@router.actor(queue=QUEUE)
+async def add(a: int, b: int) -> int:
+    return a + b
+
+
+@router.actor(queue=QUEUE)
+async def charge(order: int) -> None:
+    raise ValueError(f"card declined for order {order}")
+
+
+async def main() -> None:
+    global started
+    async with app.magic(auto_disconnect=True):
+        queue = Queue(QUEUE)
+        await queue.declare()  # creates the topics QUEUE, QUEUE.delayed and QUEUE.dead
+        try:
+            started = time.monotonic()
+            await Job(
+                "work", queue=QUEUE, args={"label": "low"}, priority=PrioritiesT.LOW
+            ).enqueue()
+            await Job(
+                "work", queue=QUEUE, args={"label": "high"}, priority=PrioritiesT.HIGH
+            ).enqueue()
+            later = datetime.now().astimezone() + timedelta(seconds=0.5)
+            await Job(
+                "work",
+                queue=QUEUE,
+                args={"label": "deferred"},
+                deferred_until=later,
+                priority=PrioritiesT.LOW,  # behind "low" once due, whatever the timing
+            ).enqueue()
+            await Job("charge", queue=QUEUE, args={"order": 7}).enqueue()
+            print(await app.connection.message_broker.counts(QUEUE))
+            # Priorities are best effort on Kafka: HIGH first among the fetched messages.
+            await Worker(routers=[router], messages_limit=4, tasks_limit=1).run()
+
+            async for dead in queue.get_messages(category=MessageCategory.DEAD):
+                info = dead.dead_letter
+                print(f"dead letter: {dead.key.topic} {info.reason} {info.error_type}")
+
+            worker = asyncio.create_task(Worker(routers=[router], messages_limit=1).run())
+            adding = Job(
+                "add", queue=QUEUE, args={"a": 2, "b": 40}, result_ttl=timedelta(minutes=1)
+            )
+            print("add:", await adding.enqueue_and_wait(10))
+            await worker
+        finally:
+            await queue.delete()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
