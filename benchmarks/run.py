@@ -71,13 +71,15 @@ class Case:
 
     `venv` is the key of `PEER_REQUIREMENTS` whose virtualenv runs the script, or `None` for this
     interpreter (the repid case). `concurrency` is passed as `--concurrency` (tasks or threads, as
-    the framework has it; 0 where it does not apply).
+    the framework has it; 0 where it does not apply). A `variant` is repid in another
+    configuration: reported, but neither the subject of the ratios nor a peer.
     """
 
     name: str
     script: str
     venv: str | None
     concurrency: int
+    variant: bool = False
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,7 @@ SUITES: dict[str, Suite] = {
         server="rabbitmq",
         cases=(
             Case("repid", "repid_rabbitmq.py", venv=None, concurrency=100),
+            Case("repid-fast", "repid_rabbitmq_fast.py", venv=None, concurrency=100, variant=True),
             Case("faststream", "faststream_rabbitmq.py", venv="faststream", concurrency=100),
             Case("taskiq-aio-pika", "taskiq_rabbitmq.py", venv="taskiq-aio-pika", concurrency=100),
             Case("dramatiq", "dramatiq_rabbitmq.py", venv="dramatiq", concurrency=100),
@@ -309,7 +312,9 @@ def run_case(
         except json.JSONDecodeError:
             result = None
     if proc.returncode != 0 or result is None or "error" in result:
-        detail = (result or {}).get("error") or _tail(proc_stderr) or _tail(proc_stdout)
+        log = _save_failure_log(case, proc_stdout, proc_stderr)
+        detail = (result or {}).get("error") or _last_error(proc_stderr) or _tail(proc_stdout)
+        detail = f"{detail} (full output: {log})"
         raise RuntimeError(f"exit {proc.returncode}: {detail}")
     if result["jobs_run"] != n:
         raise RuntimeError(f"ran {result['jobs_run']} jobs, expected {n}")
@@ -331,6 +336,28 @@ def _kill_group(proc: subprocess.Popen[str]) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+def _save_failure_log(case: Case, stdout: str, stderr: str) -> Path:
+    """Keep a failed run's whole output; the table only has room for one line."""
+    logs = Path(tempfile.gettempdir()) / "repid-bench-logs"
+    logs.mkdir(exist_ok=True)
+    slug = "".join(c if c.isalnum() else "-" for c in case.name)
+    path = logs / f"{time.strftime('%Y%m%dT%H%M%S')}-{slug}-{os.getpid()}.log"
+    path.write_text(f"--- stdout\n{stdout}\n--- stderr\n{stderr}\n")
+    return path
+
+
+def _last_error(stderr: str) -> str:
+    """The last exception line of the last traceback (not 'Exception ignored in' noise)."""
+    lines = stderr.splitlines()
+    for i in range(len(lines) - 1, -1, -1):
+        ignored = i > 0 and lines[i - 1].startswith("Exception ignored")
+        if lines[i].startswith("Traceback (most recent call last)") and not ignored:
+            for line in lines[i + 1 :]:
+                if line and not line.startswith(" "):
+                    return line
+    return _tail(stderr)
 
 
 def _tail(text: str, lines: int = 6) -> str:
@@ -498,6 +525,7 @@ def net_figures(result: dict[str, Any]) -> dict[str, float | None]:
 def summarize_net(runs: CaseRuns) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "case": runs.case.name,
+        "variant": runs.case.variant,
         "rounds_ok": len(runs.results),
         "failures": runs.failures,
     }
@@ -530,7 +558,9 @@ def ratios_net(summaries: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]
     RSS it is the lowest (a ratio below 1 = repid lower, i.e. better).
     """
     subject = next((s for s in summaries if s["case"] == SUBJECT and s["rounds_ok"]), None)
-    peers = [s for s in summaries if s["case"] != SUBJECT and s["rounds_ok"]]
+    peers = [
+        s for s in summaries if s["case"] != SUBJECT and not s.get("variant") and s["rounds_ok"]
+    ]
     out: dict[str, dict[str, Any]] = {}
     for key, _, higher_better in NET_FIGURES:
         candidates = [p for p in peers if p.get(key) is not None]
@@ -606,7 +636,7 @@ def render_markdown_net(
         "worker (p50, p99). Worker peak RSS: ru_maxrss of the drain worker process.",
         "- Ratios: repid / the best peer (fastest for rates, lowest for latency and RSS); above 1 "
         "is better for rates, below 1 is better for latency and RSS. e2e spread = (max - min) / "
-        "median over the rounds.",
+        "median over the rounds. Variants of repid (another configuration) are not peers.",
         "",
         "What an acknowledged enqueue means per case:",
         "",
