@@ -381,7 +381,7 @@ class KafkaConsumer:
                 room = self._buffer_limit() - self._buffered
             try:
                 batches = await kafka.getmany(timeout_ms=200, max_records=min(room, 1000))
-            except KafkaError as exc:
+            except Exception as exc:  # the client reconnects by itself; keep polling
                 logger.warning("fetching from %s failed (%r); retrying", self._main, exc)
                 await asyncio.sleep(0.5)
                 continue
@@ -410,7 +410,8 @@ class KafkaConsumer:
             return
         try:
             ends = await kafka.end_offsets(tps)
-        except KafkaError:
+        except Exception:  # not fatal: `fetch` then only waits for what arrives
+            logger.debug("reading end offsets of %s failed", self._main, exc_info=True)
             ends = {}
         self._targets = {tp: end for tp, end in ends.items() if end > 0}
 
