@@ -101,11 +101,13 @@ def fail(message: str, **extra: Any) -> None:
 #
 # Times cross the process boundary as `time.monotonic_ns()`, which is one system-wide clock on
 # Linux. In latency mode each job's `int` argument is the driver's `monotonic_ns()` read right
-# before its enqueue call; the actor subtracts it from its own reading when it starts.
+# before its enqueue call; the actor subtracts it from its own reading when it starts. Before the
+# measured jobs, one probe job (argument -1, not counted) is sent and awaited.
 
 LATENCY_JOBS = 1_000
 LATENCY_RATE = 500.0  # jobs per second
 CHUNK = 500  # concurrent enqueue: calls gathered per chunk
+PROBE = -1  # the job argument of the latency phase's probe (the actor does not count it)
 
 REDIS_URL = os.environ.get("REPID_REDIS_DSN", "redis://127.0.0.1:6379/0")
 AMQP_URL = os.environ.get("REPID_RABBITMQ_DSN", "amqp://guest:guest@127.0.0.1:5672/")
@@ -165,6 +167,9 @@ class JobCounter:
 
     def hit(self, n: int) -> None:
         now = time.monotonic_ns()
+        if n < 0:  # the latency phase's probe: not counted
+            os.write(1, b"PROBE\n")
+            return
         with self._lock:
             self.count += 1
             if self.latency:
@@ -360,6 +365,13 @@ class NetCase:
         assert worker.stdout is not None
         await asyncio.to_thread(_await_ready, worker, args.timeout)
         prod = await self.producer(queue)
+        # One probe job first, so the measured jobs find a worker that consumes already: some
+        # workers say "ready" before their consumer has subscribed (a Kafka group join, say).
+        if prod.sync:
+            prod.enqueue_sync(PROBE)
+        else:
+            await prod.enqueue(PROBE)
+        await asyncio.to_thread(_await_line, worker, "PROBE", args.timeout)
         loop = asyncio.get_running_loop()
         pending: set[asyncio.Task[object]] = set()
         start = loop.time()
@@ -414,6 +426,13 @@ def _interrupt(signum: int, frame: object) -> None:
 
 class CaseError(Exception):
     """A run failed in a way worth one line in the report."""
+
+
+def _await_line(worker: subprocess.Popen[str], expected: str, timeout: float) -> None:
+    for line in _lines(worker, time.monotonic() + timeout):
+        if line == expected:
+            return
+    raise CaseError(f"worker exited ({worker.poll()}) or timed out before printing {expected}")
 
 
 def _await_ready(worker: subprocess.Popen[str], timeout: float) -> int:
