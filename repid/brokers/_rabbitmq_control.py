@@ -73,7 +73,11 @@ class Control:
 
     async def ask(self, queue: str, id_: str) -> bool:
         """True if a worker process runs job `id_` of `queue` (and was asked to cancel it)."""
-        channel = await self._asking_channel()
+        try:
+            channel = await self._asking_channel()
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return False  # no exchange: no worker process listens
+
         ask_id = uuid4().hex
         answer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._answers[ask_id] = answer
@@ -92,7 +96,8 @@ class Control:
             channel = self._asker
             if channel is None or channel.is_closed:
                 channel = await self._broker._new_channel(confirms=False)
-                await self._declare_exchange(channel)
+                # Passive: only listeners create the exchange (it goes away with the last one).
+                await channel.exchange_declare(exchange=self.exchange, passive=True)
                 declared = await channel.queue_declare("", exclusive=True, auto_delete=True)
                 self._reply_queue = declared.queue or ""
                 await channel.basic_consume(self._reply_queue, self._on_answer, no_ack=True)
