@@ -213,9 +213,9 @@ class RedisMessageBroker:
     async def enqueue_many(self, messages: Sequence[OutgoingMessage]) -> None:
         """Publish several messages in one pipelined write (each one atomically)."""
         envelopes = [self._envelope(key, payload, params) for key, payload, params in messages]
-        for key, _, _ in messages:
-            if key.queue not in self._keys:
-                await self._require(key.queue)
+        # Every queue must exist before anything is sent (a deleted one would fail half-way).
+        queues = sorted({key.queue for key, _, _ in messages})
+        await asyncio.gather(*(self._require(queue) for queue in queues))
         now = _now_ms()
         results = await asyncio.gather(
             *(
