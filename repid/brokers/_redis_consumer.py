@@ -37,7 +37,7 @@ __all__ = ["RedisConsumer", "key_names"]
 
 logger = logging.getLogger("repid.brokers.redis")
 
-_KEY_SUFFIXES = ("s0", "s1", "s2", "r0", "r1", "r2", "d", "de", "x", "i", "m")
+_KEY_SUFFIXES = ("s0", "s1", "s2", "r0", "r1", "r2", "d", "de", "x", "i", "m", "c")
 _UNLIMITED_BATCH = 100
 _PRUNE_INTERVAL = 60.0
 """Seconds between two removals of dead consumers (e.g. of SIGKILLed workers) from the groups."""

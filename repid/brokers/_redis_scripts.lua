@@ -10,6 +10,7 @@
 --   9     stream of dead letters
 --   10    hash job id -> location ("<p><entry id>" in a stream or "d<token>" delayed)
 --   11    hash of queue metadata (exists while the queue is declared; 'seq' counter)
+--   12    set of job ids with a cancellation request (their flags: '<prefix>cancel:<id>')
 -- A delivery is identified by (priority, entry id, consumer, delivery count): settlements check
 -- the pending entry still has that owner and count, so a reclaimed copy is never touched by
 -- the holder of an expired lease.
@@ -34,6 +35,11 @@ local function forget(jid, loc)
   if jid ~= '' and redis.call('HGET', KEYS[10], jid) == loc then
     redis.call('HDEL', KEYS[10], jid)
   end
+end
+
+-- A finished job's cancellation request is dropped (its id may be used again later).
+local function clear_cancel(jid, prefix)
+  if redis.call('SREM', KEYS[12], jid) == 1 then redis.call('DEL', prefix .. jid) end
 end
 
 local function owned(p, id, consumer, count)
@@ -137,14 +143,17 @@ end
 return out
 
 -- @script ack
--- ARGV: groups of (priority, entry id, consumer, delivery count, job id). Returns 1/0 each.
+-- ARGV: cancel flag prefix, then groups of (priority, entry id, consumer, delivery count,
+--       job id). Returns 1/0 each.
 local out = {}
-for i = 1, #ARGV, 5 do
+local cancels = redis.call('EXISTS', KEYS[12]) == 1
+for i = 2, #ARGV, 5 do
   local p = tonumber(ARGV[i])
   local id = ARGV[i + 1]
   if owned(p, id, ARGV[i + 2], ARGV[i + 3]) then
     release(p, id)
     forget(ARGV[i + 4], p .. id)
+    if cancels then clear_cancel(ARGV[i + 4], ARGV[1]) end
     out[#out + 1] = 1
   else
     out[#out + 1] = 0
@@ -166,7 +175,8 @@ return renewed
 
 -- @script settle
 -- ARGV: op ('nack'|'reject'|'requeue'), priority, entry id, consumer, delivery count, job id,
---       new envelope ('' = unchanged), due ms, now ms, raw bytes of an undecodable message ('').
+--       new envelope ('' = unchanged), due ms, now ms, raw bytes of an undecodable message (''),
+--       cancel flag prefix.
 -- Returns 1, or 0 for a stale delivery.
 local op, p, id, jid = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[6]
 if not owned(p, id, ARGV[4], ARGV[5]) then return 0 end
@@ -182,6 +192,7 @@ end
 release(p, id)
 if op == 'nack' then
   forget(jid, p .. id)
+  clear_cancel(jid, ARGV[11])
   if ARGV[10] ~= '' then
     redis.call('XADD', KEYS[9], '*', 'm', env, 'j', jid, 'raw', ARGV[10])
   else
@@ -237,6 +248,8 @@ local id = string.sub(loc, 2)
 local pe = redis.call('XPENDING', KEYS[p + 1], G, id, id, 1)[1]
 if pe ~= nil and pe[2] ~= RETURNED then
   redis.call('SET', ARGV[2], '1', 'EX', ARGV[3])
+  redis.call('SADD', KEYS[12], jid)
+  redis.call('EXPIRE', KEYS[12], ARGV[3])
   return 'requested'
 end
 if pe ~= nil then redis.call('XACK', KEYS[p + 1], G, id) end
@@ -246,22 +259,23 @@ if removed == 0 then return nil end
 return 'dequeued'
 
 -- @script declare
--- KEYS[12]: the registry of queue names. ARGV: queue name, now ms.
+-- KEYS[13]: the registry of queue names. ARGV: queue name, now ms.
 if redis.call('EXISTS', KEYS[11]) == 0 then
   redis.call('HSET', KEYS[11], 'created', ARGV[2])
 end
 for p = 0, 2 do
   redis.pcall('XGROUP', 'CREATE', KEYS[p + 1], G, '0', 'MKSTREAM')
 end
-redis.call('SADD', KEYS[12], ARGV[1])
+redis.call('SADD', KEYS[13], ARGV[1])
 return 1
 
 -- @script flush
--- ARGV: '1' to delete the queue too (KEYS[12]: registry), else '0'. ARGV[2]: queue name.
+-- ARGV: '1' to delete the queue too (KEYS[13]: registry), else '0'. ARGV[2]: queue name.
 for i = 1, 10 do redis.call('DEL', KEYS[i]) end
+redis.call('DEL', KEYS[12])
 if ARGV[1] == '1' then
   redis.call('DEL', KEYS[11])
-  redis.call('SREM', KEYS[12], ARGV[2])
+  redis.call('SREM', KEYS[13], ARGV[2])
   return 1
 end
 for p = 0, 2 do

@@ -59,8 +59,8 @@ class _AckBatch:
 
     __slots__ = ("args", "future")
 
-    def __init__(self, future: asyncio.Future[list[int]]) -> None:
-        self.args: list[bytes | str | int] = []
+    def __init__(self, future: asyncio.Future[list[int]], cancel_prefix: str) -> None:
+        self.args: list[bytes | str | int] = [cancel_prefix]
         self.future = future
 
 
@@ -114,6 +114,7 @@ class RedisMessageBroker:
         self._enqueue_heads: dict[str, tuple[int, bytes]] = {}
         self._acks: dict[str, _AckBatch] = {}
         self._registry = f"{prefix}queues".encode()
+        self._cancel_prefix = f"{prefix}cancel:"
         self._workers_key = f"{prefix}workers".encode()
         self._seen_key = f"{prefix}workers:seen".encode()
         self._limiters: dict[str, RedisActorLimiter] = {}
@@ -242,9 +243,9 @@ class RedisMessageBroker:
         batch = self._acks.get(queue)
         if batch is None:
             loop = asyncio.get_running_loop()
-            batch = self._acks[queue] = _AckBatch(loop.create_future())
+            batch = self._acks[queue] = _AckBatch(loop.create_future(), self._cancel_prefix)
             loop.call_soon(self._flush_acks, queue)
-        index = len(batch.args) // 5
+        index = (len(batch.args) - 1) // 5
         batch.args += (p, entry_id, consumer.name, count, key.key.id_)
         if index + 1 >= _ACK_BATCH:  # let Redis work on these while later actors still run
             self._flush_acks(queue, now=True)
@@ -254,7 +255,7 @@ class RedisMessageBroker:
             results = await self.link.script(
                 SCRIPTS["ack"],
                 self.keys(queue),
-                [p, entry_id, consumer.name, count, key.key.id_],
+                [self._cancel_prefix, p, entry_id, consumer.name, count, key.key.id_],
             )
             index = 0
         return bool(results[index])
@@ -293,7 +294,19 @@ class RedisMessageBroker:
         result = await self.link.script(
             SCRIPTS["settle"],
             self.keys(key.key.queue),
-            [op, p, entry_id, consumer.name, count, key.key.id_, envelope, due, _now_ms(), raw],
+            [
+                op,
+                p,
+                entry_id,
+                consumer.name,
+                count,
+                key.key.id_,
+                envelope,
+                due,
+                _now_ms(),
+                raw,
+                self._cancel_prefix,
+            ],
         )
         return bool(result)
 
@@ -356,7 +369,7 @@ class RedisMessageBroker:
     # -- cancellation, workers and limits ------------------------------------------------------
 
     def _cancel_key(self, id_: str) -> bytes:
-        return f"{self.prefix}cancel:{id_}".encode()
+        return f"{self._cancel_prefix}{id_}".encode()
 
     async def cancel(self, queue_name: str, id_: str) -> str | None:
         """Cancel job `id_`: remove it if waiting ("dequeued"), flag it if running ("requested").

@@ -396,3 +396,23 @@ async def test_background_loops_stop_with_the_broker(connect: Any) -> None:
     await asyncio.wait_for(renewal, 2.0)
     await conn.disconnect()
     assert watchdog.done()
+
+
+async def test_a_cancel_request_ends_with_its_job(connect: Any) -> None:
+    conn = await connect()
+    queue = await new_queue(conn)
+    broker = conn.message_broker
+    await Job("slow", queue=queue.name, id_="job-7", _connection=conn).enqueue()
+    consumer = broker.get_consumer(queue.name)
+    await consumer.start()
+    try:
+        (delivery,) = await consumer.fetch(1, 1.0)
+        assert await broker.cancel(queue.name, "job-7") == "requested"
+        assert await broker.cancelled_ids(["job-7", "other"]) == {"job-7"}
+        # The job finished before its worker saw the request: the request goes with it, so
+        # a later job with the same id is not cancelled.
+        assert await broker.ack(delivery) is True
+        assert await broker.cancelled_ids(["job-7"]) == set()
+    finally:
+        await consumer.finish()
+    await queue.delete()
