@@ -23,7 +23,6 @@ REDIS = os.environ.get("REPID_REDIS_DSN", "redis://127.0.0.1:6379/0")
 app = Repid(
     Connection(
         RedisMessageBroker(REDIS, prefix="shop:", lease_duration=30.0),
-        args_bucket_broker=RedisBucketBroker(REDIS, prefix="shop:"),
         results_bucket_broker=RedisBucketBroker(REDIS, prefix="shop:", use_result_bucket=True),
     )
 )
