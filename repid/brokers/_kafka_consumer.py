@@ -288,12 +288,13 @@ class KafkaConsumer:
         kafka, self._kafka = self._kafka, None
         if kafka is not None:
             await self._close_gaps()
-            await self._commit(kafka)
+            if self.broker.commit_on_revoke or not _rejoin_pending(kafka):
+                await self._commit(kafka)
             for part in self._parts.values():
                 part.revoked = True
             self._parts.clear()
             with contextlib.suppress(Exception):
-                await kafka.stop()
+                await asyncio.wait_for(kafka.stop(), self.broker.timeout)
         self._started = False
 
     async def __aenter__(self) -> KafkaConsumer:

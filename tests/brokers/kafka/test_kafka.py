@@ -138,52 +138,86 @@ async def test_worker_sigkilled_mid_batch_loses_nothing(conn: Connection, queue:
                 survivor.wait(10)
 
 
-@pytest.mark.xfail(
-    "REPID_KAFKA_BOOTSTRAP" not in os.environ,
-    reason="noida-db 0.2.3 answers the OffsetCommit sent from on_partitions_revoked with "
-    "ILLEGAL_GENERATION (Kafka accepts it during a rebalance); aiokafka then drops its member id "
-    "and the group stalls, and a departed leader is never replaced. Runs on Kafka only.",
-    run=False,
-)
 async def test_members_joining_and_leaving_lose_nothing(conn: Connection, queue: Queue) -> None:
-    total, tasks = 3000, 20
+    """2 -> 3 -> 1 members: nothing lost, duplicates only from the uncommitted window.
+
+    On Kafka the defaults are used: revoked partitions are drained and committed, so only a
+    message still running when a drain timed out can run twice. noida-db 0.2.3 refuses commits
+    sent during a rebalance (see docs/brokers/kafka.md), so there the members commit only when
+    they leave (`commit_on_revoke=False`, no periodic commit): what a member finished before a
+    rebalance is uncommitted and may run again after each rebalance; that is the bound checked.
+    """
+    noida = "REPID_KAFKA_BOOTSTRAP" not in os.environ
+    options: dict[str, object] = (
+        {"commit_on_revoke": False, "commit_interval": 3600.0} if noida else {}
+    )
+    total, tasks = 6000, 20
     await _fill(conn, queue, total)
     seen: list[int] = []
     router = Router()
 
     @router.actor(queue=queue.name)
     async def work(n: int) -> None:
-        await asyncio.sleep(0.003)
+        await asyncio.sleep(0.01)
         seen.append(n)
 
     async def member() -> tuple[Connection, Worker]:
-        connection = Connection(_broker(drain_timeout=5.0))
+        connection = Connection(_broker(drain_timeout=5.0, **options))
         await connection.connect()
         worker = Worker([router], tasks_limit=tasks, handle_signals=[], _connection=connection)
         return connection, worker
 
+    def owned(connection: Connection) -> list[int]:
+        """Partitions of the queue's topic a member's consumer owns now."""
+        return [
+            tp.partition
+            for consumer in connection.message_broker._consumers
+            for tp in consumer._parts
+            if tp.topic == consumer._main
+        ]
+
+    async def settled(*connections: Connection) -> None:
+        """Wait until these members share all six partitions, each holding some."""
+        await wait_until(
+            lambda: (
+                all(owned(c) for c in connections)
+                and sorted(p for c in connections for p in owned(c)) == list(range(6))
+            ),
+            f"the group to settle on {len(connections)} members",
+            30,
+        )
+
+    async def leave(task: asyncio.Task[object], worker: Worker) -> None:
+        worker.stop()
+        await asyncio.wait_for(asyncio.shield(task), 20)
+
     members = [await member() for _ in range(3)]
-    w1, w2, w3 = (worker for _, worker in members)
+    (c1, w1), (c2, w2), (c3, w3) = members
     try:
-        async with running(w1, 20), running(w2, 20):
-            await wait_until(lambda: len(seen) >= 500, "two members to run 500 jobs", 20)
+        async with running(w1, 20) as t1, running(w2, 20) as t2:
+            await settled(c1, c2)
+            await wait_until(lambda: len(seen) >= 300, "two members to run 300 jobs", 20)
+            before_join = len(seen)
             async with running(w3, 20):
-                mark = len(seen)
-                await wait_until(lambda: len(seen) >= mark + 500, "three members to run", 20)
-                w1.stop()
-                w2.stop()
+                await settled(c1, c2, c3)
+                before_leave = len(seen)
+                await leave(t1, w1)
+                await settled(c2, c3)
+                at_last_leave = len(seen)
+                await leave(t2, w2)
                 await wait_until(
                     lambda: set(seen) >= set(range(total)), "the last member to finish", 30
                 )
     finally:
         for connection, _ in members:
             await connection.disconnect()
+    assert at_last_leave < total, "the queue was drained before the last member was alone"
     runs = Counter(seen)
-    assert set(runs) == set(range(total))
+    assert set(runs) == set(range(total)), "a job was lost"
     duplicates = sum(count - 1 for count in runs.values())
-    # Revoked partitions are drained and committed: a duplicate is only possible for a message
-    # still running when a drain timed out, bounded by the lanes of the members that left.
-    assert duplicates <= 2 * tasks, f"{duplicates} duplicates"
+    # noida: each of the three rebalances may run again what was run before it (uncommitted).
+    bound = before_join + before_leave + at_last_leave + 3 * tasks if noida else 2 * tasks
+    assert duplicates <= bound, f"{duplicates} duplicates (bound {bound})"
 
 
 async def test_failing_message_is_retried_then_dead_lettered_not_skipped(
@@ -320,8 +354,6 @@ def _port_open(port: int) -> bool:
 
 
 async def test_unreachable_cluster_is_a_clear_error_and_enqueue_resumes() -> None:
-    if "REPID_KAFKA_BOOTSTRAP" in os.environ:
-        pytest.skip("starts its own Kafka-protocol server (noida-db)")
     with pytest.raises(BrokerUnavailableError):
         await KafkaMessageBroker(f"127.0.0.1:{_free_port()}", timeout=1.0).connect()
 
