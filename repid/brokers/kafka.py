@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -448,7 +448,7 @@ class KafkaMessageBroker:
         a queue (a marker only applies to the records of its own partition)."""
         header = [(REMOVE_HEADER, to_json(list(removal)))]
         producer = self._require_producer()
-        sends = []
+        sends: list[Coroutine[Any, Any, None]] = []
         for category in categories:
             topic = self.topic(queue_name, category)
             partitions = sorted(await producer.partitions_for(topic))
