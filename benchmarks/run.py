@@ -1,15 +1,19 @@
 """End-to-end throughput benchmarks: repid against peer job-queue frameworks.
 
-    python benchmarks/run.py inmemory [--n N] [--rounds R] [--json PATH]
+    python benchmarks/run.py {inmemory,redis,rabbitmq,kafka} [--n N] [--rounds R] [--json PATH]
+                             [--cases a,b] [--timeout S]
 
 Each case is a standalone script under `benchmarks/cases/` that runs one framework once and
-prints one JSON line (`cases/_common.py: CaseResult`). This orchestrator:
+prints one JSON line (`cases/_common.py: CaseResult`, or `NetCaseResult` for the network suites,
+whose cases launch their own worker processes). This orchestrator:
 
 * creates a virtualenv per peer under `benchmarks/.venvs/<peer>` with pinned versions (once;
   it is rebuilt when the pins or the Python version change),
 * runs every case in its own fresh interpreter, rounds interleaved
   (repid, peer1, peer2, repid, peer1, ...), so neither peak RSS nor warm-up leaks between cases,
-* reports the median of each figure over the rounds and repid's ratio to the best peer.
+* reports the median of each figure over the rounds and repid's ratio to the best peer,
+* records a failed run and goes on; stops a run past its deadline (interrupt, then kill its
+  process group); checks the suite's server first, or starts a private noida-db for Kafka.
 
 The repid case runs with this interpreter (`sys.executable`), with the project root put on
 PYTHONPATH so an editable install is not strictly required. See `benchmarks/README.md`.
