@@ -76,8 +76,10 @@ def _matches(removal: Removal, delivery: Delivery) -> bool:
     return ts is None or abs(delivery.parameters.timer.timestamp.timestamp() - ts) < 1e-6
 
 
-def _decode(record: ConsumerRecord[Any, Any], queue_name: str) -> tuple[Delivery, str | None]:
-    """A delivery without handle (and the decode error, if any) from a record."""
+def _decode(
+    record: ConsumerRecord[Any, Any], queue_name: str, handle: Any = None
+) -> tuple[Delivery, str | None]:
+    """A delivery with `handle` (and the decode error, if any) from a record."""
     raw: bytes = record.value or b""
     try:
         key, payload, params = decode_message(raw)
@@ -88,10 +90,14 @@ def _decode(record: ConsumerRecord[Any, Any], queue_name: str) -> tuple[Delivery
                 dead = Parameters.decode(from_json(value))
         key = RoutingKey(f"raw-{record.topic}-{record.partition}-{record.offset}", "", queue_name)
         return (
-            Delivery(key, "", dead or Parameters(), None, raw=raw, decode_error=str(exc)),
+            Delivery(key, "", dead or Parameters(), handle, raw=raw, decode_error=str(exc)),
             str(exc),
         )
-    return Delivery(key, payload, params, None), None
+    # tuple.__new__ skips the named tuple's Python-level constructor (hot path).
+    delivery: Delivery = tuple.__new__(
+        Delivery, (key, payload, params, handle, MessageCategory.NORMAL, None, None, False)
+    )
+    return delivery, None
 
 
 def _encode(delivery: Delivery) -> bytes:
@@ -446,13 +452,11 @@ class KafkaConsumer:
                 self._apply_removal(removal, part, offset)
                 part.finish(offset)
                 continue
-            delivery, _ = _decode(record, self.queue_name)
+            delivery, _ = _decode(record, self.queue_name, _Handle(self, part, offset))
             due = delivery.parameters.not_before if delivery.decode_error is None else None
             if delayed or (due is not None and due > now):
                 self._hold(part, offset, delivery, record.value or b"", due or now, now)
                 continue
-            handle = _Handle(self, part, offset)
-            delivery = delivery._replace(handle=handle)
             if self._topics is not None and delivery.key.topic not in self._topics:
                 continue  # not ours to run: left unfinished for a consumer that runs it
             self._ready[min(delivery.key.priority, 2)].append(delivery)
