@@ -27,7 +27,6 @@ app = Repid(
         KafkaMessageBroker(
             KAFKA, topic_prefix="shop-", unique_ids=RedisBucketBroker(REDIS, prefix="shop:")
         ),
-        args_bucket_broker=RedisBucketBroker(REDIS, prefix="shop:"),
         results_bucket_broker=RedisBucketBroker(REDIS, prefix="shop:", use_result_bucket=True),
     )
 )
