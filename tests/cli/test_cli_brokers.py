@@ -20,6 +20,7 @@ from tests.conformance.specs import RUN_ID
 URLS = {
     "redis": os.environ.get("REPID_REDIS_DSN", "redis://127.0.0.1:6379/0"),
     "rabbitmq": os.environ.get("REPID_RABBITMQ_DSN", "amqp://guest:guest@127.0.0.1:5672/"),
+    "kafka": "kafka://" + os.environ.get("REPID_KAFKA_BOOTSTRAP", "127.0.0.1:19092"),
 }
 TIMEOUT = 60
 APP = "cli_broker_app:router"
@@ -52,6 +53,11 @@ def sizes(env: dict[str, str], queue: str) -> dict[str, object]:
     return dict(row)
 
 
+def dead(env: dict[str, str], queue: str) -> list[str]:
+    out = ok(repid(env, "dead", "list", queue, APP, "--json"))
+    return [json.loads(line)["actor"] for line in out.splitlines()]
+
+
 def test_operator_round_trip(broker_url: str, cli_env: dict[str, str]) -> None:
     queue = f"cli_{RUN_ID}_{uuid4().hex[:8]}"
     env = {**cli_env, "REPID_BROKER_URL": broker_url, "REPID_TEST_QUEUE": queue}
@@ -75,11 +81,13 @@ def test_operator_round_trip(broker_url: str, cli_env: dict[str, str]) -> None:
         listed = [json.loads(line) for line in out.splitlines()]  # JSON lines
         assert [(d["actor"], d["error"]) for d in listed] == [("fail", "ValueError: failure 7")]
         ok(repid(env, "dead", "requeue", queue, APP))
-        assert sizes(env, queue)["dead"] == 0
+        assert dead(env, queue) == []
         ok(repid(env, "run", APP, "--burst"))
-        assert sizes(env, queue)["dead"] == 1  # failed again: back in the dead letters
+        assert dead(env, queue) == ["fail"]  # failed again: back in the dead letters
         ok(repid(env, "dead", "purge", queue, APP))
-        assert sizes(env, queue)["dead"] == 0
+        assert dead(env, queue) == []
+        if not broker_url.startswith("kafka://"):  # Kafka's counts are estimated from offsets
+            assert sizes(env, queue)["dead"] == 0
 
         bad = repid(env, "enqueue", "work", "--args", "[1]", "--queue", queue)
         assert bad.returncode != 0
