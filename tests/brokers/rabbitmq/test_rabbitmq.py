@@ -106,12 +106,45 @@ async def test_deferred_jobs_never_run_early_and_delays_do_not_block_each_other(
     assert [m.key.topic for m in await browse(queue, MessageCategory.DELAYED)] == ["later"]
 
 
-async def test_connections_closed_by_the_server_lose_nothing(
-    conn: Connection, queue: Queue
-) -> None:
+async def _close_connections_named(ctl: str, name: str) -> int:
+    """Have the server close every connection whose client calls itself `name`; how many."""
+    lister = await asyncio.create_subprocess_exec(
+        ctl,
+        "list_connections",
+        "pid",
+        "client_properties",
+        "-q",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    listing, errors = await asyncio.wait_for(lister.communicate(), 30)
+    assert lister.returncode == 0, errors
+    marker = f'{{"connection_name","{name}"}}'
+    rows = [line.split("\t") for line in listing.decode().splitlines()[1:]]
+    pids = [row[0] for row in rows if len(row) == 2 and marker in row[1]]
+    for pid in pids:
+        closer = await asyncio.create_subprocess_exec(
+            ctl,
+            "close_connection",
+            pid,
+            "repid test: connection loss",
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, errors = await asyncio.wait_for(closer.communicate(), 30)
+        assert closer.returncode == 0, errors
+    return len(pids)
+
+
+async def test_connections_closed_by_the_server_lose_nothing(queue: Queue) -> None:
     ctl = shutil.which("rabbitmqctl")
     if ctl is None or os.geteuid() != 0:
         pytest.skip("needs rabbitmqctl as root to close connections")
+    # Only this test's connection is closed (it names itself): other users of the server
+    # are left alone.
+    name = f"repid-test-{uuid4().hex[:8]}"
+    conn = Connection(RabbitMessageBroker(f"{DSN}?name={name}", prefix=PREFIX, timeout=5.0))
+    await conn.connect()
     router = Router()
     done: set[int] = set()
     total = 200
@@ -121,23 +154,18 @@ async def test_connections_closed_by_the_server_lose_nothing(
         await asyncio.sleep(0.01)
         done.add(n)
 
-    for n in range(total // 2):
-        await _job(conn, queue, "work", args={"n": n}).enqueue()
-    async with running(Worker([router], tasks_limit=10, handle_signals=[], _connection=conn)):
-        await wait_until(lambda: len(done) >= 20, "some jobs to run")
-        closer = await asyncio.create_subprocess_exec(
-            ctl,
-            "close_all_connections",
-            "repid test: connection loss",
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        _, errors = await asyncio.wait_for(closer.communicate(), 30)
-        assert closer.returncode == 0, errors
-        # The producer side reconnects too: these enqueues wait for it.
-        for n in range(total // 2, total):
+    try:
+        for n in range(total // 2):
             await _job(conn, queue, "work", args={"n": n}).enqueue()
-        await wait_until(lambda: len(done) == total, "every job after the reconnection", 20)
+        async with running(Worker([router], tasks_limit=10, handle_signals=[], _connection=conn)):
+            await wait_until(lambda: len(done) >= 20, "some jobs to run")
+            assert await _close_connections_named(ctl, name) >= 1
+            # The producer side reconnects too: these enqueues wait for it.
+            for n in range(total // 2, total):
+                await _job(conn, queue, "work", args={"n": n}).enqueue()
+            await wait_until(lambda: len(done) == total, "every job after the reconnection", 20)
+    finally:
+        await conn.disconnect()
     assert done == set(range(total))
     assert await browse(queue) == []
 
