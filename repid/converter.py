@@ -9,15 +9,16 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import Callable
-from typing import Any, NotRequired, Protocol, get_type_hints
+from typing import TYPE_CHECKING, Any, Literal, NotRequired, Protocol, get_type_hints
 
-from pydantic import ConfigDict, TypeAdapter, ValidationError
-from pydantic_core import from_json
-from typing_extensions import TypedDict
+from pydantic_core import SchemaValidator, ValidationError, core_schema, from_json
 
 from repid.dependencies import find_injected_parameters
 from repid.errors import ConfigurationError, RepidError
 from repid.serializer import default_serializer
+
+if TYPE_CHECKING:
+    from pydantic import TypeAdapter
 
 __all__ = [
     "ArgumentsError",
@@ -96,6 +97,17 @@ class BasicConverter:
         return default_serializer(data)
 
 
+_PLAIN_SCHEMAS: dict[Any, Callable[[], core_schema.CoreSchema]] = {
+    int: core_schema.int_schema,
+    str: core_schema.str_schema,
+    float: core_schema.float_schema,
+    bool: core_schema.bool_schema,
+    Any: core_schema.any_schema,
+}
+"""Hints whose pydantic core schema is built here directly: exactly what pydantic generates for
+them, without importing pydantic's schema generator (tens of milliseconds of a worker's start)."""
+
+
 class PydanticConverter:
     """Validates and converts arguments with pydantic, from the function's type hints.
 
@@ -110,33 +122,67 @@ class PydanticConverter:
         self._params = _plain_parameters(fn)
         self._positional_only = _positional_only(self._params)
         self._no_params = not self._params
+        self._fields: dict[str, tuple[Any, bool]] | None = None
+        self._extra_allowed = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in self._params)
         self._adapter: TypeAdapter[dict[str, Any]] | None = None
+        self._validator: SchemaValidator | TypeAdapter[dict[str, Any]] | None = None
         with contextlib.suppress(ConfigurationError):  # retried at start-up and on first use
             self.prepare()
 
-    def prepare(self) -> None:
-        """Compile the validator; `ConfigurationError` if the type hints cannot be resolved."""
-        if self._adapter is not None:
-            return
-        fn = self.fn
-        name = getattr(fn, "__name__", "actor")
+    @property
+    def _name(self) -> str:
+        return str(getattr(self.fn, "__name__", "actor"))
+
+    def _resolve(self) -> dict[str, tuple[Any, bool]]:
+        """Each argument's type hint and whether it is required."""
+        if self._fields is not None:
+            return self._fields
         try:
-            hints = get_type_hints(fn, include_extras=True)
+            hints = get_type_hints(self.fn, include_extras=True)
         except Exception as exc:
             raise ConfigurationError(
-                f"cannot resolve the type hints of actor function {name!r}: {exc!r}"
+                f"cannot resolve the type hints of actor function {self._name!r}: {exc!r}"
             ) from exc
-        extra_allowed = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in self._params)
-        fields: dict[str, Any] = {}
-        for p in self._params:
-            if p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
-                continue
-            annotation = hints.get(p.name, Any)
-            fields[p.name] = (
-                annotation if p.default is inspect.Parameter.empty else NotRequired[annotation]
-            )
-        shape: Any = TypedDict(f"{name}_arguments", fields)  # type: ignore[misc]
-        config = ConfigDict(extra="allow" if extra_allowed else "forbid")
+        self._fields = {
+            p.name: (hints.get(p.name, Any), p.default is inspect.Parameter.empty)
+            for p in self._params
+            if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        }
+        return self._fields
+
+    def prepare(self) -> None:
+        """Compile the validator; `ConfigurationError` if the type hints cannot be resolved."""
+        if self._validator is not None:
+            return
+        fields = self._resolve()
+        plain: dict[str, core_schema.TypedDictField] = {}
+        for name, (hint, required) in fields.items():
+            make = _PLAIN_SCHEMAS.get(hint) if isinstance(hint, type) or hint is Any else None
+            if make is None:  # anything else: pydantic's own schema generation
+                self._validator = self._build_adapter()
+                return
+            plain[name] = core_schema.typed_dict_field(make(), required=required)
+        extra: Literal["allow", "forbid"] = "allow" if self._extra_allowed else "forbid"
+        self._validator = SchemaValidator(
+            core_schema.typed_dict_schema(plain, extra_behavior=extra),
+            core_schema.CoreConfig(title=f"{self._name}_arguments", extra_fields_behavior=extra),
+        )
+
+    def _build_adapter(self) -> TypeAdapter[dict[str, Any]]:
+        if self._adapter is not None:
+            return self._adapter
+        from pydantic import ConfigDict, TypeAdapter
+        from typing_extensions import TypedDict
+
+        name = self._name
+        shape: Any = TypedDict(  # type: ignore[misc]
+            f"{name}_arguments",
+            {
+                field: hint if required else NotRequired[hint]
+                for field, (hint, required) in self._resolve().items()
+            },
+        )
+        config = ConfigDict(extra="allow" if self._extra_allowed else "forbid")
         setattr(shape, "__pydantic_config__", config)  # noqa: B010 - pydantic reads it from the class
         adapter_of: Any = TypeAdapter  # the shape is built at run time: no static type to check
         try:
@@ -145,24 +191,24 @@ class PydanticConverter:
             raise ConfigurationError(
                 f"actor function {name!r} has parameter types pydantic cannot validate: {exc}"
             ) from exc
+        assert self._adapter is not None
+        return self._adapter
 
     @property
     def adapter(self) -> TypeAdapter[dict[str, Any]]:
         """The compiled validator of the arguments (e.g. for `adapter.json_schema()`)."""
-        self.prepare()
-        assert self._adapter is not None
-        return self._adapter
+        return self._build_adapter()
 
     def convert_inputs(self, payload: str) -> tuple[list[Any], dict[str, Any]]:
         if self._no_params and (not payload or payload == "{}"):
             return [], {}
-        adapter = self._adapter
-        if adapter is None:
+        validator = self._validator
+        if validator is None:
             self.prepare()
-            adapter = self._adapter
-            assert adapter is not None
+            validator = self._validator
+            assert validator is not None
         try:
-            kwargs = adapter.validate_json(payload or "{}")
+            kwargs: dict[str, Any] = validator.validate_json(payload or "{}")
         except ValidationError as exc:
             raise ArgumentsError(str(exc)) from exc
         if self._positional_only:
