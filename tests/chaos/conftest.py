@@ -1,0 +1,41 @@
+"""Fixtures of the chaos suite: one `Chaos` world per test and broker, on the shared servers.
+
+Every test here is marked `chaos`; `REPID_CHAOS=full` (scripts/chaos.sh) selects full sizes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+import tests.conformance.specs.redis  # noqa: F401 - its exit hook deletes the run's Redis keys
+from tests.chaos._harness import BROKERS, BrokerSettings, Chaos
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in item.path.parents:
+            item.add_marker(pytest.mark.chaos)
+
+
+@pytest.fixture(params=BROKERS)
+def broker_name(request: pytest.FixtureRequest) -> str:
+    """Each chaos test runs once per real broker ("redis", "rabbitmq", "kafka")."""
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def broker_settings(broker_name: str) -> BrokerSettings:
+    """The chaos defaults for the broker on the shared server (override per test if needed)."""
+    return BrokerSettings.default(broker_name)
+
+
+@pytest.fixture
+async def chaos(broker_settings: BrokerSettings, tmp_path: Path) -> AsyncIterator[Chaos]:
+    """A fresh queue, ledger and worker pool on the shared server of `broker_name`."""
+    async with Chaos.open(broker_settings, tmp_path) as world:
+        yield world
