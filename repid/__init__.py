@@ -136,6 +136,7 @@ __all__ = [
 _LAZY = {
     "RedisMessageBroker": "repid.brokers.redis",
     "RedisBucketBroker": "repid.brokers.redis",
+    "RedisSharedState": "repid.brokers._redis_state",
     "RabbitMessageBroker": "repid.brokers.rabbitmq",
     "KafkaMessageBroker": "repid.brokers.kafka",
     "HealthCheckServer": "repid.health_check_server",

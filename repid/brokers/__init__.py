@@ -29,6 +29,7 @@ __all__ = [
 _LAZY = {
     "RedisMessageBroker": "repid.brokers.redis",
     "RedisBucketBroker": "repid.brokers.redis",
+    "RedisSharedState": "repid.brokers._redis_state",
     "RabbitMessageBroker": "repid.brokers.rabbitmq",
     "KafkaMessageBroker": "repid.brokers.kafka",
 }

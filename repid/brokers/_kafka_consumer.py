@@ -614,6 +614,9 @@ class KafkaConsumer:
                 handle: _Handle = delivery.handle
                 if handle.stale:
                     continue
+                if self.broker._tombstones and self.broker._is_tombstoned(delivery):
+                    handle.part.finish(handle.offset)  # cancelled while it waited (shared state)
+                    continue
                 handle.part.running += 1
                 handle.part.drained.clear()
                 self._outstanding += 1

@@ -416,6 +416,10 @@ class RabbitConsumer:
             delivery = ready.popleft()
             if not delivery.handle.state.alive:
                 continue  # its channel died: RabbitMQ delivers it again
+            tombstones = self._broker._tombstones  # cancelled while it waited here?
+            if tombstones and self._broker._is_tombstoned(delivery):
+                self._spawn(delivery.handle.state.ack(delivery.handle.tag))
+                continue
             if topics is not None and delivery.key.topic not in topics:
                 self._spawn(delivery.handle.state.settle_now(delivery.handle.tag, requeue=True))
                 continue

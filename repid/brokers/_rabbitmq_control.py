@@ -43,7 +43,12 @@ class Control:
         )
 
     async def listen(self) -> None:
-        """Receive cancel requests (idempotent; re-done after a reconnection)."""
+        """Receive cancel requests (idempotent; re-done after a reconnection).
+
+        Not needed with shared state: cancellations then go through Redis.
+        """
+        if self._broker._state is not None:
+            return
         async with self._lock:
             if self._listener is not None and not self._listener.is_closed:
                 return

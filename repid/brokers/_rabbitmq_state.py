@@ -1,7 +1,10 @@
-"""What the RabbitMQ broker knows only within its process (`shared_state=False`).
+"""What the RabbitMQ broker knows within its process, and what it shares through Redis.
 
 Unique ids enqueued here, jobs in flight here, cancelled ids and the worker registry: RabbitMQ
-has no place to share them, so each broker object keeps its own (see docs/brokers/rabbitmq.md).
+has no place to share them, so each broker object keeps its own (`shared_state=False`), unless
+it is given a `RedisSharedState` (`shared_state=True`): then unique ids (given by the user),
+cancellations, per-actor limits and the worker registry go through Redis, while jobs in flight
+and the ids this process generated stay here (see docs/brokers/rabbitmq.md).
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ from collections import OrderedDict
 from collections.abc import Iterable
 
 from repid.brokers._rabbitmq_consumer import ChannelState, Handle
+from repid.brokers._redis_state import RedisSharedState, generated_here
 from repid.brokers.base import Delivery
 from repid.data import Parameters, RoutingKey
-from repid.lifecycle import STALE_AFTER, WorkerInfo
+from repid.lifecycle import STALE_AFTER, ActorLimiter, RateLimit, WorkerInfo
 
 logger = logging.getLogger("repid.brokers.rabbitmq")
 
@@ -27,11 +31,13 @@ class ProcessState:
 
     unique_window: float
 
-    def __init__(self) -> None:
+    def __init__(self, shared: RedisSharedState | None = None) -> None:
+        self._state = shared
         self._pending: dict[str, OrderedDict[str, tuple[float, float]]] = {}
         """queue -> id -> (message timestamp, when the id stops counting as pending)."""
-        self._tombstones: dict[tuple[str, str], float] = {}
-        """Cancelled queued messages: (queue, id) -> message timestamp."""
+        self._tombstones: dict[tuple[str, str], float] = {} if shared is None else shared.tombstones
+        """Cancelled queued messages: (queue, id) -> message timestamp (with shared state: the
+        mirror of the shared tombstones, newest cancelled timestamp)."""
         self._in_flight: dict[tuple[str, str], int] = {}
         self._cancel_requests: set[str] = set()
         self._workers: dict[str, WorkerInfo] = {}
@@ -60,7 +66,14 @@ class ProcessState:
         start = now if due is None or due < now else due
         return params.timer.timestamp.timestamp(), start + self.unique_window
 
+    def _shared_id(self, id_: str) -> bool:
+        """Whether the pending state of `id_` lives in the shared state (user-given ids)."""
+        return self._state is not None and not generated_here(id_)
+
     def _forget(self, key: RoutingKey) -> None:
+        if self._state is not None and not generated_here(key.id_):
+            self._state.release(key.queue, key.id_)
+            return
         pending = self._pending.get(key.queue)
         if pending:
             pending.pop(key.id_, None)
@@ -93,6 +106,8 @@ class ProcessState:
         state.in_flight.clear()
 
     def _is_tombstoned(self, delivery: Delivery) -> bool:
+        if self._state is not None:
+            return self._state.take_tombstone(delivery)
         slot = (delivery.key.queue, delivery.key.id_)
         stamp = self._tombstones.get(slot)
         if stamp is None or stamp != delivery.parameters.timer.timestamp.timestamp():
@@ -114,21 +129,45 @@ class ProcessState:
     async def cancelled_ids(self, running: Iterable[str]) -> set[str]:
         """Which of these running job ids have a pending cancellation request."""
         requests = self._cancel_requests
+        if self._state is not None:
+            ids = list(running)
+            found = self._state.cancelled(ids)
+            return found | {id_ for id_ in ids if id_ in requests} if requests else found
         return {id_ for id_ in running if id_ in requests} if requests else set()
 
     async def cancel_finished(self, id_: str) -> None:
         self._cancel_requests.discard(id_)
+        if self._state is not None:
+            await self._state.forget_cancel(id_)
 
-    # -- worker registry (per process) -----------------------------------------------------------
+    # -- limits and worker registry (per process, or shared) -----------------------------------
+
+    def actor_limiter(
+        self, actor: str, max_concurrency: int | None, rate_limit: RateLimit | None
+    ) -> ActorLimiter:
+        """The limiter of `actor`: shared by every worker through the shared state, else a new
+        one per call (per worker)."""
+        if self._state is not None:
+            return self._state.actor_limiter(actor, max_concurrency, rate_limit)
+        return ActorLimiter(max_concurrency, rate_limit)
 
     async def heartbeat(self, info: WorkerInfo) -> None:
+        if self._state is not None:
+            await self._state.heartbeat(info)
+            return
         self._workers[info.id] = info
 
     async def unregister_worker(self, worker_id: str) -> None:
+        if self._state is not None:
+            await self._state.unregister_worker(worker_id)
+            return
         self._workers.pop(worker_id, None)
 
     async def live_workers(self, stale_after: float = STALE_AFTER) -> list[WorkerInfo]:
-        """Workers of this process heard from within `stale_after` seconds."""
+        """Workers heard from within `stale_after` seconds: of every process with shared
+        state, else of this process."""
+        if self._state is not None:
+            return await self._state.live_workers(stale_after)
         now = time.time()
         for worker_id, info in list(self._workers.items()):
             if now - info.last_seen > stale_after:

@@ -35,6 +35,7 @@ from repid.brokers._kafka_consumer import (
     queue_counts,
     read_topic,
 )
+from repid.brokers._redis_state import RedisSharedState, generated_here
 from repid.brokers.base import BrokerCapabilities, BucketBrokerT, Delivery, OutgoingMessage
 from repid.brokers.in_memory import InMemoryBucketBroker
 from repid.codec import encode_message
@@ -45,8 +46,7 @@ from repid.errors import (
     MessageTooLargeError,
     QueueNotDeclaredError,
 )
-from repid.job import _ids
-from repid.lifecycle import STALE_AFTER, WorkerInfo
+from repid.lifecycle import STALE_AFTER, ActorLimiter, RateLimit, WorkerInfo
 
 __all__ = ["KafkaMessageBroker"]
 
@@ -55,9 +55,7 @@ logger = logging.getLogger("repid.brokers.kafka")
 _UNAVAILABLE = (KafkaConnectionError, KafkaTimeoutError, ConnectionError, OSError)
 
 
-def _generated_here(id_: str) -> bool:
-    """Ids drawn by `repid.job.new_id` in this process are unique by construction."""
-    return len(id_) == 32 and id_.startswith(_ids.prefix)
+_generated_here = generated_here
 
 
 class KafkaMessageBroker:
@@ -89,10 +87,16 @@ class KafkaMessageBroker:
             duplicates) for servers that refuse commits during a rebalance, like noida-db.
         unique_ids: where ids given by the user (`Job(id_=...)`) are remembered while pending.
             Default: in this process only. Pass a shared bucket broker (e.g.
-            `RedisBucketBroker(dsn)`) to enforce unique ids across processes; this broker
-            connects and disconnects it.
-        unique_ttl: how long a pending unique id is remembered at most.
+            `RedisBucketBroker(dsn)`) to enforce unique ids across processes (check-then-set);
+            this broker connects and disconnects it. `shared_state` does that atomically and
+            more: prefer it.
+        unique_ttl: how long a pending unique id is remembered at most (with `unique_ids`;
+            the shared state has its own `unique_ttl`).
         client_options: extra keyword arguments for every aiokafka client (security, SASL...).
+        shared_state: a `RedisSharedState` through which every process shares unique ids,
+            cancellations, per-actor limits and the worker registry (`capabilities.shared_state`
+            becomes True). This broker connects and disconnects it. Without it, those are kept
+            per process. Not together with `unique_ids`.
     """
 
     def __init__(
@@ -112,6 +116,7 @@ class KafkaMessageBroker:
         unique_ids: BucketBrokerT | None = None,
         unique_ttl: timedelta = timedelta(days=1),
         client_options: Mapping[str, Any] | None = None,
+        shared_state: RedisSharedState | None = None,
     ) -> None:
         from repid.errors import ConfigurationError
 
@@ -119,6 +124,8 @@ class KafkaMessageBroker:
             raise ConfigurationError("partitions must be >= 1")
         if timeout <= 0 or commit_interval <= 0 or drain_timeout < 0:
             raise ConfigurationError("timeout and commit_interval must be > 0, drain_timeout >= 0")
+        if shared_state is not None and unique_ids is not None:
+            raise ConfigurationError("pass unique_ids or shared_state, not both")
         self.bootstrap_servers = bootstrap_servers
         self.topic_prefix = topic_prefix
         self.partitions = partitions
@@ -138,7 +145,7 @@ class KafkaMessageBroker:
             native_dead_letters=True,
             lease_renewal=False,
             per_partition_order=partitions > 1,
-            shared_state=False,
+            shared_state=shared_state is not None,
             persistent=True,
             max_message_size=max_message_size,
             lease_duration=None,
@@ -147,6 +154,11 @@ class KafkaMessageBroker:
             unique_ids if unique_ids is not None else InMemoryBucketBroker()
         )
         self._own_unique = unique_ids is None
+        self._state = shared_state
+        self._tombstones: dict[tuple[str, str], float] = (
+            {} if shared_state is None else shared_state.tombstones
+        )
+        """(queue, id) -> newest creation time of cancelled waiting messages (shared state)."""
         self._producer: AIOKafkaProducer | None = None
         self._admin: AIOKafkaAdminClient | None = None
         self._declared: set[str] = set()
@@ -191,6 +203,8 @@ class KafkaMessageBroker:
                 f"Kafka at {self.bootstrap_servers!r} is unreachable: {exc!r}"
             ) from exc
         await self._unique.connect()
+        if self._state is not None:
+            await self._state.connect()
         self.is_connected = True
 
     async def _start_clients(self) -> None:
@@ -234,6 +248,8 @@ class KafkaMessageBroker:
             await consumer.finish()
         await self._stop_clients()
         await self._unique.disconnect()
+        if self._state is not None:
+            await self._state.disconnect()
 
     def _require_producer(self) -> AIOKafkaProducer:
         if self._producer is None:
@@ -393,7 +409,7 @@ class KafkaMessageBroker:
         value = self._encode(key, payload, params)
         if key.queue not in self._declared and not await self._queue_exists(key.queue):
             raise QueueNotDeclaredError(key.queue)
-        if not _generated_here(key.id_) and not await self._claim_unique(key):
+        if not _generated_here(key.id_) and not await self._claim_unique(key, params):
             logger.debug("message %s is already pending in %s; not added again", key.id_, key.queue)
             return
         await self._send(self._destination(key, params), value)
@@ -408,7 +424,7 @@ class KafkaMessageBroker:
                 raise QueueNotDeclaredError(queue)
         sends = []
         for key, params, value in encoded:
-            if not _generated_here(key.id_) and not await self._claim_unique(key):
+            if not _generated_here(key.id_) and not await self._claim_unique(key, params):
                 continue
             sends.append(self._send(self._destination(key, params), value))
         await asyncio.gather(*sends)
@@ -460,8 +476,12 @@ class KafkaMessageBroker:
     def _unique_key(self, queue_name: str, id_: str) -> str:
         return f"repid-kafka-unique:{self.topic_prefix}{queue_name}:{id_}"
 
-    async def _claim_unique(self, key: RoutingKey) -> bool:
-        """Remember a user-given id as pending; False if it already is (not atomic)."""
+    async def _claim_unique(self, key: RoutingKey, params: Parameters) -> bool:
+        """Remember a user-given id as pending; False if it already is (atomic only with
+        shared state)."""
+        if self._state is not None:
+            stamp = params.timer.timestamp.timestamp()
+            return await self._state.claim(key.queue, key.id_, stamp, params.not_before)
         name = self._unique_key(key.queue, key.id_)
         if await self._unique.get_bucket(name) is not None:
             return False
@@ -471,9 +491,14 @@ class KafkaMessageBroker:
     async def release_unique(self, key: RoutingKey) -> None:
         """The message left the pending state (settled or removed): free its id."""
         if not _generated_here(key.id_):
-            await self._unique.delete_bucket(self._unique_key(key.queue, key.id_))
+            if self._state is not None:
+                self._state.release(key.queue, key.id_)
+            else:
+                await self._unique.delete_bucket(self._unique_key(key.queue, key.id_))
 
     async def _forget_unique_ids(self, queue_name: str) -> None:
+        if self._state is not None:
+            await self._state.forget_queue(queue_name)
         if self._own_unique and isinstance(self._unique, InMemoryBucketBroker):
             prefix = self._unique_key(queue_name, "")
             for name in [n for n in self._unique._data if n.startswith(prefix)]:
@@ -520,8 +545,14 @@ class KafkaMessageBroker:
         destination = self._destination(key.key, params)
         if key.category is not MessageCategory.NORMAL:
             await self._send(destination, value)
-            return await self._remove_browsed(key)
-        return await KafkaConsumer.settle(key, (destination, value, None), keep_id=True)
+            done = await self._remove_browsed(key)
+        else:
+            done = await KafkaConsumer.settle(key, (destination, value, None), keep_id=True)
+        if done and self._state is not None and not _generated_here(key.key.id_):
+            # Still pending (a retry, the next tick, a dead letter sent back to work).
+            stamp = params.timer.timestamp.timestamp()
+            await self._state.renew(key.key.queue, key.key.id_, stamp, params.not_before)
+        return done
 
     async def renew(self, deliveries: Sequence[Delivery]) -> None:
         """No leases on Kafka: a delivery stays owned while its partition is assigned."""
@@ -546,14 +577,17 @@ class KafkaMessageBroker:
         """A consumer of one part of a queue (NORMAL: joins the queue's consumer group)."""
         return KafkaConsumer(self, queue, topics, max_unacked_messages, category)
 
-    # -- cancellation, worker registry (this process) ------------------------------------------
+    # -- cancellation, limits and worker registry (this process, or shared) --------------------
 
     async def cancel(self, queue_name: str, id_: str) -> str | None:
-        """Cancel job `id_`: "requested" if it runs in this process, "dequeued" if it waits.
+        """Cancel job `id_`: "requested" if it runs (in this process; with shared state, in any
+        worker process that answers within half a second), "dequeued" if it waits.
 
         A waiting job is found by reading the pending part of the queue (cost proportional
-        to the backlog) and removed with a removal marker; a consumer that has already handed
-        it to an actor in another process runs it anyway.
+        to the backlog; with shared state, a user-given id is looked up in Redis instead).
+        Without shared state it is removed with a removal marker, and a consumer that has
+        already handed it to an actor in another process runs it anyway; with shared state,
+        every consumer drops it when it would hand it out (see docs/brokers/kafka.md).
         """
         for consumer in self._local_consumers(queue_name):
             if consumer.is_running(id_):
@@ -562,8 +596,17 @@ class KafkaMessageBroker:
         found = False
         for consumer in self._local_consumers(queue_name):
             found = consumer.drop_buffered(id_) or found
+        state = self._state
+        if state is not None:
+            if found:
+                await self.release_unique(RoutingKey(id_, "", queue_name))
+                return "dequeued"
+            stamp = None
+            if not await state.is_pending(queue_name, id_):  # not a user-given id: look
+                stamp = await self._pending_somewhere(queue_name, id_)
+            return await state.cancel(queue_name, id_, stamp)
         if not found:
-            found = await self._pending_somewhere(queue_name, id_)
+            found = await self._pending_somewhere(queue_name, id_) is not None
         if not found:
             return None
         removal = Removal(id_, None)
@@ -573,30 +616,60 @@ class KafkaMessageBroker:
         await self._unique.delete_bucket(self._unique_key(queue_name, id_))
         return "dequeued"
 
-    async def _pending_somewhere(self, queue_name: str, id_: str) -> bool:
+    async def _pending_somewhere(self, queue_name: str, id_: str) -> float | None:
+        """The creation time of a waiting message of `id_`, read from the queue (None)."""
         for category in (MessageCategory.NORMAL, MessageCategory.DELAYED):
             for delivery in await read_topic(self, queue_name, category):
                 if delivery.key.id_ == id_:
-                    return True
-        return False
+                    return delivery.parameters.timer.timestamp.timestamp()
+        return None
+
+    def _is_tombstoned(self, delivery: Delivery) -> bool:
+        """Called by consumers before handing out a delivery while cancellations wait."""
+        return self._state is not None and self._state.take_tombstone(delivery)
 
     async def cancelled_ids(self, running: Iterable[str]) -> set[str]:
-        """Which of these running job ids have a cancellation request (made in this process)."""
+        """Which of these running job ids have a cancellation request (made in this process,
+        or with shared state in any process)."""
         requests = self._cancel_requests
+        if self._state is not None:
+            ids = list(running)
+            found = self._state.cancelled(ids)
+            return found | {id_ for id_ in ids if id_ in requests} if requests else found
         return {id_ for id_ in running if id_ in requests} if requests else set()
 
     async def cancel_finished(self, id_: str) -> None:
         self._cancel_requests.discard(id_)
+        if self._state is not None:
+            await self._state.forget_cancel(id_)
+
+    def actor_limiter(
+        self, actor: str, max_concurrency: int | None, rate_limit: RateLimit | None
+    ) -> ActorLimiter:
+        """The limiter of `actor`: shared by every worker through the shared state, else a new
+        one per call (per worker)."""
+        if self._state is not None:
+            return self._state.actor_limiter(actor, max_concurrency, rate_limit)
+        return ActorLimiter(max_concurrency, rate_limit)
 
     async def heartbeat(self, info: WorkerInfo) -> None:
-        """Record a live worker of this process (Kafka keeps no shared registry here)."""
+        """Record a live worker (in the shared state, else in this process)."""
+        if self._state is not None:
+            await self._state.heartbeat(info)
+            return
         self._workers[info.id] = info
 
     async def unregister_worker(self, worker_id: str) -> None:
+        if self._state is not None:
+            await self._state.unregister_worker(worker_id)
+            return
         self._workers.pop(worker_id, None)
 
     async def live_workers(self, stale_after: float = STALE_AFTER) -> list[WorkerInfo]:
-        """Workers of this process heard from within `stale_after` seconds."""
+        """Workers heard from within `stale_after` seconds: of every process with shared
+        state, else of this process."""
+        if self._state is not None:
+            return await self._state.live_workers(stale_after)
         now = time.time()
         for worker_id, info in list(self._workers.items()):
             if now - info.last_seen > stale_after:

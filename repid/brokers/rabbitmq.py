@@ -34,6 +34,7 @@ from repid.brokers._rabbitmq_consumer import (
 from repid.brokers._rabbitmq_control import Control
 from repid.brokers._rabbitmq_publisher import PublishBatcher, supports_batches
 from repid.brokers._rabbitmq_state import ProcessState
+from repid.brokers._redis_state import RedisSharedState
 from repid.brokers.base import BrokerCapabilities, Delivery, OutgoingMessage
 from repid.codec import encode_message
 from repid.data import MessageCategory, Parameters, RoutingKey
@@ -76,6 +77,10 @@ class RabbitMessageBroker(ProcessState):
         unique_window: seconds (after it is due) an id enqueued by this process keeps counting
             as pending unless a worker of this process settles it first; see the docs page on
             what is per process.
+        shared_state: a `RedisSharedState` through which every process shares unique ids,
+            cancellations, per-actor limits and the worker registry (`capabilities.shared_state`
+            becomes True). This broker connects and disconnects it. Without it, those are kept
+            per process.
     """
 
     def __init__(
@@ -88,6 +93,7 @@ class RabbitMessageBroker(ProcessState):
         reconnect_interval: float = 1.0,
         max_message_size: int = 16 * 1024 * 1024,
         unique_window: float = 600.0,
+        shared_state: RedisSharedState | None = None,
     ) -> None:
         self.dsn = dsn
         self.prefix = prefix
@@ -101,7 +107,7 @@ class RabbitMessageBroker(ProcessState):
             native_delays=True,
             native_dead_letters=True,
             lease_renewal=False,
-            shared_state=False,
+            shared_state=shared_state is not None,
             persistent=True,
             max_message_size=max_message_size,
             lease_duration=None,
@@ -115,7 +121,7 @@ class RabbitMessageBroker(ProcessState):
         self._msg_ids = itertools.count()
         self._batchers = {"confirm": PublishBatcher(), "fast": PublishBatcher()}
         self._control = Control(self)
-        ProcessState.__init__(self)
+        ProcessState.__init__(self, shared_state)
         # A message delivered while the enqueue/requeue that sent it is still returning is
         # handed out only once that call has returned (`enqueued`/`retried` come before `started`).
         self._requeuing: dict[tuple[str, str], list[tuple[RabbitConsumer, Delivery]]] = {}
@@ -140,6 +146,8 @@ class RabbitMessageBroker(ProcessState):
             )
         except (*CHANNEL_ERRORS, TimeoutError) as exc:
             raise BrokerUnavailableError(f"cannot connect to RabbitMQ: {exc!r}") from exc
+        if self._state is not None:
+            await self._state.connect()
 
     async def disconnect(self) -> None:
         await self._control.close()
@@ -150,6 +158,8 @@ class RabbitMessageBroker(ProcessState):
         if connection is not None:
             with contextlib.suppress(*CHANNEL_ERRORS, asyncio.CancelledError):
                 await connection.close()
+        if self._state is not None:
+            await self._state.disconnect()
 
     async def _new_channel(self, *, confirms: bool) -> aiormq.abc.AbstractChannel:
         """A fresh AMQP channel on the current connection (waits for a reconnection)."""
@@ -253,7 +263,10 @@ class RabbitMessageBroker(ProcessState):
                 except aiormq.exceptions.ChannelNotFoundEntity:
                     raise QueueNotDeclaredError(queue_name) from None
         self._pending.pop(queue_name, None)
-        self._tombstones = {k: v for k, v in self._tombstones.items() if k[0] != queue_name}
+        if self._state is not None:
+            await self._state.forget_queue(queue_name)
+        for slot in [slot for slot in self._tombstones if slot[0] == queue_name]:
+            del self._tombstones[slot]
 
     async def queue_flush(self, queue_name: str) -> None:
         await self._purge_or_delete(queue_name, delete=False)
@@ -397,7 +410,13 @@ class RabbitMessageBroker(ProcessState):
         self, key: RoutingKey, payload: str = "", params: Parameters | None = None
     ) -> None:
         params = params or Parameters()
-        if not self._remember(key, params):
+        state = self._state
+        if state is not None and self._shared_id(key.id_):
+            stamp = params.timer.timestamp.timestamp()
+            if not await state.claim(key.queue, key.id_, stamp, params.not_before):
+                logger.debug("message %s is already pending in %s; not added again", *key[:3:2])
+                return
+        elif not self._remember(key, params):
             return
         slot = (key.queue, key.id_)
         requeuing = self._requeuing
@@ -529,6 +548,10 @@ class RabbitMessageBroker(ProcessState):
             await self._publish(key.key, body, new_params)
             if key.category is MessageCategory.NORMAL:
                 self._leave_flight(key)
+            if self._state is not None and self._shared_id(key.key.id_):
+                # Still pending (a retry, the next tick, a dead letter sent back to work).
+                stamp = new_params.timer.timestamp.timestamp()
+                await self._state.renew(key.key.queue, key.key.id_, stamp, new_params.not_before)
             elif key.category is MessageCategory.DEAD:
                 pending = self._pending.setdefault(key.key.queue, OrderedDict())
                 pending[key.key.id_] = self._pending_entry(new_params, time.time())
@@ -565,15 +588,26 @@ class RabbitMessageBroker(ProcessState):
 
     async def cancel(self, queue_name: str, id_: str) -> str | None:
         """Cancel job `id_`: "requested" if it runs in this process or in a worker process that
-        answers within half a second; else "dequeued" if this process enqueued it and has not
-        seen it settled; else None.
+        answers within half a second; else "dequeued" if it is known to wait (with shared
+        state: a user-given id pending anywhere, or an id this process enqueued; without: an
+        id this process enqueued and has not seen settled); else None.
 
         A dequeued message stays in RabbitMQ (a queue cannot drop one message from its middle)
-        until it is delivered; then this process's consumers drop it without running it.
+        until it is delivered; then consumers drop it without running it: those of every
+        process with shared state, those of this process without.
         """
         if self._in_flight.get((queue_name, id_)):
             self._cancel_requests.add(id_)
             return "requested"
+        state = self._state
+        if state is not None:
+            stamp = None
+            if not self._shared_id(id_):
+                pending = self._pending.get(queue_name)
+                known = None if pending is None else pending.pop(id_, None)
+                if known is not None and known[1] > time.time():
+                    stamp = known[0]
+            return await state.cancel(queue_name, id_, stamp)
         try:
             if await self._control.ask(queue_name, id_):
                 return "requested"  # a worker in another process runs it

@@ -1,0 +1,449 @@
+"""Shared state for the brokers that have none of their own (RabbitMQ, Kafka), kept in Redis.
+
+`RabbitMessageBroker(..., shared_state=RedisSharedState(dsn))` and the same for Kafka share
+through it what those brokers otherwise keep per process: unique ids, cancellation requests,
+per-actor limits and the worker registry. Keys (all under `prefix`):
+
+- `pending\\x1f<queue>\\x1f<id>`: a user-given id that is pending (SET NX, with a TTL); deleted
+  when its job is settled.
+- `cancels` (hash) and `cancels:v` (its version, incremented on every change):
+  `t\\x1f<queue>\\x1f<id>` -> "<expiry ms> <stamp>" cancels the waiting messages of that id
+  created at or before `stamp` (a *tombstone*); `f\\x1f<id>` -> "<expiry ms> 0" asks the
+  worker running job `id` to cancel it (a *flag*).
+- `answer\\x1f<id>`: set by the process that acts on a cancellation ("1": a worker runs the
+  job, "d": a consumer dropped its waiting message), read by `cancel()` to tell which.
+- `limit:<actor>:slots|starts`, `workers`, `workers:seen`: as the Redis broker's (same scripts).
+
+Every process keeps a mirror of `cancels`, reloaded when `cancels:v` changes (checked every
+`poll_interval` seconds), so consumers check tombstones and workers check flags without a Redis
+round trip per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any
+
+from pydantic_core import from_json, to_json
+
+from repid.brokers._redis_client import RedisAddress
+from repid.brokers._redis_limiter import RedisActorLimiter
+from repid.brokers._redis_link import SCRIPTS, Link, Script
+from repid.brokers.base import Delivery
+from repid.job import _ids
+from repid.lifecycle import STALE_AFTER, RateLimit, WorkerInfo
+
+__all__ = ["RedisSharedState", "generated_here"]
+
+logger = logging.getLogger("repid.brokers.state")
+
+ANSWER_WITHIN = 0.5
+"""Seconds `cancel` waits for a worker process to say that it runs the job."""
+CANCEL_TTL = 3600.0
+"""Seconds a cancellation flag is kept when no worker clears it (the job ended meanwhile)."""
+_SEP = "\x1f"
+_ANSWER_TTL_MS = 10_000
+
+_CANCEL = Script(
+    "state_cancel",
+    """
+-- KEYS: cancels hash, its version, the pending key of (queue, id), the answer key of the id.
+-- ARGV: queue, id, stamp ('' = unknown), now ms, tombstone ttl ms, flag ttl ms.
+-- Returns 1 when a waiting message of the id is known (a tombstone was written), else 0.
+local now = tonumber(ARGV[4])
+redis.call('DEL', KEYS[4])
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local expiry = tonumber(string.match(all[i + 1], '^(%d+)'))
+  if expiry ~= nil and expiry < now then redis.call('HDEL', KEYS[1], all[i]) end
+end
+local known = ARGV[3] ~= '' or redis.call('EXISTS', KEYS[3]) == 1
+local sep = string.char(31)
+if known then
+  local expiry = now + tonumber(ARGV[5])
+  local pttl = redis.call('PTTL', KEYS[3])
+  if pttl > 0 and now + pttl > expiry then expiry = now + pttl end
+  local stamp = ARGV[3]
+  if stamp == '' or tonumber(stamp) * 1000 < now then stamp = tostring(now / 1000) end
+  redis.call('HSET', KEYS[1], 't' .. sep .. ARGV[1] .. sep .. ARGV[2], expiry .. ' ' .. stamp)
+end
+redis.call('HSET', KEYS[1], 'f' .. sep .. ARGV[2], (now + tonumber(ARGV[6])) .. ' 0')
+redis.call('INCR', KEYS[2])
+return known and 1 or 0
+""",
+)
+
+_FORGET = Script(
+    "state_forget",
+    """
+-- KEYS: cancels hash, its version. ARGV: id, queue ('' = any, '-' = none). Drops the flag and
+-- tombstones of the id (the cancelled job is gone).
+local sep = string.char(31)
+local changed = redis.call('HDEL', KEYS[1], 'f' .. sep .. ARGV[1])
+if ARGV[2] == '-' then
+  changed = changed
+elseif ARGV[2] ~= '' then
+  changed = changed + redis.call('HDEL', KEYS[1], 't' .. sep .. ARGV[2] .. sep .. ARGV[1])
+else
+  local suffix = sep .. ARGV[1]
+  for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+    if string.sub(field, 1, 1) == 't' and string.sub(field, -#suffix) == suffix then
+      changed = changed + redis.call('HDEL', KEYS[1], field)
+    end
+  end
+end
+if changed > 0 then redis.call('INCR', KEYS[2]) end
+return changed
+""",
+)
+
+_SCRIPTS = (_CANCEL, _FORGET, SCRIPTS["limiter"], SCRIPTS["live_workers"])
+
+
+def generated_here(id_: str) -> bool:
+    """Ids drawn by `repid.job.new_id` in this process are unique by construction."""
+    return len(id_) == 32 and id_.startswith(_ids.prefix)
+
+
+def worker_record(info: WorkerInfo) -> bytes:
+    """The JSON record of a worker in the registry (the Redis broker's format)."""
+    return to_json(
+        {
+            "id": info.id,
+            "host": info.host,
+            "pid": info.pid,
+            "queues": list(info.queues),
+            "concurrency": info.concurrency,
+            "in_flight": info.in_flight,
+            "started_at": info.started_at,
+            "last_seen": info.last_seen,
+        }
+    )
+
+
+def worker_infos(records: Iterable[bytes]) -> list[WorkerInfo]:
+    """Registry records, oldest worker first."""
+    workers = []
+    for raw in records:
+        obj = from_json(raw)
+        obj["queues"] = tuple(obj["queues"])
+        workers.append(WorkerInfo(**obj))
+    return sorted(workers, key=lambda info: info.started_at)
+
+
+class RedisSharedState:
+    """Unique ids, cancellations, per-actor limits and live workers shared through Redis.
+
+    Pass one to `RabbitMessageBroker(shared_state=...)` or `KafkaMessageBroker(shared_state=...)`
+    (one per broker object; the broker connects and disconnects it). The broker then declares
+    `capabilities.shared_state=True`. Use the Redis server you already pair the broker with for
+    results.
+
+    Args:
+        dsn: the Redis address (as for `RedisMessageBroker`).
+        prefix: prefix of every key written; give each app (or broker) its own.
+        unique_ttl: a pending user-given id is remembered at most this long after its job is
+            due (then it is forgotten even if no worker settled it); also how long a
+            cancelled waiting job stays cancelled.
+        lease_duration: seconds a crashed worker's concurrency slot stays taken.
+        poll_interval: seconds between two checks for new cancellations (by every process):
+            the window in which a job cancelled while waiting can still start (it is then
+            cancelled as a running job).
+        connect_timeout: seconds one connection attempt may take.
+        operation_timeout: seconds an operation keeps retrying while Redis is unreachable.
+    """
+
+    def __init__(
+        self,
+        dsn: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str = "repid:state:",
+        unique_ttl: timedelta = timedelta(days=1),
+        lease_duration: float = 30.0,
+        poll_interval: float = 0.1,
+        connect_timeout: float = 5.0,
+        operation_timeout: float = 10.0,
+    ) -> None:
+        self.dsn = dsn
+        self.prefix = prefix
+        self.unique_ttl = unique_ttl
+        self.lease_duration = lease_duration
+        self.poll_interval = poll_interval
+        self.link = Link(RedisAddress(dsn), connect_timeout, operation_timeout, _SCRIPTS)
+        self.tombstones: dict[tuple[str, str], float] = {}
+        """Mirror: (queue, id) -> newest creation time of the cancelled waiting messages."""
+        self.flags: dict[str, int] = {}
+        """Mirror: id -> expiry (ms) of its cancellation flag."""
+        self._cancels = f"{prefix}cancels".encode()
+        self._version_key = f"{prefix}cancels:v".encode()
+        self._version: bytes | None = b"?"
+        self._workers_key = f"{prefix}workers".encode()
+        self._seen_key = f"{prefix}workers:seen".encode()
+        self._limiters: dict[str, RedisActorLimiter] = {}
+        self._releases: list[bytes] = []
+        self._answered: set[str] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._poller: asyncio.Task[None] | None = None
+        self.is_connected = False
+
+    # -- connection ---------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Connect and load the cancellations (`BrokerUnavailableError` if Redis is down)."""
+        if self.is_connected:
+            return
+        await self.link.connection()
+        self.link.start_watchdog()
+        await self.refresh()
+        self._poller = asyncio.create_task(self._poll(), name="repid-state-poller")
+        self.is_connected = True
+
+    async def disconnect(self) -> None:
+        self.is_connected = False
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+            self._poller = None
+        self._flush_releases()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for limiter in self._limiters.values():
+            await limiter.close()
+        await self.link.close()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.warning("shared state: a background update failed: %r", task.exception())
+
+    # -- unique ids ---------------------------------------------------------------------------
+
+    def _pending_key(self, queue: str, id_: str) -> bytes:
+        return f"{self.prefix}pending{_SEP}{queue}{_SEP}{id_}".encode()
+
+    def _ttl_ms(self, due: float | None) -> int:
+        wait = 0.0 if due is None else max(0.0, due - time.time())
+        return max(1, int((wait + self.unique_ttl.total_seconds()) * 1000))
+
+    async def claim(self, queue: str, id_: str, stamp: float, due: float | None) -> bool:
+        """Remember `id_` as pending in `queue`; False if it already is (atomic, SET NX)."""
+        reply = await self.link.call(
+            "SET", self._pending_key(queue, id_), repr(stamp), "NX", "PX", self._ttl_ms(due)
+        )
+        return reply is not None
+
+    async def is_pending(self, queue: str, id_: str) -> bool:
+        """Whether `id_` is a pending user-given id of `queue`."""
+        return bool(await self.link.call("EXISTS", self._pending_key(queue, id_)))
+
+    async def renew(self, queue: str, id_: str, stamp: float, due: float | None) -> None:
+        """The pending id's job was put back (retry, next tick): keep it pending."""
+        await self.link.call(
+            "SET", self._pending_key(queue, id_), repr(stamp), "PX", self._ttl_ms(due)
+        )
+
+    def release(self, queue: str, id_: str) -> None:
+        """The job of `id_` was settled: forget it (sent with the others of this loop step)."""
+        if not self._releases:
+            asyncio.get_running_loop().call_soon(self._flush_releases)
+        self._releases.append(self._pending_key(queue, id_))
+        if id_ in self.flags:  # a cancellation that came too late for the job
+            self._spawn(self.forget_cancel(id_, queue))
+
+    def _flush_releases(self) -> None:
+        keys, self._releases = self._releases, []
+        if keys:
+            self._spawn(self.link.call("DEL", *keys))
+
+    async def forget_queue(self, queue: str) -> None:
+        """The queue was flushed or deleted: forget its pending ids and tombstones."""
+        pattern = "".join(
+            "\\" + c if c in "\\*?[]" else c for c in self._pending_key(queue, "").decode()
+        )
+        cursor = b"0"
+        while True:
+            cursor, keys = await self.link.call(
+                "SCAN", cursor, "MATCH", pattern + "*", "COUNT", 500
+            )
+            if keys:
+                await self.link.call("DEL", *keys)
+            if cursor in (b"0", 0, "0"):
+                break
+        fields = [f"t{_SEP}{queue}{_SEP}{id_}" for q, id_ in self.tombstones if q == queue]
+        if fields:
+            await self.link.call("HDEL", self._cancels, *fields)
+            await self.link.call("INCR", self._version_key)
+        for key in [key for key in self.tombstones if key[0] == queue]:
+            del self.tombstones[key]
+
+    # -- cancellation ---------------------------------------------------------------------------
+
+    async def refresh(self) -> None:
+        """Reload the mirror of cancellations if they changed."""
+        version = await self.link.call("GET", self._version_key)
+        if version == self._version:
+            return
+        raw = await self.link.call("HGETALL", self._cancels)
+        now_ms = time.time() * 1000
+        tombstones: dict[tuple[str, str], float] = {}
+        flags: dict[str, int] = {}
+        for field, value in zip(raw[::2], raw[1::2], strict=True):
+            kind, *names = field.decode().split(_SEP)
+            expiry_text, _, rest = value.decode().partition(" ")
+            expiry = int(float(expiry_text))
+            if expiry < now_ms:
+                continue
+            if kind == "t" and len(names) == 2:
+                tombstones[(names[0], names[1])] = float(rest)
+            elif kind == "f" and len(names) == 1:
+                flags[names[0]] = expiry
+        # In place: brokers hold a reference to these dicts.
+        self.tombstones.clear()
+        self.tombstones.update(tombstones)
+        self.flags.clear()
+        self.flags.update(flags)
+        self._answered &= set(flags)
+        self._version = version
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            try:
+                await self.refresh()
+            except Exception as exc:
+                logger.warning("shared state: reading cancellations failed (%r); retrying", exc)
+
+    def take_tombstone(self, delivery: Delivery) -> bool:
+        """True if this delivery was cancelled while waiting: drop it without running it."""
+        key = delivery.key
+        stamp = self.tombstones.get((key.queue, key.id_))
+        if stamp is None or delivery.parameters.timer.timestamp.timestamp() > stamp:
+            return False
+        logger.info("message %s was cancelled while waiting; dropped", key.id_)
+        self._spawn(self._dropped(key.queue, key.id_))
+        return True
+
+    async def _dropped(self, queue: str, id_: str) -> None:
+        await self.forget_cancel(id_, queue)
+        await self.link.call("SET", self._answer_key(id_), "d", "PX", _ANSWER_TTL_MS)
+        await self.link.call("DEL", self._pending_key(queue, id_))
+
+    def _answer_key(self, id_: str) -> bytes:
+        return f"{self.prefix}answer{_SEP}{id_}".encode()
+
+    async def forget_cancel(self, id_: str, queue: str = "") -> None:
+        """Job `id_` is gone: drop its flag, and its tombstones in `queue` ("": in any queue)."""
+        self.flags.pop(id_, None)
+        self._answered.discard(id_)
+        for key in [key for key in self.tombstones if key[1] == id_ and queue in ("", key[0])]:
+            del self.tombstones[key]
+        await self.link.script(_FORGET, [self._cancels, self._version_key], [id_, queue])
+
+    async def cancel(self, queue: str, id_: str, stamp: float | None) -> str | None:
+        """Cancel job `id_` in every process; `stamp`: creation time of a waiting message of it
+        known to the caller (None: look for a pending user-given id).
+
+        Returns "requested" when a worker process answers (within `ANSWER_WITHIN` seconds)
+        that it runs the job, "dequeued" when a waiting message is known (every consumer drops
+        it), None otherwise (nothing is left behind). The wait happens only while a live worker
+        consumes `queue`.
+        """
+        answer_key = self._answer_key(id_)
+        known = await self.link.script(
+            _CANCEL,
+            [self._cancels, self._version_key, self._pending_key(queue, id_), answer_key],
+            [
+                queue,
+                id_,
+                "" if stamp is None else repr(stamp),
+                int(time.time() * 1000),
+                int(self.unique_ttl.total_seconds() * 1000),
+                int(CANCEL_TTL * 1000),
+            ],
+        )
+        answer = None
+        if any(queue in worker.queues for worker in await self.live_workers()):
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + ANSWER_WITHIN
+            pause = 0.01
+            while answer is None and loop.time() < deadline:
+                await asyncio.sleep(pause)
+                pause = min(pause * 1.5, 0.05)
+                answer = await self.link.call("GET", answer_key)
+        if answer == b"1":
+            outcome: str | None = "requested"
+        elif known or answer == b"d":
+            # The id is free again (as on the Redis broker); its old message is dropped.
+            await self.link.call("DEL", self._pending_key(queue, id_))
+            outcome = "dequeued"
+        else:
+            await self.forget_cancel(id_, "-")
+            outcome = None
+        await self.refresh()  # consumers of this process see it at once
+        return outcome
+
+    def cancelled(self, running: Iterable[str]) -> set[str]:
+        """Which of these running job ids are flagged (from the mirror: no round trip)."""
+        flags = self.flags
+        if not flags:
+            return set()
+        now_ms = time.time() * 1000
+        found = {id_ for id_ in running if flags.get(id_, 0) > now_ms}
+        for id_ in found - self._answered:
+            self._answered.add(id_)
+            self._spawn(self.link.call("SET", self._answer_key(id_), "1", "PX", _ANSWER_TTL_MS))
+        return found
+
+    # -- limits and workers ---------------------------------------------------------------------
+
+    def actor_limiter(
+        self, actor: str, max_concurrency: int | None, rate_limit: RateLimit | None
+    ) -> RedisActorLimiter:
+        """The limiter of `actor`, shared by every worker using this prefix (the Redis
+        broker's: a crashed worker's slots free themselves after `lease_duration`)."""
+        limiter = self._limiters.get(actor)
+        if (
+            limiter is None
+            or limiter.max_concurrency != max_concurrency
+            or limiter.rate_limit != rate_limit
+        ):
+            limiter = RedisActorLimiter(
+                self.link,
+                f"{self.prefix}limit:{actor}",
+                max_concurrency,
+                rate_limit,
+                self.lease_duration,
+            )
+            self._limiters[actor] = limiter
+        return limiter
+
+    async def heartbeat(self, info: WorkerInfo) -> None:
+        """Record that worker `info.id` is alive."""
+        await self.link.transaction(
+            ("HSET", self._workers_key, info.id, worker_record(info)),
+            ("ZADD", self._seen_key, int(info.last_seen * 1000), info.id),
+        )
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        await self.link.transaction(
+            ("HDEL", self._workers_key, worker_id), ("ZREM", self._seen_key, worker_id)
+        )
+
+    async def live_workers(self, stale_after: float = STALE_AFTER) -> list[WorkerInfo]:
+        """Workers heard from within `stale_after` seconds; staler ones are forgotten."""
+        oldest = int((time.time() - stale_after) * 1000)
+        records = await self.link.script(
+            SCRIPTS["live_workers"], [self._workers_key, self._seen_key], [oldest]
+        )
+        return worker_infos(records)
