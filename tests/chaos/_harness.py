@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import math
 import os
@@ -46,13 +47,21 @@ import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 from uuid import uuid4
 
-from repid import Connection, Job, KafkaMessageBroker, Queue, RedisMessageBroker
+from repid import (
+    Connection,
+    Job,
+    KafkaMessageBroker,
+    Message,
+    MessageCategory,
+    Queue,
+    RedisMessageBroker,
+)
 from repid.brokers.rabbitmq import RabbitMessageBroker
 from tests.conformance.specs import RUN_ID  # the run's id: every key, queue and topic holds it
 
@@ -404,11 +413,19 @@ class WorkerPool:
 
 
 async def until(
-    condition: Callable[[], bool], what: str | Callable[[], str], timeout: float
+    condition: Callable[[], bool | Awaitable[bool]],
+    what: str | Callable[[], str],
+    timeout: float,
 ) -> None:
-    """Poll `condition` every 50 ms until it holds; AssertionError after `timeout` seconds."""
+    """Poll `condition` (sync or async) every 50 ms until it holds; AssertionError after
+    `timeout` seconds, with `what` (or what it returns) in the message."""
     deadline = time.monotonic() + timeout
-    while not condition():
+    while True:
+        result = condition()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
         if time.monotonic() > deadline:
             message = what() if callable(what) else what
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
@@ -486,6 +503,17 @@ class Chaos:
             await asyncio.gather(*(job.enqueue() for job in jobs))
             ids.extend(str(job._last_id) for job in jobs)  # the generated message id
         return ids
+
+    async def dead_letters(self) -> list[Message]:
+        """The messages now in the dead part of the queue (browsed, left in place)."""
+        found: list[Message] = []
+        messages = self.queue.get_messages(category=MessageCategory.DEAD)
+        try:
+            async for message in messages:
+                found.append(message)
+        finally:
+            await messages.aclose()  # type: ignore[attr-defined]  # an async generator
+        return found
 
     def kill_candidates(self) -> list[subprocess.Popen[bytes]]:
         """Live workers worth a SIGKILL: consuming and running an actor now (else consuming).
