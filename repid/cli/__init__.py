@@ -115,6 +115,16 @@ def _add_connection_options(parser: argparse.ArgumentParser) -> None:
             "(env REPID_RESULTS_URL; redis:// brokers use their own server)"
         ),
     )
+    group.add_argument(
+        "--state",
+        metavar="URL",
+        default=os.environ.get("REPID_STATE_URL"),
+        help=(
+            "redis:// URL of the shared state for --broker amqp:// or kafka:// (unique ids, "
+            "cancellations, limits, live workers across processes; ?prefix=... sets the key "
+            "prefix; env REPID_STATE_URL)"
+        ),
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -246,7 +256,9 @@ def _explicit_connection(args: argparse.Namespace) -> Connection | None:
     if getattr(args, "app", None):
         return load_app(args.app).connection
     if getattr(args, "broker", None):
-        return connection_from_url(args.broker, getattr(args, "results", None))
+        return connection_from_url(
+            args.broker, getattr(args, "results", None), getattr(args, "state", None)
+        )
     return None
 
 
@@ -439,6 +451,8 @@ def _child_command(args: argparse.Namespace) -> list[str]:
         command += ["--broker", args.broker]
     if args.results:
         command += ["--results", args.results]
+    if args.state:
+        command += ["--state", args.state]
     return command
 
 
@@ -449,7 +463,7 @@ def _command_run(args: argparse.Namespace) -> int:
         if args.app:
             load_app(args.app)
         if args.broker:
-            connection_from_url(args.broker, args.results)
+            connection_from_url(args.broker, args.results, args.state)
         return Supervisor(
             _child_command(args),
             args.processes,

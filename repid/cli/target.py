@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from repid.brokers.in_memory import InMemoryBucketBroker, InMemoryMessageBroker
 from repid.connection import Connection
@@ -84,7 +84,9 @@ def import_object(spec: str) -> tuple[ModuleType, Any]:
     return module, obj
 
 
-def connection_from_url(url: str, results_url: str | None = None) -> Connection:
+def connection_from_url(
+    url: str, results_url: str | None = None, state_url: str | None = None
+) -> Connection:
     """A connection for a broker URL, with a results bucket where one can be had.
 
     - `memory://`: the in-memory broker and results bucket (one process only).
@@ -97,11 +99,22 @@ def connection_from_url(url: str, results_url: str | None = None) -> Connection:
         url: The broker URL.
         results_url: A `redis://` URL for the results bucket of a broker that has none of its
             own (RabbitMQ, Kafka); the Redis broker's own server is used when omitted.
+        state_url: A `redis://` URL of the `RedisSharedState` of a RabbitMQ or Kafka broker
+            (unique ids, cancellations, limits and live workers shared by every process); a
+            `prefix` query parameter sets its key prefix (`redis://host/0?prefix=app:`).
 
     Raises:
-        CLIError: An unknown scheme, or the broker's client library is not installed.
+        CLIError: An unknown scheme, a state URL for a broker that takes none, or the broker's
+            client library is not installed.
     """
     scheme = urlsplit(url).scheme.lower()
+    if state_url is not None:
+        if urlsplit(state_url).scheme.lower() not in {"redis", "rediss"}:
+            raise CLIError(f"state URL {state_url!r}: expected redis:// or rediss://")
+        if scheme not in {"amqp", "amqps", "kafka"}:
+            raise CLIError(
+                f"a state URL is for amqp:// and kafka:// brokers; {scheme}:// has its own"
+            )
     if scheme == "memory":
         return Connection(
             InMemoryMessageBroker(),
@@ -125,10 +138,11 @@ def connection_from_url(url: str, results_url: str | None = None) -> Connection:
                     results_url or url, use_result_bucket=True
                 ),
             )
+        state = None if state_url is None else _shared_state(state_url)
         if scheme in {"amqp", "amqps"}:
-            message_broker: Any = brokers.RabbitMessageBroker(url)
+            message_broker: Any = brokers.RabbitMessageBroker(url, shared_state=state)
         else:
-            message_broker = brokers.KafkaMessageBroker(urlsplit(url).netloc)
+            message_broker = brokers.KafkaMessageBroker(urlsplit(url).netloc, shared_state=state)
         results = (
             None
             if results_url is None
@@ -139,6 +153,15 @@ def connection_from_url(url: str, results_url: str | None = None) -> Connection:
         raise CLIError(
             f"{scheme}:// needs the {name} client: pip install 'repid[{extra}]' ({exc})"
         ) from exc
+
+
+def _shared_state(state_url: str) -> Any:
+    from repid.brokers._redis_state import RedisSharedState
+
+    prefix = parse_qs(urlsplit(state_url).query).get("prefix")
+    if prefix:
+        return RedisSharedState(state_url, prefix=prefix[0])
+    return RedisSharedState(state_url)
 
 
 def load_app(spec: str) -> Repid:
