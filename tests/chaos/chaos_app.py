@@ -3,7 +3,8 @@
 Configured by env (`WorkerPool` sets it): `CHAOS_BROKER`, `CHAOS_URL`, `CHAOS_PREFIX`,
 `CHAOS_OPTIONS` (JSON keyword arguments of the broker class), `CHAOS_QUEUE`, `CHAOS_LEDGER`,
 `CHAOS_TASKS` (tasks_limit, default 10), `CHAOS_GRACE` (graceful_shutdown_time, default 5),
-`CHAOS_RETRY_DELAY` (seconds before each retry, default 0.2).
+`CHAOS_RETRY_DELAY` (seconds before each retry, default 0.2), `CHAOS_SLEEP_CAP` (runs in this
+process sleep at most this long: a replacement finishes long jobs quickly).
 
 The `work(sleep=0.0, fail=None)` actor logs its start ("S") and end ("E") in the ledger, sleeps
 `sleep` seconds and raises `RuntimeError(fail)` when `fail` is set; once the worker settled its
@@ -28,6 +29,7 @@ from tests.chaos._harness import BrokerSettings, append_line
 LEDGER = os.environ["CHAOS_LEDGER"]
 QUEUE = os.environ["CHAOS_QUEUE"]
 RETRY_DELAY = float(os.environ.get("CHAOS_RETRY_DELAY", "0.2"))
+SLEEP_CAP = float(os.environ.get("CHAOS_SLEEP_CAP", "inf"))
 _runs = itertools.count(1)
 
 
@@ -49,8 +51,8 @@ async def work(message: MessageDependency, sleep: float = 0.0, fail: str | None 
     message.add_callback(lambda: append_line(LEDGER, "A", run, f"{time.time():.6f}"))
     outcome = "error"
     try:
-        if sleep > 0:
-            await asyncio.sleep(sleep)
+        if min(sleep, SLEEP_CAP) > 0:
+            await asyncio.sleep(min(sleep, SLEEP_CAP))
         if fail is not None:
             raise RuntimeError(fail)
         outcome = "ok"
