@@ -7,7 +7,7 @@ Producers `await Job(...).enqueue()`; a `Worker` routes each message by name to 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from repid.brokers.base import (
     BrokerCapabilities,
@@ -16,7 +16,6 @@ from repid.brokers.base import (
     Delivery,
     MessageBrokerT,
 )
-from repid.brokers.in_memory import InMemoryBucketBroker, InMemoryMessageBroker
 from repid.connection import Connection
 from repid.converter import BasicConverter, ConverterT, DefaultConverter, PydanticConverter
 from repid.data import (
@@ -63,6 +62,9 @@ from repid.retry_policy import RetryPolicyT, default_retry_policy_factory
 from repid.router import Router, RouterDefaults
 from repid.serializer import Config, SerializerT, default_serializer
 from repid.worker import Runner, Worker
+
+if TYPE_CHECKING:  # imported on first use (see `__getattr__`): a worker of another broker
+    from repid.brokers.in_memory import InMemoryBucketBroker, InMemoryMessageBroker
 
 __version__ = "2.0.0.dev0"
 
@@ -134,6 +136,8 @@ __all__ = [
 ]
 
 _LAZY = {
+    "InMemoryMessageBroker": "repid.brokers.in_memory",
+    "InMemoryBucketBroker": "repid.brokers.in_memory",
     "RedisMessageBroker": "repid.brokers.redis",
     "RedisBucketBroker": "repid.brokers.redis",
     "RedisSharedState": "repid.brokers._redis_state",
@@ -146,7 +150,8 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
-    """Import broker classes lazily: their client libraries are optional extras."""
+    """Import broker classes lazily: their client libraries are optional extras, and a worker
+    imports only the broker it uses."""
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'repid' has no attribute {name!r}")

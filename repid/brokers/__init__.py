@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from repid.brokers.base import (
     BrokerCapabilities,
@@ -12,7 +12,10 @@ from repid.brokers.base import (
     MessageBrokerT,
     OutgoingMessage,
 )
-from repid.brokers.in_memory import ConsumerClosedError, InMemoryBucketBroker, InMemoryMessageBroker
+from repid.errors import ConsumerClosedError
+
+if TYPE_CHECKING:  # imported on first use, like the network brokers
+    from repid.brokers.in_memory import InMemoryBucketBroker, InMemoryMessageBroker
 
 __all__ = [
     "BrokerCapabilities",
@@ -27,6 +30,8 @@ __all__ = [
 ]
 
 _LAZY = {
+    "InMemoryMessageBroker": "repid.brokers.in_memory",
+    "InMemoryBucketBroker": "repid.brokers.in_memory",
     "RedisMessageBroker": "repid.brokers.redis",
     "RedisBucketBroker": "repid.brokers.redis",
     "RedisSharedState": "repid.brokers._redis_state",

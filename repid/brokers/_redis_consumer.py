@@ -13,7 +13,6 @@ import logging
 import os
 import socket
 import time
-import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -53,7 +52,7 @@ def key_names(prefix: str, queue: str) -> list[bytes]:
 
 
 def _consumer_name() -> bytes:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}".encode()
+    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}".encode()
 
 
 class RedisConsumer:
