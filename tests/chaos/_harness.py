@@ -515,6 +515,22 @@ class Chaos:
             await messages.aclose()  # type: ignore[attr-defined]  # an async generator
         return found
 
+    async def holds(
+        self, condition: Callable[[LedgerView], bool], what: str, seconds: float
+    ) -> LedgerView:
+        """Watch the ledger for `seconds`: AssertionError as soon as `condition` fails.
+
+        For what must *not* happen (a second run): the observation window is the claim's
+        scope, so it is a bounded watch, not a wait for something to happen.
+        """
+        deadline = time.monotonic() + seconds
+        while True:
+            view = self.ledger.read()
+            assert condition(view), f"{what} stopped holding\n{self.pool.logs()}"
+            if time.monotonic() > deadline:
+                return view
+            await asyncio.sleep(0.05)
+
     def kill_candidates(self) -> list[subprocess.Popen[bytes]]:
         """Live workers worth a SIGKILL: consuming and running an actor now (else consuming).
 
