@@ -651,6 +651,13 @@ def loss_figures(
 # --------------------------------------------------------------------------------- results
 
 
+def record_outcome(test: str, outcome: str) -> None:
+    """Append a test's outcome ("passed", "failed"...) to `$REPID_CHAOS_RESULTS` when set."""
+    path = os.environ.get("REPID_CHAOS_RESULTS")
+    if path:
+        append_line(path, json.dumps({"kind": "outcome", "test": test, "outcome": outcome}))
+
+
 def record_result(
     scenario: str,
     broker: str,
@@ -668,6 +675,8 @@ def record_result(
     if not path:
         return
     entry = {
+        # "tests/chaos/test_kill.py::test_c1...[redis] (call)": joined with the test's outcome
+        "test": os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0],
         "scenario": scenario,
         "broker": broker,
         "size": size_name,

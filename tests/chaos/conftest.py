@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import tests.conformance.specs.redis  # noqa: F401 - its exit hook deletes the run's Redis keys
-from tests.chaos._harness import BROKERS, BrokerSettings, Chaos
+from tests.chaos._harness import BROKERS, BrokerSettings, Chaos, record_outcome
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -19,6 +19,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if here in item.path.parents:
             item.add_marker(pytest.mark.chaos)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """The outcome of each chaos test goes next to its figures (see `record_result`)."""
+    if "tests/chaos/" not in report.nodeid:
+        return
+    if report.when == "call" or (report.when == "setup" and not report.passed):
+        record_outcome(report.nodeid, report.outcome)
+    elif report.when == "teardown" and report.failed:
+        record_outcome(report.nodeid, "failed")
 
 
 @pytest.fixture(params=BROKERS)

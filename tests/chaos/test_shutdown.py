@@ -90,5 +90,6 @@ async def test_c4_sigterm_finishes_or_returns_running_jobs(chaos: Chaos) -> None
     assert figures["lost"] == 0, figures
     assert finished_late == 0, figures
     assert attempts_counted == 0, figures
+    assert figures["completed_twice"] == 0, figures
     assert max(exits) < max(SHORT_GRACE, LONG_GRACE) + MARGIN, figures
     assert not chaos.pool.crashes(), chaos.pool.crashes()
