@@ -53,7 +53,8 @@ _CANCEL = Script(
     "state_cancel",
     """
 -- KEYS: cancels hash, its version, the pending key of (queue, id), the answer key of the id.
--- ARGV: queue, id, stamp ('' = unknown), now ms, tombstone ttl ms, flag ttl ms.
+-- ARGV: queue, id, stamp (the newest creation time cancelled), now ms, tombstone ttl ms,
+--       flag ttl ms, '1' if the caller knows a waiting message of the id.
 -- Returns 1 when a waiting message of the id is known (a tombstone was written), else 0.
 local now = tonumber(ARGV[4])
 redis.call('DEL', KEYS[4])
@@ -62,15 +63,13 @@ for i = 1, #all, 2 do
   local expiry = tonumber(string.match(all[i + 1], '^(%d+)'))
   if expiry ~= nil and expiry < now then redis.call('HDEL', KEYS[1], all[i]) end
 end
-local known = ARGV[3] ~= '' or redis.call('EXISTS', KEYS[3]) == 1
+local known = ARGV[7] == '1' or redis.call('EXISTS', KEYS[3]) == 1
 local sep = string.char(31)
 if known then
   local expiry = now + tonumber(ARGV[5])
   local pttl = redis.call('PTTL', KEYS[3])
   if pttl > 0 and now + pttl > expiry then expiry = now + pttl end
-  local stamp = ARGV[3]
-  if stamp == '' or tonumber(stamp) * 1000 < now then stamp = tostring(now / 1000) end
-  redis.call('HSET', KEYS[1], 't' .. sep .. ARGV[1] .. sep .. ARGV[2], expiry .. ' ' .. stamp)
+  redis.call('HSET', KEYS[1], 't' .. sep .. ARGV[1] .. sep .. ARGV[2], expiry .. ' ' .. ARGV[3])
 end
 redis.call('HSET', KEYS[1], 'f' .. sep .. ARGV[2], (now + tonumber(ARGV[6])) .. ' 0')
 redis.call('INCR', KEYS[2])
@@ -360,16 +359,20 @@ class RedisSharedState:
         consumes `queue`.
         """
         answer_key = self._answer_key(id_)
+        now = time.time()
         known = await self.link.script(
             _CANCEL,
             [self._cancels, self._version_key, self._pending_key(queue, id_), answer_key],
             [
                 queue,
                 id_,
-                "" if stamp is None else repr(stamp),
-                int(time.time() * 1000),
+                # Every waiting message of the id created so far (retries and next ticks of a
+                # periodic job carry newer times than the one a producer knows).
+                repr(max(now, stamp or 0.0)),
+                int(now * 1000),
                 int(self.unique_ttl.total_seconds() * 1000),
                 int(CANCEL_TTL * 1000),
+                "0" if stamp is None else "1",
             ],
         )
         answer = None

@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from datetime import timedelta
 
-from repid import Router, RouterDefaults, Worker
+from repid import RateLimit, Router, RouterDefaults, Worker
 
 router = Router(defaults=RouterDefaults(queue=os.environ.get("REPID_QUEUE", "default")))
 
@@ -35,6 +36,23 @@ async def exclusive(n: int) -> None:
     _record("start", "exclusive")
     await asyncio.sleep(0.05)  # the actor's work: long enough for overlaps to show
     _record("end", "exclusive")
+
+
+@router.actor(retry_policy=lambda retry_number=1: 0)
+async def endless(tag: str) -> None:
+    _record("start", f"endless-{tag}")
+    await asyncio.sleep(3600)
+    _record("end", f"endless-{tag}")
+
+
+@router.actor
+async def once(tag: str) -> None:
+    _record("run", f"once-{tag}")
+
+
+@router.actor(rate_limit=RateLimit(2, per=timedelta(seconds=0.5)))
+async def metered(n: int) -> None:
+    _record("run", "metered")
 
 
 worker = Worker(
