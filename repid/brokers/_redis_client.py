@@ -1,4 +1,4 @@
-"""A lean pipelining RESP2 client on `asyncio.Protocol`, used for the Redis broker's hot path.
+"""A lean pipelining RESP2 client (`asyncio.BufferedProtocol`) for the Redis broker's hot path.
 
 Commands issued in the same event-loop iteration leave in one write and their replies are
 matched in order, so concurrent callers share round trips without an explicit pipeline. The
@@ -33,6 +33,9 @@ Arg = bytes | str | int | float
 
 _EARLY_FLUSH = 64
 """Commands buffered in one loop iteration before they are written without waiting for its end."""
+
+_READ_SIZE = 256 * 1024
+"""Bytes one socket read may return (asyncio's own read size)."""
 
 
 class RedisReplyError(BrokerError):
@@ -167,13 +170,19 @@ def _parse(buffer: bytes, pos: int) -> tuple[Any, int]:
     raise BrokerError(f"unexpected byte {kind!r} in a Redis reply")
 
 
-class RespConnection(asyncio.Protocol):
-    """One Redis connection; `call()` may be used by many tasks at once (replies in order)."""
+class RespConnection(asyncio.BufferedProtocol):
+    """One Redis connection; `call()` may be used by many tasks at once (replies in order).
+
+    Reads go into one buffer allocated with the connection (`BufferedProtocol`): a plain
+    `Protocol` gets each read as a new 256 KiB allocation, which glibc serves with an
+    mmap/munmap pair (17% of the CPU time of a sequential enqueue loop under perf).
+    """
 
     def __init__(self) -> None:
         self._transport: asyncio.Transport | None = None
         self._waiters: deque[asyncio.Future[Any]] = deque()
         self._buffer = b""
+        self._read_view = memoryview(bytearray(_READ_SIZE))
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self._loop = asyncio.get_running_loop()
@@ -182,7 +191,7 @@ class RespConnection(asyncio.Protocol):
         """When the server last answered, or when a command was sent to an idle connection."""
         self.lost: asyncio.Future[None] = self._loop.create_future()
 
-    # -- asyncio.Protocol ----------------------------------------------------------------------
+    # -- asyncio.BufferedProtocol -------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -199,7 +208,14 @@ class RespConnection(asyncio.Protocol):
         if not self.lost.done():
             self.lost.set_result(None)
 
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._read_view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(self._read_view[:nbytes]))
+
     def data_received(self, data: bytes) -> None:
+        """Parse the replies in `data` (after what was left over) and resolve their callers."""
         self.last_activity = time.monotonic()
         buffer = self._buffer + data if self._buffer else data
         waiters = self._waiters
