@@ -41,6 +41,8 @@ class ProcessState:
         self._in_flight: dict[tuple[str, str], int] = {}
         self._cancel_requests: set[str] = set()
         self._workers: dict[str, WorkerInfo] = {}
+        if shared is not None:
+            shared.running = self._runs_here
 
     def _remember(self, key: RoutingKey, params: Parameters) -> bool:
         """Record a pending id; False if it is already pending (not published again)."""
@@ -70,10 +72,16 @@ class ProcessState:
         """Whether the pending state of `id_` lives in the shared state (user-given ids)."""
         return self._state is not None and not generated_here(id_)
 
+    def _runs_here(self, id_: str) -> bool:
+        return any(running == id_ for _, running in self._in_flight)
+
     def _forget(self, key: RoutingKey) -> None:
-        if self._state is not None and not generated_here(key.id_):
-            self._state.release(key.queue, key.id_)
-            return
+        state = self._state
+        if state is not None:
+            if not generated_here(key.id_):
+                state.release(key.queue, key.id_)
+                return
+            state.settled(key.id_)
         pending = self._pending.get(key.queue)
         if pending:
             pending.pop(key.id_, None)

@@ -25,7 +25,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -46,16 +48,34 @@ ANSWER_WITHIN = 0.5
 """Seconds `cancel` waits for a worker process to say that it runs the job."""
 CANCEL_TTL = 3600.0
 """Seconds a cancellation flag is kept when no worker clears it (the job ended meanwhile)."""
+READER_STALE = 3.0
+"""A process whose mirror was not refreshed for this many seconds is not waited for."""
+_REPORT_EVERY = 1.0
+_RECENT = 2.0
+"""Seconds a settled job counts as having just finished (for cancellations racing with it)."""
 _SEP = "\x1f"
 _ANSWER_TTL_MS = 10_000
 
+_BUMP = """
+-- A change of the cancellations: readers reload them. Both keys expire after their last entry
+-- (a reader whose version vanished reloads too).
+local function bump(hash, version, longest)
+  redis.call('INCR', version)
+  local keep = math.max(redis.call('PTTL', hash), longest, 60000)
+  if redis.call('EXISTS', hash) == 1 then redis.call('PEXPIRE', hash, keep) end
+  redis.call('PEXPIRE', version, keep)
+end
+"""
+
 _CANCEL = Script(
     "state_cancel",
-    """
+    _BUMP
+    + """
 -- KEYS: cancels hash, its version, the pending key of (queue, id), the answer key of the id.
 -- ARGV: queue, id, stamp (the newest creation time cancelled), now ms, tombstone ttl ms,
 --       flag ttl ms, '1' if the caller knows a waiting message of the id.
--- Returns 1 when a waiting message of the id is known (a tombstone was written), else 0.
+-- Returns {1 when a waiting message of the id is known (a tombstone was written) else 0,
+-- the new version}.
 local now = tonumber(ARGV[4])
 redis.call('DEL', KEYS[4])
 local all = redis.call('HGETALL', KEYS[1])
@@ -65,21 +85,25 @@ for i = 1, #all, 2 do
 end
 local known = ARGV[7] == '1' or redis.call('EXISTS', KEYS[3]) == 1
 local sep = string.char(31)
+local longest = tonumber(ARGV[6])
 if known then
-  local expiry = now + tonumber(ARGV[5])
+  local ttl = tonumber(ARGV[5])
   local pttl = redis.call('PTTL', KEYS[3])
-  if pttl > 0 and now + pttl > expiry then expiry = now + pttl end
-  redis.call('HSET', KEYS[1], 't' .. sep .. ARGV[1] .. sep .. ARGV[2], expiry .. ' ' .. ARGV[3])
+  if pttl > ttl then ttl = pttl end
+  longest = math.max(longest, ttl)
+  local field = 't' .. sep .. ARGV[1] .. sep .. ARGV[2]
+  redis.call('HSET', KEYS[1], field, (now + ttl) .. ' ' .. ARGV[3])
 end
 redis.call('HSET', KEYS[1], 'f' .. sep .. ARGV[2], (now + tonumber(ARGV[6])) .. ' 0')
-redis.call('INCR', KEYS[2])
-return known and 1 or 0
+bump(KEYS[1], KEYS[2], longest)
+return {known and 1 or 0, tonumber(redis.call('GET', KEYS[2]))}
 """,
 )
 
 _FORGET = Script(
     "state_forget",
-    """
+    _BUMP
+    + """
 -- KEYS: cancels hash, its version. ARGV: id, queue ('' = any, '-' = none). Drops the flag and
 -- tombstones of the id (the cancelled job is gone).
 local sep = string.char(31)
@@ -96,7 +120,7 @@ else
     end
   end
 end
-if changed > 0 then redis.call('INCR', KEYS[2]) end
+if changed > 0 then bump(KEYS[1], KEYS[2], 0) end
 return changed
 """,
 )
@@ -186,6 +210,12 @@ class RedisSharedState:
         self._limiters: dict[str, RedisActorLimiter] = {}
         self._releases: list[bytes] = []
         self._answered: set[str] = set()
+        self._recent: OrderedDict[str, float] = OrderedDict()
+        self._readers = f"{prefix}readers".encode()
+        self.reader_id = uuid.uuid4().hex
+        self._reported = 0.0
+        self.running: Callable[[str], bool] = lambda id_: False
+        """Set by the broker: whether job `id_` is handed out in this process right now."""
         self._tasks: set[asyncio.Task[Any]] = set()
         self._poller: asyncio.Task[None] | None = None
         self.is_connected = False
@@ -198,6 +228,9 @@ class RedisSharedState:
             return
         await self.link.connection()
         self.link.start_watchdog()
+        # Registered before the first read: a cancellation made after this either is in that
+        # read or waits for this process to report having seen it (see `cancel`).
+        await self._report(-1)
         await self.refresh()
         self._poller = asyncio.create_task(self._poll(), name="repid-state-poller")
         self.is_connected = True
@@ -214,6 +247,8 @@ class RedisSharedState:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         for limiter in self._limiters.values():
             await limiter.close()
+        with contextlib.suppress(Exception):
+            await self.link.call("HDEL", self._readers, self.reader_id, timeout=1.0)
         await self.link.close()
 
     def _spawn(self, coro: Any) -> None:
@@ -252,8 +287,17 @@ class RedisSharedState:
             "SET", self._pending_key(queue, id_), repr(stamp), "PX", self._ttl_ms(due)
         )
 
+    def settled(self, id_: str) -> None:
+        """Job `id_` finished in this process (a cancellation racing with it is answered so)."""
+        recent = self._recent
+        recent[id_] = time.monotonic()
+        recent.move_to_end(id_)
+        if len(recent) > 10_000:
+            recent.popitem(last=False)
+
     def release(self, queue: str, id_: str) -> None:
         """The job of `id_` was settled: forget it (sent with the others of this loop step)."""
+        self.settled(id_)
         if not self._releases:
             asyncio.get_running_loop().call_soon(self._flush_releases)
         self._releases.append(self._pending_key(queue, id_))
@@ -279,19 +323,20 @@ class RedisSharedState:
                 await self.link.call("DEL", *keys)
             if cursor in (b"0", 0, "0"):
                 break
-        fields = [f"t{_SEP}{queue}{_SEP}{id_}" for q, id_ in self.tombstones if q == queue]
-        if fields:
-            await self.link.call("HDEL", self._cancels, *fields)
-            await self.link.call("INCR", self._version_key)
-        for key in [key for key in self.tombstones if key[0] == queue]:
-            del self.tombstones[key]
+        for q, id_ in [key for key in self.tombstones if key[0] == queue]:
+            self.tombstones.pop((q, id_), None)
+            await self.link.script(_FORGET, [self._cancels, self._version_key], [id_, queue])
 
     # -- cancellation ---------------------------------------------------------------------------
 
     async def refresh(self) -> None:
-        """Reload the mirror of cancellations if they changed."""
-        version = await self.link.call("GET", self._version_key)
-        if version == self._version:
+        """Reload the mirror of cancellations if they changed, answer those that concern jobs
+        of this process, and report the version seen (`cancel` waits for it)."""
+        raw_version = await self.link.call("GET", self._version_key)
+        version = int(raw_version or 0)
+        if raw_version == self._version:
+            if time.monotonic() - self._reported >= _REPORT_EVERY:
+                await self._report(version)
             return
         raw = await self.link.call("HGETALL", self._cancels)
         now_ms = time.time() * 1000
@@ -307,13 +352,44 @@ class RedisSharedState:
                 tombstones[(names[0], names[1])] = float(rest)
             elif kind == "f" and len(names) == 1:
                 flags[names[0]] = expiry
+        new = flags.keys() - self.flags.keys()
         # In place: brokers hold a reference to these dicts.
         self.tombstones.clear()
         self.tombstones.update(tombstones)
         self.flags.clear()
         self.flags.update(flags)
         self._answered &= set(flags)
-        self._version = version
+        self._version = raw_version
+        soon = time.monotonic() - _RECENT
+        for id_ in new:
+            if self.running(id_):
+                answer = "1"
+                self._answered.add(id_)
+            elif self._recent.get(id_, 0.0) > soon:
+                answer = "r"
+            else:
+                continue
+            await self.link.call("SET", self._answer_key(id_), answer, "PX", _ANSWER_TTL_MS)
+        await self._report(version)
+
+    async def _report(self, version: int) -> None:
+        self._reported = time.monotonic()
+        value = f"{version} {int(time.time() * 1000)}"
+        await self.link.call("HSET", self._readers, self.reader_id, value)
+
+    async def _unseen(self, version: int) -> bool:
+        """Whether a live process has not reported `version` yet (stale ones are dropped)."""
+        raw = await self.link.call("HGETALL", self._readers)
+        now_ms = time.time() * 1000
+        waiting = False
+        for reader, value in zip(raw[::2], raw[1::2], strict=True):
+            seen, _, at = value.decode().partition(" ")
+            age = now_ms - int(at)
+            if age > 20 * READER_STALE * 1000:
+                await self.link.call("HDEL", self._readers, reader)
+            elif age <= READER_STALE * 1000 and int(seen) < version:
+                waiting = True
+        return waiting
 
     async def _poll(self) -> None:
         while True:
@@ -353,14 +429,15 @@ class RedisSharedState:
         """Cancel job `id_` in every process; `stamp`: creation time of a waiting message of it
         known to the caller (None: look for a pending user-given id).
 
-        Returns "requested" when a worker process answers (within `ANSWER_WITHIN` seconds)
-        that it runs the job, "dequeued" when a waiting message is known (every consumer drops
-        it), None otherwise (nothing is left behind). The wait happens only while a live worker
-        consumes `queue`.
+        Waits (at most `ANSWER_WITHIN` seconds) until every live process has read the
+        cancellation; from then on none hands out a waiting message of the id. Returns
+        "requested" when a process runs the job (it cancels it), "dequeued" when a waiting
+        message is known (every consumer drops it), None otherwise, or when the job finished
+        meanwhile (nothing is left behind then).
         """
         answer_key = self._answer_key(id_)
         now = time.time()
-        known = await self.link.script(
+        known, version = await self.link.script(
             _CANCEL,
             [self._cancels, self._version_key, self._pending_key(queue, id_), answer_key],
             [
@@ -375,26 +452,32 @@ class RedisSharedState:
                 "0" if stamp is None else "1",
             ],
         )
-        answer = None
-        if any(queue in worker.queues for worker in await self.live_workers()):
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + ANSWER_WITHIN
-            pause = 0.01
-            while answer is None and loop.time() < deadline:
-                await asyncio.sleep(pause)
-                pause = min(pause * 1.5, 0.05)
-                answer = await self.link.call("GET", answer_key)
+        await self.refresh()  # this process's own consumers and workers
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ANSWER_WITHIN
+        pause = 0.005
+        while True:
+            answer = await self.link.call("GET", answer_key)
+            if answer in (b"1", b"r"):
+                break
+            if not await self._unseen(version):
+                answer = await self.link.call("GET", answer_key)  # set before the report
+                break
+            if loop.time() >= deadline:
+                logger.warning(
+                    "cancel %s: not every process read it within %ss", id_, ANSWER_WITHIN
+                )
+                break
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.05)
         if answer == b"1":
-            outcome: str | None = "requested"
-        elif known or answer == b"d":
+            return "requested"
+        if answer != b"r" and (known or answer == b"d"):
             # The id is free again (as on the Redis broker); its old message is dropped.
             await self.link.call("DEL", self._pending_key(queue, id_))
-            outcome = "dequeued"
-        else:
-            await self.forget_cancel(id_, "-")
-            outcome = None
-        await self.refresh()  # consumers of this process see it at once
-        return outcome
+            return "dequeued"
+        await self.forget_cancel(id_, queue if answer == b"r" else "-")
+        return None
 
     def cancelled(self, running: Iterable[str]) -> set[str]:
         """Which of these running job ids are flagged (from the mirror: no round trip)."""

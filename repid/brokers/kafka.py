@@ -155,6 +155,8 @@ class KafkaMessageBroker:
         )
         self._own_unique = unique_ids is None
         self._state = shared_state
+        if shared_state is not None:
+            shared_state.running = self._runs_here
         self._tombstones: dict[tuple[str, str], float] = (
             {} if shared_state is None else shared_state.tombstones
         )
@@ -488,9 +490,14 @@ class KafkaMessageBroker:
         await self._unique.store_bucket(name, ArgsBucket("", ttl=self.unique_ttl))
         return True
 
+    def _runs_here(self, id_: str) -> bool:
+        return any(consumer.is_running(id_) for consumer in self._consumers)
+
     async def release_unique(self, key: RoutingKey) -> None:
         """The message left the pending state (settled or removed): free its id."""
-        if not _generated_here(key.id_):
+        if self._state is not None and _generated_here(key.id_):
+            self._state.settled(key.id_)
+        elif not _generated_here(key.id_):
             if self._state is not None:
                 self._state.release(key.queue, key.id_)
             else:

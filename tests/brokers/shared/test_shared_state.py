@@ -190,8 +190,10 @@ def _connection(kind: str, prefix: str, poll_interval: float) -> Connection:
 async def test_a_cancel_racing_with_the_start_cancels_the_job_as_running(
     kind: str, prefix: str
 ) -> None:
-    """The worker's process learns of a cancellation at its next poll: a job handed out before
-    that starts, and is then cancelled as a running job (recorded, not retried)."""
+    """`cancel()` waits at most half a second for every process to read the cancellation. A
+    process that reads it later (here: never polls by itself) may hand the job out meanwhile;
+    the job starts, and is cancelled as a running job once the process reads it (recorded,
+    not retried)."""
     worker_conn = _connection(kind, prefix, poll_interval=3600.0)  # stale after connect
     producer = _connection(kind, prefix, poll_interval=0.1)
     await worker_conn.connect()
