@@ -56,6 +56,13 @@ EXPECTED: dict[str, list[str]] = {
         r"dead letter: charge exception ValueError",
         r"add: 42",
     ],
+    "brokers_shared_state.py": [
+        r"shared_state: True",
+        r"cancelled from another process: dequeued doomed",
+        r"ran nightly",
+        r"ran kept",
+        r"live workers seen by another process: \[\('docs_state_[0-9a-f]{8}',\)\]",
+    ],
     "brokers_redis.py": [
         r"\{'ready': 3, 'delayed': 1, 'in_flight': 0, 'dead': 0\}",
         r"ran high after \d+\.\ds",
