@@ -32,13 +32,14 @@ def connection() -> Connection:
 
 QUEUE = f"docs_state_{RUN}"
 router = Router()
-ran: list[str] = []
+kept = asyncio.Event()
 
 
 @router.actor(queue=QUEUE)
 async def report(name: str) -> None:
-    ran.append(name)
     print(f"ran {name}")
+    if name == "kept":
+        kept.set()
 
 
 async def main() -> None:
@@ -66,8 +67,7 @@ async def main() -> None:
 
         worker = Worker(routers=[router], _connection=worker_side, heartbeat_interval=0.2)
         running = asyncio.create_task(worker.run())
-        while "kept" not in ran:
-            await asyncio.sleep(0.01)
+        await kept.wait()
         live = await second.live_workers()
         print("live workers seen by another process:", [w.queues for w in live])
         worker.stop()

