@@ -35,24 +35,43 @@ HOLD_LOCALLY = 0.064
 """A message due within this many seconds is held by the consumer instead of re-delayed."""
 DEAD_INFO_HEADER = "x-repid-dead-letter"
 """Dead-letter details of a message whose body is not a repid envelope (kept as raw bytes)."""
-ACK_WINDOW = 0.001
+ACK_WINDOW = 0.003
 """Seconds acks wait for others to share their frame (at 10k+/s: tens of acks per frame)."""
+ACK_BATCH_SHARE = 4
+"""Pending acks leave at once when they reach 1/4 of the prefetch: RabbitMQ never stops
+delivering for want of acks that are only waiting for the window (each flush is a socket write,
+which on loopback also costs the wake-up of the server)."""
+_ACK_BATCH_UNLIMITED = 64
+"""The same threshold when the channel has no prefetch limit."""
 CHANNEL_ERRORS = (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, OSError)
 
 
 class ChannelState:
     """One incarnation of a consumer's channel: its unsettled tags and its pending acks."""
 
-    __slots__ = ("alive", "channel", "flush_timer", "flushes", "in_flight", "to_ack", "unsettled")
+    __slots__ = (
+        "alive",
+        "channel",
+        "flush_at",
+        "flush_timer",
+        "flushes",
+        "flushing",
+        "in_flight",
+        "to_ack",
+        "unsettled",
+    )
 
-    def __init__(self, channel: aiormq.abc.AbstractChannel) -> None:
+    def __init__(self, channel: aiormq.abc.AbstractChannel, prefetch: int | None = None) -> None:
         self.channel = channel
         self.alive = True
+        self.flush_at = max(1, prefetch // ACK_BATCH_SHARE) if prefetch else _ACK_BATCH_UNLIMITED
+        """Pending acks that leave at once, without waiting for the window."""
         self.unsettled: set[int] = set()
         """Delivered and not settled yet (held by a lane or waiting in the consumer)."""
         self.to_ack: list[int] = []
         self.flush_timer: asyncio.TimerHandle | None = None
         self.flushes: set[asyncio.Task[None]] = set()
+        self.flushing = False
         self.in_flight: dict[int, tuple[str, str]] = {}
         """Handed out by the consumer, by tag: (queue, job id)."""
 
@@ -60,13 +79,18 @@ class ChannelState:
         """Acknowledge `tag` with the other acks of the next `ACK_WINDOW` seconds (one frame).
 
         Returns at once; `drain()` sends what is pending (the consumer calls it on finish).
-        With nothing else in flight the ack leaves on the next loop iteration.
+        With nothing else in flight the ack leaves on the next loop iteration; `flush_at`
+        pending acks leave at once.
         """
         if not self.alive:
             return False
         self.unsettled.discard(tag)
         self.to_ack.append(tag)
-        if self.flush_timer is None:
+        if len(self.to_ack) >= self.flush_at:
+            if self.flush_timer is not None:
+                self.flush_timer.cancel()
+            self._start_flush()
+        elif self.flush_timer is None:
             loop = asyncio.get_running_loop()
             delay = ACK_WINDOW if self.unsettled else 0.0
             self.flush_timer = loop.call_later(delay, self._start_flush)
@@ -74,33 +98,43 @@ class ChannelState:
 
     def _start_flush(self) -> None:
         self.flush_timer = None
+        if self.flushing:
+            return  # the running flush sends what is pending when its current batch is out
+        self.flushing = True
         task = asyncio.ensure_future(self._flush())
         self.flushes.add(task)
         task.add_done_callback(self.flushes.discard)
 
     async def _flush(self) -> None:
-        tags, self.to_ack = self.to_ack, []
-        if not tags:
-            return
-        lowest = min(self.unsettled) if self.unsettled else None
-        below = [t for t in tags if lowest is None or t < lowest]
+        # One flush at a time, so a `multiple` ack never overtakes an earlier batch's acks.
         try:
-            if below:
-                # Every tag up to max(below) is settled or in `below`: one frame acks them all.
-                await self.channel.basic_ack(max(below), multiple=len(below) > 1, wait=False)
-            for t in tags:
-                if lowest is not None and t > lowest:
-                    await self.channel.basic_ack(t, wait=False)
-        except CHANNEL_ERRORS as exc:
-            self.alive = False
-            logger.warning(
-                "ack on a closed channel (%r); RabbitMQ will deliver those messages again", exc
-            )
+            await self._send_acks()
+        finally:
+            self.flushing = False
+
+    async def _send_acks(self) -> None:
+        while self.to_ack and self.alive:
+            tags, self.to_ack = self.to_ack, []
+            lowest = min(self.unsettled) if self.unsettled else None
+            below = [t for t in tags if lowest is None or t < lowest]
+            try:
+                if below:
+                    # Every tag up to max(below) is settled or in `below`: one frame acks them.
+                    await self.channel.basic_ack(max(below), multiple=len(below) > 1, wait=False)
+                for t in tags:
+                    if lowest is not None and t > lowest:
+                        await self.channel.basic_ack(t, wait=False)
+            except CHANNEL_ERRORS as exc:
+                self.alive = False
+                logger.warning(
+                    "ack on a closed channel (%r); RabbitMQ will deliver those messages again", exc
+                )
 
     async def drain(self) -> None:
         """Send the pending acks now (before the channel closes)."""
         if self.flush_timer is not None:
             self.flush_timer.cancel()
+        if self.to_ack:
             self._start_flush()
         if self.flushes:
             await asyncio.gather(*self.flushes, return_exceptions=True)
@@ -243,7 +277,7 @@ class RabbitConsumer:
         channel = await self._broker._new_channel(confirms=False)
         if self.max_unacked_messages:
             await channel.basic_qos(prefetch_count=self.max_unacked_messages)
-        return ChannelState(channel)
+        return ChannelState(channel, self.max_unacked_messages)
 
     async def pause(self) -> None:
         self._paused = True
