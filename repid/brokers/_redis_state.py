@@ -412,9 +412,9 @@ class RedisSharedState:
         return True
 
     async def _dropped(self, queue: str, id_: str) -> None:
+        # (`cancel` has freed the id already: a pending key now belongs to a new job.)
         await self.forget_cancel(id_, queue)
         await self.link.call("SET", self._answer_key(id_), "d", "PX", _ANSWER_TTL_MS)
-        await self.link.call("DEL", self._pending_key(queue, id_))
 
     def _answer_key(self, id_: str) -> bytes:
         return f"{self.prefix}answer{_SEP}{id_}".encode()

@@ -104,7 +104,7 @@ class Workers:
                 process.send_signal(signal.SIGTERM)
         # A Kafka member leaving a busy group on noida-db can take its session timeout (see
         # docs/brokers/kafka.md); what the tests assert is done by now, so do not wait for it.
-        deadline = time.monotonic() + 5.0
+        deadline = time.monotonic() + 3.0
         for process in self.processes:
             try:
                 process.wait(timeout=max(0.1, deadline - time.monotonic()))
