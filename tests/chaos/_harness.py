@@ -28,6 +28,7 @@ Line formats (tab separated, times are `time.time()`):
     X  pid  time                           a worker process's `Worker.run()` returned
     K  pid  time                           the test SIGKILLed that worker
     T  pid  time                           the test sent SIGTERM to that worker
+    J  pid  generation                     Kafka: that worker joined its group
     L  pid  generation                     Kafka: that worker was elected its group's leader
 
 Sizes: `FULL` is true under `REPID_CHAOS=full` (`scripts/chaos.sh`); scenarios pick their
@@ -138,11 +139,15 @@ class BrokerSettings:
 
     @property
     def settle_window(self) -> float:
-        """Seconds a settled message may still be unacknowledged at the broker.
+        """Seconds a message the worker settled may still be unacknowledged at the broker.
 
-        Redis and RabbitMQ: an acknowledgement in the socket when the process dies (0.1 s);
-        Kafka: offsets are committed every `commit_interval`, plus the commit's round trip.
+        Redis: 0 (an acknowledgement returns once Redis applied it). RabbitMQ: 0.1 s
+        (`basic.ack` is not confirmed: one still in the client's or the kernel's buffers dies
+        with the process; measured up to ~20 ms). Kafka: offsets are committed every
+        `commit_interval`, plus the commit's round trip (0.1 s).
         """
+        if self.name == "redis":
+            return 0.0
         if self.name == "kafka":
             return float(self.options.get("commit_interval", 0.2)) + 0.1
         return 0.1
@@ -218,6 +223,8 @@ class LedgerView:
     """pid -> time `Worker.run()` returned (a clean exit)."""
     kills: list[tuple[int, float]] = field(default_factory=list)
     terms: list[tuple[int, float]] = field(default_factory=list)
+    joins: list[tuple[int, int]] = field(default_factory=list)
+    """Kafka: (generation, pid) of each group join, in ledger order."""
     leaders: list[tuple[int, int]] = field(default_factory=list)
     """Kafka: (generation, pid) of each group-leader election, in ledger order."""
     torn: int = 0
@@ -289,6 +296,8 @@ class Ledger:
             self._open.pop(parts[1]).settled = float(parts[2])
         elif kind == "L" and len(parts) == 3:
             view.leaders.append((int(parts[2]), int(parts[1])))
+        elif kind == "J" and len(parts) == 3:
+            view.joins.append((int(parts[2]), int(parts[1])))
         elif kind in "WXKT" and len(parts) == 3:
             pid, at = int(parts[1]), float(parts[2])
             if kind == "W":
@@ -456,6 +465,7 @@ class Chaos:
 
         `directory` (e.g. pytest's `tmp_path`) holds the ledger and the workers' logs.
         """
+        await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
         conn = settings.connection()
         await conn.connect()
         queue = Queue(f"chaos_{RUN_ID}_{uuid4().hex[:8]}", _connection=conn)
@@ -532,18 +542,42 @@ class Chaos:
             await asyncio.sleep(0.05)
 
     def kill_candidates(self) -> list[subprocess.Popen[bytes]]:
-        """Live workers worth a SIGKILL: consuming and running an actor now (else consuming).
+        """Live workers worth a SIGKILL: consuming and running an actor now.
 
         On noida-db the Kafka group's current leader is left out: the server never expels a
         crashed leader, so the group would stall for good (a real Kafka expels it after the
         session timeout; with `REPID_KAFKA_BOOTSTRAP` set, any worker can be killed).
         """
         view = self.ledger.read()
-        ready = [p for p in self.pool.alive() if p.pid in view.ready]
+        alive = [p for p in self.pool.alive() if p.pid in view.ready]
         if self.broker.name == "kafka" and NOIDA:
-            ready = [p for p in ready if p.pid != view.leader()]
-        busy = [p for p in ready if view.running(p.pid)]
-        return busy or ready
+            alive = [p for p in alive if p.pid != view.leader()]
+        return [p for p in alive if view.running(p.pid)]
+
+    def group_formed(self) -> bool:
+        """Kafka: every live worker joined the group's latest generation (no rebalance is
+        pending that the test knows of). Always True on the other brokers."""
+        if self.broker.name != "kafka":
+            return True
+        view = self.ledger.read()
+        if not view.joins:
+            return False
+        latest = max(generation for generation, _ in view.joins)
+        members = {pid for generation, pid in view.joins if generation == latest}
+        return members == {p.pid for p in self.pool.alive()}
+
+    def recovered(self) -> bool:
+        """The pool is whole again after its kills: every run a kill cut short (unsettled)
+        started again in another process, and every live worker has started a run."""
+        view = self.ledger.read()
+        restarted: dict[str, list[Run]] = defaultdict(list)
+        for run in view.runs:
+            restarted[run.job].append(run)
+        for run, _ in interrupted_runs(view):
+            if not any(r.pid != run.pid and r.start >= run.start for r in restarted[run.job]):
+                return False
+        started = {run.pid for run in view.runs}
+        return all(p.pid in started for p in self.pool.alive())
 
     async def until(
         self, condition: Callable[[LedgerView], bool], what: str, timeout: float = 60.0

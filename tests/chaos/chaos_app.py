@@ -9,17 +9,19 @@ process sleep at most this long: a replacement finishes long jobs quickly).
 The `work(sleep=0.0, fail=None)` actor logs its start ("S") and end ("E") in the ledger, sleeps
 `sleep` seconds and raises `RuntimeError(fail)` when `fail` is set; once the worker settled its
 message, "A" follows. The process logs "W" just before consuming, "X" when `Worker.run()`
-returns and, on Kafka, "L" when elected its group's leader. SIGTERM starts a graceful shutdown.
+returns and, on Kafka, "J"/"L" when it joins / leads its group. SIGTERM starts a graceful shutdown.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import itertools
 import logging
 import os
 import re
 import signal
+import sys
 import time
 from datetime import timedelta
 
@@ -64,7 +66,8 @@ async def work(message: MessageDependency, sleep: float = 0.0, fail: str | None 
 
 
 class _GroupLeadership(logging.Handler):
-    """Logs "L pid generation" when aiokafka elects this process the leader of its group.
+    """Logs "J pid generation" when this process joins its group, "L pid generation" when it
+    is elected the group's leader.
 
     noida-db never expels a crashed group leader (docs/brokers/kafka.md), so on it the kill
     scenarios must not SIGKILL the leader; this is how the test knows which process it is.
@@ -79,8 +82,16 @@ class _GroupLeadership(logging.Handler):
         joined = re.match(r"Joined group '.*' \(generation (\d+)\)", text)
         if joined:
             self.generation = int(joined.group(1))
+            append_line(LEDGER, "J", os.getpid(), self.generation)
         elif text.startswith("Elected group leader"):
             append_line(LEDGER, "L", os.getpid(), self.generation)
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this worker when the test process dies (no orphans after an abort)."""
+    if sys.platform == "linux":
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 async def main() -> None:
@@ -109,4 +120,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    _die_with_parent()
     asyncio.run(main())
