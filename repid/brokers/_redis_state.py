@@ -394,12 +394,19 @@ class RedisSharedState:
         return waiting
 
     async def _poll(self) -> None:
+        failing = False
         while True:
             await asyncio.sleep(self.poll_interval)
             try:
                 await self.refresh()
             except Exception as exc:
-                logger.warning("shared state: reading cancellations failed (%r); retrying", exc)
+                if not failing:  # once per outage, not at every poll
+                    logger.warning("shared state: reading cancellations failed (%r)", exc)
+                failing = True
+            else:
+                if failing:
+                    logger.info("shared state: reading cancellations again")
+                failing = False
 
     def take_tombstone(self, delivery: Delivery) -> bool:
         """True if this delivery was cancelled while waiting: drop it without running it."""

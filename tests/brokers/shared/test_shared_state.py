@@ -28,7 +28,7 @@ from repid import (
     Router,
     Worker,
 )
-from repid.brokers._redis_state import RedisSharedState
+from repid.brokers._redis_state import ANSWER_WITHIN, RedisSharedState
 from repid.brokers.base import Delivery
 from repid.brokers.kafka import KafkaMessageBroker
 from repid.brokers.rabbitmq import RabbitMessageBroker
@@ -235,3 +235,43 @@ async def test_a_cancel_racing_with_the_start_cancels_the_job_as_running(
         await queue.delete()
         await producer.disconnect()
         await worker_conn.disconnect()
+
+
+# -- answers: who runs or has just finished the job ------------------------------------------------
+
+
+async def test_a_process_running_the_job_answers_requested(
+    states: tuple[RedisSharedState, RedisSharedState],
+) -> None:
+    worker_side, canceller = states
+    worker_side.running = lambda id_: id_ == "busy"  # what the broker tells its state
+    asked = time.monotonic()
+    assert await canceller.cancel("q", "busy", None) == "requested"
+    assert time.monotonic() - asked < ANSWER_WITHIN
+    assert worker_side.cancelled(["busy", "idle"]) == {"busy"}  # what its workers stop
+
+
+async def test_a_job_that_finished_during_the_cancel_is_not_found(
+    states: tuple[RedisSharedState, RedisSharedState],
+) -> None:
+    worker_side, canceller = states
+    worker_side.settled("done-just-now")
+    assert await canceller.cancel("q", "done-just-now", time.time() - 1) is None
+    assert await canceller.link.call("HLEN", canceller._cancels) == 0  # nothing left behind
+
+
+async def test_cancel_waits_half_a_second_at_most_for_a_process_that_does_not_read(
+    states: tuple[RedisSharedState, RedisSharedState], prefix: str
+) -> None:
+    _, canceller = states
+    stuck = RedisSharedState(REDIS, prefix=prefix, poll_interval=3600.0)
+    await stuck.connect()  # registered as a reader, then never reads again
+    try:
+        asked = time.monotonic()
+        assert await canceller.cancel("q", "waiting", time.time() - 1) == "dequeued"
+        waited = time.monotonic() - asked
+        assert ANSWER_WITHIN <= waited < ANSWER_WITHIN + 0.5
+        await stuck.refresh()  # once it reads, it drops the job
+        assert stuck.take_tombstone(_delivery("q", "waiting", time.time() - 1))
+    finally:
+        await stuck.disconnect()
