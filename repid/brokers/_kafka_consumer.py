@@ -162,6 +162,16 @@ class _Handle:
         return self.part.revoked or self.generation != self.part.generation
 
 
+def _log_stale(delivery: Delivery, handle: _Handle) -> None:
+    if handle.part.revoked:
+        logger.warning(
+            "stale settlement of message %s ignored: %s was revoked, its next owner runs the "
+            "message again",
+            delivery.key.id_,
+            handle.part.tp,
+        )
+
+
 def _rejoin_pending(kafka: AIOKafkaConsumer) -> bool:
     """The group is rebalancing: a commit now would race with it (checked, not guaranteed)."""
     try:
@@ -719,6 +729,7 @@ class KafkaConsumer:
         consumer = handle.consumer
         if handle.stale:
             consumer._release(delivery)
+            _log_stale(delivery, handle)
             if not handle.part.revoked:
                 handle.part.finish(handle.offset)  # flushed meanwhile: nothing to keep
             return False
@@ -731,6 +742,7 @@ class KafkaConsumer:
                 raise
         consumer._release(delivery)
         if handle.stale:
+            _log_stale(delivery, handle)
             return False
         handle.part.finish(handle.offset)
         if not keep_id:
@@ -746,6 +758,7 @@ class KafkaConsumer:
         consumer = handle.consumer
         consumer._release(delivery)
         if handle.stale:
+            _log_stale(delivery, handle)
             return False
         if consumer._closed:
             return True  # left uncommitted: the next owner of the partition gets it

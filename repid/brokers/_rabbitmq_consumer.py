@@ -46,6 +46,15 @@ _ACK_BATCH_UNLIMITED = 64
 CHANNEL_ERRORS = (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, OSError)
 
 
+def _stale(how: str, tag: int) -> None:
+    logger.warning(
+        "stale %s of delivery tag %d ignored: its channel closed, RabbitMQ delivers the "
+        "message again",
+        how,
+        tag,
+    )
+
+
 class ChannelState:
     """One incarnation of a consumer's channel: its unsettled tags and its pending acks."""
 
@@ -83,6 +92,7 @@ class ChannelState:
         pending acks leave at once.
         """
         if not self.alive:
+            _stale("ack", tag)
             return False
         self.unsettled.discard(tag)
         self.to_ack.append(tag)
@@ -142,6 +152,7 @@ class ChannelState:
     async def settle_now(self, tag: int, *, requeue: bool) -> bool:
         """Reject one delivery at once: back to its queue (`requeue`) or dropped."""
         if not self.alive:
+            _stale("reject", tag)
             return False
         self.unsettled.discard(tag)
         try:
