@@ -21,6 +21,7 @@ from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 from pamqp.header import ContentHeader
 
+from repid.brokers import _rabbitmq_frames
 from repid.brokers.base import Delivery
 from repid.codec import decode_message
 from repid.data import DeadLetterInfo, MessageCategory, Parameters, RoutingKey
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from repid.brokers.rabbitmq import RabbitMessageBroker
 
 logger = logging.getLogger("repid.brokers.rabbitmq")
+
+_rabbitmq_frames.install()  # whole buffered frames are read without awaiting (see the module)
 
 HOLD_LOCALLY = 0.064
 """A message due within this many seconds is held by the consumer instead of re-delayed."""

@@ -1,0 +1,183 @@
+"""The fast frame reader returns what aiormq and pamqp return, for any split of the stream."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any
+
+import pamqp.exceptions
+import pamqp.frame
+import pytest
+from aiormq.connection import FrameReceiver
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pamqp import commands as spec
+from pamqp.body import ContentBody
+from pamqp.header import ContentHeader
+from pamqp.heartbeat import Heartbeat
+
+from repid.brokers import _rabbitmq_frames
+from repid.brokers._rabbitmq_frames import unmarshal
+
+short = st.text(max_size=40)
+names = st.from_regex(r"[a-zA-Z0-9_.:\-]{0,40}", fullmatch=True)  # what pamqp accepts as exchange
+OURS: dict[str, Any] = {
+    "content_type": "application/json",
+    "delivery_mode": 2,
+    "priority": 1,
+    "message_id": "m",
+}
+
+
+def _state(frame: Any) -> Any:
+    """Every attribute of a pamqp frame object, nested properties included."""
+    if isinstance(frame, ContentHeader):
+        return (
+            type(frame),
+            frame.class_id,
+            frame.weight,
+            frame.body_size,
+            _state(frame.properties),
+        )
+    names = getattr(frame, "__slots__", None) or sorted(vars(frame))
+    return (type(frame), [(name, getattr(frame, name, None)) for name in names])
+
+
+def _same(raw: bytes) -> None:
+    try:
+        expected = pamqp.frame.unmarshal(raw)
+    except pamqp.exceptions.UnmarshalingException as exc:
+        with pytest.raises(type(exc)):
+            unmarshal(raw)
+        return
+    got = unmarshal(raw)
+    assert got[:2] == expected[:2]
+    assert _state(got[2]) == _state(expected[2])
+
+
+@given(
+    consumer_tag=short,
+    delivery_tag=st.integers(min_value=0, max_value=2**63 - 1),
+    redelivered=st.booleans(),
+    exchange=names,
+    routing_key=short,
+    channel=st.integers(min_value=1, max_value=2047),
+)
+@settings(max_examples=150, deadline=None)
+def test_deliver_frames(
+    consumer_tag: str,
+    delivery_tag: int,
+    redelivered: bool,
+    exchange: str,
+    routing_key: str,
+    channel: int,
+) -> None:
+    deliver = spec.Basic.Deliver.__new__(spec.Basic.Deliver)
+    for name, value in (
+        ("consumer_tag", consumer_tag),
+        ("delivery_tag", delivery_tag),
+        ("redelivered", redelivered),
+        ("exchange", exchange),
+        ("routing_key", routing_key),
+    ):
+        setattr(deliver, name, value)
+    _same(pamqp.frame.marshal(deliver, channel))
+
+
+@given(
+    content_type=short,
+    delivery_mode=st.integers(min_value=1, max_value=2),
+    priority=st.integers(min_value=0, max_value=255),
+    message_id=short,
+    body_size=st.integers(min_value=0, max_value=2**40),
+)
+@settings(max_examples=150, deadline=None)
+def test_header_frames(
+    content_type: str, delivery_mode: int, priority: int, message_id: str, body_size: int
+) -> None:
+    properties = spec.Basic.Properties(
+        content_type=content_type,
+        delivery_mode=delivery_mode,
+        priority=priority,
+        message_id=message_id,
+    )
+    _same(pamqp.frame.marshal(ContentHeader(0, body_size, properties), 3))
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        ContentBody(b""),
+        ContentBody(b"x" * 70_000),
+        ContentHeader(0, 5, spec.Basic.Properties(**OURS, headers={"x-death": [{"a": 1}]})),
+        ContentHeader(0, 5, spec.Basic.Properties(content_type="text/plain")),
+        spec.Basic.Ack(delivery_tag=5, multiple=True),
+        spec.Basic.ConsumeOk(consumer_tag="ctag"),
+        spec.Channel.Close(
+            reply_code=406, reply_text="PRECONDITION_FAILED", class_id=60, method_id=80
+        ),
+        Heartbeat(),
+    ],
+)
+def test_other_frames_match_pamqp(frame: Any) -> None:
+    _same(pamqp.frame.marshal(frame, 0 if isinstance(frame, Heartbeat) else 9))
+
+
+def test_malformed_frames_raise_like_pamqp() -> None:
+    good = pamqp.frame.marshal(ContentHeader(0, 5, spec.Basic.Properties(**OURS)), 1)
+    bad_end = good[:-1] + b"\x00"
+    truncated_str = good[:21] + bytes((200,)) + good[22:]
+    for raw in (bad_end, truncated_str):
+        with pytest.raises(pamqp.exceptions.UnmarshalingException):
+            pamqp.frame.unmarshal(raw)
+        with pytest.raises(pamqp.exceptions.UnmarshalingException):
+            unmarshal(raw)
+
+
+def _stream() -> bytes:
+    deliver = spec.Basic.Deliver("ctag", 7, False, "", "q")
+    properties = spec.Basic.Properties(**OURS)
+    frames: list[tuple[Any, int]] = [
+        (deliver, 1),
+        (ContentHeader(0, 3, properties), 1),
+        (ContentBody(b"abc"), 1),
+        (Heartbeat(), 0),
+        (spec.Basic.Ack(delivery_tag=1), 2),
+    ]
+    return b"".join(pamqp.frame.marshal(frame, channel) for frame, channel in frames) * 3
+
+
+async def _read_all(chunks: list[bytes], count: int) -> list[Any]:
+    """Read `count` frames while the chunks arrive one event-loop step apart."""
+    reader = asyncio.StreamReader()
+    receiver = FrameReceiver(reader)
+    receiver.started = True
+
+    async def feed() -> None:
+        for chunk in chunks:
+            reader.feed_data(chunk)
+            await asyncio.sleep(0)
+
+    feeder = asyncio.ensure_future(feed())
+    frames = [await FrameReceiver.get_frame(receiver) for _ in range(count)]
+    await feeder
+    return frames
+
+
+@given(cuts=st.lists(st.integers(min_value=0, max_value=len(_stream())), max_size=12))
+@settings(max_examples=60, deadline=None)
+def test_reader_returns_every_frame_in_order_for_any_split(cuts: list[int]) -> None:
+    _rabbitmq_frames.install()
+    assert getattr(FrameReceiver.get_frame, "_repid_fast", False)
+    data = _stream()
+    points = sorted({0, len(data), *cuts})
+    chunks = [data[a:b] for a, b in itertools.pairwise(points)]
+    expected = []
+    position = 0
+    while position < len(data):
+        used, channel, frame = pamqp.frame.unmarshal(data[position:])
+        expected.append((used, channel, _state(frame)))
+        position += used
+    frames = asyncio.run(_read_all(chunks, len(expected)))
+    assert [(used, channel, _state(frame)) for used, channel, frame in frames] == expected
