@@ -465,12 +465,14 @@ class RedisSharedState:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + ANSWER_WITHIN
         pause = 0.005
+        read_by_all = False
         while True:
             answer = await self.link.call("GET", answer_key)
             if answer in (b"1", b"r"):
                 break
             if not await self._unseen(version):
                 answer = await self.link.call("GET", answer_key)  # set before the report
+                read_by_all = True
                 break
             if loop.time() >= deadline:
                 logger.warning(
@@ -484,6 +486,10 @@ class RedisSharedState:
         if answer != b"r" and (known or answer == b"d"):
             # The id is free again (as on the Redis broker); its old message is dropped.
             await self.link.call("DEL", self._pending_key(queue, id_))
+            if read_by_all and answer is None:
+                # Every process has the tombstone and none ran the job: the flag is of no
+                # more use (left behind, it would cancel a later job reusing the id).
+                await self.forget_cancel(id_, "-")
             return "dequeued"
         await self.forget_cancel(id_, queue if answer == b"r" else "-")
         return None

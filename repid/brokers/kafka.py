@@ -592,9 +592,9 @@ class KafkaMessageBroker:
 
         A waiting job is found by reading the pending part of the queue (cost proportional
         to the backlog; with shared state, a user-given id is looked up in Redis instead).
-        Without shared state it is removed with a removal marker, and a consumer that has
-        already handed it to an actor in another process runs it anyway; with shared state,
-        every consumer drops it when it would hand it out (see docs/brokers/kafka.md).
+        It is removed with a removal marker; without shared state a consumer that has already
+        handed it to an actor in another process runs it anyway, with shared state every
+        consumer also drops it before handing it out (see docs/brokers/kafka.md).
         """
         for consumer in self._local_consumers(queue_name):
             if consumer.is_running(id_):
@@ -611,7 +611,13 @@ class KafkaMessageBroker:
             stamp = None
             if not await state.is_pending(queue_name, id_):  # not a user-given id: look
                 stamp = await self._pending_somewhere(queue_name, id_)
-            return await state.cancel(queue_name, id_, stamp)
+            outcome = await state.cancel(queue_name, id_, stamp)
+            if outcome == "dequeued":  # out of the delay topic and of readers' view too
+                removal = Removal(id_, None)
+                await self.send_removal(
+                    queue_name, removal, MessageCategory.NORMAL, MessageCategory.DELAYED
+                )
+            return outcome
         if not found:
             found = await self._pending_somewhere(queue_name, id_) is not None
         if not found:
