@@ -91,6 +91,8 @@ class ChaosServer(Protocol):
 
     name: str
     port: int
+    opened_at: float
+    """When the server's port last started accepting connections (`time.time()`)."""
 
     @property
     def url(self) -> str:
@@ -110,6 +112,7 @@ class RedisChaosServer(RedisServer):
 
     def __init__(self, directory: Path) -> None:
         super().__init__(directory)
+        self.opened_at = 0.0
 
     @property
     def url(self) -> str:
@@ -117,6 +120,7 @@ class RedisChaosServer(RedisServer):
 
     def start(self, timeout: float = 10.0) -> None:
         super().start()  # waits up to 10 s itself
+        self.opened_at = time.time()
 
     def stop(self, kill: bool = False) -> None:
         """SIGTERM flushes the append-only file; SIGKILL relies on `appendfsync always`."""
@@ -166,6 +170,7 @@ class RabbitServer:
         self.port = free_port()
         self.dist_port = free_port()
         self.node = f"repid-chaos-{os.getpid()}-{RabbitServer._count}@localhost"
+        self.opened_at = 0.0
         self.process: subprocess.Popen[bytes] | None = None
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "rabbitmq.conf").write_text("loopback_users = none\n")
@@ -214,6 +219,7 @@ class RabbitServer:
         log.close()
         deadline = time.monotonic() + timeout
         _poll(lambda: port_open(self.port), f"RabbitMQ node {self.node}", timeout, self._alive)
+        self.opened_at = time.time()
         while True:  # fails at once while the node is not registered with epmd yet
             left = deadline - time.monotonic()
             try:
@@ -265,6 +271,7 @@ class KafkaServer:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.port = free_port()
+        self.opened_at = 0.0
         self.process: subprocess.Popen[bytes] | None = None
         (directory / "data").mkdir(parents=True, exist_ok=True)
 
@@ -295,6 +302,7 @@ class KafkaServer:
         )  # fmt: skip
         log.close()
         _poll(lambda: port_open(self.port), "noida-db (kafka)", timeout, self._alive)
+        self.opened_at = time.time()
 
     def stop(self, kill: bool = False) -> None:
         if self.process is not None:
