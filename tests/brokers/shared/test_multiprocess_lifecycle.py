@@ -300,7 +300,7 @@ async def test_cancel_from_another_process_waiting_and_running(
     doomed_user = await once("doomed-user", id_=f"doomed-{q}").enqueue()
     assert await doomed.cancel() is CancelOutcome.DEQUEUED
     assert await doomed_user.cancel() is CancelOutcome.DEQUEUED
-    group.start(3)
+    group.start(2)
     await _all_listed(conn, group, queue)
     # Waiting (deferred) while the workers run: they drop it when it becomes due.
     due = datetime.now(tz=UTC) + timedelta(seconds=1.0)
@@ -348,7 +348,7 @@ async def test_unique_ids_and_rate_limit_across_processes(
         await once(other, "second").enqueue()  # pending (enqueued elsewhere): not added
         for n in range(6):
             await Job("metered", queue=q, args={"n": n}, _connection=conn).enqueue()
-        group.start(3)
+        group.start(2)
         await _until(
             lambda: len(_runs(ledger, "metered")) == 6 and bool(_runs(ledger, "once-first")),
             f"the runs\n{group.logs()}",
@@ -366,5 +366,6 @@ async def test_unique_ids_and_rate_limit_across_processes(
     assert _runs(ledger, "once-second") == []
     starts = _runs(ledger, "metered")
     gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
-    # RateLimit(2, per=0.5 s) across all processes: any 3 starts span at least 0.5 s.
-    assert all(starts[i + 2] - starts[i] >= 0.5 - 0.02 for i in range(4)), gaps
+    # RateLimit(2, per=0.5 s) across all processes: any 3 starts span at least 0.5 s (less the
+    # time between taking the slot and writing the ledger, which differs between processes).
+    assert all(starts[i + 2] - starts[i] >= 0.5 - 0.1 for i in range(4)), gaps
