@@ -172,6 +172,16 @@ def _log_stale(delivery: Delivery, handle: _Handle) -> None:
         )
 
 
+def _coordination_dead(kafka: AIOKafkaConsumer) -> bool:
+    """aiokafka's group coordination task ended with an error (e.g. a group assignment it
+    could not decode): the client never recovers from that by itself."""
+    try:
+        task = kafka._coordinator._coordination_task
+        return bool(task.done() and not task.cancelled() and task.exception() is not None)
+    except Exception:  # aiokafka internals moved: keep the client
+        return False
+
+
 def _rejoin_pending(kafka: AIOKafkaConsumer) -> bool:
     """The group is rebalancing: a commit now would race with it (checked, not guaranteed)."""
     try:
@@ -248,6 +258,19 @@ class KafkaConsumer:
             from repid.errors import QueueNotDeclaredError
 
             raise QueueNotDeclaredError(self.queue_name)
+        kafka = await self._new_client()
+        self._kafka = kafka
+        broker._consumers.add(self)
+        self._tasks = [
+            asyncio.create_task(self._fetch_loop(), name=f"repid-kafka-fetch-{self.queue_name}"),
+            asyncio.create_task(self._commit_loop(), name=f"repid-kafka-commit-{self.queue_name}"),
+            asyncio.create_task(self._timer_loop(), name=f"repid-kafka-delays-{self.queue_name}"),
+        ]
+
+    async def _new_client(self) -> AIOKafkaConsumer:
+        """A started aiokafka consumer subscribed to the queue's topics (joining in the
+        background). Raises `BrokerUnavailableError` when Kafka is unreachable."""
+        broker = self.broker
         kafka = AIOKafkaConsumer(
             group_id=broker.group(self.queue_name),
             enable_auto_commit=False,
@@ -271,13 +294,29 @@ class KafkaConsumer:
             with contextlib.suppress(Exception):
                 await kafka.stop()
             raise BrokerUnavailableError(f"consumer of {self.queue_name!r}: {exc!r}") from exc
+        return kafka
+
+    async def _replace_client(self, dead: AIOKafkaConsumer) -> AIOKafkaConsumer:
+        """aiokafka's group coordination task died (it does not restart it; every poll then
+        raises): give up the partitions like a revoke without drain and join again with a new
+        client. What still runs here is settled as stale; the next owner runs it again."""
+        logger.warning(
+            "the group coordination of %s failed for good; joining the group again", self._main
+        )
+        parts = list(self._parts.values())
+        lost = {id(p) for p in parts}
+        self._drop_buffered(lambda d: id(d.handle.part) in lost)
+        for key in [k for k in self._held if id(k[0]) in lost]:
+            del self._held[key]
+        for part in parts:
+            part.revoked = True
+        self._parts.clear()
+        self._kafka = None
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(dead.stop(), self.broker.timeout)
+        kafka = await self._new_client()
         self._kafka = kafka
-        broker._consumers.add(self)
-        self._tasks = [
-            asyncio.create_task(self._fetch_loop(), name=f"repid-kafka-fetch-{self.queue_name}"),
-            asyncio.create_task(self._commit_loop(), name=f"repid-kafka-commit-{self.queue_name}"),
-            asyncio.create_task(self._timer_loop(), name=f"repid-kafka-delays-{self.queue_name}"),
-        ]
+        return kafka
 
     async def pause(self) -> None:
         self._unpaused.clear()
@@ -401,6 +440,9 @@ class KafkaConsumer:
             except Exception as exc:  # the client reconnects by itself; keep polling
                 logger.warning("fetching from %s failed (%r); retrying", self._main, exc)
                 await asyncio.sleep(0.5)
+                if _coordination_dead(kafka) and not self._closed:
+                    with contextlib.suppress(BrokerUnavailableError):
+                        kafka = await self._replace_client(kafka)
                 continue
             if self._reset_to_beginning:
                 self._reset_to_beginning = False
@@ -586,11 +628,10 @@ class KafkaConsumer:
     # -- committing ---------------------------------------------------------------------------
 
     async def _commit_loop(self) -> None:
-        kafka = self._kafka
-        assert kafka is not None
         while True:
             await asyncio.sleep(self.broker.commit_interval)
-            if not self._rebalancing and not _rejoin_pending(kafka):
+            kafka = self._kafka  # replaced when the group coordination failed
+            if kafka is not None and not self._rebalancing and not _rejoin_pending(kafka):
                 await self._commit(kafka)
 
     async def _commit(

@@ -96,8 +96,9 @@ async def _kafka_on_noida(settings: BrokerSettings, directory: Path) -> None:
             # racing a rebalance, and the group then stalls.
             chaos.pool.start(WORKERS)
             await until(chaos.group_formed, "the group to form", 60)
-            ids = await chaos.enqueue(jobs_per_round, sleep=lambda _: rng.uniform(0.0, 0.02))
-            point = rng.uniform(0.1, 0.8) * jobs_per_round
+            # Jobs of 0-100 ms: a round lasts long enough for its kill to find busy workers.
+            ids = await chaos.enqueue(jobs_per_round, sleep=lambda _: rng.uniform(0.0, 0.1))
+            point = rng.uniform(0.1, 0.6) * jobs_per_round
             await chaos.until(
                 lambda view: len(view.completed_ids()) >= point,  # noqa: B023 - awaited here
                 f"round {number}: {point:.0f} jobs completed",
