@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import aiormq
 from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
+from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
 from repid.brokers import _rabbitmq_frames
@@ -233,18 +234,38 @@ def _deliver_inline(channel: Any, consumer_tag: str | None, on_message: Any) -> 
     """
     original = getattr(channel, "_on_deliver_frame", None)
     get_frame = getattr(channel, "_get_frame", None)
-    read_content = getattr(channel, "_read_content", None)
-    if original is None or get_frame is None or read_content is None or consumer_tag is None:
+    frames: asyncio.Queue[tuple[int, Any]] | None = getattr(channel, "frames", None)
+    if original is None or get_frame is None or frames is None or consumer_tag is None:
         return
 
     async def on_deliver_frame(frame: spec.Basic.Deliver) -> None:
         if frame.consumer_tag != consumer_tag:
             await original(frame)
             return
-        header = await get_frame()
+        # The content frames usually arrived with the deliver frame: take them without awaiting
+        # (what the channel's `_get_frame` does when its queue is not empty).
+        if frames.empty():
+            header = await get_frame()
+        else:
+            header = frames.get_nowait()[1]
+            frames.task_done()
         if not isinstance(header, ContentHeader):
             raise TypeError(f"unexpected frame {header!r} instead of a content header")
-        message = await read_content(frame, header)
+        size = header.body_size or 0
+        parts: list[bytes] = []
+        received = 0
+        while received < size:
+            if frames.empty():
+                content = await get_frame()
+            else:
+                content = frames.get_nowait()[1]
+                frames.task_done()
+            if not isinstance(content, ContentBody):
+                raise TypeError(f"unexpected frame {content!r} instead of a content body")
+            parts.append(content.value)
+            received += len(content.value)
+        body = parts[0] if len(parts) == 1 else b"".join(parts)
+        message = DeliveredMessage(delivery=frame, header=header, body=body, channel=channel)
         try:
             on_message(message)
         except Exception:  # a bug of ours must not stop the channel's reader
