@@ -36,7 +36,7 @@ from tests.chaos._harness import (
 LEASE = 0.5
 HEARTBEAT = 1.0
 JOBS = size(4, 20)
-WINDOWS = size(4, 10)  # how many windows an actor runs
+WINDOWS = size(3, 10)  # how many windows an actor runs
 
 pytestmark = pytest.mark.timeout(size(120, 600))
 

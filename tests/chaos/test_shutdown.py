@@ -1,6 +1,6 @@
 """C4: SIGTERM with jobs running: they finish within the grace period, or go back to the queue.
 
-Phase 1: a worker (grace 3 s) runs jobs of 0.8 s; SIGTERM while they run: every one of them
+Phase 1: a worker (grace 2 s) runs jobs of 0.5 s; SIGTERM while they run: every one of them
 ends "ok" in that worker before the grace period is over, the process exits by itself, and no
 job runs again anywhere. Phase 2: a worker (grace 1 s) runs jobs of 60 s; SIGTERM: they are
 cancelled when the grace period ends, the process exits, and a replacement (whose runs are cut
@@ -16,7 +16,7 @@ from tests.chaos._harness import SIZE, Chaos, LedgerView, loss_figures, record_r
 
 JOBS = size(8, 10)  # at most the worker's tasks_limit (10): all run when the SIGTERM lands
 ROUNDS = size(1, 5)
-SHORT, SHORT_GRACE = 0.8, 3.0
+SHORT, SHORT_GRACE = 0.5, 2.0
 LONG, LONG_GRACE = 60.0, 1.0
 MARGIN = 5.0  # start-up of the shutdown and disconnect, on a loaded 2-core machine
 
