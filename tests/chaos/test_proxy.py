@@ -4,9 +4,12 @@ The worker processes reach the broker through the test's own TCP proxy on loopba
 (`_servers.Proxy`; for Kafka it rewrites the advertised broker port so that every connection
 goes through it); the test enqueues directly. While a queue drains, the proxy aborts every
 connection at once, a few times (short: 2, full: 5). Afterwards a last batch is enqueued and
-must complete too: the workers are still consuming, without anybody restarting them.
+must complete too: the workers are still consuming, without anybody restarting them. One job
+in 20 (more) always fails: retried once, then dead-lettered, so the workers also publish
+(retries, dead letters) while their connections drop; each of those must end up dead-lettered.
 
-Figures: lost (0), duplicates, the connections the proxy dropped and accepted,
+Figures: lost (0: every job completed or, for the failing ones, dead-lettered), duplicates,
+copies of a dead letter, the connections the proxy dropped and accepted,
 `stale_logged` (worker log lines about settlements of deliveries the drop took away),
 `logged_tracebacks` (tracebacks logged by handled errors), and `resume_after_drop_*`: from a
 drop to the first actor run started after it. A worker that exits, or a crash line in its
@@ -23,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from repid import Job
 from tests.chaos._harness import (
     DEFAULT_URLS,
     FULL,
@@ -33,6 +37,7 @@ from tests.chaos._harness import (
     percentile,
     record_result,
     size,
+    until,
 )
 from tests.chaos._servers import (
     Proxy,
@@ -47,6 +52,8 @@ JOBS = size(600, 5000)
 LATE_JOBS = size(50, 200)
 """Enqueued after the last drop: they complete only if the workers still consume."""
 DROPS = size(2, 5)
+FAIL_EVERY = 20
+"""One job in 20 more always fails: it is retried once, then dead-lettered."""
 SLEEP = 0.03
 WORKERS = 2
 
@@ -78,7 +85,7 @@ async def test_c3_dropped_connections_lose_nothing_and_workers_keep_consuming(
     assert broker_settings.url == DEFAULT_URLS[broker_settings.name]
     worker_env = {"CHAOS_URL": _proxied_url(broker_settings, proxy)}
     async with Chaos.open(broker_settings, tmp_path, worker_env=worker_env) as chaos:
-        ids = await chaos.enqueue(JOBS, sleep=SLEEP)
+        ids, failing = await _enqueue_mixed(chaos)
         workers = chaos.pool.start(WORKERS)
 
         drops: list[float] = []
@@ -108,7 +115,15 @@ async def test_c3_dropped_connections_lose_nothing_and_workers_keep_consuming(
             "every job (and the late batch) to complete",
             timeout=size(90, 900),
         )
-        figures = loss_figures(view, [*ids, *late])
+        letters: list[str] = []
+
+        async def all_dead() -> bool:
+            letters[:] = [m.key.id_ for m in await chaos.dead_letters()]
+            return set(letters) >= set(failing)
+
+        await until(all_dead, "the failing jobs in the dead letters", timeout=size(30, 120))
+        view = chaos.ledger.read()
+        figures = loss_figures(view, [*ids, *late, *failing], dead=letters)
         resumes = _resume_delays(view, drops)
         figures.update(
             workers=WORKERS,
@@ -117,6 +132,8 @@ async def test_c3_dropped_connections_lose_nothing_and_workers_keep_consuming(
             connections_accepted=proxy.accepted,
             resume_after_drop_p50_s=_round(percentile(resumes, 50)),
             resume_after_drop_max_s=_round(max(resumes, default=None)),
+            failing_jobs=len(failing),
+            dead_letter_copies=len(letters) - len(set(letters)),
             **log_figures(tmp_path),
         )
         record_result(
@@ -130,6 +147,28 @@ async def test_c3_dropped_connections_lose_nothing_and_workers_keep_consuming(
         assert all(p.poll() is None for p in workers), "a worker exited\n" + chaos.pool.logs()
         assert not fatal_excerpts(tmp_path), fatal_excerpts(tmp_path)
         assert dropped >= DROPS, "the drops hit no connection: the workers bypass the proxy"
+
+
+async def _enqueue_mixed(chaos: Chaos) -> tuple[list[str], list[str]]:
+    """`JOBS` jobs, one in `FAIL_EVERY` of them failing (one retry, then dead-lettered), mixed
+    so that retries and dead-letterings (publishes by the workers) happen around the drops."""
+    jobs = []
+    for index in range(JOBS + JOBS // FAIL_EVERY):
+        fails = index % (FAIL_EVERY + 1) == FAIL_EVERY
+        args: dict[str, object] = {"sleep": SLEEP, **({"fail": "boom"} if fails else {})}
+        job = Job(
+            "work",
+            queue=chaos.queue,
+            args=args,
+            retries=1 if fails else 0,
+            _connection=chaos.conn,
+        )
+        jobs.append((fails, job))
+    for first in range(0, len(jobs), 500):
+        await asyncio.gather(*(job.enqueue() for _, job in jobs[first : first + 500]))
+    ok = [str(job._last_id) for fails, job in jobs if not fails]
+    failing = [str(job._last_id) for fails, job in jobs if fails]
+    return ok, failing
 
 
 def _completed(count: int) -> Callable[[LedgerView], bool]:
