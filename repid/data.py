@@ -99,7 +99,7 @@ class RoutingKey(NamedTuple):
             raise TypeError("routing key fields must be strings")
         if type(priority) is not int or not 0 <= priority < len(PrioritiesT):
             raise ValueError(f"priority must be 0, 1 or 2, got {priority!r}")
-        return cls(id_, topic, queue, priority)
+        return tuple.__new__(cls, (id_, topic, queue, priority))
 
 
 def _td(seconds: float | None) -> timedelta | None:
@@ -329,6 +329,24 @@ class Parameters(_ParametersFields):
 
     @classmethod
     def decode(cls, raw: Mapping[str, Any]) -> Parameters:
+        if len(raw) == 2 and "t" in raw and "ts" in raw:
+            # What a plain job carries (its timeout and creation time): built directly.
+            timeout = raw["t"]
+            return tuple.__new__(
+                cls,
+                (
+                    DEFAULT_TIMEOUT
+                    if timeout is None or (type(timeout) is float and timeout == 600.0)
+                    else timedelta(seconds=timeout),
+                    _NO_RETRIES,
+                    None,
+                    _NO_DELAY,
+                    tuple.__new__(TimerProperties, (_dt(raw["ts"]) or datetime.now(tz=UTC), None)),
+                    None,
+                    None,
+                    None,
+                ),
+            )
         retries = raw.get("r")
         result = raw.get("res")
         delay = raw.get("d")
