@@ -425,12 +425,13 @@ class Proxy:
         self._links -= {writer, up_writer}
 
     def _rewrite(self, body: bytes) -> bytes:
-        # host "127.0.0.1" (int16 or compact length prefix) directly followed by int32 port:
-        # same length, so the frame size does not change.
-        host = self.target[0].encode()
-        return body.replace(
-            host + struct.pack(">i", self.target[1]), host + struct.pack(">i", self.port)
-        )
+        # A host name (int16 or compact length prefix, left alone) directly followed by the
+        # server's port as an int32: the port becomes the proxy's. Same length, so the frame
+        # size does not change.
+        port, ours = struct.pack(">i", self.target[1]), struct.pack(">i", self.port)
+        for host in {self.target[0], "127.0.0.1", "localhost"}:
+            body = body.replace(host.encode() + port, host.encode() + ours)
+        return body
 
 
 def make_server(name: str, directory: Path) -> RedisChaosServer | RabbitServer | KafkaServer:
