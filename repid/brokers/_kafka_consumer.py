@@ -348,6 +348,7 @@ class KafkaConsumer:
             for part in self._parts.values():
                 part.revoked = True
             self._parts.clear()
+            _coordination_dead(kafka)  # retrieves a dead coordination's error (else logged)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(kafka.stop(), self.broker.timeout)
         self._started = False

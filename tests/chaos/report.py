@@ -44,6 +44,7 @@ COLUMNS = {
         "in_flight_at_kills",
         "unsettled_at_kills",
         "completed_twice",
+        "survivors_uncommitted",
         "redelivery_p50_s",
         "redelivery_p99_s",
         "redelivery_max_s",
