@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -100,6 +101,21 @@ def load(path: Path) -> list[dict[str, Any]]:
             outcomes[record["test"]] = record["outcome"]
         elif "scenario" in record:
             entries[(record["scenario"], record["broker"], record["size"])] = record
+    # A test that failed before recording figures still shows, with its outcome.
+    for test in outcomes:
+        match = re.search(r"::test_(c\d+)_\w*\[(\w+)\]", test)
+        if match is None or any(e.get("test") == test for e in entries.values()):
+            continue
+        scenario, broker = match.group(1).upper(), match.group(2)
+        if not any(k[:2] == (scenario, broker) for k in entries):
+            entries[(scenario, broker, "?")] = {
+                "scenario": scenario,
+                "broker": broker,
+                "size": "?",
+                "figures": {},
+                "note": "no figures: the test failed before recording them",
+                "test": test,
+            }
     result = []
     for key in sorted(entries, key=lambda k: (k[0], BROKERS.index(k[1]) if k[1] in BROKERS else 9)):
         entry = dict(entries[key])
@@ -124,6 +140,8 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 def _summary(entry: Mapping[str, Any]) -> str:
     figures = entry["figures"]
+    if not figures:
+        return f"**{entry['outcome'].upper()}** (no figures)"
     try:
         text = SUMMARY[entry["scenario"]](figures)
     except KeyError:
@@ -150,6 +168,7 @@ def markdown(entries: Sequence[Mapping[str, Any]], meta: Mapping[str, str]) -> s
             row.append("<br>".join(_summary(e) for e in found) or "-")
         rows.append(row)
     lines += _table(["Scenario", *brokers], rows)
+    lines += ["", "`-`: no result in this run (not run, or the run was interrupted)."]
     for scenario in scenarios:
         group = [e for e in entries if e["scenario"] == scenario]
         columns = COLUMNS.get(scenario) or list(
@@ -183,7 +202,7 @@ def _meta(entries: Sequence[Mapping[str, Any]]) -> dict[str, str]:
         "date": dates[-1] if dates else "never",
         "commit": commit,
         "machine": f"{platform.machine()}, Python {platform.python_version()}",
-        "sizes": ", ".join(sorted({str(e["size"]) for e in entries})) or "none",
+        "sizes": ", ".join(sorted({str(e["size"]) for e in entries} - {"?"})) or "none",
     }
 
 
