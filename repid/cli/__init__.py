@@ -44,7 +44,7 @@ from repid.cli.target import (
 )
 from repid.connection import Connection
 from repid.data import PrioritiesT
-from repid.errors import BrokerError, RepidError
+from repid.errors import BrokerError, BrokerUnavailableError, RepidError
 from repid.main import Repid
 from repid.queue import Queue
 from repid.router import ActorData, Router
@@ -168,6 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=_non_negative_float,
         metavar="SECONDS",
         help="time running actors get to finish on shutdown (default: the worker's, 25)",
+    )
+    run.add_argument(
+        "--startup-timeout",
+        type=_non_negative_float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long the worker keeps retrying an unreachable broker at start-up before "
+        "it exits with an error (default 60; 0: fail at once)",
     )
     run.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
     _add_connection_options(run)
@@ -390,8 +398,43 @@ async def _watch_supervisor(worker: Worker, supervisor_pid: int) -> None:
 # -- commands -------------------------------------------------------------------------------
 
 
+async def _connect_patiently(
+    args: argparse.Namespace, signals: _StopSignals
+) -> tuple[Target, Connection] | None:
+    """`_connect`, retried with backoff while the broker is unreachable, for `--startup-timeout`.
+
+    A worker started before its broker (a deploy, a host reboot) waits for it instead of
+    exiting; None when a stop signal arrives while it waits.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + args.startup_timeout
+    pause = 0.25
+    while True:
+        try:
+            return await _connect(args)
+        except BrokerUnavailableError as exc:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise
+            logger.warning(
+                "the broker is unreachable (%s); retrying for up to %.1f s more", exc, left
+            )
+        pause_until = loop.time() + min(pause, max(0.0, deadline - loop.time()))
+        while loop.time() < pause_until:  # short steps: a stop signal ends the wait promptly
+            if signals.requested:
+                return None
+            await asyncio.sleep(min(0.05, pause_until - loop.time()))
+        if signals.requested:
+            return None
+        pause = min(pause * 2, 2.0)
+
+
 async def _run_in_process(args: argparse.Namespace, signals: _StopSignals) -> int:
-    target, connection = await _connect(args)
+    connected = await _connect_patiently(args, signals)
+    if connected is None:
+        logger.info("stopped before the broker could be reached")
+        return 0
+    target, connection = connected
     worker = build_worker(
         target,
         connection,
@@ -445,6 +488,7 @@ def _child_command(args: argparse.Namespace) -> list[str]:
         command += ["--max-jobs-per-child", str(args.max_jobs_per_child)]
     if args.graceful_shutdown_time is not None:
         command += ["--graceful-shutdown-time", str(args.graceful_shutdown_time)]
+    command += ["--startup-timeout", str(args.startup_timeout)]
     if args.app:
         command += ["--app", args.app]
     if args.broker:
