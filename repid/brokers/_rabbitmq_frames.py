@@ -12,9 +12,9 @@ time goes there, three frames per message (deliver, content header, body). `inst
   the same pamqp objects pamqp builds; any other frame, or one that does not parse, goes to pamqp
   (which raises its own errors).
 
-It applies to every aiormq connection of the process (the objects it returns are identical, see
-`tests/brokers/rabbitmq/test_frame_reader.py`). Nothing is patched when aiormq or asyncio lack what it
-relies on.
+It applies to every aiormq connection of the process (the objects it returns are identical,
+see `tests/brokers/rabbitmq/test_frame_reader.py`). Nothing is patched when aiormq or asyncio
+lack what it relies on.
 """
 
 from __future__ import annotations
