@@ -554,8 +554,8 @@ class Chaos:
                 return view
             await asyncio.sleep(0.05)
 
-    def kill_candidates(self) -> list[subprocess.Popen[bytes]]:
-        """Live workers worth a SIGKILL: consuming and running an actor now.
+    def kill_candidates(self, busy: bool = True) -> list[subprocess.Popen[bytes]]:
+        """Live workers worth a SIGKILL: consuming and (if `busy`) running an actor now.
 
         On noida-db the Kafka group's current leader is left out: the server never expels a
         crashed leader, so the group would stall for good (a real Kafka expels it after the
@@ -565,7 +565,7 @@ class Chaos:
         alive = [p for p in self.pool.alive() if p.pid in view.ready]
         if self.broker.name == "kafka" and NOIDA:
             alive = [p for p in alive if p.pid != view.leader()]
-        return [p for p in alive if view.running(p.pid)]
+        return [p for p in alive if view.running(p.pid)] if busy else alive
 
     def group_formed(self) -> bool:
         """Kafka: every live worker joined the group's latest generation (no rebalance is
