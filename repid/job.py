@@ -76,6 +76,11 @@ def new_id() -> str:
     return f"{_ids.prefix}{next(_ids.counter) & 0xFFFFFFFFFFFFFFFF:016x}"
 
 
+def generated_here(id_: str) -> bool:
+    """Ids drawn by `new_id` in this process are unique by construction."""
+    return len(id_) == 32 and id_.startswith(_ids.prefix)
+
+
 def _duration(value: timedelta | float | None, what: str) -> timedelta | None:
     if value is None:
         return None

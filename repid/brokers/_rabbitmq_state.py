@@ -13,12 +13,16 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from repid.brokers._rabbitmq_consumer import ChannelState, Handle
-from repid.brokers._redis_state import RedisSharedState, generated_here
 from repid.brokers.base import Delivery
 from repid.data import Parameters, RoutingKey
+from repid.job import generated_here
 from repid.lifecycle import STALE_AFTER, ActorLimiter, RateLimit, WorkerInfo
+
+if TYPE_CHECKING:
+    from repid.brokers._redis_state import RedisSharedState
 
 logger = logging.getLogger("repid.brokers.rabbitmq")
 

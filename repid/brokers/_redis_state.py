@@ -39,7 +39,7 @@ from repid.brokers._redis_client import RedisAddress
 from repid.brokers._redis_limiter import RedisActorLimiter
 from repid.brokers._redis_link import SCRIPTS, Link, Script
 from repid.brokers.base import Delivery
-from repid.job import _ids
+from repid.job import generated_here
 from repid.lifecycle import STALE_AFTER, RateLimit, WorkerInfo
 
 __all__ = ["RedisSharedState", "generated_here"]
@@ -128,11 +128,6 @@ return changed
 )
 
 _SCRIPTS = (_CANCEL, _FORGET, SCRIPTS["limiter"], SCRIPTS["live_workers"])
-
-
-def generated_here(id_: str) -> bool:
-    """Ids drawn by `repid.job.new_id` in this process are unique by construction."""
-    return len(id_) == 32 and id_.startswith(_ids.prefix)
 
 
 def worker_record(info: WorkerInfo) -> bytes:

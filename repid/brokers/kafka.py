@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic, RecordsToDelete
@@ -35,7 +35,6 @@ from repid.brokers._kafka_consumer import (
     queue_counts,
     read_topic,
 )
-from repid.brokers._redis_state import RedisSharedState, generated_here
 from repid.brokers.base import BrokerCapabilities, BucketBrokerT, Delivery, OutgoingMessage
 from repid.brokers.in_memory import InMemoryBucketBroker
 from repid.codec import encode_message
@@ -46,7 +45,11 @@ from repid.errors import (
     MessageTooLargeError,
     QueueNotDeclaredError,
 )
+from repid.job import generated_here
 from repid.lifecycle import STALE_AFTER, ActorLimiter, RateLimit, WorkerInfo
+
+if TYPE_CHECKING:
+    from repid.brokers._redis_state import RedisSharedState
 
 __all__ = ["KafkaMessageBroker"]
 

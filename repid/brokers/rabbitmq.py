@@ -15,7 +15,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Collection, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aio_pika
 import aiormq
@@ -34,7 +34,6 @@ from repid.brokers._rabbitmq_consumer import (
 from repid.brokers._rabbitmq_control import Control
 from repid.brokers._rabbitmq_publisher import PublishBatcher, supports_batches
 from repid.brokers._rabbitmq_state import ProcessState
-from repid.brokers._redis_state import RedisSharedState
 from repid.brokers.base import BrokerCapabilities, Delivery, OutgoingMessage
 from repid.codec import encode_message
 from repid.data import MessageCategory, Parameters, RoutingKey
@@ -44,6 +43,9 @@ from repid.errors import (
     MessageTooLargeError,
     QueueNotDeclaredError,
 )
+
+if TYPE_CHECKING:
+    from repid.brokers._redis_state import RedisSharedState
 
 __all__ = ["RabbitMessageBroker"]
 
