@@ -54,6 +54,15 @@ def _due_ms(params: Parameters) -> str:
     return "" if when is None else str(int(when.timestamp() * 1000))
 
 
+def _stale(op: str, key: Delivery) -> None:
+    logger.warning(
+        "stale %s of message %s in %s ignored: its lease expired and it was handed out again",
+        op,
+        key.key.id_,
+        key.key.queue,
+    )
+
+
 class _AckBatch:
     """Acks of one queue issued in the same event-loop iteration: one script call for all."""
 
@@ -258,7 +267,10 @@ class RedisMessageBroker:
                 [self._cancel_prefix, p, entry_id, consumer.name, count, key.key.id_],
             )
             index = 0
-        return bool(results[index])
+        if results[index]:
+            return True
+        _stale("ack", key)
+        return False
 
     def _flush_acks(self, queue: str, now: bool = False) -> None:
         batch = self._acks.pop(queue, None)
@@ -308,7 +320,10 @@ class RedisMessageBroker:
                 self._cancel_prefix,
             ],
         )
-        return bool(result)
+        if result:
+            return True
+        _stale(op, key)
+        return False
 
     async def nack(self, key: Delivery, parameters: Parameters | None = None) -> bool:
         if key.category is MessageCategory.DEAD:

@@ -6,6 +6,7 @@ These run on brokers that declare `lease_renewal`, with a short `lease_duration`
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from repid import MessageCategory
@@ -50,7 +51,7 @@ async def test_actor_running_past_the_lease_is_not_run_twice(make_conn, new_queu
     await assert_empty(queue)
 
 
-async def test_unsettled_delivery_is_redelivered_after_its_lease(make_conn, new_queue):
+async def test_unsettled_delivery_is_redelivered_after_its_lease(make_conn, new_queue, caplog):
     conn = await make_conn(lease_duration=0.5)
     require(conn, lease_renewal=True)
     queue = await new_queue(conn)
@@ -77,11 +78,15 @@ async def test_unsettled_delivery_is_redelivered_after_its_lease(make_conn, new_
         assert again.payload == taken.payload
         assert again.redelivered
 
-        # The vanished consumer's settlements are stale: ignored, they do not touch the copy.
-        assert await broker.ack(taken) is False
-        assert await broker.nack(taken) is False
-        assert await broker.reject(taken) is False
-        assert await broker.requeue(taken) is False
+        # The vanished consumer's settlements are stale: ignored (and logged), they do not
+        # touch the copy.
+        with caplog.at_level(logging.WARNING):
+            assert await broker.ack(taken) is False
+            assert await broker.nack(taken) is False
+            assert await broker.reject(taken) is False
+            assert await broker.requeue(taken) is False
+        stale = [r for r in caplog.records if "stale" in r.getMessage()]
+        assert len(stale) == 4, [r.getMessage() for r in caplog.records]
         assert await survivor.fetch(1, 0.0) == [], "a stale settlement released the new copy"
         assert await broker.ack(again) is True
     finally:
