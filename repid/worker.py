@@ -19,7 +19,7 @@ import socket
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
 from repid._executor import DaemonThreadPool
@@ -271,7 +271,7 @@ class Runner:
         self._lanes_alive = 0
         self._loop_time: Callable[[], float] = time.monotonic
         self._thread_pool: DaemonThreadPool | None = None
-        self._process_pool: ProcessPoolExecutor | None = None
+        self._process_pool: Executor | None = None
         self._consumers: list[Any] = []
         self._inbox: asyncio.Queue[Delivery] | None = None
         self._stop_taking: Callable[[], Awaitable[None]] | None = None
@@ -1026,6 +1026,8 @@ class Runner:
         executor: Executor
         if in_process:
             if self._process_pool is None:
+                from concurrent.futures import ProcessPoolExecutor  # multiprocessing: on use
+
                 self._process_pool = ProcessPoolExecutor()
             executor = self._process_pool
         else:
