@@ -15,12 +15,11 @@ from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
-from pydantic_core import from_json, to_json
-
 from repid.brokers._redis_client import RedisAddress, RedisReplyError, encode_head
 from repid.brokers._redis_consumer import RedisConsumer, key_names
 from repid.brokers._redis_limiter import RedisActorLimiter
 from repid.brokers._redis_link import SCRIPTS, Link
+from repid.brokers._redis_state import worker_infos, worker_record
 from repid.brokers.base import BrokerCapabilities, Delivery, OutgoingMessage
 from repid.codec import encode_message
 from repid.data import (
@@ -437,20 +436,8 @@ class RedisMessageBroker:
 
     async def heartbeat(self, info: WorkerInfo) -> None:
         """Record that worker `info.id` is alive (listed by `live_workers`)."""
-        record = to_json(
-            {
-                "id": info.id,
-                "host": info.host,
-                "pid": info.pid,
-                "queues": list(info.queues),
-                "concurrency": info.concurrency,
-                "in_flight": info.in_flight,
-                "started_at": info.started_at,
-                "last_seen": info.last_seen,
-            }
-        )
         await self.link.transaction(
-            ("HSET", self._workers_key, info.id, record),
+            ("HSET", self._workers_key, info.id, worker_record(info)),
             ("ZADD", self._seen_key, int(info.last_seen * 1000), info.id),
         )
 
@@ -465,12 +452,7 @@ class RedisMessageBroker:
         records = await self.link.script(
             SCRIPTS["live_workers"], [self._workers_key, self._seen_key], [oldest]
         )
-        workers = []
-        for raw in records:
-            obj = from_json(raw)
-            obj["queues"] = tuple(obj["queues"])
-            workers.append(WorkerInfo(**obj))
-        return sorted(workers, key=lambda info: info.started_at)
+        return worker_infos(records)
 
 
 class RedisBucketBroker:
