@@ -41,6 +41,7 @@ from tests.chaos._harness import (
     size,
     until,
 )
+from tests.chaos._servers import log_figures
 
 JOBS = size(600, 10_000)
 WORKERS = size(2, 4)
@@ -78,11 +79,23 @@ async def test_c1_random_sigkills_lose_nothing(chaos: Chaos, tmp_path: Path) -> 
     )
     figures = loss_figures(view, ids, settle_window=chaos.broker.settle_window)
     figures["workers"] = WORKERS
+    # A live worker stalled past its lease (a loaded machine) has that message run again
+    # elsewhere: a duplicate no kill caused. Its own settlement is then stale, and logged, so
+    # such duplicates are counted from the logs and reported, and nothing else may exceed the
+    # in-flight bound.
+    figures["stale_logged"] = log_figures(chaos.pool.logs_dir)["stale_logged"]
     record_result("C1", chaos.broker.name, SIZE, figures)
     assert figures["lost"] == 0, figures
     assert figures["kills"] == KILLS
-    assert figures["duplicates"] <= figures["in_flight_at_kills"], figures
+    bound = figures["in_flight_at_kills"] + figures["stale_logged"]
+    assert figures["duplicates"] <= bound, f"{figures}\n{_duplicated(view)}\n{chaos.pool.logs()}"
     assert not chaos.pool.crashes(), chaos.pool.crashes()
+
+
+def _duplicated(view: LedgerView) -> str:
+    """The runs of every job that ran more than once (for a failure message)."""
+    runs = (view.runs_of(id_) for id_ in sorted(view.started_ids()))
+    return "\n".join(repr(job_runs) for job_runs in runs if len(job_runs) > 1)
 
 
 async def _victims(chaos: Chaos) -> list[subprocess.Popen[bytes]]:
