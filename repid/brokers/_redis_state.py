@@ -156,7 +156,68 @@ def worker_infos(records: Iterable[bytes]) -> list[WorkerInfo]:
     return sorted(workers, key=lambda info: info.started_at)
 
 
-class RedisSharedState:
+class WorkersAndLimits:
+    """Per-actor limiters and the live-worker registry in Redis (the Redis broker and
+    `RedisSharedState` share it, so both write the same keys and records).
+
+    Users set `link`, `prefix`, `lease_duration` and call `_init_workers_and_limits()`.
+    """
+
+    link: Link
+    prefix: str
+    lease_duration: float
+
+    def _init_workers_and_limits(self) -> None:
+        self._workers_key = f"{self.prefix}workers".encode()
+        self._seen_key = f"{self.prefix}workers:seen".encode()
+        self._limiters: dict[str, RedisActorLimiter] = {}
+
+    def actor_limiter(
+        self, actor: str, max_concurrency: int | None, rate_limit: RateLimit | None
+    ) -> RedisActorLimiter:
+        """The limiter of `actor`, shared through Redis by every worker using this prefix.
+
+        Concurrency slots are leases: a crashed worker's slots free themselves after
+        `lease_duration`.
+        """
+        limiter = self._limiters.get(actor)
+        if (
+            limiter is None
+            or limiter.max_concurrency != max_concurrency
+            or limiter.rate_limit != rate_limit
+        ):
+            limiter = RedisActorLimiter(
+                self.link,
+                f"{self.prefix}limit:{actor}",
+                max_concurrency,
+                rate_limit,
+                self.lease_duration,
+            )
+            self._limiters[actor] = limiter
+        return limiter
+
+    async def heartbeat(self, info: WorkerInfo) -> None:
+        """Record that worker `info.id` is alive (listed by `live_workers`)."""
+        await self.link.transaction(
+            ("HSET", self._workers_key, info.id, worker_record(info)),
+            ("ZADD", self._seen_key, int(info.last_seen * 1000), info.id),
+        )
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        await self.link.transaction(
+            ("HDEL", self._workers_key, worker_id), ("ZREM", self._seen_key, worker_id)
+        )
+
+    async def live_workers(self, stale_after: float = STALE_AFTER) -> list[WorkerInfo]:
+        """Workers heard from within `stale_after` seconds; staler ones are forgotten."""
+        oldest = int((time.time() - stale_after) * 1000)
+        records = await self.link.script(
+            SCRIPTS["live_workers"], [self._workers_key, self._seen_key], [oldest]
+        )
+        return worker_infos(records)
+
+
+class RedisSharedState(WorkersAndLimits):
     """Unique ids, cancellations, per-actor limits and live workers shared through Redis.
 
     Pass one to `RabbitMessageBroker(shared_state=...)` or `KafkaMessageBroker(shared_state=...)`
@@ -202,9 +263,7 @@ class RedisSharedState:
         self._cancels = f"{prefix}cancels".encode()
         self._version_key = f"{prefix}cancels:v".encode()
         self._version: bytes | None = b"?"
-        self._workers_key = f"{prefix}workers".encode()
-        self._seen_key = f"{prefix}workers:seen".encode()
-        self._limiters: dict[str, RedisActorLimiter] = {}
+        self._init_workers_and_limits()
         self._releases: list[bytes] = []
         self._answered: set[str] = set()
         self._recent: OrderedDict[str, float] = OrderedDict()
@@ -502,44 +561,3 @@ class RedisSharedState:
         return found
 
     # -- limits and workers ---------------------------------------------------------------------
-
-    def actor_limiter(
-        self, actor: str, max_concurrency: int | None, rate_limit: RateLimit | None
-    ) -> RedisActorLimiter:
-        """The limiter of `actor`, shared by every worker using this prefix (the Redis
-        broker's: a crashed worker's slots free themselves after `lease_duration`)."""
-        limiter = self._limiters.get(actor)
-        if (
-            limiter is None
-            or limiter.max_concurrency != max_concurrency
-            or limiter.rate_limit != rate_limit
-        ):
-            limiter = RedisActorLimiter(
-                self.link,
-                f"{self.prefix}limit:{actor}",
-                max_concurrency,
-                rate_limit,
-                self.lease_duration,
-            )
-            self._limiters[actor] = limiter
-        return limiter
-
-    async def heartbeat(self, info: WorkerInfo) -> None:
-        """Record that worker `info.id` is alive."""
-        await self.link.transaction(
-            ("HSET", self._workers_key, info.id, worker_record(info)),
-            ("ZADD", self._seen_key, int(info.last_seen * 1000), info.id),
-        )
-
-    async def unregister_worker(self, worker_id: str) -> None:
-        await self.link.transaction(
-            ("HDEL", self._workers_key, worker_id), ("ZREM", self._seen_key, worker_id)
-        )
-
-    async def live_workers(self, stale_after: float = STALE_AFTER) -> list[WorkerInfo]:
-        """Workers heard from within `stale_after` seconds; staler ones are forgotten."""
-        oldest = int((time.time() - stale_after) * 1000)
-        records = await self.link.script(
-            SCRIPTS["live_workers"], [self._workers_key, self._seen_key], [oldest]
-        )
-        return worker_infos(records)

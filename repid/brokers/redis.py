@@ -17,9 +17,8 @@ from typing import Any
 
 from repid.brokers._redis_client import RedisAddress, RedisReplyError, encode_head
 from repid.brokers._redis_consumer import RedisConsumer, key_names
-from repid.brokers._redis_limiter import RedisActorLimiter
 from repid.brokers._redis_link import SCRIPTS, Link
-from repid.brokers._redis_state import worker_infos, worker_record
+from repid.brokers._redis_state import WorkersAndLimits
 from repid.brokers.base import BrokerCapabilities, Delivery, OutgoingMessage
 from repid.codec import encode_message
 from repid.data import (
@@ -31,7 +30,6 @@ from repid.data import (
     RoutingKey,
 )
 from repid.errors import BrokerUnavailableError, MessageTooLargeError, QueueNotDeclaredError
-from repid.lifecycle import STALE_AFTER, RateLimit, WorkerInfo
 
 __all__ = ["RedisBucketBroker", "RedisMessageBroker"]
 
@@ -72,7 +70,7 @@ class _AckBatch:
         self.future = future
 
 
-class RedisMessageBroker:
+class RedisMessageBroker(WorkersAndLimits):
     """A message broker on Redis Streams (redis-py's address format, our own pipelined client).
 
     Args:
@@ -123,9 +121,7 @@ class RedisMessageBroker:
         self._acks: dict[str, _AckBatch] = {}
         self._registry = f"{prefix}queues".encode()
         self._cancel_prefix = f"{prefix}cancel:"
-        self._workers_key = f"{prefix}workers".encode()
-        self._seen_key = f"{prefix}workers:seen".encode()
-        self._limiters: dict[str, RedisActorLimiter] = {}
+        self._init_workers_and_limits()
         self.is_connected = False
 
     # -- connection -------------------------------------------------------------------------
@@ -409,50 +405,6 @@ class RedisMessageBroker:
     async def cancel_finished(self, id_: str) -> None:
         """The worker has cancelled job `id_`: forget the request."""
         await self.link.call("DEL", self._cancel_key(id_))
-
-    def actor_limiter(
-        self, actor: str, max_concurrency: int | None, rate_limit: RateLimit | None
-    ) -> RedisActorLimiter:
-        """The limiter of `actor`, shared through Redis by every worker using this prefix.
-
-        Concurrency slots are leases: a crashed worker's slots free themselves after
-        `lease_duration`.
-        """
-        limiter = self._limiters.get(actor)
-        if (
-            limiter is None
-            or limiter.max_concurrency != max_concurrency
-            or limiter.rate_limit != rate_limit
-        ):
-            limiter = RedisActorLimiter(
-                self.link,
-                f"{self.prefix}limit:{actor}",
-                max_concurrency,
-                rate_limit,
-                self.lease_duration,
-            )
-            self._limiters[actor] = limiter
-        return limiter
-
-    async def heartbeat(self, info: WorkerInfo) -> None:
-        """Record that worker `info.id` is alive (listed by `live_workers`)."""
-        await self.link.transaction(
-            ("HSET", self._workers_key, info.id, worker_record(info)),
-            ("ZADD", self._seen_key, int(info.last_seen * 1000), info.id),
-        )
-
-    async def unregister_worker(self, worker_id: str) -> None:
-        await self.link.transaction(
-            ("HDEL", self._workers_key, worker_id), ("ZREM", self._seen_key, worker_id)
-        )
-
-    async def live_workers(self, stale_after: float = STALE_AFTER) -> list[WorkerInfo]:
-        """Workers heard from within `stale_after` seconds; staler ones are forgotten."""
-        oldest = int((time.time() - stale_after) * 1000)
-        records = await self.link.script(
-            SCRIPTS["live_workers"], [self._workers_key, self._seen_key], [oldest]
-        )
-        return worker_infos(records)
 
 
 class RedisBucketBroker:
