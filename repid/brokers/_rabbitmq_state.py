@@ -12,14 +12,13 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from repid.brokers._local_or_shared import LocalOrShared
 from repid.brokers._rabbitmq_consumer import ChannelState, Handle
 from repid.brokers.base import Delivery
 from repid.data import Parameters, RoutingKey
 from repid.job import generated_here
-from repid.lifecycle import STALE_AFTER, ActorLimiter, RateLimit, WorkerInfo
 
 if TYPE_CHECKING:
     from repid.brokers._redis_state import RedisSharedState
@@ -30,21 +29,19 @@ PENDING_LIMIT = 100_000
 """Unique ids (and cancelled ids) remembered per queue, oldest forgotten first."""
 
 
-class ProcessState:
+class ProcessState(LocalOrShared):
     """The per-process bookkeeping mixed into `RabbitMessageBroker`."""
 
     unique_window: float
 
     def __init__(self, shared: RedisSharedState | None = None) -> None:
-        self._state = shared
+        self._init_local_or_shared(shared)
         self._pending: dict[str, OrderedDict[str, tuple[float, float]]] = {}
         """queue -> id -> (message timestamp, when the id stops counting as pending)."""
         self._tombstones: dict[tuple[str, str], float] = {} if shared is None else shared.tombstones
         """Cancelled queued messages: (queue, id) -> message timestamp (with shared state: the
         mirror of the shared tombstones, newest cancelled timestamp)."""
         self._in_flight: dict[tuple[str, str], int] = {}
-        self._cancel_requests: set[str] = set()
-        self._workers: dict[str, WorkerInfo] = {}
         if shared is not None:
             shared.running = self._runs_here
 
@@ -137,51 +134,3 @@ class ProcessState:
         if len(self._tombstones) > PENDING_LIMIT:  # consumed elsewhere, never seen here
             del self._tombstones[next(iter(self._tombstones))]
         return True
-
-    async def cancelled_ids(self, running: Iterable[str]) -> set[str]:
-        """Which of these running job ids have a pending cancellation request."""
-        requests = self._cancel_requests
-        if self._state is not None:
-            ids = list(running)
-            found = self._state.cancelled(ids)
-            return found | {id_ for id_ in ids if id_ in requests} if requests else found
-        return {id_ for id_ in running if id_ in requests} if requests else set()
-
-    async def cancel_finished(self, id_: str) -> None:
-        self._cancel_requests.discard(id_)
-        if self._state is not None:
-            await self._state.forget_cancel(id_)
-
-    # -- limits and worker registry (per process, or shared) -----------------------------------
-
-    def actor_limiter(
-        self, actor: str, max_concurrency: int | None, rate_limit: RateLimit | None
-    ) -> ActorLimiter:
-        """The limiter of `actor`: shared by every worker through the shared state, else a new
-        one per call (per worker)."""
-        if self._state is not None:
-            return self._state.actor_limiter(actor, max_concurrency, rate_limit)
-        return ActorLimiter(max_concurrency, rate_limit)
-
-    async def heartbeat(self, info: WorkerInfo) -> None:
-        if self._state is not None:
-            await self._state.heartbeat(info)
-            return
-        self._workers[info.id] = info
-
-    async def unregister_worker(self, worker_id: str) -> None:
-        if self._state is not None:
-            await self._state.unregister_worker(worker_id)
-            return
-        self._workers.pop(worker_id, None)
-
-    async def live_workers(self, stale_after: float = STALE_AFTER) -> list[WorkerInfo]:
-        """Workers heard from within `stale_after` seconds: of every process with shared
-        state, else of this process."""
-        if self._state is not None:
-            return await self._state.live_workers(stale_after)
-        now = time.time()
-        for worker_id, info in list(self._workers.items()):
-            if now - info.last_seen > stale_after:
-                del self._workers[worker_id]
-        return sorted(self._workers.values(), key=lambda info: info.started_at)

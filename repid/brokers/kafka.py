@@ -35,6 +35,7 @@ from repid.brokers._kafka_consumer import (
     queue_counts,
     read_topic,
 )
+from repid.brokers._local_or_shared import LocalOrShared
 from repid.brokers.base import BrokerCapabilities, BucketBrokerT, Delivery, OutgoingMessage
 from repid.brokers.in_memory import InMemoryBucketBroker
 from repid.codec import encode_message
@@ -46,7 +47,6 @@ from repid.errors import (
     QueueNotDeclaredError,
 )
 from repid.job import generated_here
-from repid.lifecycle import STALE_AFTER, ActorLimiter, RateLimit, WorkerInfo
 
 if TYPE_CHECKING:
     from repid.brokers._redis_state import RedisSharedState
@@ -58,10 +58,7 @@ logger = logging.getLogger("repid.brokers.kafka")
 _UNAVAILABLE = (KafkaConnectionError, KafkaTimeoutError, ConnectionError, OSError)
 
 
-_generated_here = generated_here
-
-
-class KafkaMessageBroker:
+class KafkaMessageBroker(LocalOrShared):
     """A message broker on Apache Kafka (or any Kafka-protocol server).
 
     Each queue is three topics: `<prefix><queue>` (ready messages), `<prefix><queue>.delayed`
@@ -157,7 +154,7 @@ class KafkaMessageBroker:
             unique_ids if unique_ids is not None else InMemoryBucketBroker()
         )
         self._own_unique = unique_ids is None
-        self._state = shared_state
+        self._init_local_or_shared(shared_state)
         if shared_state is not None:
             shared_state.running = self._runs_here
         self._tombstones: dict[tuple[str, str], float] = (
@@ -168,8 +165,6 @@ class KafkaMessageBroker:
         self._admin: AIOKafkaAdminClient | None = None
         self._declared: set[str] = set()
         self._consumers: set[KafkaConsumer] = set()
-        self._cancel_requests: set[str] = set()
-        self._workers: dict[str, WorkerInfo] = {}
         self._lock = asyncio.Lock()
         self.is_connected = False
 
@@ -414,7 +409,7 @@ class KafkaMessageBroker:
         value = self._encode(key, payload, params)
         if key.queue not in self._declared and not await self._queue_exists(key.queue):
             raise QueueNotDeclaredError(key.queue)
-        if not _generated_here(key.id_) and not await self._claim_unique(key, params):
+        if not generated_here(key.id_) and not await self._claim_unique(key, params):
             logger.debug("message %s is already pending in %s; not added again", key.id_, key.queue)
             return
         await self._send(self._destination(key, params), value)
@@ -429,7 +424,7 @@ class KafkaMessageBroker:
                 raise QueueNotDeclaredError(queue)
         sends = []
         for key, params, value in encoded:
-            if not _generated_here(key.id_) and not await self._claim_unique(key, params):
+            if not generated_here(key.id_) and not await self._claim_unique(key, params):
                 continue
             sends.append(self._send(self._destination(key, params), value))
         await asyncio.gather(*sends)
@@ -498,9 +493,9 @@ class KafkaMessageBroker:
 
     async def release_unique(self, key: RoutingKey) -> None:
         """The message left the pending state (settled or removed): free its id."""
-        if self._state is not None and _generated_here(key.id_):
+        if self._state is not None and generated_here(key.id_):
             self._state.settled(key.id_)
-        elif not _generated_here(key.id_):
+        elif not generated_here(key.id_):
             if self._state is not None:
                 self._state.release(key.queue, key.id_)
             else:
@@ -558,7 +553,7 @@ class KafkaMessageBroker:
             done = await self._remove_browsed(key)
         else:
             done = await KafkaConsumer.settle(key, (destination, value, None), keep_id=True)
-        if done and self._state is not None and not _generated_here(key.key.id_):
+        if done and self._state is not None and not generated_here(key.key.id_):
             # Still pending (a retry, the next tick, a dead letter sent back to work).
             stamp = params.timer.timestamp.timestamp()
             await self._state.renew(key.key.queue, key.key.id_, stamp, params.not_before)
@@ -643,51 +638,3 @@ class KafkaMessageBroker:
     def _is_tombstoned(self, delivery: Delivery) -> bool:
         """Called by consumers before handing out a delivery while cancellations wait."""
         return self._state is not None and self._state.take_tombstone(delivery)
-
-    async def cancelled_ids(self, running: Iterable[str]) -> set[str]:
-        """Which of these running job ids have a cancellation request (made in this process,
-        or with shared state in any process)."""
-        requests = self._cancel_requests
-        if self._state is not None:
-            ids = list(running)
-            found = self._state.cancelled(ids)
-            return found | {id_ for id_ in ids if id_ in requests} if requests else found
-        return {id_ for id_ in running if id_ in requests} if requests else set()
-
-    async def cancel_finished(self, id_: str) -> None:
-        self._cancel_requests.discard(id_)
-        if self._state is not None:
-            await self._state.forget_cancel(id_)
-
-    def actor_limiter(
-        self, actor: str, max_concurrency: int | None, rate_limit: RateLimit | None
-    ) -> ActorLimiter:
-        """The limiter of `actor`: shared by every worker through the shared state, else a new
-        one per call (per worker)."""
-        if self._state is not None:
-            return self._state.actor_limiter(actor, max_concurrency, rate_limit)
-        return ActorLimiter(max_concurrency, rate_limit)
-
-    async def heartbeat(self, info: WorkerInfo) -> None:
-        """Record a live worker (in the shared state, else in this process)."""
-        if self._state is not None:
-            await self._state.heartbeat(info)
-            return
-        self._workers[info.id] = info
-
-    async def unregister_worker(self, worker_id: str) -> None:
-        if self._state is not None:
-            await self._state.unregister_worker(worker_id)
-            return
-        self._workers.pop(worker_id, None)
-
-    async def live_workers(self, stale_after: float = STALE_AFTER) -> list[WorkerInfo]:
-        """Workers heard from within `stale_after` seconds: of every process with shared
-        state, else of this process."""
-        if self._state is not None:
-            return await self._state.live_workers(stale_after)
-        now = time.time()
-        for worker_id, info in list(self._workers.items()):
-            if now - info.last_seen > stale_after:
-                del self._workers[worker_id]
-        return sorted(self._workers.values(), key=lambda info: info.started_at)
