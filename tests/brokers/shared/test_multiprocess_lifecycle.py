@@ -27,6 +27,7 @@ import pytest
 
 from repid import CancelOutcome, Connection, Job, JobCancelledError, Queue
 from tests.conformance.specs import RUN_ID
+from tests.conformance.specs.redis import cleanup_redis_keys
 
 HERE = Path(__file__).parent
 REDIS = os.environ.get("REPID_REDIS_DSN", "redis://127.0.0.1:6379/0")
@@ -134,18 +135,12 @@ def _connection(urls: tuple[str, str | None]) -> Connection:
     return connection_from_url(urls[0], REDIS, urls[1])
 
 
-async def _forget_state(connection: Connection) -> None:
+def _forget_state(connection: Connection) -> None:
     """Delete every key of the test's shared state (its prefix is unique to the test)."""
     state = getattr(connection.raw_message_broker, "_state", None)
     if state is None:
         return
-    cursor = b"0"
-    while True:
-        cursor, keys = await state.link.call("SCAN", cursor, "MATCH", f"{state.prefix}*")
-        if keys:
-            await state.link.call("DEL", *keys)
-        if cursor in (b"0", 0):
-            break
+    cleanup_redis_keys(REDIS, state.prefix)
 
 
 @pytest.fixture
@@ -156,7 +151,7 @@ async def conn(urls: tuple[str, str | None]) -> AsyncIterator[Connection]:
         yield connection
     finally:
         try:
-            await _forget_state(connection)
+            _forget_state(connection)
         finally:
             await connection.disconnect()
 

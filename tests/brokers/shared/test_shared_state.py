@@ -36,6 +36,7 @@ from repid.data import Parameters, RoutingKey, TimerProperties
 from repid.errors import ConfigurationError
 from repid.lifecycle import WorkerInfo
 from tests.conformance.specs import RUN_ID
+from tests.conformance.specs.redis import cleanup_redis_keys
 
 REDIS = os.environ.get("REPID_REDIS_DSN", "redis://127.0.0.1:6379/0")
 RABBITMQ = os.environ.get("REPID_RABBITMQ_DSN", "amqp://guest:guest@127.0.0.1:5672/")
@@ -55,18 +56,7 @@ async def prefix() -> AsyncIterator[str]:
     """A key prefix of the test's own; its keys are deleted afterwards."""
     name = f"st-{RUN_ID}-{uuid4().hex[:8]}:"
     yield name
-    state = RedisSharedState(REDIS, prefix=name)
-    await state.link.connection()
-    try:
-        cursor: Any = b"0"
-        while True:
-            cursor, keys = await state.link.call("SCAN", cursor, "MATCH", f"{name}*")
-            if keys:
-                await state.link.call("DEL", *keys)
-            if cursor in (b"0", 0):
-                break
-    finally:
-        await state.link.close()
+    cleanup_redis_keys(REDIS, name)
 
 
 @pytest.fixture

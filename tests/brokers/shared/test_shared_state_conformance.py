@@ -7,7 +7,6 @@ workers), against the conformance fixtures: the whole suite per broker costs abo
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 
@@ -26,6 +25,7 @@ from tests.conformance.specs import RUN_ID, BrokerSpec
 from tests.conformance.specs.kafka import BOOTSTRAP
 from tests.conformance.specs.rabbitmq import DSN as RABBITMQ
 from tests.conformance.specs.redis import DSN as REDIS
+from tests.conformance.specs.redis import cleanup_redis_keys
 from tests.conformance.test_delivery import (  # noqa: F401  (collected here)
     test_unique_id_is_not_duplicated_while_pending,
 )
@@ -71,18 +71,7 @@ SPECS = {
 @pytest.fixture(autouse=True)
 async def _forget_keys() -> AsyncIterator[None]:
     yield
-    state = RedisSharedState(REDIS, prefix=PREFIX)
-    await state.link.connection()
-    try:
-        cursor: Any = b"0"
-        while True:
-            cursor, keys = await state.link.call("SCAN", cursor, "MATCH", f"{PREFIX}*")
-            if keys:
-                await state.link.call("DEL", *keys)
-            if cursor in (b"0", 0):
-                break
-    finally:
-        await state.link.close()
+    cleanup_redis_keys(REDIS, PREFIX)
 
 
 @pytest.fixture(params=list(SPECS))
