@@ -47,13 +47,20 @@ def _load_scripts() -> dict[str, Script]:
     text = loader.get_data(path).decode()
     sections: dict[str, list[str]] = {}
     current: list[str] | None = None
+    bare: set[str] = set()
     for line in text.splitlines():
         if line.startswith("-- @script "):
-            current = sections.setdefault(line.split()[-1], [])
+            name, *options = line.split()[2:]
+            current = sections.setdefault(name, [])
+            if "bare" in options:
+                bare.add(name)
         elif current is not None:
             current.append(line)
-    prelude = "\n".join(sections.pop("prelude"))
-    return {name: Script(name, prelude + "\n" + "\n".join(body)) for name, body in sections.items()}
+    prelude = "\n".join(sections.pop("prelude")) + "\n"
+    return {
+        name: Script(name, ("" if name in bare else prelude) + "\n".join(body))
+        for name, body in sections.items()
+    }
 
 
 SCRIPTS = _load_scripts()

@@ -13,7 +13,7 @@
 --   12    set of job ids with a cancellation request (their flags: '<prefix>cancel:<id>')
 -- A delivery is identified by (priority, entry id, consumer, delivery count): settlements check
 -- the pending entry still has that owner and count, so a reclaimed copy is never touched by
--- the holder of an expired lease.
+-- the holder of an expired lease. A script marked `bare` gets no prelude.
 
 -- @script prelude
 local G = 'repid'
@@ -69,6 +69,16 @@ end
 if redis.call('EXISTS', KEYS[11]) == 0 then return -1 end
 if ARGV[6] == '1' and redis.call('HEXISTS', KEYS[10], ARGV[1]) == 1 then return 0 end
 place(ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5])
+return 1
+
+-- @script enqueue_now bare
+-- The common case of `enqueue`, without the prelude (a third of its server time) and with only
+-- the keys it touches. KEYS: the priority's stream, the id index, the queue metadata.
+-- ARGV: job id, envelope, priority, unique check ('1'/'0').
+if redis.call('EXISTS', KEYS[3]) == 0 then return -1 end
+if ARGV[4] == '1' and redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 0 end
+local id = redis.call('XADD', KEYS[1], '*', 'm', ARGV[2], 'j', ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3] .. id)
 return 1
 
 -- @script fetch

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
-from repid.brokers._redis_client import RedisAddress, RedisReplyError, encode_head
+from repid.brokers._redis_client import Arg, RedisAddress, RedisReplyError, encode_head
 from repid.brokers._redis_consumer import RedisConsumer, key_names
 from repid.brokers._redis_link import SCRIPTS, Link
 from repid.brokers._redis_state import WorkersAndLimits
@@ -30,6 +30,7 @@ from repid.data import (
     RoutingKey,
 )
 from repid.errors import BrokerUnavailableError, MessageTooLargeError, QueueNotDeclaredError
+from repid.job import generated_here
 
 __all__ = ["RedisBucketBroker", "RedisMessageBroker"]
 
@@ -117,7 +118,7 @@ class RedisMessageBroker(WorkersAndLimits):
         self.address = RedisAddress(dsn)
         self.link = Link(self.address, connect_timeout, operation_timeout, tuple(SCRIPTS.values()))
         self._keys: dict[str, list[bytes]] = {}
-        self._enqueue_heads: dict[str, tuple[int, bytes]] = {}
+        self._enqueue_heads: dict[tuple[str | bytes, ...], tuple[int, bytes]] = {}
         self._acks: dict[str, _AckBatch] = {}
         self._registry = f"{prefix}queues".encode()
         self._cancel_prefix = f"{prefix}cancel:"
@@ -195,25 +196,39 @@ class RedisMessageBroker(WorkersAndLimits):
         if params is None:
             params = Parameters()
         envelope = self._envelope(key, payload, params)
-        args = (key.id_, envelope, int(key.priority), _due_ms(params), _now_ms(), 1)
+        due = _due_ms(params)
+        if due:
+            script = SCRIPTS["enqueue"]
+            keys = self.keys(key.queue)
+            args: tuple[Arg, ...] = (key.id_, envelope, int(key.priority), due, _now_ms(), 1)
+        else:
+            # Ready now: the short script, with only the keys it touches. An id generated in
+            # this process is new, so it is not looked up (a retry below does look it up).
+            script = SCRIPTS["enqueue_now"]
+            keys = self._ready_keys(key.queue, int(key.priority))
+            args = (key.id_, envelope, int(key.priority), 0 if generated_here(key.id_) else 1)
         conn = self.link.conn
         try:
             if conn is None or conn.closed:
                 raise BrokerUnavailableError("not connected")
-            head = self._enqueue_heads.get(key.queue)
+            head = self._enqueue_heads.get((script.name, *keys))
             if head is None:
-                keys = self.keys(key.queue)
-                head = self._enqueue_heads[key.queue] = encode_head(
-                    "EVALSHA", SCRIPTS["enqueue"].sha, len(keys), *keys
+                head = self._enqueue_heads[(script.name, *keys)] = encode_head(
+                    "EVALSHA", script.sha, len(keys), *keys
                 )
             added = await conn.call_with_head(head, args)
         except (BrokerUnavailableError, RedisReplyError):
             # Safe to repeat: a message that did arrive is pending under its id.
-            added = await self.link.script(SCRIPTS["enqueue"], self.keys(key.queue), list(args))
+            added = await self.link.script(script, keys, [*args[:-1], 1])
         if added == -1:
             raise QueueNotDeclaredError(key.queue)
         if added == 0:
             logger.debug("message %s is already pending in %s; not added again", key.id_, key.queue)
+
+    def _ready_keys(self, queue: str, priority: int) -> list[bytes]:
+        """KEYS of the `enqueue_now` script: the priority's stream, the id index, the metadata."""
+        keys = self.keys(queue)
+        return [keys[priority], keys[9], keys[10]]
 
     async def enqueue_many(self, messages: Sequence[OutgoingMessage]) -> None:
         """Publish several messages in one pipelined write (each one atomically)."""
