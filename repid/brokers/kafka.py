@@ -35,6 +35,8 @@ from repid.brokers._kafka_consumer import (
     queue_counts,
     read_topic,
 )
+from repid.brokers._kafka_produce import direct_send
+from repid.brokers._kafka_produce import usable as produce_directly
 from repid.brokers._local_or_shared import LocalOrShared
 from repid.brokers.base import BrokerCapabilities, BucketBrokerT, Delivery, OutgoingMessage
 from repid.brokers.in_memory import InMemoryBucketBroker
@@ -162,6 +164,8 @@ class KafkaMessageBroker(LocalOrShared):
         )
         """(queue, id) -> newest creation time of cancelled waiting messages (shared state)."""
         self._producer: AIOKafkaProducer | None = None
+        self._direct = False
+        """Sends to an idle partition skip aiokafka's sender task (see `_kafka_produce`)."""
         self._admin: AIOKafkaAdminClient | None = None
         self._declared: set[str] = set()
         self._consumers: set[KafkaConsumer] = set()
@@ -210,6 +214,7 @@ class KafkaMessageBroker(LocalOrShared):
     async def _start_clients(self) -> None:
         self._producer = self._new_producer()
         await self._producer.start()
+        self._direct = produce_directly(self._producer)
         self._admin = AIOKafkaAdminClient(
             request_timeout_ms=int(self.timeout * 1000), **self._client_kwargs()
         )
@@ -348,6 +353,7 @@ class KafkaMessageBroker(LocalOrShared):
         async with self._lock:
             old, self._producer = self._producer, self._new_producer()
             await self._producer.start()
+            self._direct = produce_directly(self._producer)
         if old is not None:
             await old.stop()
 
@@ -442,7 +448,14 @@ class KafkaMessageBroker(LocalOrShared):
                 # asyncio.timeout, not wait_for: no extra task per message. aiokafka retries
                 # a batch while the cluster is down; this bounds what enqueue() waits.
                 async with asyncio.timeout(self.timeout):
-                    await (await producer.send(topic, value, headers=headers, partition=partition))
+                    sent = None
+                    if self._direct:
+                        sent = await direct_send(producer, topic, value, headers or [], partition)
+                    if sent is None:
+                        sent = await producer.send(
+                            topic, value, headers=headers, partition=partition
+                        )
+                    await sent
                 return
             except MessageSizeTooLargeError as exc:
                 raise MessageTooLargeError(len(value), self.max_message_size) from exc

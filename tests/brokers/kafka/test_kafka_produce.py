@@ -1,0 +1,118 @@
+"""The direct produce path (`repid.brokers._kafka_produce`): a lone send skips aiokafka's sender
+task; busy partitions, cancelled sends and lingering producers keep aiokafka's guarantees."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+from uuid import uuid4
+
+import pytest
+
+from repid import Connection, Job, KafkaMessageBroker, MessageCategory, Queue
+from repid.brokers._kafka_consumer import read_topic
+from tests.conformance.specs import RUN_ID
+from tests.conformance.specs.kafka import BOOTSTRAP
+
+pytestmark = pytest.mark.broker("kafka")
+
+PREFIX = f"repid-{RUN_ID}-kp-"
+
+
+@pytest.fixture
+async def broker() -> AsyncIterator[KafkaMessageBroker]:
+    broker = KafkaMessageBroker(BOOTSTRAP, topic_prefix=PREFIX, partitions=3)
+    await broker.connect()
+    yield broker
+    await broker.disconnect()
+
+
+@pytest.fixture
+async def queue(broker: KafkaMessageBroker) -> AsyncIterator[Queue]:
+    q = Queue(f"kp_{uuid4().hex[:10]}", _connection=Connection(broker))
+    await q.declare()
+    yield q
+    await q.delete()
+
+
+def _count_sends(producer: Any, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the calls of aiokafka's own `send()` (the path through its sender task)."""
+    calls = [0]
+    original: Callable[..., Awaitable[Any]] = producer.send
+
+    async def send(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(producer, "send", send)
+    return calls
+
+
+async def _stored_numbers(broker: KafkaMessageBroker, queue: Queue) -> Counter[int]:
+    messages = await read_topic(broker, queue.name, MessageCategory.NORMAL)
+    return Counter(json.loads(m.payload)["n"] for m in messages)
+
+
+def _enqueue(queue: Queue, n: int) -> Awaitable[Job]:
+    return Job("work", queue=queue.name, args={"n": n}, _connection=queue.connection).enqueue()
+
+
+async def test_lone_sends_skip_the_sender_task_and_busy_partitions_do_not(
+    broker: KafkaMessageBroker, queue: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert broker._direct, "aiokafka's internals changed: the direct produce path is off"
+    calls = _count_sends(broker._producer, monkeypatch)
+    for n in range(30):
+        await _enqueue(queue, n)
+    # The first one waits in aiokafka's send() for the new topic's metadata.
+    assert calls[0] <= 1, "sequential enqueues should take the direct path"
+
+    # Concurrent enqueues share partitions: the first per partition goes direct, the rest
+    # wait in aiokafka's accumulator behind it (muted) and follow with the next numbers.
+    await asyncio.gather(*(_enqueue(queue, n) for n in range(30, 530)))
+    assert calls[0] > 0
+    for n in range(530, 540):
+        await _enqueue(queue, n)
+
+    stored = await _stored_numbers(broker, queue)
+    assert stored == Counter(range(540)), "every message stored exactly once"
+
+
+async def test_a_send_cancelled_mid_request_is_delivered_by_the_sender(
+    broker: KafkaMessageBroker, queue: Queue
+) -> None:
+    producer: Any = broker._producer
+    muted: set[Any] = producer._sender._muted_partitions
+    for n in range(5):
+        await _enqueue(queue, n)
+
+    sending = asyncio.ensure_future(_enqueue(queue, 5))
+    deadline = time.monotonic() + 10
+    while not muted:  # the direct send has its sequence number and is in its request
+        assert not sending.done(), "the send finished before it could be cancelled"
+        assert time.monotonic() < deadline, "the send never reached its request"
+        await asyncio.sleep(0)
+    sending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await sending
+    assert not muted, "the partition is released for the sender"
+
+    # Later sends keep the sequence numbers in order (no OutOfOrderSequenceNumber) ...
+    for n in range(6, 26):
+        await _enqueue(queue, n)
+    await producer.flush()
+    # ... and the cancelled one was delivered by aiokafka's sender, once.
+    assert await _stored_numbers(broker, queue) == Counter(range(26))
+
+
+async def test_a_lingering_producer_keeps_aiokafka_batching() -> None:
+    broker = KafkaMessageBroker(BOOTSTRAP, topic_prefix=PREFIX, linger_ms=5)
+    await broker.connect()
+    try:
+        assert not broker._direct
+    finally:
+        await broker.disconnect()
