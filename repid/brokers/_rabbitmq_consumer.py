@@ -390,6 +390,7 @@ class RabbitConsumer:
                         fut.set_result(None)
 
                 channel.on_consumer_cancel_callbacks.add(on_cancel)
+                ok: spec.Basic.ConsumeOk | None = None
                 try:
                     try:  # before any job can start here: cancel requests of other processes
                         await self._broker._control.listen()
@@ -400,12 +401,16 @@ class RabbitConsumer:
                         self._broker._name(self._queue), on_message, no_ack=False
                     )
                     _deliver_inline(channel, ok.consumer_tag, on_message)
+                    if ok.consumer_tag is not None:
+                        _rabbitmq_frames.register(ok.consumer_tag, channel, on_message)
                     backoff = 0.1
                     await asyncio.wait(
                         {cancelled, channel.closing}, return_when=asyncio.FIRST_COMPLETED
                     )
                 finally:
                     channel.on_consumer_cancel_callbacks.discard(on_cancel)
+                    if ok is not None and ok.consumer_tag is not None:
+                        _rabbitmq_frames.unregister(ok.consumer_tag)
                 if cancelled.done() and not channel.is_closed:
                     logger.warning(
                         "RabbitMQ cancelled the consumer of %r; subscribing again", self._queue

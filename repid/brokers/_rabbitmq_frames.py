@@ -15,22 +15,51 @@ time goes there, three frames per message (deliver, content header, body). `inst
 It applies to every aiormq connection of the process (the objects it returns are identical,
 see `tests/brokers/rabbitmq/test_frame_reader.py`). Nothing is patched when aiormq or asyncio
 lack what it relies on.
+
+A delivery to a consumer registered with `register()` goes further: the reader keeps its deliver
+frame, adds the content header and body frames that follow on its channel (AMQP never interleaves
+other frames of the channel with them), builds the `DeliveredMessage` and calls the consumer,
+instead of returning three frames that aiormq passes one by one through the channel's queue to
+the channel's reader task. It does so only when the channel has nothing queued, so an earlier
+delivery of the channel is never overtaken; otherwise, and for any other frame, aiormq's path is
+unchanged. A method frame arriving on a channel in the middle of a delivery's content (the
+channel closed) drops that delivery, which RabbitMQ redelivers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import aiormq.connection
 import pamqp.frame
+from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 from pamqp.body import ContentBody
 from pamqp.exceptions import PAMQPException
 from pamqp.header import ContentHeader
 
-__all__ = ["install", "unmarshal"]
+__all__ = ["install", "register", "unmarshal", "unregister"]
+
+logger = logging.getLogger("repid.brokers.rabbitmq")
+
+_consumers: dict[str, tuple[Any, Callable[[DeliveredMessage], None]]] = {}
+"""Consumer tag -> (channel, synchronous callback) of the consumers served from the reader."""
+
+
+def register(
+    consumer_tag: str, channel: Any, on_message: Callable[[DeliveredMessage], None]
+) -> None:
+    """Deliveries to this consumer may be handed to `on_message` by the connection's reader."""
+    _consumers[consumer_tag] = (channel, on_message)
+
+
+def unregister(consumer_tag: str) -> None:
+    _consumers.pop(consumer_tag, None)
+
 
 _FRAME_HEAD = struct.Struct(">BHI")
 _FRAME_END = 0xCE
@@ -93,6 +122,77 @@ def unmarshal(raw: bytes) -> tuple[int, int, Any]:
     return pamqp.frame.unmarshal(raw)
 
 
+class _Assembly:
+    """A delivery to a registered consumer whose content frames are still to come."""
+
+    __slots__ = ("channel", "deliver", "header", "on_message", "parts", "received")
+
+    def __init__(self, deliver: Any, channel: Any, on_message: Callable[..., None]) -> None:
+        self.deliver = deliver
+        self.channel = channel
+        self.on_message = on_message
+        self.header: ContentHeader | None = None
+        self.parts: list[bytes] = []
+        self.received = 0
+
+    def add(self, frame: Any) -> bool:
+        """Take the next content frame; True once the delivery is complete (and handed over)."""
+        if self.header is None:
+            if not isinstance(frame, ContentHeader):
+                raise invalid_content(frame)
+            self.header = frame
+        else:
+            if not isinstance(frame, ContentBody):
+                raise invalid_content(frame)
+            self.parts.append(frame.value)
+            self.received += len(frame.value)
+        if self.received < (self.header.body_size or 0):
+            return False
+        parts = self.parts
+        body = parts[0] if len(parts) == 1 else b"".join(parts)
+        message = DeliveredMessage(
+            delivery=self.deliver, header=self.header, body=body, channel=self.channel
+        )
+        try:
+            self.on_message(message)
+        except Exception:  # a bug of ours must not stop the connection's reader
+            logger.exception("handling a delivery failed; it returns when the channel closes")
+        return True
+
+
+def invalid_content(frame: Any) -> Exception:
+    return TypeError(f"unexpected frame {frame!r} in the content of a delivery")
+
+
+def _start_assembly(frame: Any, number: int) -> _Assembly | None:
+    """An assembly for a deliver frame on channel `number`, if its consumer is registered and
+    its channel has nothing queued (an earlier delivery of the channel is never overtaken)."""
+    if type(frame) is not _Deliver:
+        return None
+    entry = _consumers.get(frame.consumer_tag or "")
+    if entry is None:
+        return None
+    channel, on_message = entry
+    if channel.number != number or channel.is_closed or not channel.frames.empty():
+        return None
+    return _Assembly(frame, channel, on_message)
+
+
+def _content(partial: dict[int, _Assembly], number: int, frame: Any) -> bool:
+    """Route a frame of channel `number` to its assembly; False if it is not for one."""
+    assembly = partial.get(number)
+    if assembly is None:
+        return False
+    if not isinstance(frame, ContentHeader | ContentBody):
+        # AMQP never interleaves a channel's content with other frames: the delivery is dead
+        # (e.g. its channel closed); RabbitMQ redelivers it.
+        del partial[number]
+        return False
+    if assembly.add(frame):
+        del partial[number]
+    return True
+
+
 def install() -> None:
     """Make aiormq's frame reader take whole buffered frames at once (idempotent)."""
     receiver: Any = getattr(aiormq.connection, "FrameReceiver", None)
@@ -106,20 +206,39 @@ def install() -> None:
         return
 
     async def get_frame(self: Any) -> Any:
-        reader = getattr(self, "reader", None)  # aiormq deletes it at end of stream
-        if reader is not None and self.started and not self.lock.locked():
+        partial: dict[int, _Assembly] | None = getattr(self, "_repid_partial", None)
+        if partial is None:
+            partial = self._repid_partial = {}
+        while True:
+            reader = getattr(self, "reader", None)  # aiormq deletes it at end of stream
             buffer = getattr(reader, "_buffer", None)
-            if buffer is not None and len(buffer) >= 8 and reader.exception() is None:
-                end = int.from_bytes(buffer[3:7], "big") + 8
-                if len(buffer) >= end:
-                    raw = bytes(buffer[:end])
-                    del buffer[:end]
-                    reader._maybe_resume_transport()
-                    try:
-                        return unmarshal(raw)
-                    except PAMQPException as exc:
-                        raise invalid_frame(str(exc)) from exc
-        return await original(self)
+            if (
+                reader is None
+                or buffer is None
+                or not self.started
+                or self.lock.locked()
+                or len(buffer) < 8
+                or reader.exception() is not None
+                or len(buffer) < int.from_bytes(buffer[3:7], "big") + 8
+            ):
+                received = await original(self)  # the next frame, however it arrives
+            else:
+                raw = bytes(buffer[: int.from_bytes(buffer[3:7], "big") + 8])
+                del buffer[: len(raw)]
+                reader._maybe_resume_transport()
+                try:
+                    received = unmarshal(raw)
+                except PAMQPException as exc:
+                    raise invalid_frame(str(exc)) from exc
+            if not _consumers:
+                return received
+            _, number, frame = received
+            if partial and _content(partial, number, frame):
+                continue
+            assembly = _start_assembly(frame, number)
+            if assembly is None:
+                return received
+            partial[number] = assembly
 
     get_frame._repid_fast = True  # type: ignore[attr-defined]
     receiver.get_frame = get_frame

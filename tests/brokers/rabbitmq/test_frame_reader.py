@@ -1,4 +1,5 @@
-"""The fast frame reader returns what aiormq and pamqp return, for any split of the stream."""
+"""The fast frame reader returns what aiormq and pamqp return, for any split of the stream, and
+hands whole deliveries to registered consumers in order, leaving busy channels to aiormq."""
 
 from __future__ import annotations
 
@@ -181,3 +182,121 @@ def test_reader_returns_every_frame_in_order_for_any_split(cuts: list[int]) -> N
         position += used
     frames = asyncio.run(_read_all(chunks, len(expected)))
     assert [(used, channel, _state(frame)) for used, channel, frame in frames] == expected
+
+
+class _Channel:
+    """What the reader looks at of an aiormq channel."""
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.is_closed = False
+        self.frames: asyncio.Queue[Any] = asyncio.Queue()
+
+
+def _delivery(tag: str, delivery_tag: int, body: bytes, channel: int, pieces: int = 1) -> bytes:
+    frames: list[Any] = [
+        spec.Basic.Deliver(tag, delivery_tag, False, "", "q"),
+        ContentHeader(0, len(body), spec.Basic.Properties(**OURS)),
+    ]
+    step = max(1, -(-len(body) // pieces))
+    frames += [ContentBody(body[i : i + step]) for i in range(0, len(body), step)]
+    return b"".join(pamqp.frame.marshal(frame, channel) for frame in frames)
+
+
+def _consumer_stream() -> bytes:
+    one = b"".join(
+        (
+            _delivery("ctag", 1, b"abc", 1),
+            pamqp.frame.marshal(Heartbeat(), 0),
+            _delivery("other", 9, b"xyz", 3),  # not registered: aiormq's path
+            pamqp.frame.marshal(spec.Basic.Ack(delivery_tag=1), 2),
+            _delivery("ctag", 2, b"0123456789", 1, pieces=3),  # body in three frames
+            _delivery("ctag", 3, b"", 1),  # no body frame at all
+            pamqp.frame.marshal(Heartbeat(), 0),
+        )
+    )
+    return one * 3
+
+
+async def _read_with_consumer(
+    chunks: list[bytes], count: int, channel: _Channel
+) -> tuple[list[Any], list[Any]]:
+    delivered: list[Any] = []
+    _rabbitmq_frames.register("ctag", channel, delivered.append)
+    try:
+        frames = await _read_all(chunks, count)
+    finally:
+        _rabbitmq_frames.unregister("ctag")
+    return frames, delivered
+
+
+def _expected_returned(data: bytes, taken: Any) -> list[Any]:
+    out = []
+    position = 0
+    while position < len(data):
+        used, channel, frame = pamqp.frame.unmarshal(data[position:])
+        if not taken(channel):
+            out.append((used, channel, _state(frame)))
+        position += used
+    return out
+
+
+@given(cuts=st.lists(st.integers(min_value=0, max_value=len(_consumer_stream())), max_size=12))
+@settings(max_examples=60, deadline=None)
+def test_registered_consumer_gets_whole_deliveries_in_order_for_any_split(
+    cuts: list[int],
+) -> None:
+    _rabbitmq_frames.install()
+    data = _consumer_stream()
+    points = sorted({0, len(data), *cuts})
+    chunks = [data[a:b] for a, b in itertools.pairwise(points)]
+    expected = _expected_returned(data, lambda channel: channel == 1)
+
+    async def run() -> tuple[list[Any], list[Any]]:
+        return await _read_with_consumer(chunks, len(expected), _Channel(1))
+
+    frames, delivered = asyncio.run(run())
+    assert [(used, channel, _state(frame)) for used, channel, frame in frames] == expected
+    assert [(m.delivery.delivery_tag, m.body) for m in delivered] == [
+        (1, b"abc"),
+        (2, b"0123456789"),
+        (3, b""),
+    ] * 3
+    assert all(m.delivery.consumer_tag == "ctag" for m in delivered)
+    assert all(
+        _state(m.header.properties) == _state(spec.Basic.Properties(**OURS)) for m in delivered
+    )
+
+
+def test_a_channel_with_frames_queued_keeps_aiormqs_path() -> None:
+    _rabbitmq_frames.install()
+    data = _consumer_stream()
+    expected = _expected_returned(data, lambda channel: False)
+
+    async def run() -> tuple[list[Any], list[Any]]:
+        channel = _Channel(1)
+        channel.frames.put_nowait((0, spec.Basic.CancelOk("ctag")))  # not read by its task yet
+        return await _read_with_consumer([data], len(expected), channel)
+
+    frames, delivered = asyncio.run(run())
+    assert [(used, channel, _state(frame)) for used, channel, frame in frames] == expected
+    assert delivered == []
+
+
+def test_a_method_frame_in_the_middle_of_content_drops_that_delivery() -> None:
+    _rabbitmq_frames.install()
+    deliver = _delivery("ctag", 4, b"abc", 1)
+    header_end = len(pamqp.frame.marshal(spec.Basic.Deliver("ctag", 4, False, "", "q"), 1))
+    header_end += len(pamqp.frame.marshal(ContentHeader(0, 3, spec.Basic.Properties(**OURS)), 1))
+    close = pamqp.frame.marshal(
+        spec.Channel.Close(reply_code=320, reply_text="bye", class_id=0, method_id=0), 1
+    )
+    data = deliver[:header_end] + close + _delivery("ctag", 5, b"def", 1)
+    data += pamqp.frame.marshal(Heartbeat(), 0)
+
+    async def run() -> tuple[list[Any], list[Any]]:
+        return await _read_with_consumer([data], 2, _Channel(1))
+
+    frames, delivered = asyncio.run(run())
+    assert [type(frame) for _, _, frame in frames] == [spec.Channel.Close, Heartbeat]
+    assert [(m.delivery.delivery_tag, m.body) for m in delivered] == [(5, b"def")]
