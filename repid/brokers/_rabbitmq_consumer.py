@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
@@ -390,27 +391,29 @@ class RabbitConsumer:
                         fut.set_result(None)
 
                 channel.on_consumer_cancel_callbacks.add(on_cancel)
-                ok: spec.Basic.ConsumeOk | None = None
+                tag: str | None = None
                 try:
                     try:  # before any job can start here: cancel requests of other processes
                         await self._broker._control.listen()
                     except Exception as exc:
                         logger.warning("listening for cancel requests failed: %r", exc)
                     on_message = self._on_message_for(state)
-                    ok = await channel.basic_consume(
-                        self._broker._name(self._queue), on_message, no_ack=False
+                    # Registered before the subscription: no delivery of it ever takes
+                    # aiormq's per-frame path (see `_rabbitmq_frames`).
+                    tag = f"repid.{channel.number}.{os.urandom(8).hex()}"
+                    _rabbitmq_frames.register(tag, channel, on_message)
+                    _deliver_inline(channel, tag, on_message)
+                    await channel.basic_consume(
+                        self._broker._name(self._queue), on_message, no_ack=False, consumer_tag=tag
                     )
-                    _deliver_inline(channel, ok.consumer_tag, on_message)
-                    if ok.consumer_tag is not None:
-                        _rabbitmq_frames.register(ok.consumer_tag, channel, on_message)
                     backoff = 0.1
                     await asyncio.wait(
                         {cancelled, channel.closing}, return_when=asyncio.FIRST_COMPLETED
                     )
                 finally:
                     channel.on_consumer_cancel_callbacks.discard(on_cancel)
-                    if ok is not None and ok.consumer_tag is not None:
-                        _rabbitmq_frames.unregister(ok.consumer_tag)
+                    if tag is not None:
+                        _rabbitmq_frames.unregister(tag)
                 if cancelled.done() and not channel.is_closed:
                     logger.warning(
                         "RabbitMQ cancelled the consumer of %r; subscribing again", self._queue

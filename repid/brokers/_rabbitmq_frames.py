@@ -20,10 +20,12 @@ A delivery to a consumer registered with `register()` goes further: the reader k
 frame, adds the content header and body frames that follow on its channel (AMQP never interleaves
 other frames of the channel with them), builds the `DeliveredMessage` and calls the consumer,
 instead of returning three frames that aiormq passes one by one through the channel's queue to
-the channel's reader task. It does so only when the channel has nothing queued, so an earlier
-delivery of the channel is never overtaken; otherwise, and for any other frame, aiormq's path is
-unchanged. A method frame arriving on a channel in the middle of a delivery's content (the
-channel closed) drops that delivery, which RabbitMQ redelivers.
+the channel's reader task. It does so only when no delivery of the channel waits in its queue,
+so an earlier delivery of the channel is never overtaken (the consumer acknowledges with
+`multiple=True` from delivery tags in order); otherwise, and for any other frame, aiormq's path
+is unchanged. The consumer registers before it subscribes, so in practice none of its
+deliveries takes aiormq's path. A method frame arriving on a channel in the middle of a
+delivery's content (the channel closed) drops that delivery, which RabbitMQ redelivers.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ _HEADER_START = struct.Struct(">HHQH")
 _OUR_FLAGS = (1 << 15) | (1 << 12) | (1 << 11) | (1 << 7)
 _Deliver = spec.Basic.Deliver
 _Properties = spec.Basic.Properties
+_DELIVERY_PARTS = (_Deliver, ContentHeader, ContentBody)
 
 
 def _short_str(raw: bytes, pos: int) -> tuple[str, int]:
@@ -173,9 +176,18 @@ def _start_assembly(frame: Any, number: int) -> _Assembly | None:
     if entry is None:
         return None
     channel, on_message = entry
-    if channel.number != number or channel.is_closed or not channel.frames.empty():
+    if channel.number != number or channel.is_closed or _delivery_queued(channel.frames):
         return None
     return _Assembly(frame, channel, on_message)
+
+
+def _delivery_queued(frames: asyncio.Queue[tuple[int, Any]]) -> bool:
+    """A delivery of the channel waits in its queue (other frames, e.g. the `ConsumeOk` of the
+    subscription, may be overtaken by a delivery)."""
+    queued = getattr(frames, "_queue", None)
+    if queued is None:  # pragma: no cover - another asyncio
+        return not frames.empty()
+    return any(isinstance(frame, _DELIVERY_PARTS) for _, frame in queued)
 
 
 def _content(partial: dict[int, _Assembly], number: int, frame: Any) -> bool:

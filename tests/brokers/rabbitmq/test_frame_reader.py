@@ -268,19 +268,35 @@ def test_registered_consumer_gets_whole_deliveries_in_order_for_any_split(
     )
 
 
-def test_a_channel_with_frames_queued_keeps_aiormqs_path() -> None:
+def test_a_channel_with_a_delivery_queued_keeps_aiormqs_path() -> None:
     _rabbitmq_frames.install()
     data = _consumer_stream()
     expected = _expected_returned(data, lambda channel: False)
 
     async def run() -> tuple[list[Any], list[Any]]:
         channel = _Channel(1)
-        channel.frames.put_nowait((0, spec.Basic.CancelOk("ctag")))  # not read by its task yet
+        # An earlier delivery not read by the channel's task yet: never overtaken.
+        channel.frames.put_nowait((0, spec.Basic.Deliver("ctag", 0, False, "", "q")))
         return await _read_with_consumer([data], len(expected), channel)
 
     frames, delivered = asyncio.run(run())
     assert [(used, channel, _state(frame)) for used, channel, frame in frames] == expected
     assert delivered == []
+
+
+def test_a_queued_consume_ok_does_not_hold_deliveries_back() -> None:
+    _rabbitmq_frames.install()
+    data = _consumer_stream()
+    expected = _expected_returned(data, lambda channel: channel == 1)
+
+    async def run() -> tuple[list[Any], list[Any]]:
+        channel = _Channel(1)
+        channel.frames.put_nowait((0, spec.Basic.ConsumeOk("ctag")))
+        return await _read_with_consumer([data], len(expected), channel)
+
+    frames, delivered = asyncio.run(run())
+    assert len(frames) == len(expected)
+    assert [m.delivery.delivery_tag for m in delivered] == [1, 2, 3] * 3
 
 
 def test_a_method_frame_in_the_middle_of_content_drops_that_delivery() -> None:
