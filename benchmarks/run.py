@@ -67,6 +67,7 @@ PEER_REQUIREMENTS: dict[str, tuple[str, ...]] = {
     "repid-2": ("repid[redis]==2.1.4", "typing-extensions==4.16.0"),
     "taskiq-aio-pika": ("taskiq-aio-pika==0.6.1", "taskiq==0.13.0"),
     "aiokafka": ("aiokafka==0.14.0",),
+    "aio-pika": ("aio-pika==10.2.1",),
 }
 
 
@@ -77,7 +78,9 @@ class Case:
     `venv` is the key of `PEER_REQUIREMENTS` whose virtualenv runs the script, or `None` for this
     interpreter (the repid case). `concurrency` is passed as `--concurrency` (tasks or threads, as
     the framework has it; 0 where it does not apply). A `variant` is repid in another
-    configuration: reported, but neither the subject of the ratios nor a peer.
+    configuration: reported, but neither the subject of the ratios nor a peer. A `reference` is
+    a plain client loop with no framework: not a peer either, repid's ratios to it get their own
+    row.
     """
 
     name: str
@@ -85,6 +88,7 @@ class Case:
     venv: str | None
     concurrency: int
     variant: bool = False
+    reference: bool = False
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,9 @@ SUITES: dict[str, Suite] = {
             Case("taskiq-aio-pika", "taskiq_rabbitmq.py", venv="taskiq-aio-pika", concurrency=100),
             Case("dramatiq", "dramatiq_rabbitmq.py", venv="dramatiq", concurrency=100),
             Case("celery", "celery_rabbitmq.py", venv="celery", concurrency=100),
+            Case(
+                "aio-pika-raw", "aiopika_raw.py", venv="aio-pika", concurrency=100, reference=True
+            ),
         ),
     ),
     "kafka": Suite(
@@ -546,6 +553,7 @@ def summarize_net(runs: CaseRuns) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "case": runs.case.name,
         "variant": runs.case.variant,
+        "reference": runs.case.reference,
         "rounds_ok": len(runs.results),
         "failures": runs.failures,
     }
@@ -579,7 +587,12 @@ def ratios_net(summaries: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]
     """
     subject = next((s for s in summaries if s["case"] == SUBJECT and s["rounds_ok"]), None)
     peers = [
-        s for s in summaries if s["case"] != SUBJECT and not s.get("variant") and s["rounds_ok"]
+        s
+        for s in summaries
+        if s["case"] != SUBJECT
+        and not s.get("variant")
+        and not s.get("reference")
+        and s["rounds_ok"]
     ]
     out: dict[str, dict[str, Any]] = {}
     for key, _, higher_better in NET_FIGURES:
@@ -646,6 +659,16 @@ def render_markdown_net(
         + " | ".join(r[key]["best_peer"] or "n/a" for key, _, _ in NET_FIGURES)
         + " | |"
     )
+    subject = next((s for s in summaries if s["case"] == SUBJECT and s["rounds_ok"]), None)
+    for ref in summaries:
+        if ref.get("reference") and ref["rounds_ok"] and subject is not None:
+            cells = [
+                _fmt_ratio(subject[key] / ref[key] if subject.get(key) and ref.get(key) else None)
+                for key, _, _ in NET_FIGURES
+            ]
+            lines.append(
+                f"| **repid / {ref['case']}** (reference) | | | " + " | ".join(cells) + " | |"
+            )
     lines += [
         "",
         "- seq. enqueue: N awaited enqueue calls one after the other; conc. enqueue: the same "
@@ -656,7 +679,8 @@ def render_markdown_net(
         "worker (p50, p99). Worker peak RSS: ru_maxrss of the drain worker process.",
         "- Ratios: repid / the best peer (fastest for rates, lowest for latency and RSS); above 1 "
         "is better for rates, below 1 is better for latency and RSS. e2e spread = (max - min) / "
-        "median over the rounds. Variants of repid (another configuration) are not peers.",
+        "median over the rounds. Variants of repid (another configuration) and references (a "
+        "plain client loop, no framework) are not peers.",
         "",
         "What an acknowledged enqueue means per case:",
         "",

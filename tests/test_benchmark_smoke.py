@@ -168,6 +168,8 @@ def test_ratios_take_the_best_peer_per_figure() -> None:
             summary("fast", seq=6000, p50=8.0, rss=60.0),
             summary("lean", seq=3000, p50=4.0, rss=20.0),
             {"case": "broken", "rounds_ok": 0},
+            {**summary("raw", seq=90000, p50=0.1, rss=5.0), "reference": True},
+            {**summary("repid-fast", seq=90000, p50=0.1, rss=5.0), "variant": True},
         ]
     )
     assert ratios["seq_enqueue"] == {"best_peer": "fast", "best_peer_value": 6000, "ratio": 1.5}
@@ -175,3 +177,28 @@ def test_ratios_take_the_best_peer_per_figure() -> None:
     assert ratios["latency_p50_ms"]["ratio"] == 0.5
     assert ratios["worker_peak_rss_mb"]["ratio"] == 2.0
     assert ratios["conc_enqueue"]["ratio"] is None
+
+
+def test_a_reference_case_gets_its_own_ratio_row() -> None:
+    def summary(case: str, seq: float, **extra: Any) -> dict[str, Any]:
+        figures: dict[str, Any] = {key: None for key, _, _ in run.NET_FIGURES}
+        return {
+            "case": case,
+            "rounds_ok": 3,
+            "version": "1",
+            "concurrency": "c",
+            **figures,
+            "seq_enqueue": seq,
+            "end_to_end_spread": None,
+            "failures": [],
+            **extra,
+        }
+
+    table = run.render_markdown_net(
+        run.SUITES["rabbitmq"],
+        100,
+        3,
+        [summary("repid", 900), summary("peer", 600), summary("raw", 1000, reference=True)],
+    )
+    assert "| **repid / best peer** | | | 1.50x |" in table
+    assert "| **repid / raw** (reference) | | | 0.90x |" in table
