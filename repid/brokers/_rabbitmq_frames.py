@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +44,7 @@ from pamqp import commands as spec
 from pamqp.body import ContentBody
 from pamqp.exceptions import PAMQPException
 from pamqp.header import ContentHeader
+from pamqp.heartbeat import Heartbeat
 
 __all__ = ["install", "register", "unmarshal", "unregister"]
 
@@ -73,6 +75,10 @@ _OUR_FLAGS = (1 << 15) | (1 << 12) | (1 << 11) | (1 << 7)
 _Deliver = spec.Basic.Deliver
 _Properties = spec.Basic.Properties
 _DELIVERY_PARTS = (_Deliver, ContentHeader, ContentBody)
+_KEEPALIVE = 1.0
+"""While it only hands deliveries over, the reader still returns a frame this often (a heartbeat,
+which aiormq ignores): aiormq takes a connection that returned no frame for a few heartbeat
+intervals for a dead one."""
 
 
 def _short_str(raw: bytes, pos: int) -> tuple[str, int]:
@@ -142,11 +148,11 @@ class _Assembly:
         """Take the next content frame; True once the delivery is complete (and handed over)."""
         if self.header is None:
             if not isinstance(frame, ContentHeader):
-                raise invalid_content(frame)
+                raise _invalid_content(frame)
             self.header = frame
         else:
             if not isinstance(frame, ContentBody):
-                raise invalid_content(frame)
+                raise _invalid_content(frame)
             self.parts.append(frame.value)
             self.received += len(frame.value)
         if self.received < (self.header.body_size or 0):
@@ -163,7 +169,7 @@ class _Assembly:
         return True
 
 
-def invalid_content(frame: Any) -> Exception:
+def _invalid_content(frame: Any) -> Exception:
     return TypeError(f"unexpected frame {frame!r} in the content of a delivery")
 
 
@@ -221,6 +227,7 @@ def install() -> None:
         partial: dict[int, _Assembly] | None = getattr(self, "_repid_partial", None)
         if partial is None:
             partial = self._repid_partial = {}
+        returned: float = getattr(self, "_repid_returned", 0.0) or time.monotonic()
         while True:
             reader = getattr(self, "reader", None)  # aiormq deletes it at end of stream
             buffer = getattr(reader, "_buffer", None)
@@ -245,12 +252,16 @@ def install() -> None:
             if not _consumers:
                 return received
             _, number, frame = received
-            if partial and _content(partial, number, frame):
-                continue
-            assembly = _start_assembly(frame, number)
-            if assembly is None:
-                return received
-            partial[number] = assembly
+            if not (partial and _content(partial, number, frame)):
+                assembly = _start_assembly(frame, number)
+                if assembly is None:
+                    self._repid_returned = time.monotonic()
+                    return received
+                partial[number] = assembly
+            now = time.monotonic()
+            if now - returned >= _KEEPALIVE:
+                self._repid_returned = now
+                return 8, 0, Heartbeat()
 
     get_frame._repid_fast = True  # type: ignore[attr-defined]
     receiver.get_frame = get_frame

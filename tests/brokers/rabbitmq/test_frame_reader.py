@@ -316,3 +316,19 @@ def test_a_method_frame_in_the_middle_of_content_drops_that_delivery() -> None:
     frames, delivered = asyncio.run(run())
     assert [type(frame) for _, _, frame in frames] == [spec.Channel.Close, Heartbeat]
     assert [(m.delivery.delivery_tag, m.body) for m in delivered] == [(5, b"def")]
+
+
+def test_the_reader_still_returns_a_frame_while_it_only_hands_deliveries_over(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """aiormq closes a connection that returned no frame for a few heartbeat intervals."""
+    _rabbitmq_frames.install()
+    monkeypatch.setattr(_rabbitmq_frames, "_KEEPALIVE", 0.0)  # a heartbeat after every frame
+    data = b"".join(_delivery("ctag", tag, b"abc", 1) for tag in range(1, 4))
+
+    async def run() -> tuple[list[Any], list[Any]]:
+        return await _read_with_consumer([data], 9, _Channel(1))  # 3 frames per delivery
+
+    frames, delivered = asyncio.run(run())
+    assert {(channel, type(frame)) for _, channel, frame in frames} == {(0, Heartbeat)}
+    assert [m.delivery.delivery_tag for m in delivered] == [1, 2, 3]
