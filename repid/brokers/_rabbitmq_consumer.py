@@ -20,8 +20,6 @@ from typing import TYPE_CHECKING, Any
 import aiormq
 from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
-from pamqp.body import ContentBody
-from pamqp.header import ContentHeader
 
 from repid.brokers import _rabbitmq_frames
 from repid.brokers.base import Delivery
@@ -245,32 +243,15 @@ def _deliver_inline(channel: Any, consumer_tag: str | None, on_message: Any) -> 
             return
         # The content frames usually arrived with the deliver frame: take them without awaiting
         # (what the channel's `_get_frame` does when its queue is not empty).
-        if frames.empty():
-            header = await get_frame()
-        else:
-            header = frames.get_nowait()[1]
-            frames.task_done()
-        if not isinstance(header, ContentHeader):
-            raise TypeError(f"unexpected frame {header!r} instead of a content header")
-        size = header.body_size or 0
-        parts: list[bytes] = []
-        received = 0
-        while received < size:
+        assembly = _rabbitmq_frames.Assembly(frame, channel, on_message)
+        while True:
             if frames.empty():
                 content = await get_frame()
             else:
                 content = frames.get_nowait()[1]
                 frames.task_done()
-            if not isinstance(content, ContentBody):
-                raise TypeError(f"unexpected frame {content!r} instead of a content body")
-            parts.append(content.value)
-            received += len(content.value)
-        body = parts[0] if len(parts) == 1 else b"".join(parts)
-        message = DeliveredMessage(delivery=frame, header=header, body=body, channel=channel)
-        try:
-            on_message(message)
-        except Exception:  # a bug of ours must not stop the channel's reader
-            logger.exception("handling a delivery failed; it returns when the channel closes")
+            if assembly.add(content):
+                return
 
     channel._on_deliver_frame = on_deliver_frame
 

@@ -46,7 +46,7 @@ from pamqp.exceptions import PAMQPException
 from pamqp.header import ContentHeader
 from pamqp.heartbeat import Heartbeat
 
-__all__ = ["install", "register", "unmarshal", "unregister"]
+__all__ = ["Assembly", "install", "register", "unmarshal", "unregister"]
 
 logger = logging.getLogger("repid.brokers.rabbitmq")
 
@@ -131,8 +131,11 @@ def unmarshal(raw: bytes) -> tuple[int, int, Any]:
     return pamqp.frame.unmarshal(raw)
 
 
-class _Assembly:
-    """A delivery to a registered consumer whose content frames are still to come."""
+class Assembly:
+    """A delivery whose content frames are still to come; complete, it goes to `on_message`.
+
+    The connection's reader uses it for registered consumers, and the channel's reader (see
+    `_rabbitmq_consumer._deliver_inline`) for a delivery that took aiormq's path."""
 
     __slots__ = ("channel", "deliver", "header", "on_message", "parts", "received")
 
@@ -173,7 +176,7 @@ def _invalid_content(frame: Any) -> Exception:
     return TypeError(f"unexpected frame {frame!r} in the content of a delivery")
 
 
-def _start_assembly(frame: Any, number: int) -> _Assembly | None:
+def _start_assembly(frame: Any, number: int) -> Assembly | None:
     """An assembly for a deliver frame on channel `number`, if its consumer is registered and
     its channel has nothing queued (an earlier delivery of the channel is never overtaken)."""
     if type(frame) is not _Deliver:
@@ -184,7 +187,7 @@ def _start_assembly(frame: Any, number: int) -> _Assembly | None:
     channel, on_message = entry
     if channel.number != number or channel.is_closed or _delivery_queued(channel.frames):
         return None
-    return _Assembly(frame, channel, on_message)
+    return Assembly(frame, channel, on_message)
 
 
 def _delivery_queued(frames: asyncio.Queue[tuple[int, Any]]) -> bool:
@@ -196,7 +199,7 @@ def _delivery_queued(frames: asyncio.Queue[tuple[int, Any]]) -> bool:
     return any(isinstance(frame, _DELIVERY_PARTS) for _, frame in queued)
 
 
-def _content(partial: dict[int, _Assembly], number: int, frame: Any) -> bool:
+def _content(partial: dict[int, Assembly], number: int, frame: Any) -> bool:
     """Route a frame of channel `number` to its assembly; False if it is not for one."""
     assembly = partial.get(number)
     if assembly is None:
@@ -224,31 +227,34 @@ def install() -> None:
         return
 
     async def get_frame(self: Any) -> Any:
-        partial: dict[int, _Assembly] | None = getattr(self, "_repid_partial", None)
+        partial: dict[int, Assembly] | None = getattr(self, "_repid_partial", None)
         if partial is None:
             partial = self._repid_partial = {}
         returned: float = getattr(self, "_repid_returned", 0.0) or time.monotonic()
         while True:
-            reader = getattr(self, "reader", None)  # aiormq deletes it at end of stream
-            buffer = getattr(reader, "_buffer", None)
+            reader: Any = getattr(self, "reader", None)  # aiormq deletes it at end of stream
+            buffer: Any = getattr(reader, "_buffer", None)
+            end = 0  # of a whole frame at the start of the buffer, taken without awaiting
             if (
-                reader is None
-                or buffer is None
-                or not self.started
-                or self.lock.locked()
-                or len(buffer) < 8
-                or reader.exception() is not None
-                or len(buffer) < int.from_bytes(buffer[3:7], "big") + 8
+                buffer is not None
+                and self.started
+                and not self.lock.locked()
+                and len(buffer) >= 8
+                and reader.exception() is None
             ):
-                received = await original(self)  # the next frame, however it arrives
-            else:
-                raw = bytes(buffer[: int.from_bytes(buffer[3:7], "big") + 8])
-                del buffer[: len(raw)]
+                end = int.from_bytes(buffer[3:7], "big") + 8
+                if len(buffer) < end:
+                    end = 0
+            if end:
+                raw = bytes(buffer[:end])
+                del buffer[:end]
                 reader._maybe_resume_transport()
                 try:
                     received = unmarshal(raw)
                 except PAMQPException as exc:
                     raise invalid_frame(str(exc)) from exc
+            else:
+                received = await original(self)  # the next frame, however it arrives
             if not _consumers:
                 return received
             _, number, frame = received

@@ -332,3 +332,37 @@ def test_the_reader_still_returns_a_frame_while_it_only_hands_deliveries_over(
     frames, delivered = asyncio.run(run())
     assert {(channel, type(frame)) for _, channel, frame in frames} == {(0, Heartbeat)}
     assert [m.delivery.delivery_tag for m in delivered] == [1, 2, 3]
+
+
+def test_a_delivery_on_aiormqs_path_is_assembled_by_the_channel_reader() -> None:
+    """The channel-side hook (`_deliver_inline`): content frames taken from the channel's queue
+    while they are there, awaited when they are not."""
+    from repid.brokers._rabbitmq_consumer import _deliver_inline
+
+    async def run() -> tuple[list[Any], list[Any]]:
+        channel = _Channel(1)
+        later: asyncio.Queue[Any] = asyncio.Queue()
+        others: list[Any] = []
+
+        async def original(frame: Any) -> None:
+            others.append(frame)
+
+        async def get_frame() -> Any:
+            return await later.get()
+
+        channel._on_deliver_frame = original  # type: ignore[attr-defined]
+        channel._get_frame = get_frame  # type: ignore[attr-defined]
+        delivered: list[Any] = []
+        _deliver_inline(channel, "ctag", delivered.append)
+        hook = channel._on_deliver_frame  # type: ignore[attr-defined]
+        properties = spec.Basic.Properties(**OURS)
+        channel.frames.put_nowait((0, ContentHeader(0, 6, properties)))
+        channel.frames.put_nowait((0, ContentBody(b"abc")))
+        later.put_nowait(ContentBody(b"def"))  # arrives after the queue ran empty
+        await hook(spec.Basic.Deliver("ctag", 5, False, "", "q"))
+        await hook(spec.Basic.Deliver("other", 6, False, "", "q"))
+        return delivered, others
+
+    delivered, others = asyncio.run(run())
+    assert [(m.delivery.delivery_tag, m.body) for m in delivered] == [(5, b"abcdef")]
+    assert [frame.delivery_tag for frame in others] == [6]
