@@ -118,7 +118,8 @@ class RedisMessageBroker(WorkersAndLimits):
         self.address = RedisAddress(dsn)
         self.link = Link(self.address, connect_timeout, operation_timeout, tuple(SCRIPTS.values()))
         self._keys: dict[str, list[bytes]] = {}
-        self._enqueue_heads: dict[tuple[str | bytes, ...], tuple[int, bytes]] = {}
+        self._enqueue_heads: dict[tuple[str, str, int], tuple[int, bytes]] = {}
+        """(script, queue, priority) -> the encoded `EVALSHA sha n keys...` of an enqueue."""
         self._acks: dict[str, _AckBatch] = {}
         self._registry = f"{prefix}queues".encode()
         self._cancel_prefix = f"{prefix}cancel:"
@@ -197,38 +198,40 @@ class RedisMessageBroker(WorkersAndLimits):
             params = Parameters()
         envelope = self._envelope(key, payload, params)
         due = _due_ms(params)
+        priority = int(key.priority)
         if due:
-            script = SCRIPTS["enqueue"]
-            keys = self.keys(key.queue)
-            args: tuple[Arg, ...] = (key.id_, envelope, int(key.priority), due, _now_ms(), 1)
+            name = "enqueue"
+            args: tuple[Arg, ...] = (key.id_, envelope, priority, due, _now_ms(), 1)
         else:
             # Ready now: the short script, with only the keys it touches. An id generated in
             # this process is new, so it is not looked up (a retry below does look it up).
-            script = SCRIPTS["enqueue_now"]
-            keys = self._ready_keys(key.queue, int(key.priority))
-            args = (key.id_, envelope, int(key.priority), 0 if generated_here(key.id_) else 1)
+            name = "enqueue_now"
+            args = (key.id_, envelope, priority, 0 if generated_here(key.id_) else 1)
         conn = self.link.conn
         try:
             if conn is None or conn.closed:
                 raise BrokerUnavailableError("not connected")
-            head = self._enqueue_heads.get((script.name, *keys))
+            head = self._enqueue_heads.get((name, key.queue, priority))
             if head is None:
-                head = self._enqueue_heads[(script.name, *keys)] = encode_head(
-                    "EVALSHA", script.sha, len(keys), *keys
+                keys = self._enqueue_keys(name, key.queue, priority)
+                head = self._enqueue_heads[(name, key.queue, priority)] = encode_head(
+                    "EVALSHA", SCRIPTS[name].sha, len(keys), *keys
                 )
             added = await conn.call_with_head(head, args)
         except (BrokerUnavailableError, RedisReplyError):
             # Safe to repeat: a message that did arrive is pending under its id.
-            added = await self.link.script(script, keys, [*args[:-1], 1])
+            keys = self._enqueue_keys(name, key.queue, priority)
+            added = await self.link.script(SCRIPTS[name], keys, [*args[:-1], 1])
         if added == -1:
             raise QueueNotDeclaredError(key.queue)
         if added == 0:
             logger.debug("message %s is already pending in %s; not added again", key.id_, key.queue)
 
-    def _ready_keys(self, queue: str, priority: int) -> list[bytes]:
-        """KEYS of the `enqueue_now` script: the priority's stream, the id index, the metadata."""
+    def _enqueue_keys(self, script: str, queue: str, priority: int) -> list[bytes]:
+        """KEYS of `enqueue` (all of the queue's) or `enqueue_now` (the priority's stream, the
+        id index, the metadata)."""
         keys = self.keys(queue)
-        return [keys[priority], keys[9], keys[10]]
+        return keys if script == "enqueue" else [keys[priority], keys[9], keys[10]]
 
     async def enqueue_many(self, messages: Sequence[OutgoingMessage]) -> None:
         """Publish several messages in one pipelined write (each one atomically)."""
