@@ -53,6 +53,15 @@ def _stop(process: subprocess.Popen[bytes]) -> int:
             process.kill()
 
 
+def _until_unreachable(worker: subprocess.Popen[bytes], log: Path) -> None:
+    _until(
+        lambda: "unreachable" in log.read_text(errors="replace"),
+        "the worker to report the broker unreachable",
+        worker,
+        log,
+    )
+
+
 def test_a_worker_started_before_its_broker_waits_for_it(
     cli_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -63,12 +72,7 @@ def test_a_worker_started_before_its_broker_waits_for_it(
     log = tmp_path / "worker.log"
     worker = _start(cli_env, log, "--broker", server.dsn, "--startup-timeout", str(DEADLINE))
     try:
-        _until(
-            lambda: "unreachable" in log.read_text(errors="replace"),
-            "the worker to report the broker unreachable",
-            worker,
-            log,
-        )
+        _until_unreachable(worker, log)
         server.start()
 
         async def enqueue() -> None:
@@ -113,12 +117,7 @@ def test_a_stop_signal_ends_the_wait_at_once(cli_env: dict[str, str], tmp_path: 
     dsn = f"redis://127.0.0.1:{_free_port()}/0"
     worker = _start(cli_env, log, "--broker", dsn, "--startup-timeout", "600")
     try:
-        _until(
-            lambda: "unreachable" in log.read_text(errors="replace"),
-            "the worker to report the broker unreachable",
-            worker,
-            log,
-        )
+        _until_unreachable(worker, log)
         signalled = time.monotonic()
         assert _stop(worker) == 0, log.read_text(errors="replace")
         assert time.monotonic() - signalled < 5.0
