@@ -69,6 +69,7 @@ _FRAME_HEAD = struct.Struct(">BHI")
 _FRAME_END = 0xCE
 _DELIVER = (60 << 16) | 60  # class basic, method deliver
 _I64 = struct.Struct(">q")  # pamqp decodes longlong signed
+_U32 = struct.Struct(">I")
 _HEADER_START = struct.Struct(">HHQH")
 # Property flags of the properties repid sets: content_type, delivery_mode, priority, message_id.
 _OUR_FLAGS = (1 << 15) | (1 << 12) | (1 << 11) | (1 << 7)
@@ -117,6 +118,62 @@ def _fast(raw: bytes, kind: int, size: int) -> Any:
     return None
 
 
+def _whole_delivery(buffer: bytearray) -> tuple[int, int, Any, ContentHeader, bytes] | None:
+    """The delivery at the start of `buffer` when it is there whole and plain: a deliver frame,
+    a content header with exactly repid's properties and one body frame, all on one channel.
+
+    Returns (bytes used, channel, deliver, header, body), the objects `unmarshal` would build
+    frame by frame; None for anything else (the caller then reads frame by frame).
+    """
+    size = len(buffer)
+    if size < 8:
+        return None
+    kind, channel, length = _FRAME_HEAD.unpack_from(buffer)
+    header_at = length + 8
+    if kind != 1 or size < header_at + 8:
+        return None
+    kind, header_channel, length = _FRAME_HEAD.unpack_from(buffer, header_at)
+    body_at = header_at + length + 8
+    if kind != 2 or size < body_at + 8:
+        return None
+    kind, body_channel, length = _FRAME_HEAD.unpack_from(buffer, body_at)
+    end = body_at + length + 8
+    if kind != 3 or size < end or header_channel != channel or body_channel != channel:
+        return None
+    raw = bytes(buffer[:end])
+    if (
+        raw[header_at - 1] != _FRAME_END
+        or raw[body_at - 1] != _FRAME_END
+        or raw[end - 1] != _FRAME_END
+        or _U32.unpack_from(raw, 7)[0] != _DELIVER
+    ):
+        return None
+    try:
+        deliver = _Deliver.__new__(_Deliver)
+        deliver.consumer_tag, pos = _short_str(raw, 11)
+        deliver.delivery_tag = _I64.unpack_from(raw, pos)[0]
+        deliver.redelivered = (raw[pos + 8] & 1) != 0
+        deliver.exchange, pos = _short_str(raw, pos + 9)
+        deliver.routing_key, pos = _short_str(raw, pos)
+        if pos != header_at - 1:
+            return None
+        class_id, weight, body_size, flags = _HEADER_START.unpack_from(raw, header_at + 7)
+        if flags != _OUR_FLAGS or body_size != end - body_at - 8:
+            return None
+        properties = _Properties()
+        properties.content_type, pos = _short_str(raw, header_at + 21)
+        properties.delivery_mode = raw[pos]
+        properties.priority = raw[pos + 1]
+        properties.message_id, pos = _short_str(raw, pos + 2)
+        if pos != body_at - 1:
+            return None
+    except (IndexError, ValueError, struct.error):
+        return None  # malformed: read frame by frame, pamqp says what is wrong
+    header = ContentHeader(weight, body_size, properties)
+    header.class_id = class_id
+    return end, channel, deliver, header, raw[body_at + 7 : end - 1]
+
+
 def unmarshal(raw: bytes) -> tuple[int, int, Any]:
     """`pamqp.frame.unmarshal` of one whole frame: (bytes used, channel, frame object)."""
     if len(raw) >= 8:
@@ -162,14 +219,27 @@ class Assembly:
             return False
         parts = self.parts
         body = parts[0] if len(parts) == 1 else b"".join(parts)
-        message = DeliveredMessage(
-            delivery=self.deliver, header=self.header, body=body, channel=self.channel
-        )
-        try:
-            self.on_message(message)
-        except Exception:  # a bug of ours must not stop the connection's reader
-            logger.exception("handling a delivery failed; it returns when the channel closes")
+        _hand_over(self.on_message, self.deliver, self.header, body, self.channel)
         return True
+
+
+def _hand_over(
+    on_message: Callable[[DeliveredMessage], None],
+    deliver: Any,
+    header: ContentHeader,
+    body: bytes,
+    channel: Any,
+) -> None:
+    # aiormq's frozen dataclass, filled without its field-by-field `object.__setattr__`.
+    message = _new_message(DeliveredMessage)
+    message.__dict__.update(delivery=deliver, header=header, body=body, channel=channel)
+    try:
+        on_message(message)
+    except Exception:  # a bug of ours must not stop the connection's reader
+        logger.exception("handling a delivery failed; it returns when the channel closes")
+
+
+_new_message = object.__new__
 
 
 def _invalid_content(frame: Any) -> Exception:
@@ -245,6 +315,13 @@ def install() -> None:
                 end = int.from_bytes(buffer[3:7], "big") + 8
                 if len(buffer) < end:
                     end = 0
+            if end and _consumers and buffer[0] == 1 and self._repid_whole(buffer, partial):
+                reader._maybe_resume_transport()
+                now = time.monotonic()
+                if now - returned >= _KEEPALIVE:
+                    self._repid_returned = now
+                    return 8, 0, Heartbeat()
+                continue
             if end:
                 raw = bytes(buffer[:end])
                 del buffer[:end]
@@ -269,5 +346,23 @@ def install() -> None:
                 self._repid_returned = now
                 return 8, 0, Heartbeat()
 
+    def whole(self: Any, buffer: bytearray, partial: dict[int, Assembly]) -> bool:
+        """Hand over the whole delivery at the start of `buffer` to its registered consumer,
+        taking it out of the buffer; False (nothing taken) if that is not what is there."""
+        parsed = _whole_delivery(buffer)
+        if parsed is None:
+            return False
+        end, number, deliver, header, body = parsed
+        entry = _consumers.get(deliver.consumer_tag or "")
+        if entry is None or number in partial:
+            return False
+        channel, on_message = entry
+        if channel.number != number or channel.is_closed or _delivery_queued(channel.frames):
+            return False
+        del buffer[:end]
+        _hand_over(on_message, deliver, header, body, channel)
+        return True
+
     get_frame._repid_fast = True  # type: ignore[attr-defined]
+    receiver._repid_whole = whole
     receiver.get_frame = get_frame

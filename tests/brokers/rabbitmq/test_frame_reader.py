@@ -10,6 +10,7 @@ from typing import Any
 import pamqp.exceptions
 import pamqp.frame
 import pytest
+from aiormq.abc import DeliveredMessage
 from aiormq.connection import FrameReceiver
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,7 +20,7 @@ from pamqp.header import ContentHeader
 from pamqp.heartbeat import Heartbeat
 
 from repid.brokers import _rabbitmq_frames
-from repid.brokers._rabbitmq_frames import unmarshal
+from repid.brokers._rabbitmq_frames import _whole_delivery, unmarshal
 
 short = st.text(max_size=40)
 names = st.from_regex(r"[a-zA-Z0-9_.:\-]{0,40}", fullmatch=True)  # what pamqp accepts as exchange
@@ -104,6 +105,59 @@ def test_header_frames(
         message_id=message_id,
     )
     _same(pamqp.frame.marshal(ContentHeader(0, body_size, properties), 3))
+
+
+@given(
+    consumer_tag=short,
+    delivery_tag=st.integers(min_value=0, max_value=2**63 - 1),
+    redelivered=st.booleans(),
+    exchange=names,
+    message_id=st.text(min_size=1, max_size=40),  # pamqp leaves an empty one out
+    priority=st.integers(min_value=0, max_value=255),
+    body=st.binary(min_size=2, max_size=300),
+    channel=st.integers(min_value=1, max_value=2047),
+    tail=st.binary(max_size=20),
+)
+@settings(max_examples=150, deadline=None)
+def test_a_whole_delivery_is_parsed_as_pamqp_parses_its_frames(
+    consumer_tag: str,
+    delivery_tag: int,
+    redelivered: bool,
+    exchange: str,
+    message_id: str,
+    priority: int,
+    body: bytes,
+    channel: int,
+    tail: bytes,
+) -> None:
+    deliver = spec.Basic.Deliver(consumer_tag, delivery_tag, redelivered, exchange, "q")
+    properties = spec.Basic.Properties(**{**OURS, "message_id": message_id, "priority": priority})
+    frames = [
+        pamqp.frame.marshal(deliver, channel),
+        pamqp.frame.marshal(ContentHeader(0, len(body), properties), channel),
+        pamqp.frame.marshal(ContentBody(body), channel),
+    ]
+    data = b"".join(frames)
+    parsed = _whole_delivery(bytearray(data + tail))
+    assert parsed is not None
+    used, number, got_deliver, got_header, got_body = parsed
+    assert (used, number, got_body) == (len(data), channel, body)
+    assert _state(got_deliver) == _state(pamqp.frame.unmarshal(frames[0])[2])
+    assert _state(got_header) == _state(pamqp.frame.unmarshal(frames[1])[2])
+    # Not all there yet, or not the plain shape: left to the frame-by-frame path.
+    for cut in (0, 1, len(frames[0]), len(frames[0]) + len(frames[1]), len(data) - 1):
+        assert _whole_delivery(bytearray(data[:cut])) is None
+    two_bodies = [
+        *frames[:2],
+        pamqp.frame.marshal(ContentBody(body[:1]), channel),
+        pamqp.frame.marshal(ContentBody(body[1:]), channel),
+    ]
+    assert _whole_delivery(bytearray(b"".join(two_bodies))) is None
+    other_channel = [*frames[:2], pamqp.frame.marshal(ContentBody(body), channel + 1)]
+    assert _whole_delivery(bytearray(b"".join(other_channel))) is None
+    with_headers = ContentHeader(0, len(body), spec.Basic.Properties(**OURS, headers={"a": 1}))
+    other_props = [frames[0], pamqp.frame.marshal(with_headers, channel), frames[2]]
+    assert _whole_delivery(bytearray(b"".join(other_props))) is None
 
 
 @pytest.mark.parametrize(
@@ -262,10 +316,18 @@ def test_registered_consumer_gets_whole_deliveries_in_order_for_any_split(
         (2, b"0123456789"),
         (3, b""),
     ] * 3
-    assert all(m.delivery.consumer_tag == "ctag" for m in delivered)
-    assert all(
-        _state(m.header.properties) == _state(spec.Basic.Properties(**OURS)) for m in delivered
-    )
+
+    # Whole or frame by frame, the objects are the ones pamqp builds.
+    def decoded(frame: Any) -> Any:
+        return _state(pamqp.frame.unmarshal(pamqp.frame.marshal(frame, 1))[2])
+
+    assert [_state(m.delivery) for m in delivered] == [
+        decoded(spec.Basic.Deliver("ctag", tag, False, "", "q")) for tag in (1, 2, 3)
+    ] * 3
+    assert [_state(m.header) for m in delivered] == [
+        decoded(ContentHeader(0, size, spec.Basic.Properties(**OURS))) for size in (3, 10, 0)
+    ] * 3
+    assert all(isinstance(m, DeliveredMessage) and m.channel is not None for m in delivered)
 
 
 def test_a_channel_with_a_delivery_queued_keeps_aiormqs_path() -> None:
@@ -323,15 +385,35 @@ def test_the_reader_still_returns_a_frame_while_it_only_hands_deliveries_over(
 ) -> None:
     """aiormq closes a connection that returned no frame for a few heartbeat intervals."""
     _rabbitmq_frames.install()
-    monkeypatch.setattr(_rabbitmq_frames, "_KEEPALIVE", 0.0)  # a heartbeat after every frame
-    data = b"".join(_delivery("ctag", tag, b"abc", 1) for tag in range(1, 4))
+    monkeypatch.setattr(_rabbitmq_frames, "_KEEPALIVE", 0.0)  # a heartbeat after every step
+    deliveries = [_delivery("ctag", tag, b"abc", 1) for tag in range(1, 4)]
+    body_frame = 8 + len(b"abc")
+    # All there at once: handed over a whole delivery at a time, one frame returned for each.
+    # The body frames arriving late: the deliver and header frames are taken one by one, a
+    # frame returned after each, and the delivery completes when its body arrives.
+    whole = [b"".join(deliveries)]
+    by_frame = [part for d in deliveries for part in (d[:-body_frame], d[-body_frame:])]
+    for chunks, steps in ((whole, 3), (by_frame, 9)):
 
-    async def run() -> tuple[list[Any], list[Any]]:
-        return await _read_with_consumer([data], 9, _Channel(1))  # 3 frames per delivery
+        async def run(chunks: list[bytes] = chunks) -> tuple[list[Any], list[Any]]:
+            reader = asyncio.StreamReader()
+            receiver = FrameReceiver(reader)
+            receiver.started = True
+            delivered: list[Any] = []
+            frames: list[Any] = []
+            _rabbitmq_frames.register("ctag", _Channel(1), delivered.append)
+            try:
+                for chunk in chunks:
+                    reader.feed_data(chunk)
+                    while len(reader._buffer) >= 8 + len(b"abc"):  # type: ignore[attr-defined]
+                        frames.append(await asyncio.wait_for(FrameReceiver.get_frame(receiver), 5))
+            finally:
+                _rabbitmq_frames.unregister("ctag")
+            return frames, delivered
 
-    frames, delivered = asyncio.run(run())
-    assert {(channel, type(frame)) for _, channel, frame in frames} == {(0, Heartbeat)}
-    assert [m.delivery.delivery_tag for m in delivered] == [1, 2, 3]
+        frames, delivered = asyncio.run(run())
+        assert [(channel, type(frame)) for _, channel, frame in frames] == [(0, Heartbeat)] * steps
+        assert [m.delivery.delivery_tag for m in delivered] == [1, 2, 3]
 
 
 def test_a_delivery_on_aiormqs_path_is_assembled_by_the_channel_reader() -> None:
