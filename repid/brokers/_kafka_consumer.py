@@ -657,22 +657,27 @@ class KafkaConsumer:
     # -- handing out ---------------------------------------------------------------------------
 
     def _pop(self) -> Delivery | None:
+        low = self._buffer_limit() // 2
+        running = self._running
         for ready in self._ready:
-            if ready:
+            while ready:
                 delivery = ready.popleft()
                 self._buffered -= 1
-                if self._buffered < self._buffer_limit() // 2:
+                if self._buffered < low:
                     self._room.set()
                 handle: _Handle = delivery.handle
-                if handle.stale:
-                    continue
+                part = handle.part
+                if part.revoked or handle.generation != part.generation:
+                    continue  # stale: its partition was revoked meanwhile
                 if self.broker._tombstones and self.broker._is_tombstoned(delivery):
-                    handle.part.finish(handle.offset)  # cancelled while it waited (shared state)
+                    part.finish(handle.offset)  # cancelled while it waited (shared state)
                     continue
-                handle.part.running += 1
-                handle.part.drained.clear()
+                if not part.running:
+                    part.drained.clear()
+                part.running += 1
                 self._outstanding += 1
-                self._running[delivery.key.id_] = self._running.get(delivery.key.id_, 0) + 1
+                id_ = delivery.key.id_
+                running[id_] = running.get(id_, 0) + 1
                 return delivery
         return None
 
@@ -769,11 +774,12 @@ class KafkaConsumer:
         if not isinstance(handle, _Handle) or handle.settled:
             return False
         consumer = handle.consumer
+        part = handle.part
         if handle.stale:
             consumer._release(delivery)
             _log_stale(delivery, handle)
-            if not handle.part.revoked:
-                handle.part.finish(handle.offset)  # flushed meanwhile: nothing to keep
+            if not part.revoked:
+                part.finish(handle.offset)  # flushed meanwhile: nothing to keep
             return False
         if produce is not None:
             topic, value, headers = produce
@@ -782,11 +788,13 @@ class KafkaConsumer:
             except BaseException:
                 await KafkaConsumer.give_back(delivery)
                 raise
-        consumer._release(delivery)
-        if handle.stale:
-            _log_stale(delivery, handle)
-            return False
-        handle.part.finish(handle.offset)
+            consumer._release(delivery)
+            if handle.stale:  # revoked while the message was being written
+                _log_stale(delivery, handle)
+                return False
+        else:
+            consumer._release(delivery)
+        part.finish(handle.offset)
         if not keep_id:
             await consumer.broker.release_unique(delivery.key)
         return True

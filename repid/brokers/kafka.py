@@ -506,13 +506,17 @@ class KafkaMessageBroker(LocalOrShared):
 
     async def release_unique(self, key: RoutingKey) -> None:
         """The message left the pending state (settled or removed): free its id."""
-        if self._state is not None and generated_here(key.id_):
-            self._state.settled(key.id_)
-        elif not generated_here(key.id_):
-            if self._state is not None:
-                self._state.release(key.queue, key.id_)
+        here = generated_here(key.id_)
+        if self._state is not None:
+            if here:
+                self._state.settled(key.id_)
             else:
-                await self._unique.delete_bucket(self._unique_key(key.queue, key.id_))
+                self._state.release(key.queue, key.id_)
+        elif not here:
+            unique = self._unique
+            if isinstance(unique, InMemoryBucketBroker) and not unique._data:
+                return  # an in-process store holding no id at all (e.g. a worker's)
+            await unique.delete_bucket(self._unique_key(key.queue, key.id_))
 
     async def _forget_unique_ids(self, queue_name: str) -> None:
         if self._state is not None:
