@@ -448,3 +448,14 @@ def test_a_delivery_on_aiormqs_path_is_assembled_by_the_channel_reader() -> None
     delivered, others = asyncio.run(run())
     assert [(m.delivery.delivery_tag, m.body) for m in delivered] == [(5, b"abcdef")]
     assert [frame.delivery_tag for frame in others] == [6]
+
+
+def test_the_message_handed_over_is_aiormqs_own() -> None:
+    """The reader fills aiormq's `DeliveredMessage` directly; it must equal what aiormq's
+    constructor builds (with this aiormq the fast way is the one in use)."""
+    deliver = spec.Basic.Deliver("ctag", 3, False, "", "q")
+    header = ContentHeader(0, 3, spec.Basic.Properties(**OURS))
+    made = _rabbitmq_frames._message(deliver, header, b"abc", "channel")
+    assert made == DeliveredMessage(delivery=deliver, header=header, body=b"abc", channel="channel")  # type: ignore[arg-type]
+    assert made.delivery_tag == 3
+    assert _rabbitmq_frames._message is _rabbitmq_frames._message_by_dict
