@@ -351,6 +351,7 @@ class KafkaConsumer:
             _coordination_dead(kafka)  # retrieves a dead coordination's error (else logged)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(kafka.stop(), self.broker.timeout)
+        await self.broker.flush_releases()  # the ids of what it settled are free on return
         self._started = False
 
     async def __aenter__(self) -> KafkaConsumer:
@@ -796,7 +797,7 @@ class KafkaConsumer:
             consumer._release(delivery)
         part.finish(handle.offset)
         if not keep_id:
-            await consumer.broker.release_unique(delivery.key)
+            await consumer.broker.release_unique(delivery.key, together=True)
         return True
 
     @staticmethod

@@ -156,6 +156,9 @@ class KafkaMessageBroker(LocalOrShared):
             unique_ids if unique_ids is not None else InMemoryBucketBroker()
         )
         self._own_unique = unique_ids is None
+        self._releases: list[str] = []
+        """Unique-id entries of settled messages, deleted together (see `release_unique`)."""
+        self._release_flush: asyncio.Task[None] | None = None
         self._init_local_or_shared(shared_state)
         if shared_state is not None:
             shared_state.running = self._runs_here
@@ -251,6 +254,7 @@ class KafkaMessageBroker(LocalOrShared):
         self.is_connected = False
         for consumer in list(self._consumers):
             await consumer.finish()
+        await self.flush_releases()
         await self._stop_clients()
         await self._unique.disconnect()
         if self._state is not None:
@@ -504,19 +508,52 @@ class KafkaMessageBroker(LocalOrShared):
     def _runs_here(self, id_: str) -> bool:
         return any(consumer.is_running(id_) for consumer in self._consumers)
 
-    async def release_unique(self, key: RoutingKey) -> None:
-        """The message left the pending state (settled or removed): free its id."""
+    async def release_unique(self, key: RoutingKey, *, together: bool = False) -> None:
+        """The message left the pending state (settled or removed): free its id.
+
+        `together` (the worker's settling): an id kept in a network store (e.g.
+        `RedisBucketBroker`) is deleted along with the other ids released in the same
+        event-loop step, in one request, instead of one round trip per message;
+        `flush_releases()` waits for that.
+        """
         here = generated_here(key.id_)
         if self._state is not None:
             if here:
                 self._state.settled(key.id_)
             else:
                 self._state.release(key.queue, key.id_)
-        elif not here:
-            unique = self._unique
-            if isinstance(unique, InMemoryBucketBroker) and not unique._data:
-                return  # an in-process store holding no id at all (e.g. a worker's)
-            await unique.delete_bucket(self._unique_key(key.queue, key.id_))
+            return
+        if here:
+            return  # never stored: an id drawn in this process is unique by construction
+        unique = self._unique
+        name = self._unique_key(key.queue, key.id_)
+        if isinstance(unique, InMemoryBucketBroker):
+            if unique._data:  # an in-process store holding no id at all (e.g. a worker's)
+                await unique.delete_bucket(name)
+            return
+        if not together:
+            await unique.delete_bucket(name)
+            return
+        self._releases.append(name)
+        if self._release_flush is None or self._release_flush.done():
+            self._release_flush = asyncio.ensure_future(self._flush_releases())
+
+    async def _flush_releases(self) -> None:
+        while self._releases:
+            names, self._releases = self._releases, []
+            try:
+                await _delete_buckets(self._unique, names)
+            except Exception as exc:  # the entries expire after unique_ttl anyway
+                logger.warning(
+                    "freeing %d unique ids failed (%r); they stay taken until unique_ttl passes",
+                    len(names),
+                    exc,
+                )
+
+    async def flush_releases(self) -> None:
+        """Wait until the ids released `together` so far are deleted from the store."""
+        while self._release_flush is not None and not self._release_flush.done():
+            await asyncio.shield(self._release_flush)
 
     async def _forget_unique_ids(self, queue_name: str) -> None:
         if self._state is not None:
@@ -655,3 +692,12 @@ class KafkaMessageBroker(LocalOrShared):
     def _is_tombstoned(self, delivery: Delivery) -> bool:
         """Called by consumers before handing out a delivery while cancellations wait."""
         return self._state is not None and self._state.take_tombstone(delivery)
+
+
+async def _delete_buckets(store: BucketBrokerT, names: list[str]) -> None:
+    """Delete buckets `names`: in one request where the store can (`_delete_many`)."""
+    many = getattr(store, "_delete_many", None)
+    if many is not None:
+        await many(names)
+    else:
+        await asyncio.gather(*(store.delete_bucket(name) for name in names))

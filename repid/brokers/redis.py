@@ -481,6 +481,11 @@ class RedisBucketBroker:
     async def delete_bucket(self, id_: str) -> None:
         await self.link.call("DEL", self._key(id_))
 
+    async def _delete_many(self, ids: Sequence[str]) -> None:
+        """Delete several buckets, up to 1,000 keys per `DEL`."""
+        for start in range(0, len(ids), 1000):
+            await self.link.call("DEL", *(self._key(id_) for id_ in ids[start : start + 1000]))
+
     async def wait_bucket(self, id_: str, timeout: float | None) -> BucketT | None:
         """Return the bucket once stored, or None after `timeout` seconds (None: no limit).
 

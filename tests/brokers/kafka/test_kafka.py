@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import uuid4
@@ -495,3 +495,42 @@ async def test_cancel_reaches_the_partition_of_the_job(conn: Connection, queue: 
         await wait_until(lambda: len(ran) == 27, "the jobs not cancelled", 10)
     assert sorted(ran) == [n for n in range(30) if n not in (3, 17, 29)]
     assert await browse(queue) == []
+
+
+async def test_ids_released_by_settling_leave_the_unique_store_together() -> None:
+    """With a network store, the ids settled in one event-loop step are deleted in one request
+    (not one round trip per acknowledged message), and `flush_releases` waits for it."""
+    from repid.brokers.redis import RedisBucketBroker
+    from repid.data import ArgsBucket, RoutingKey
+    from tests.conformance.specs.redis import DSN as REDIS_DSN
+
+    unique = RedisBucketBroker(REDIS_DSN, prefix=f"repid-{RUN_ID}-kafka-release:")
+    broker = _broker(unique_ids=unique)
+    await unique.connect()
+    requests: list[list[str]] = []
+    delete_many = unique._delete_many
+
+    async def counted(ids: Sequence[str]) -> None:
+        requests.append(list(ids))
+        await delete_many(ids)
+
+    unique._delete_many = counted  # type: ignore[method-assign]
+    try:
+        names = [broker._unique_key("q", f"user-id-{i}") for i in range(10)]
+        for name in names:
+            await unique.store_bucket(name, ArgsBucket("", ttl=timedelta(minutes=1)))
+        for i in range(10):
+            await broker.release_unique(RoutingKey(f"user-id-{i}", "a", "q"), together=True)
+        assert requests == []  # nothing sent yet: they leave together
+        await broker.flush_releases()
+        assert requests == [names]
+        assert [await unique.get_bucket(name) for name in names] == [None] * 10
+        # Outside the worker's settling (e.g. a cancel), the id is freed on the spot.
+        await unique.store_bucket(names[0], ArgsBucket("", ttl=timedelta(minutes=1)))
+        await broker.release_unique(RoutingKey("user-id-0", "a", "q"))
+        assert await unique.get_bucket(names[0]) is None
+        assert len(requests) == 1
+    finally:
+        for name in names:
+            await unique.delete_bucket(name)
+        await unique.disconnect()
