@@ -44,6 +44,9 @@ class PrioritiesT(enum.IntEnum):
     LOW = 2
 
 
+_PRIORITY_COUNT = len(PrioritiesT)
+
+
 class MessageCategory(enum.StrEnum):
     """The part of a queue a message lives in."""
 
@@ -97,7 +100,7 @@ class RoutingKey(NamedTuple):
         id_, topic, queue, priority = raw
         if not (isinstance(id_, str) and isinstance(topic, str) and isinstance(queue, str)):
             raise TypeError("routing key fields must be strings")
-        if type(priority) is not int or not 0 <= priority < len(PrioritiesT):
+        if type(priority) is not int or not 0 <= priority < _PRIORITY_COUNT:
             raise ValueError(f"priority must be 0, 1 or 2, got {priority!r}")
         return tuple.__new__(cls, (id_, topic, queue, priority))
 

@@ -76,6 +76,9 @@ def _matches(removal: Removal, delivery: Delivery) -> bool:
     return ts is None or abs(delivery.parameters.timer.timestamp.timestamp() - ts) < 1e-6
 
 
+_NORMAL = MessageCategory.NORMAL
+
+
 def _decode(
     record: ConsumerRecord[Any, Any], queue_name: str, handle: Any = None
 ) -> tuple[Delivery, str | None]:
@@ -95,7 +98,7 @@ def _decode(
         )
     # tuple.__new__ skips the named tuple's Python-level constructor (hot path).
     delivery: Delivery = tuple.__new__(
-        Delivery, (key, payload, params, handle, MessageCategory.NORMAL, None, None, False)
+        Delivery, (key, payload, params, handle, _NORMAL, None, None, False)
     )
     return delivery, None
 
