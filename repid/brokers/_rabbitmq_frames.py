@@ -94,6 +94,33 @@ def _short_str(raw: bytes, pos: int) -> tuple[str, int]:
     return raw[pos + 1 : pos + 1 + size].decode(), pos + 1 + size
 
 
+def _deliver_at(raw: bytes, pos: int) -> tuple[Any, int]:
+    """The `basic.deliver` arguments starting at `pos`: (frame object, end position)."""
+    deliver = _Deliver.__new__(_Deliver)
+    deliver.consumer_tag, pos = _short_str(raw, pos)
+    deliver.delivery_tag = _I64.unpack_from(raw, pos)[0]
+    deliver.redelivered = (raw[pos + 8] & 1) != 0
+    deliver.exchange, pos = _short_str(raw, pos + 9)
+    deliver.routing_key, pos = _short_str(raw, pos)
+    return deliver, pos
+
+
+def _header_at(raw: bytes, pos: int) -> tuple[ContentHeader | None, int]:
+    """The content header payload starting at `pos`: (header, end position); None if its
+    properties are not exactly the ones repid publishes."""
+    class_id, weight, body_size, flags = _HEADER_START.unpack_from(raw, pos)
+    if flags != _OUR_FLAGS:
+        return None, pos
+    properties = _Properties()
+    properties.content_type, pos = _short_str(raw, pos + 14)
+    properties.delivery_mode = raw[pos]
+    properties.priority = raw[pos + 1]
+    properties.message_id, pos = _short_str(raw, pos + 2)
+    header = ContentHeader(weight, body_size, properties)
+    header.class_id = class_id
+    return header, pos
+
+
 def _fast(raw: bytes, kind: int, size: int) -> Any:
     """The frame object of `raw` for the three hot kinds, or None (left to pamqp)."""
     if kind == 3:  # body
@@ -101,27 +128,11 @@ def _fast(raw: bytes, kind: int, size: int) -> Any:
     if kind == 1:  # method
         if int.from_bytes(raw[7:11], "big") != _DELIVER:
             return None
-        deliver = _Deliver.__new__(_Deliver)
-        deliver.consumer_tag, pos = _short_str(raw, 11)
-        deliver.delivery_tag = _I64.unpack_from(raw, pos)[0]
-        deliver.redelivered = (raw[pos + 8] & 1) != 0
-        deliver.exchange, pos = _short_str(raw, pos + 9)
-        deliver.routing_key, pos = _short_str(raw, pos)
+        deliver, pos = _deliver_at(raw, 11)
         return deliver if pos == 7 + size else None
     if kind == 2:  # content header
-        class_id, weight, body_size, flags = _HEADER_START.unpack_from(raw, 7)
-        if flags != _OUR_FLAGS:
-            return None
-        properties = _Properties()
-        properties.content_type, pos = _short_str(raw, 21)
-        properties.delivery_mode = raw[pos]
-        properties.priority = raw[pos + 1]
-        properties.message_id, pos = _short_str(raw, pos + 2)
-        if pos != 7 + size:
-            return None
-        header = ContentHeader(weight, body_size, properties)
-        header.class_id = class_id
-        return header
+        header, pos = _header_at(raw, 7)
+        return header if pos == 7 + size else None
     return None
 
 
@@ -156,28 +167,14 @@ def _whole_delivery(buffer: bytearray) -> tuple[int, int, Any, ContentHeader, by
     ):
         return None
     try:
-        deliver = _Deliver.__new__(_Deliver)
-        deliver.consumer_tag, pos = _short_str(raw, 11)
-        deliver.delivery_tag = _I64.unpack_from(raw, pos)[0]
-        deliver.redelivered = (raw[pos + 8] & 1) != 0
-        deliver.exchange, pos = _short_str(raw, pos + 9)
-        deliver.routing_key, pos = _short_str(raw, pos)
+        deliver, pos = _deliver_at(raw, 11)
         if pos != header_at - 1:
             return None
-        class_id, weight, body_size, flags = _HEADER_START.unpack_from(raw, header_at + 7)
-        if flags != _OUR_FLAGS or body_size != end - body_at - 8:
-            return None
-        properties = _Properties()
-        properties.content_type, pos = _short_str(raw, header_at + 21)
-        properties.delivery_mode = raw[pos]
-        properties.priority = raw[pos + 1]
-        properties.message_id, pos = _short_str(raw, pos + 2)
-        if pos != body_at - 1:
-            return None
+        header, pos = _header_at(raw, header_at + 7)
     except (IndexError, ValueError, struct.error):
         return None  # malformed: read frame by frame, pamqp says what is wrong
-    header = ContentHeader(weight, body_size, properties)
-    header.class_id = class_id
+    if header is None or pos != body_at - 1 or header.body_size != end - body_at - 8:
+        return None
     return end, channel, deliver, header, raw[body_at + 7 : end - 1]
 
 
