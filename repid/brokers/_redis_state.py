@@ -266,6 +266,9 @@ class RedisSharedState(WorkersAndLimits):
         self._init_workers_and_limits()
         self._releases: list[bytes] = []
         self._answered: set[str] = set()
+        self._ignored: set[str] = set()
+        """Flags this process read while it did not run their job: a later run of the id here
+        is a new job (the cancelled one was dropped, finished, or ran elsewhere)."""
         self._recent: OrderedDict[str, float] = OrderedDict()
         self._readers = f"{prefix}readers".encode()
         self.reader_id = uuid.uuid4().hex
@@ -408,23 +411,29 @@ class RedisSharedState(WorkersAndLimits):
                 tombstones[(names[0], names[1])] = float(rest)
             elif kind == "f" and len(names) == 1:
                 flags[names[0]] = expiry
-        new = flags.keys() - self.flags.keys()
+        # New flags, and flags set again by another `cancel` (a new expiry).
+        new = {id_ for id_, expiry in flags.items() if self.flags.get(id_) != expiry}
         # In place: brokers hold a reference to these dicts.
         self.tombstones.clear()
         self.tombstones.update(tombstones)
         self.flags.clear()
         self.flags.update(flags)
-        self._answered &= set(flags)
+        self._answered = {id_ for id_ in self._answered if id_ in flags and id_ not in new}
+        self._ignored = {id_ for id_ in self._ignored if id_ in flags and id_ not in new}
         self._version = raw_version
         soon = time.monotonic() - _RECENT
         for id_ in new:
             if self.running(id_):
                 answer = "1"
                 self._answered.add(id_)
-            elif self._recent.get(id_, 0.0) > soon:
-                answer = "r"
             else:
-                continue
+                # Not running here when first seen: the flag is not for a later job of this
+                # id in this process (waiting messages of the cancelled one are tombstoned).
+                self._ignored.add(id_)
+                if self._recent.get(id_, 0.0) > soon:
+                    answer = "r"
+                else:
+                    continue
             await self.link.call("SET", self._answer_key(id_), answer, "PX", _ANSWER_TTL_MS)
         await self._report(version)
 
@@ -484,6 +493,7 @@ class RedisSharedState(WorkersAndLimits):
         """Job `id_` is gone: drop its flag, and its tombstones in `queue` ("": in any queue)."""
         self.flags.pop(id_, None)
         self._answered.discard(id_)
+        self._ignored.discard(id_)
         for key in [key for key in self.tombstones if key[1] == id_ and queue in ("", key[0])]:
             del self.tombstones[key]
         await self.link.script(_FORGET, [self._cancels, self._version_key], [id_, queue])
@@ -554,7 +564,8 @@ class RedisSharedState(WorkersAndLimits):
         if not flags:
             return set()
         now_ms = time.time() * 1000
-        found = {id_ for id_ in running if flags.get(id_, 0) > now_ms}
+        ignored = self._ignored
+        found = {id_ for id_ in running if flags.get(id_, 0) > now_ms and id_ not in ignored}
         for id_ in found - self._answered:
             self._answered.add(id_)
             self._spawn(self.link.call("SET", self._answer_key(id_), "1", "PX", _ANSWER_TTL_MS))

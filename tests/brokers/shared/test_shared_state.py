@@ -263,3 +263,25 @@ async def test_cancel_waits_half_a_second_at_most_for_a_process_that_does_not_re
         assert stuck.take_tombstone(_delivery("q", "waiting", time.time() - 1))
     finally:
         await stuck.disconnect()
+
+
+async def test_a_flag_left_behind_does_not_cancel_a_later_job_reusing_the_id(
+    states: tuple[RedisSharedState, RedisSharedState], prefix: str
+) -> None:
+    """A flag stays when a process did not read the cancellation in time. A process that
+    reads it while not running the job ignores it for later runs of that id, which are new
+    jobs; a new `cancel` of the id while it runs there does stop it."""
+    canceller, worker_side = states
+    stuck = RedisSharedState(REDIS, prefix=prefix, poll_interval=3600.0)
+    await stuck.connect()  # a live reader that does not read in time: the flag stays
+    try:
+        assert await canceller.cancel("q", "reused", time.time() - 1) == "dequeued"
+        await worker_side.refresh()
+        assert "reused" in worker_side.flags  # left behind
+        worker_side.running = lambda id_: id_ == "reused"  # a new job with that id starts
+        assert worker_side.cancelled(["reused"]) == set()
+        # A cancel of the new job: the process running it answers and stops it.
+        assert await canceller.cancel("q", "reused", None) == "requested"
+        assert worker_side.cancelled(["reused"]) == {"reused"}
+    finally:
+        await stuck.disconnect()
