@@ -271,18 +271,40 @@ def _invalid_content(frame: Any) -> Exception:
     return TypeError(f"unexpected frame {frame!r} in the content of a delivery")
 
 
-def _start_assembly(frame: Any, number: int) -> Assembly | None:
-    """An assembly for a deliver frame on channel `number`, if its consumer is registered and
-    its channel has nothing queued (an earlier delivery of the channel is never overtaken)."""
-    if type(frame) is not _Deliver:
-        return None
-    entry = _consumers.get(frame.consumer_tag or "")
+def _consumer_for(deliver: Any, number: int) -> tuple[Any, Callable[..., None]] | None:
+    """(channel, callback) of the registered consumer of a deliver frame on channel `number`,
+    if the reader may hand it the delivery: its channel is open and has nothing queued (an
+    earlier delivery of the channel is never overtaken)."""
+    entry = _consumers.get(deliver.consumer_tag or "")
     if entry is None:
         return None
-    channel, on_message = entry
+    channel = entry[0]
     if channel.number != number or channel.is_closed or _delivery_queued(channel.frames):
         return None
-    return Assembly(frame, channel, on_message)
+    return entry
+
+
+def _start_assembly(frame: Any, number: int) -> Assembly | None:
+    """An assembly for a deliver frame on channel `number` (see `_consumer_for`)."""
+    if type(frame) is not _Deliver:
+        return None
+    entry = _consumer_for(frame, number)
+    return None if entry is None else Assembly(frame, entry[0], entry[1])
+
+
+def _take_whole(buffer: bytearray, partial: dict[int, Assembly]) -> bool:
+    """Hand over the whole delivery at the start of `buffer` to its registered consumer,
+    taking it out of the buffer; False (nothing taken) if that is not what is there."""
+    parsed = _whole_delivery(buffer)
+    if parsed is None:
+        return False
+    end, number, deliver, header, body = parsed
+    entry = None if number in partial else _consumer_for(deliver, number)
+    if entry is None:
+        return False
+    del buffer[:end]
+    _hand_over(entry[1], deliver, header, body, entry[0])
+    return True
 
 
 def _delivery_queued(frames: asyncio.Queue[tuple[int, Any]]) -> bool:
@@ -340,54 +362,32 @@ def install() -> None:
                 end = int.from_bytes(buffer[3:7], "big") + 8
                 if len(buffer) < end:
                     end = 0
-            if end and _consumers and buffer[0] == 1 and self._repid_whole(buffer, partial):
+            if end and _consumers and buffer[0] == 1 and _take_whole(buffer, partial):
                 reader._maybe_resume_transport()
-                now = time.monotonic()
-                if now - returned >= _KEEPALIVE:
-                    self._repid_returned = now
-                    return 8, 0, Heartbeat()
-                continue
-            if end:
-                raw = bytes(buffer[:end])
-                del buffer[:end]
-                reader._maybe_resume_transport()
-                try:
-                    received = unmarshal(raw)
-                except PAMQPException as exc:
-                    raise invalid_frame(str(exc)) from exc
             else:
-                received = await original(self)  # the next frame, however it arrives
-            if not _consumers:
-                return received
-            _, number, frame = received
-            if not (partial and _content(partial, number, frame)):
-                assembly = _start_assembly(frame, number)
-                if assembly is None:
-                    self._repid_returned = time.monotonic()
+                if end:
+                    raw = bytes(buffer[:end])
+                    del buffer[:end]
+                    reader._maybe_resume_transport()
+                    try:
+                        received = unmarshal(raw)
+                    except PAMQPException as exc:
+                        raise invalid_frame(str(exc)) from exc
+                else:
+                    received = await original(self)  # the next frame, however it arrives
+                if not _consumers:
                     return received
-                partial[number] = assembly
+                _, number, frame = received
+                if not (partial and _content(partial, number, frame)):
+                    assembly = _start_assembly(frame, number)
+                    if assembly is None:
+                        self._repid_returned = time.monotonic()
+                        return received
+                    partial[number] = assembly
             now = time.monotonic()
             if now - returned >= _KEEPALIVE:
                 self._repid_returned = now
                 return 8, 0, Heartbeat()
 
-    def whole(self: Any, buffer: bytearray, partial: dict[int, Assembly]) -> bool:
-        """Hand over the whole delivery at the start of `buffer` to its registered consumer,
-        taking it out of the buffer; False (nothing taken) if that is not what is there."""
-        parsed = _whole_delivery(buffer)
-        if parsed is None:
-            return False
-        end, number, deliver, header, body = parsed
-        entry = _consumers.get(deliver.consumer_tag or "")
-        if entry is None or number in partial:
-            return False
-        channel, on_message = entry
-        if channel.number != number or channel.is_closed or _delivery_queued(channel.frames):
-            return False
-        del buffer[:end]
-        _hand_over(on_message, deliver, header, body, channel)
-        return True
-
     get_frame._repid_fast = True  # type: ignore[attr-defined]
-    receiver._repid_whole = whole
     receiver.get_frame = get_frame
