@@ -44,7 +44,8 @@ class PrioritiesT(enum.IntEnum):
     LOW = 2
 
 
-_PRIORITY_COUNT = len(PrioritiesT)
+PRIORITY_COUNT = len(PrioritiesT)
+"""How many priorities there are (0 to PRIORITY_COUNT - 1)."""
 
 
 class MessageCategory(enum.StrEnum):
@@ -100,7 +101,7 @@ class RoutingKey(NamedTuple):
         id_, topic, queue, priority = raw
         if not (isinstance(id_, str) and isinstance(topic, str) and isinstance(queue, str)):
             raise TypeError("routing key fields must be strings")
-        if type(priority) is not int or not 0 <= priority < _PRIORITY_COUNT:
+        if type(priority) is not int or not 0 <= priority < PRIORITY_COUNT:
             raise ValueError(f"priority must be 0, 1 or 2, got {priority!r}")
         return tuple.__new__(cls, (id_, topic, queue, priority))
 

@@ -670,9 +670,9 @@ class KafkaConsumer:
                 if self._buffered < low:
                     self._room.set()
                 handle: _Handle = delivery.handle
+                if handle.stale:
+                    continue  # its partition was revoked meanwhile
                 part = handle.part
-                if part.revoked or handle.generation != part.generation:
-                    continue  # stale: its partition was revoked meanwhile
                 if self.broker._tombstones and self.broker._is_tombstoned(delivery):
                     part.finish(handle.offset)  # cancelled while it waited (shared state)
                     continue

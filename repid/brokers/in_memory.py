@@ -20,6 +20,7 @@ from typing import Any
 from repid.brokers.base import BrokerCapabilities, Delivery, OutgoingMessage
 from repid.codec import decode_message
 from repid.data import (
+    PRIORITY_COUNT,
     ArgsBucket,
     BucketT,
     MessageCategory,
@@ -39,8 +40,6 @@ from repid.lifecycle import STALE_AFTER, ActorLimiter, RateLimit, WorkerInfo
 __all__ = ["ConsumerClosedError", "InMemoryBucketBroker", "InMemoryMessageBroker"]
 
 logger = logging.getLogger("repid.brokers.in_memory")
-
-_PRIORITIES = len(PrioritiesT)
 
 
 _Entry = Delivery
@@ -101,7 +100,7 @@ class _MemoryQueue:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.ready: tuple[deque[_Entry], ...] = tuple(deque() for _ in range(_PRIORITIES))
+        self.ready: tuple[deque[_Entry], ...] = tuple(deque() for _ in range(PRIORITY_COUNT))
         self.delayed: list[tuple[float, int, _Entry]] = []
         self.dead: dict[int, _Entry] = {}
         self.inflight: dict[int, _Lease] = {}
