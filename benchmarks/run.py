@@ -579,13 +579,18 @@ def summarize_net(runs: CaseRuns) -> dict[str, Any]:
     return summary
 
 
+def _net_subject(summaries: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """repid's summary, if it has a round that succeeded."""
+    return next((s for s in summaries if s["case"] == SUBJECT and s["rounds_ok"]), None)
+
+
 def ratios_net(summaries: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """repid's figure / the best peer's, per figure, and which peer was best.
 
     For rates the best peer is the fastest (a ratio above 1 = repid faster); for latency and
     RSS it is the lowest (a ratio below 1 = repid lower, i.e. better).
     """
-    subject = next((s for s in summaries if s["case"] == SUBJECT and s["rounds_ok"]), None)
+    subject = _net_subject(summaries)
     peers = [
         s
         for s in summaries
@@ -659,7 +664,7 @@ def render_markdown_net(
         + " | ".join(r[key]["best_peer"] or "n/a" for key, _, _ in NET_FIGURES)
         + " | |"
     )
-    subject = next((s for s in summaries if s["case"] == SUBJECT and s["rounds_ok"]), None)
+    subject = _net_subject(summaries)
     for ref in summaries:
         if ref.get("reference") and ref["rounds_ok"] and subject is not None:
             cells = [

@@ -156,11 +156,23 @@ def test_a_case_past_its_timeout_is_stopped(
     assert time.monotonic() - started < 30
 
 
+def _net_summary(case: str, **figures: Any) -> dict[str, Any]:
+    """A suite summary of `case` with these figures (the others unknown)."""
+    return {
+        "case": case,
+        "rounds_ok": 3,
+        "version": "1",
+        "concurrency": "c",
+        "end_to_end_spread": None,
+        "failures": [],
+        **{key: None for key, _, _ in run.NET_FIGURES},
+        **figures,
+    }
+
+
 def test_ratios_take_the_best_peer_per_figure() -> None:
     def summary(case: str, seq: float, p50: float, rss: float) -> dict[str, Any]:
-        figures: dict[str, Any] = {key: None for key, _, _ in run.NET_FIGURES}
-        figures |= {"seq_enqueue": seq, "latency_p50_ms": p50, "worker_peak_rss_mb": rss}
-        return {"case": case, "rounds_ok": 3, **figures}
+        return _net_summary(case, seq_enqueue=seq, latency_p50_ms=p50, worker_peak_rss_mb=rss)
 
     ratios = run.ratios_net(
         [
@@ -180,25 +192,15 @@ def test_ratios_take_the_best_peer_per_figure() -> None:
 
 
 def test_a_reference_case_gets_its_own_ratio_row() -> None:
-    def summary(case: str, seq: float, **extra: Any) -> dict[str, Any]:
-        figures: dict[str, Any] = {key: None for key, _, _ in run.NET_FIGURES}
-        return {
-            "case": case,
-            "rounds_ok": 3,
-            "version": "1",
-            "concurrency": "c",
-            **figures,
-            "seq_enqueue": seq,
-            "end_to_end_spread": None,
-            "failures": [],
-            **extra,
-        }
-
     table = run.render_markdown_net(
         run.SUITES["rabbitmq"],
         100,
         3,
-        [summary("repid", 900), summary("peer", 600), summary("raw", 1000, reference=True)],
+        [
+            _net_summary("repid", seq_enqueue=900),
+            _net_summary("peer", seq_enqueue=600),
+            _net_summary("raw", seq_enqueue=1000, reference=True),
+        ],
     )
     assert "| **repid / best peer** | | | 1.50x |" in table
     assert "| **repid / raw** (reference) | | | 0.90x |" in table

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -558,3 +558,17 @@ async def kafka_delete_topics(topics: list[str], bootstrap: str = KAFKA_BOOTSTRA
             await admin.delete_topics(doomed)
     finally:
         await admin.close()
+
+
+async def rabbitmq_delete(queues: Sequence[str], exchanges: Sequence[str] = ()) -> None:
+    """Delete the run's queues and exchanges (aio-pika is in every RabbitMQ peer's
+    environment)."""
+    import aio_pika
+
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        for name in queues:
+            await channel.queue_delete(name)
+        for name in exchanges:
+            await channel.exchange_delete(name)

@@ -14,7 +14,7 @@ import asyncio
 from typing import Any
 
 import aio_pika
-from _common import AMQP_URL, JobCounter, NetCase, Producer
+from _common import AMQP_URL, JobCounter, NetCase, Producer, rabbitmq_delete
 
 
 class RawProducer(Producer):
@@ -69,11 +69,7 @@ class AioPikaRawCase(NetCase):
         asyncio.run(main())
 
     async def cleanup(self, queues: list[str]) -> None:
-        connection = await aio_pika.connect(AMQP_URL)
-        async with connection:
-            channel = await connection.channel()
-            for name in queues:
-                await channel.queue_delete(name)
+        await rabbitmq_delete(queues)
 
 
 if __name__ == "__main__":

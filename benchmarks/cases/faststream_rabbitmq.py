@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
-import aio_pika
-from _common import AMQP_URL, JobCounter, NetCase, Producer
+from _common import AMQP_URL, JobCounter, NetCase, Producer, rabbitmq_delete
 from faststream.rabbit import Channel, RabbitBroker, RabbitQueue
 
 
@@ -60,17 +59,7 @@ class FastStreamRabbitCase(NetCase):
         asyncio.run(main())
 
     async def cleanup(self, queues: list[str]) -> None:
-        await aio_pika_delete(queues)
-
-
-async def aio_pika_delete(queues: list[str], exchanges: list[str] = ()) -> None:  # type: ignore[assignment]
-    connection = await aio_pika.connect(AMQP_URL)
-    async with connection:
-        channel = await connection.channel()
-        for name in queues:
-            await channel.queue_delete(name)
-        for name in exchanges:
-            await channel.exchange_delete(name)
+        await rabbitmq_delete(queues)
 
 
 if __name__ == "__main__":

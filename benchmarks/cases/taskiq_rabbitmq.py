@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
-import aio_pika
-from _common import AMQP_URL, JobCounter, NetCase, Producer
+from _common import AMQP_URL, JobCounter, NetCase, Producer, rabbitmq_delete
 from taskiq.api import run_receiver_task
 from taskiq_aio_pika import AioPikaBroker
 from taskiq_aio_pika.exchange import Exchange
@@ -78,13 +77,8 @@ class TaskiqRabbitCase(NetCase):
         asyncio.run(main())
 
     async def cleanup(self, queues: list[str]) -> None:
-        connection = await aio_pika.connect(AMQP_URL)
-        async with connection:
-            channel = await connection.channel()
-            for name in queues:
-                await channel.queue_delete(name)
-                await channel.queue_delete(f"{name}.dead_letter")
-                await channel.exchange_delete(name)
+        dead = [f"{name}.dead_letter" for name in queues]
+        await rabbitmq_delete([*queues, *dead], exchanges=queues)
 
 
 if __name__ == "__main__":
