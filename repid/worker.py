@@ -27,7 +27,7 @@ from repid.brokers.base import Delivery
 from repid.data import DEFAULT_TIMEOUT, DeadLetterInfo, DeadLetterReason, ResultBucket
 from repid.dependencies import resolve_dependency
 from repid.errors import ConfigurationError, ConsumerClosedError
-from repid.job import new_id
+from repid.ids import new_id
 from repid.lifecycle import (
     HEARTBEAT_INTERVAL,
     ActorLimiter,

@@ -18,7 +18,7 @@ from repid.brokers._local_or_shared import LocalOrShared
 from repid.brokers._rabbitmq_consumer import ChannelState, Handle
 from repid.brokers.base import Delivery
 from repid.data import Parameters, RoutingKey
-from repid.job import generated_here
+from repid.ids import generated_here
 
 if TYPE_CHECKING:
     from repid.brokers._redis_state import RedisSharedState

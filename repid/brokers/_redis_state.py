@@ -39,7 +39,7 @@ from repid.brokers._redis_client import RedisAddress
 from repid.brokers._redis_limiter import RedisActorLimiter
 from repid.brokers._redis_link import SCRIPTS, Link, Script
 from repid.brokers.base import Delivery
-from repid.job import generated_here
+from repid.ids import generated_here
 from repid.lifecycle import STALE_AFTER, RateLimit, WorkerInfo
 
 __all__ = ["RedisSharedState", "generated_here"]

@@ -48,7 +48,7 @@ from repid.errors import (
     MessageTooLargeError,
     QueueNotDeclaredError,
 )
-from repid.job import generated_here
+from repid.ids import generated_here
 
 if TYPE_CHECKING:
     from repid.brokers._redis_state import RedisSharedState

@@ -30,7 +30,7 @@ from repid.data import (
     RoutingKey,
 )
 from repid.errors import BrokerUnavailableError, MessageTooLargeError, QueueNotDeclaredError
-from repid.job import generated_here
+from repid.ids import generated_here
 
 __all__ = ["RedisBucketBroker", "RedisMessageBroker"]
 

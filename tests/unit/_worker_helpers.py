@@ -22,7 +22,7 @@ from repid import (
     Runner,
     Worker,
 )
-from repid.job import new_id
+from repid.ids import new_id
 
 TIMEOUT = 5.0
 """Upper bound on any single wait in these tests; a healthy run needs a small fraction of it."""
