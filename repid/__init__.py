@@ -64,7 +64,7 @@ from repid.serializer import Config, SerializerT, default_serializer
 from repid.worker import Runner, Worker
 
 if TYPE_CHECKING:  # imported on first use (see `__getattr__`): a worker of another broker
-    from repid.brokers.in_memory import InMemoryBucketBroker, InMemoryMessageBroker
+    from repid.brokers.memory.broker import InMemoryBucketBroker, InMemoryMessageBroker
 
 __version__ = "2.0.0.dev0"
 
@@ -136,11 +136,11 @@ __all__ = [
 ]
 
 _LAZY = {
-    "InMemoryMessageBroker": "repid.brokers.in_memory",
-    "InMemoryBucketBroker": "repid.brokers.in_memory",
+    "InMemoryMessageBroker": "repid.brokers.memory",
+    "InMemoryBucketBroker": "repid.brokers.memory",
     "RedisMessageBroker": "repid.brokers.redis",
     "RedisBucketBroker": "repid.brokers.redis",
-    "RedisSharedState": "repid.brokers._redis_state",
+    "RedisSharedState": "repid.state.redis",
     "RabbitMessageBroker": "repid.brokers.rabbitmq",
     "KafkaMessageBroker": "repid.brokers.kafka",
     "HealthCheckServer": "repid.health_check_server",

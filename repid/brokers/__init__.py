@@ -15,7 +15,7 @@ from repid.brokers.base import (
 from repid.errors import ConsumerClosedError
 
 if TYPE_CHECKING:  # imported on first use, like the network brokers
-    from repid.brokers.in_memory import InMemoryBucketBroker, InMemoryMessageBroker
+    from repid.brokers.memory.broker import InMemoryBucketBroker, InMemoryMessageBroker
 
 __all__ = [
     "BrokerCapabilities",
@@ -30,11 +30,11 @@ __all__ = [
 ]
 
 _LAZY = {
-    "InMemoryMessageBroker": "repid.brokers.in_memory",
-    "InMemoryBucketBroker": "repid.brokers.in_memory",
+    "InMemoryMessageBroker": "repid.brokers.memory",
+    "InMemoryBucketBroker": "repid.brokers.memory",
     "RedisMessageBroker": "repid.brokers.redis",
     "RedisBucketBroker": "repid.brokers.redis",
-    "RedisSharedState": "repid.brokers._redis_state",
+    "RedisSharedState": "repid.state.redis",
     "RabbitMessageBroker": "repid.brokers.rabbitmq",
     "KafkaMessageBroker": "repid.brokers.kafka",
 }

@@ -15,7 +15,7 @@ from types import ModuleType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from repid.brokers.in_memory import InMemoryBucketBroker, InMemoryMessageBroker
+from repid.brokers.memory.broker import InMemoryBucketBroker, InMemoryMessageBroker
 from repid.connection import Connection
 from repid.errors import RepidError
 from repid.main import Repid
@@ -156,7 +156,7 @@ def connection_from_url(
 
 
 def _shared_state(state_url: str) -> Any:
-    from repid.brokers._redis_state import RedisSharedState
+    from repid.state.redis import RedisSharedState
 
     prefix = parse_qs(urlsplit(state_url).query).get("prefix")
     if prefix:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from repid.brokers.in_memory import InMemoryBucketBroker
+from repid.brokers.memory.broker import InMemoryBucketBroker
 from repid.connection import Connection
 from repid.main import Repid
 from repid.queue import Queue

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from repid.data import DeadLetterInfo, MessageCategory, Parameters, RoutingKey
 
 if TYPE_CHECKING:
-    from repid.brokers.in_memory import InMemoryMessageBroker, _Entry, _MemoryQueue
+    from repid.brokers.memory.broker import InMemoryMessageBroker, _Entry, _MemoryQueue
 
 __all__ = ["InMemoryQueueView", "QueuedMessage"]
 

@@ -64,7 +64,7 @@ from repid import (
     Queue,
     RedisMessageBroker,
 )
-from repid.brokers.rabbitmq import RabbitMessageBroker
+from repid.brokers.rabbitmq.broker import RabbitMessageBroker
 from tests.conformance.specs import RUN_ID  # the run's id: every key, queue and topic holds it
 
 ROOT = Path(__file__).resolve().parents[2]

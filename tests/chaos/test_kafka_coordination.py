@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from repid import Connection, KafkaMessageBroker, MessageCategory, Queue
-from repid.brokers._kafka_consumer import KafkaConsumer
+from repid.brokers.kafka.consumer import KafkaConsumer
 from tests.chaos._harness import BrokerSettings, Chaos
 
 pytestmark = pytest.mark.broker("kafka")

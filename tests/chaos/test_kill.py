@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from repid import KafkaMessageBroker, MessageCategory
-from repid.brokers._kafka_consumer import read_topic
+from repid.brokers.kafka.consumer import read_topic
 from tests.chaos._harness import (
     NOIDA,
     SIZE,

@@ -201,12 +201,12 @@ def _round(value: float | None) -> float | None:
 async def test_stale_rabbitmq_settlements_are_logged(caplog: pytest.LogCaptureFixture) -> None:
     from unittest.mock import AsyncMock
 
-    from repid.brokers._rabbitmq_consumer import ChannelState
+    from repid.brokers.rabbitmq.consumer import ChannelState
 
     channel = AsyncMock()
     state = ChannelState(channel, prefetch=10)
     state.alive = False  # the channel died with its connection
-    with caplog.at_level(logging.WARNING, logger="repid.brokers.rabbitmq"):
+    with caplog.at_level(logging.WARNING, logger="repid.brokers.rabbitmq.broker"):
         assert await state.ack(7) is False
         assert await state.settle_now(8, requeue=True) is False
     assert [r.getMessage() for r in caplog.records] == [
@@ -222,9 +222,9 @@ async def test_stale_rabbitmq_settlements_are_logged(caplog: pytest.LogCaptureFi
 async def test_stale_kafka_settlements_are_logged(caplog: pytest.LogCaptureFixture) -> None:
     from aiokafka import TopicPartition
 
-    from repid.brokers._kafka_consumer import KafkaConsumer, _Handle, _Partition
     from repid.brokers.base import Delivery
-    from repid.brokers.kafka import KafkaMessageBroker
+    from repid.brokers.kafka.broker import KafkaMessageBroker
+    from repid.brokers.kafka.consumer import KafkaConsumer, _Handle, _Partition
     from repid.data import MessageCategory, Parameters, RoutingKey
 
     broker = KafkaMessageBroker("127.0.0.1:1")  # never connected
@@ -238,7 +238,7 @@ async def test_stale_kafka_settlements_are_logged(caplog: pytest.LogCaptureFixtu
         handle = _Handle(consumer, part, offset)
         deliveries.append(Delivery(RoutingKey(f"id-{offset}", "x", "q"), "", Parameters(), handle))
     part.revoked = True  # a rebalance gave the partition to another member meanwhile
-    with caplog.at_level(logging.WARNING, logger="repid.brokers.kafka"):
+    with caplog.at_level(logging.WARNING, logger="repid.brokers.kafka.broker"):
         assert await KafkaConsumer.settle(deliveries[0], None) is False
         assert await KafkaConsumer.give_back(deliveries[1]) is False
     messages = [r.getMessage() for r in caplog.records]

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from repid.brokers._redis_state import RedisSharedState
 from repid.cli import _child_command, build_parser
 from repid.cli.target import CLIError, connection_from_url
+from repid.state.redis import RedisSharedState
 
 
 @pytest.mark.parametrize("url", ["amqp://guest:guest@127.0.0.1:5672/", "kafka://127.0.0.1:19092"])

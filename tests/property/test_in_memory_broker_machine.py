@@ -380,7 +380,7 @@ class BrokerMachine(RuleBasedStateMachine):
 @pytest.fixture
 def quiet_broker_logs() -> Iterator[None]:
     """Expired leases and stale settlements are logged as warnings; here they are the point."""
-    broker_logger = logging.getLogger("repid.brokers.in_memory")
+    broker_logger = logging.getLogger("repid.brokers.memory.broker")
     level = broker_logger.level
     broker_logger.setLevel(logging.ERROR)
     yield

@@ -5,8 +5,8 @@ from __future__ import annotations
 from aiokafka.structs import TopicPartition
 
 from repid import KafkaMessageBroker, MessageCategory
-from repid.brokers._kafka_consumer import KafkaConsumer, _Handle, _Partition
 from repid.brokers.base import Delivery
+from repid.brokers.kafka.consumer import KafkaConsumer, _Handle, _Partition
 from repid.data import Parameters, RoutingKey
 
 

@@ -32,7 +32,7 @@ from repid import (
     Router,
     Worker,
 )
-from repid.brokers._kafka_consumer import read_topic
+from repid.brokers.kafka.consumer import read_topic
 from tests.conformance.specs import RUN_ID
 from tests.conformance.specs.kafka import BOOTSTRAP
 from tests.conformance.support import browse, run_to_limit, running, wait_until
@@ -392,7 +392,7 @@ async def test_kafka_with_redis_buckets_unique_ids_and_results_across_brokers(
     queue: Queue,
 ) -> None:
     """The documented pairing: unique ids and results in Redis, shared by two Kafka brokers."""
-    from repid.brokers.redis import RedisBucketBroker
+    from repid.brokers.redis.broker import RedisBucketBroker
     from tests.conformance.specs.redis import DSN as REDIS_DSN
 
     prefix = f"repid-{RUN_ID}-kafka-pair:"
@@ -500,7 +500,7 @@ async def test_cancel_reaches_the_partition_of_the_job(conn: Connection, queue: 
 async def test_ids_released_by_settling_leave_the_unique_store_together() -> None:
     """With a network store, the ids settled in one event-loop step are deleted in one request
     (not one round trip per acknowledged message), and `flush_releases` waits for it."""
-    from repid.brokers.redis import RedisBucketBroker
+    from repid.brokers.redis.broker import RedisBucketBroker
     from repid.data import ArgsBucket, RoutingKey
     from tests.conformance.specs.redis import DSN as REDIS_DSN
 

@@ -1,4 +1,4 @@
-"""The direct produce path (`repid.brokers._kafka_produce`): a lone send skips aiokafka's sender
+"""The direct produce path (`repid.brokers.kafka._produce`): a lone send skips aiokafka's sender
 task; busy partitions, cancelled sends and lingering producers keep aiokafka's guarantees; its
 hand-built produce requests and responses are byte for byte aiokafka's."""
 
@@ -21,12 +21,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from repid import Connection, Job, KafkaMessageBroker, MessageCategory, Queue
-from repid.brokers._kafka_consumer import read_topic
-from repid.brokers._kafka_produce import (
+from repid.brokers.kafka._produce import (
     OneBatchProduceRequest,
     _OneBatchStruct,
     decode_produce_response,
 )
+from repid.brokers.kafka.consumer import read_topic
 from tests.conformance.specs import RUN_ID
 from tests.conformance.specs.kafka import BOOTSTRAP
 

@@ -19,8 +19,8 @@ from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 from pamqp.heartbeat import Heartbeat
 
-from repid.brokers import _rabbitmq_frames
-from repid.brokers._rabbitmq_frames import _whole_delivery, unmarshal
+from repid.brokers.rabbitmq import _frames as _rabbitmq_frames
+from repid.brokers.rabbitmq._frames import _whole_delivery, unmarshal
 
 short = st.text(max_size=40)
 names = st.from_regex(r"[a-zA-Z0-9_.:\-]{0,40}", fullmatch=True)  # what pamqp accepts as exchange
@@ -419,7 +419,7 @@ def test_the_reader_still_returns_a_frame_while_it_only_hands_deliveries_over(
 def test_a_delivery_on_aiormqs_path_is_assembled_by_the_channel_reader() -> None:
     """The channel-side hook (`_deliver_inline`): content frames taken from the channel's queue
     while they are there, awaited when they are not."""
-    from repid.brokers._rabbitmq_consumer import _deliver_inline
+    from repid.brokers.rabbitmq.consumer import _deliver_inline
 
     async def run() -> tuple[list[Any], list[Any]]:
         channel = _Channel(1)

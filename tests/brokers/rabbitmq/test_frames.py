@@ -8,7 +8,7 @@ from pamqp import commands as spec
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
-from repid.brokers._rabbitmq_publisher import body_frames, header_frame
+from repid.brokers.rabbitmq._publisher import body_frames, header_frame
 
 
 @pytest.mark.parametrize(

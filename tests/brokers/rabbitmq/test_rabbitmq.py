@@ -26,8 +26,8 @@ from repid import (
     Router,
     Worker,
 )
-from repid.brokers.rabbitmq import RabbitMessageBroker
-from repid.brokers.redis import RedisBucketBroker
+from repid.brokers.rabbitmq.broker import RabbitMessageBroker
+from repid.brokers.redis.broker import RedisBucketBroker
 from tests.conformance.specs.rabbitmq import BUCKET_PREFIX, DSN, PREFIX
 from tests.conformance.specs.redis import DSN as REDIS_DSN
 from tests.conformance.support import browse, running, wait, wait_until

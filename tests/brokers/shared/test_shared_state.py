@@ -28,13 +28,13 @@ from repid import (
     Router,
     Worker,
 )
-from repid.brokers._redis_state import ANSWER_WITHIN, RedisSharedState
 from repid.brokers.base import Delivery
-from repid.brokers.kafka import KafkaMessageBroker
-from repid.brokers.rabbitmq import RabbitMessageBroker
+from repid.brokers.kafka.broker import KafkaMessageBroker
+from repid.brokers.rabbitmq.broker import RabbitMessageBroker
 from repid.data import Parameters, RoutingKey, TimerProperties
 from repid.errors import ConfigurationError
 from repid.lifecycle import WorkerInfo
+from repid.state.redis import ANSWER_WITHIN, RedisSharedState
 from tests.conformance.specs import RUN_ID
 from tests.conformance.specs.redis import cleanup_redis_keys
 

@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from repid import Connection, RedisBucketBroker
-from repid.brokers._redis_state import RedisSharedState
-from repid.brokers.kafka import KafkaMessageBroker
-from repid.brokers.rabbitmq import RabbitMessageBroker
+from repid.brokers.kafka.broker import KafkaMessageBroker
+from repid.brokers.rabbitmq.broker import RabbitMessageBroker
+from repid.state.redis import RedisSharedState
 from tests.conformance.conftest import (  # noqa: F401  (fixtures used by the tests below)
     _cleanup,
     _no_default_connection,

@@ -35,12 +35,12 @@ from typing import Any
 
 from pydantic_core import from_json, to_json
 
-from repid.brokers._redis_client import RedisAddress
-from repid.brokers._redis_limiter import RedisActorLimiter
-from repid.brokers._redis_link import SCRIPTS, Link, Script
 from repid.brokers.base import Delivery
+from repid.brokers.redis._client import RedisAddress
+from repid.brokers.redis._link import SCRIPTS, Link, Script
 from repid.ids import generated_here
 from repid.lifecycle import STALE_AFTER, RateLimit, WorkerInfo
+from repid.state._redis_limiter import RedisActorLimiter
 
 __all__ = ["RedisSharedState", "generated_here"]
 

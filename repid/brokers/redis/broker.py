@@ -3,7 +3,7 @@
 Delayed messages wait in a sorted set and are moved to their stream by a Lua script; a delivery
 is a pending stream entry whose idle time is its lease (renewed while the actor runs, reclaimed
 with XAUTOCLAIM once expired); dead letters live in their own stream. Every multi-key change is
-one Lua script (`_redis_scripts.lua`), so it is atomic. Needs `pip install repid[redis]`.
+one Lua script (`scripts.lua`), so it is atomic. Needs `pip install repid[redis]`.
 """
 
 from __future__ import annotations
@@ -15,11 +15,10 @@ from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
-from repid.brokers._redis_client import Arg, RedisAddress, RedisReplyError, encode_head
-from repid.brokers._redis_consumer import RedisConsumer, key_names
-from repid.brokers._redis_link import SCRIPTS, Link
-from repid.brokers._redis_state import WorkersAndLimits
 from repid.brokers.base import BrokerCapabilities, Delivery, OutgoingMessage
+from repid.brokers.redis._client import Arg, RedisAddress, RedisReplyError, encode_head
+from repid.brokers.redis._link import SCRIPTS, Link
+from repid.brokers.redis.consumer import RedisConsumer, key_names
 from repid.codec import encode_message
 from repid.data import (
     ArgsBucket,
@@ -31,6 +30,7 @@ from repid.data import (
 )
 from repid.errors import BrokerUnavailableError, MessageTooLargeError, QueueNotDeclaredError
 from repid.ids import generated_here
+from repid.state.redis import WorkersAndLimits
 
 __all__ = ["RedisBucketBroker", "RedisMessageBroker"]
 
@@ -141,7 +141,7 @@ class RedisMessageBroker(WorkersAndLimits):
         self.is_connected = False
 
     def keys(self, queue: str) -> list[bytes]:
-        """The Redis keys of one queue (see `_redis_scripts.lua`)."""
+        """The Redis keys of one queue (see `scripts.lua`)."""
         keys = self._keys.get(queue)
         if keys is None:
             keys = self._keys[queue] = key_names(self.prefix, queue)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from repid.brokers._redis_client import (
+from repid.brokers.redis._client import (
     Arg,
     RedisAddress,
     RedisReplyError,
@@ -43,7 +43,7 @@ class Script:
 def _load_scripts() -> dict[str, Script]:
     # Read by the package's own loader (also from a zip): importlib.resources takes ~4 ms to import.
     loader: Any = __spec__.loader
-    path = os.path.join(os.path.dirname(__file__), "_redis_scripts.lua")
+    path = os.path.join(os.path.dirname(__file__), "scripts.lua")
     text = loader.get_data(path).decode()
     sections: dict[str, list[str]] = {}
     current: list[str] | None = None

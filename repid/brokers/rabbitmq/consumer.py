@@ -21,14 +21,14 @@ import aiormq
 from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 
-from repid.brokers import _rabbitmq_frames
 from repid.brokers.base import Delivery
+from repid.brokers.rabbitmq import _frames as _rabbitmq_frames
 from repid.codec import decode_message
 from repid.data import DeadLetterInfo, MessageCategory, Parameters, RoutingKey
 from repid.errors import ConsumerClosedError, DecodeError
 
 if TYPE_CHECKING:
-    from repid.brokers.rabbitmq import RabbitMessageBroker
+    from repid.brokers.rabbitmq.broker import RabbitMessageBroker
 
 logger = logging.getLogger("repid.brokers.rabbitmq")
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from repid.lifecycle import STALE_AFTER, ActorLimiter, RateLimit, WorkerInfo
 
 if TYPE_CHECKING:
-    from repid.brokers._redis_state import RedisSharedState
+    from repid.state.redis import RedisSharedState
 
 
 class LocalOrShared:

@@ -27,7 +27,10 @@ from aiokafka.errors import (
 )
 from pydantic_core import to_json
 
-from repid.brokers._kafka_consumer import (
+from repid.brokers.base import BrokerCapabilities, BucketBrokerT, Delivery, OutgoingMessage
+from repid.brokers.kafka._produce import direct_send
+from repid.brokers.kafka._produce import usable as produce_directly
+from repid.brokers.kafka.consumer import (
     DEAD_HEADER,
     REMOVE_HEADER,
     KafkaConsumer,
@@ -35,11 +38,7 @@ from repid.brokers._kafka_consumer import (
     queue_counts,
     read_topic,
 )
-from repid.brokers._kafka_produce import direct_send
-from repid.brokers._kafka_produce import usable as produce_directly
-from repid.brokers._local_or_shared import LocalOrShared
-from repid.brokers.base import BrokerCapabilities, BucketBrokerT, Delivery, OutgoingMessage
-from repid.brokers.in_memory import InMemoryBucketBroker
+from repid.brokers.memory.broker import InMemoryBucketBroker
 from repid.codec import encode_message
 from repid.data import ArgsBucket, MessageCategory, Parameters, RoutingKey
 from repid.errors import (
@@ -49,9 +48,10 @@ from repid.errors import (
     QueueNotDeclaredError,
 )
 from repid.ids import generated_here
+from repid.state.local import LocalOrShared
 
 if TYPE_CHECKING:
-    from repid.brokers._redis_state import RedisSharedState
+    from repid.state.redis import RedisSharedState
 
 __all__ = ["KafkaMessageBroker"]
 
@@ -384,7 +384,7 @@ class KafkaMessageBroker(LocalOrShared):
         return await queue_counts(self, queue_name)
 
     async def _end_offsets(self, topics: Iterable[str]) -> dict[TopicPartition, int]:
-        from repid.brokers._kafka_consumer import end_offsets
+        from repid.brokers.kafka.consumer import end_offsets
 
         return await end_offsets(self, list(topics))
 

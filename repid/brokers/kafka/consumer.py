@@ -28,7 +28,7 @@ from repid.data import MessageCategory, Parameters, PrioritiesT, RoutingKey
 from repid.errors import BrokerUnavailableError, ConsumerClosedError, DecodeError
 
 if TYPE_CHECKING:
-    from repid.brokers.kafka import KafkaMessageBroker
+    from repid.brokers.kafka.broker import KafkaMessageBroker
 
 __all__ = [
     "DEAD_HEADER",

@@ -17,7 +17,7 @@ from aiormq.abc import DeliveredMessage
 from pydantic_core import from_json, to_json
 
 if TYPE_CHECKING:
-    from repid.brokers.rabbitmq import RabbitMessageBroker
+    from repid.brokers.rabbitmq.broker import RabbitMessageBroker
 
 logger = logging.getLogger("repid.brokers.rabbitmq")
 

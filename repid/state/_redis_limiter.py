@@ -12,7 +12,7 @@ import logging
 import time
 import uuid
 
-from repid.brokers._redis_link import SCRIPTS, Link
+from repid.brokers.redis._link import SCRIPTS, Link
 from repid.lifecycle import ActorLimiter, RateLimit
 
 __all__ = ["RedisActorLimiter"]

@@ -22,7 +22,11 @@ import aiormq
 from pamqp import commands as spec
 from pydantic_core import to_json
 
-from repid.brokers._rabbitmq_consumer import (
+from repid.brokers.base import BrokerCapabilities, Delivery, OutgoingMessage
+from repid.brokers.rabbitmq._control import Control
+from repid.brokers.rabbitmq._publisher import PublishBatcher, supports_batches
+from repid.brokers.rabbitmq._state import ProcessState
+from repid.brokers.rabbitmq.consumer import (
     CHANNEL_ERRORS,
     DEAD_INFO_HEADER,
     HOLD_LOCALLY,
@@ -31,10 +35,6 @@ from repid.brokers._rabbitmq_consumer import (
     RabbitConsumer,
     to_delivery,
 )
-from repid.brokers._rabbitmq_control import Control
-from repid.brokers._rabbitmq_publisher import PublishBatcher, supports_batches
-from repid.brokers._rabbitmq_state import ProcessState
-from repid.brokers.base import BrokerCapabilities, Delivery, OutgoingMessage
 from repid.codec import encode_message
 from repid.data import MessageCategory, Parameters, RoutingKey
 from repid.errors import (
@@ -45,7 +45,7 @@ from repid.errors import (
 )
 
 if TYPE_CHECKING:
-    from repid.brokers._redis_state import RedisSharedState
+    from repid.state.redis import RedisSharedState
 
 __all__ = ["RabbitMessageBroker"]
 

@@ -14,14 +14,14 @@ import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
-from repid.brokers._local_or_shared import LocalOrShared
-from repid.brokers._rabbitmq_consumer import ChannelState, Handle
 from repid.brokers.base import Delivery
+from repid.brokers.rabbitmq.consumer import ChannelState, Handle
 from repid.data import Parameters, RoutingKey
 from repid.ids import generated_here
+from repid.state.local import LocalOrShared
 
 if TYPE_CHECKING:
-    from repid.brokers._redis_state import RedisSharedState
+    from repid.state.redis import RedisSharedState
 
 logger = logging.getLogger("repid.brokers.rabbitmq")
 

@@ -17,9 +17,9 @@ from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from repid.brokers._redis_client import RedisReplyError, RespConnection, open_connection
-from repid.brokers._redis_link import SCRIPTS
 from repid.brokers.base import Delivery
+from repid.brokers.redis._client import RedisReplyError, RespConnection, open_connection
+from repid.brokers.redis._link import SCRIPTS
 from repid.codec import decode_message
 from repid.data import MessageCategory, Parameters, RoutingKey
 from repid.errors import (
@@ -30,7 +30,7 @@ from repid.errors import (
 )
 
 if TYPE_CHECKING:
-    from repid.brokers.redis import RedisMessageBroker
+    from repid.brokers.redis.broker import RedisMessageBroker
 
 __all__ = ["RedisConsumer", "key_names"]
 
