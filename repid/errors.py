@@ -7,6 +7,9 @@ Broker-client exceptions are translated into these at the broker boundary.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Mapping
+
 __all__ = [
     "BrokerError",
     "BrokerUnavailableError",
@@ -17,6 +20,7 @@ __all__ = [
     "QueueNotDeclaredError",
     "RepidError",
     "SerializationError",
+    "map_broker_errors",
 ]
 
 
@@ -70,3 +74,34 @@ class ConsumerClosedError(BrokerError):
 
 class DecodeError(RepidError, ValueError):
     """A message on the broker is not a valid repid envelope."""
+
+
+ErrorMap = Mapping[type[BaseException] | tuple[type[BaseException], ...], type[BrokerError]]
+
+
+@contextlib.contextmanager
+def map_broker_errors(mapping: ErrorMap, what: str) -> Iterator[None]:
+    """Translate a client library's exceptions into repid's at the broker boundary.
+
+    `mapping` sends library exception types to a `BrokerError` subclass; the first entry that
+    matches wins, so list specific types before general ones. The new error says `what` failed
+    and chains the original (`__cause__`); repid's own errors and cancellation pass unchanged.
+
+    Example:
+        with map_broker_errors({OSError: BrokerUnavailableError}, "publish to 'jobs'"):
+            await channel.publish(...)
+    """
+    try:
+        yield
+    except RepidError:
+        raise
+    except Exception as exc:
+        for source, target in mapping.items():
+            if isinstance(exc, source):
+                raise target(f"{what} failed: {_describe(exc)}") from exc
+        raise
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -14,9 +14,9 @@ affect the redelivered copy, and return `False`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 from repid.data import (
     BucketT,
@@ -24,14 +24,26 @@ from repid.data import (
     Parameters,
     RoutingKey,
 )
+from repid.errors import ConfigurationError, ConsumerClosedError
+
+if TYPE_CHECKING:
+    from repid.lifecycle import ActorLimiter, RateLimit, WorkerInfo
 
 __all__ = [
+    "BaseConsumer",
     "BrokerCapabilities",
     "BucketBrokerT",
+    "ConnectionPolicy",
     "ConsumerT",
     "Delivery",
     "MessageBrokerT",
     "OutgoingMessage",
+    "SupportsActorLimits",
+    "SupportsCancellation",
+    "SupportsInspection",
+    "SupportsResultWait",
+    "SupportsWorkerRegistry",
+    "feature",
 ]
 
 OutgoingMessage = tuple[RoutingKey, str, Parameters]
@@ -54,6 +66,12 @@ class BrokerCapabilities:
         max_message_size: the largest envelope accepted, in bytes (None: no limit).
         lease_duration: seconds a delivery stays owned without renewal (None: until the
             connection that received it closes).
+        cancellation: the broker implements `SupportsCancellation` (cancel queued and
+            running jobs by id).
+        worker_registry: the broker implements `SupportsWorkerRegistry` (live workers).
+        actor_limits: the broker implements `SupportsActorLimits` (per-actor concurrency
+            and rate limits, shared by the workers that share its state).
+        inspection: the broker implements `SupportsInspection` (queue names and counts).
     """
 
     strict_priorities: bool = True
@@ -65,6 +83,65 @@ class BrokerCapabilities:
     persistent: bool = True
     max_message_size: int | None = None
     lease_duration: float | None = None
+    cancellation: bool = False
+    worker_registry: bool = False
+    actor_limits: bool = False
+    inspection: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionPolicy:
+    """How a broker talks to its server; every network broker takes these three keywords.
+
+    Attributes:
+        connect_timeout: seconds to open (or reopen) a connection before giving up.
+        operation_timeout: seconds one operation (a publish, an ack, a fetch round trip) may
+            take before it fails with `BrokerUnavailableError`.
+        reconnect_backoff: seconds to wait before the first reconnect attempt; later attempts
+            back off exponentially from it (capped by the broker).
+    """
+
+    connect_timeout: float = 5.0
+    operation_timeout: float = 10.0
+    reconnect_backoff: float = 0.5
+
+    @classmethod
+    def resolve(
+        cls,
+        connect_timeout: float | None,
+        operation_timeout: float | None,
+        reconnect_backoff: float | None,
+        *,
+        defaults: ConnectionPolicy | None = None,
+        timeout: float | None = None,
+        reconnect_interval: float | None = None,
+    ) -> ConnectionPolicy:
+        """The policy from a broker's keywords, the older keyword names taken as aliases.
+
+        `timeout` (RabbitMQ and Kafka before 2.0) sets both timeouts unless they are given;
+        `reconnect_interval` (RabbitMQ) is `reconnect_backoff`.
+        """
+        base = defaults or cls()
+        policy = cls(
+            connect_timeout=_first(connect_timeout, timeout, base.connect_timeout),
+            operation_timeout=_first(operation_timeout, timeout, base.operation_timeout),
+            reconnect_backoff=_first(reconnect_backoff, reconnect_interval, base.reconnect_backoff),
+        )
+        for name in ("connect_timeout", "operation_timeout"):
+            if getattr(policy, name) <= 0:
+                raise ConfigurationError(f"{name} must be positive, got {getattr(policy, name)}")
+        if policy.reconnect_backoff < 0:
+            raise ConfigurationError(
+                f"reconnect_backoff must not be negative, got {policy.reconnect_backoff}"
+            )
+        return policy
+
+
+def _first(*values: float | None) -> float:
+    for value in values:
+        if value is not None:
+            return float(value)
+    raise AssertionError("the last value is a default")  # pragma: no cover
 
 
 class Delivery(NamedTuple):
@@ -142,6 +219,40 @@ class ConsumerT(Protocol):
     async def __aexit__(self, *exc: object) -> None: ...
 
     def __aiter__(self) -> AsyncIterator[Delivery]: ...
+
+
+class BaseConsumer:
+    """The part of `ConsumerT` that is the same for every broker: `async with` starts and
+    finishes the consumer, `async for` yields deliveries until the consumer is finished."""
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def finish(self) -> None:
+        raise NotImplementedError
+
+    async def consume(self) -> Delivery:
+        raise NotImplementedError
+
+    async def __aenter__(self: _C) -> _C:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.finish()
+
+    def __aiter__(self) -> AsyncIterator[Delivery]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Delivery]:
+        while True:
+            try:
+                yield await self.consume()
+            except ConsumerClosedError:
+                return
+
+
+_C = TypeVar("_C", bound=BaseConsumer)
 
 
 @runtime_checkable
@@ -224,3 +335,86 @@ class BucketBrokerT(Protocol):
     async def store_bucket(self, id_: str, payload: BucketT) -> None: ...
 
     async def delete_bucket(self, id_: str) -> None: ...
+
+
+# -- optional features --------------------------------------------------------------------------
+# A broker that has one declares the matching `BrokerCapabilities` field; `feature()` checks both.
+
+
+@runtime_checkable
+class SupportsCancellation(Protocol):
+    """Cancel jobs by id (`Job.cancel`); the worker stops running ones it is told about."""
+
+    async def cancel(self, queue_name: str, id_: str) -> str | None:
+        """Remove a waiting job ("dequeued") or flag a running one ("requested"); None when
+        no pending or running message has that id."""
+        ...
+
+    async def cancelled_ids(self, running: Iterable[str]) -> set[str]:
+        """Which of these running job ids have a cancellation request."""
+        ...
+
+    async def cancel_finished(self, id_: str) -> None:
+        """The cancelled job `id_` stopped: forget its request."""
+        ...
+
+
+@runtime_checkable
+class SupportsWorkerRegistry(Protocol):
+    """Live workers, recorded by their heartbeats (`Connection.workers()`, `repid workers`)."""
+
+    async def heartbeat(self, info: WorkerInfo) -> None: ...
+
+    async def unregister_worker(self, worker_id: str) -> None: ...
+
+    async def live_workers(self, stale_after: float = ...) -> list[WorkerInfo]: ...
+
+
+@runtime_checkable
+class SupportsActorLimits(Protocol):
+    """Per-actor concurrency and rate limits, shared by every worker that shares the state."""
+
+    def actor_limiter(
+        self, actor: str, max_concurrency: int | None, rate_limit: RateLimit | None
+    ) -> ActorLimiter: ...
+
+
+@runtime_checkable
+class SupportsInspection(Protocol):
+    """Queue names and per-part message counts (CLI, metrics, dashboards)."""
+
+    async def queue_names(self) -> list[str]: ...
+
+    async def counts(self, queue_name: str) -> dict[str, int]: ...
+
+
+@runtime_checkable
+class SupportsResultWait(Protocol):
+    """A bucket broker that can wait for a bucket to appear (`Job.wait`) better than polling."""
+
+    async def wait_bucket(self, id_: str, timeout: float | None) -> BucketT | None: ...
+
+
+_F = TypeVar("_F")
+
+_CAPABILITY_OF: dict[type, str] = {
+    SupportsCancellation: "cancellation",
+    SupportsWorkerRegistry: "worker_registry",
+    SupportsActorLimits: "actor_limits",
+    SupportsInspection: "inspection",
+}
+
+
+def feature(broker: MessageBrokerT, protocol: type[_F]) -> _F | None:
+    """`broker` as `protocol` when it declares the matching capability, else None.
+
+    Example: `canceller = feature(broker, SupportsCancellation)`.
+    """
+    if not getattr(broker.capabilities, _CAPABILITY_OF[protocol]):
+        return None
+    if not isinstance(broker, protocol):
+        raise TypeError(
+            f"{type(broker).__name__} declares {_CAPABILITY_OF[protocol]} but does not "
+            f"implement {protocol.__name__}"
+        )
+    return broker

@@ -151,6 +151,10 @@ class KafkaMessageBroker(LocalOrShared):
             persistent=True,
             max_message_size=max_message_size,
             lease_duration=None,
+            cancellation=True,
+            worker_registry=True,
+            actor_limits=True,
+            inspection=True,
         )
         self._unique: BucketBrokerT = (
             unique_ids if unique_ids is not None else InMemoryBucketBroker()

@@ -153,6 +153,10 @@ class InMemoryMessageBroker:
             persistent=False,
             max_message_size=max_message_size,
             lease_duration=lease_duration,
+            cancellation=True,
+            worker_registry=True,
+            actor_limits=True,
+            inspection=True,
         )
         self.lease_duration = lease_duration
         self.max_message_size = max_message_size

@@ -113,6 +113,10 @@ class RabbitMessageBroker(ProcessState):
             persistent=True,
             max_message_size=max_message_size,
             lease_duration=None,
+            cancellation=True,
+            worker_registry=True,
+            actor_limits=True,
+            inspection=True,
         )
         self.dead_letter_exchange = f"{prefix}repid.dead"
         self._connection: aio_pika.abc.AbstractRobustConnection | None = None

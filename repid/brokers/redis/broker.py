@@ -109,6 +109,10 @@ class RedisMessageBroker(WorkersAndLimits):
             persistent=True,
             max_message_size=max_message_size,
             lease_duration=lease_duration,
+            cancellation=True,
+            worker_registry=True,
+            actor_limits=True,
+            inspection=True,
         )
         self.dsn = dsn
         self.prefix = prefix

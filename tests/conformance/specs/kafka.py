@@ -25,5 +25,15 @@ def _kafka(*, lease_duration: float | None = None, args_bucket: bool = False) ->
 
 SPEC = BrokerSpec(
     make=_kafka,
-    capabilities=frozenset({"native_delays", "native_dead_letters", "persistent"}),
+    capabilities=frozenset(
+        {
+            "actor_limits",
+            "cancellation",
+            "inspection",
+            "native_dead_letters",
+            "native_delays",
+            "persistent",
+            "worker_registry",
+        }
+    ),
 )

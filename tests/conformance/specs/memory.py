@@ -22,6 +22,15 @@ def _memory(*, lease_duration: float | None = None, args_bucket: bool = False) -
 SPEC = BrokerSpec(
     make=_memory,
     capabilities=frozenset(
-        {"strict_priorities", "native_delays", "native_dead_letters", "lease_renewal"}
+        {
+            "actor_limits",
+            "cancellation",
+            "inspection",
+            "lease_renewal",
+            "native_dead_letters",
+            "native_delays",
+            "strict_priorities",
+            "worker_registry",
+        }
     ),
 )

@@ -35,6 +35,15 @@ def _rabbitmq(*, lease_duration: float | None = None, args_bucket: bool = False)
 SPEC = BrokerSpec(
     make=_rabbitmq,
     capabilities=frozenset(
-        {"strict_priorities", "native_delays", "native_dead_letters", "persistent"}
+        {
+            "actor_limits",
+            "cancellation",
+            "inspection",
+            "native_dead_letters",
+            "native_delays",
+            "persistent",
+            "strict_priorities",
+            "worker_registry",
+        }
     ),
 )

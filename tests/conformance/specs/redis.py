@@ -52,12 +52,16 @@ SPEC = BrokerSpec(
     make=_redis,
     capabilities=frozenset(
         {
-            "strict_priorities",
-            "native_delays",
-            "native_dead_letters",
+            "actor_limits",
+            "cancellation",
+            "inspection",
             "lease_renewal",
-            "shared_state",
+            "native_dead_letters",
+            "native_delays",
             "persistent",
+            "shared_state",
+            "strict_priorities",
+            "worker_registry",
         }
     ),
 )
