@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 from unittest.mock import AsyncMock, MagicMock
 
 from repid.brokers.base import Delivery, OutgoingMessage
-from repid.brokers.memory.broker import InMemoryMessageBroker, _Entry, _MemoryQueue
+from repid.brokers.memory import InMemoryMessageBroker
+from repid.brokers.memory._store import _Entry, _MemoryQueue
 from repid.data import Parameters, RoutingKey
 from repid.router import Router
 from repid.worker import Runner, Worker

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 from repid.data import DeadLetterInfo, MessageCategory, Parameters, RoutingKey
 
 if TYPE_CHECKING:
-    from repid.brokers.memory.broker import InMemoryMessageBroker, _Entry, _MemoryQueue
+    from repid.brokers.memory import InMemoryMessageBroker
+    from repid.brokers.memory._store import _Entry, _MemoryQueue
 
 __all__ = ["InMemoryQueueView", "QueuedMessage"]
 

@@ -12,21 +12,18 @@ import heapq
 import itertools
 import logging
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from datetime import timedelta
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from repid.brokers.base import BrokerCapabilities, Delivery, OutgoingMessage
+from repid.brokers.memory._store import _Entry, _entry, _Lease, _MemoryQueue, _renewed
+from repid.brokers.memory.buckets import InMemoryBucketBroker
+from repid.brokers.memory.consumer import InMemoryConsumer
 from repid.codec import decode_message
 from repid.data import (
-    PRIORITY_COUNT,
-    ArgsBucket,
-    BucketT,
     MessageCategory,
     Parameters,
     PrioritiesT,
-    ResultBucket,
     RoutingKey,
 )
 from repid.errors import (
@@ -40,91 +37,6 @@ from repid.lifecycle import STALE_AFTER, ActorLimiter, RateLimit, WorkerInfo
 __all__ = ["ConsumerClosedError", "InMemoryBucketBroker", "InMemoryMessageBroker"]
 
 logger = logging.getLogger("repid.brokers.in_memory")
-
-
-_Entry = Delivery
-"""A stored message is also the delivery handed out: one immutable object per message.
-
-Its `handle` is a sequence number unique to that object. A message given back to the queue
-(lease expiry, reject) is stored as a new entry with a new handle, so settlements by a stale
-holder of the old delivery find nothing and return False.
-"""
-
-
-def _wake(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
-class _Lease:
-    """Ownership of one handed-out entry (only in-flight messages have one)."""
-
-    __slots__ = ("consumer", "deadline", "entry")
-
-    def __init__(self, entry: _Entry, deadline: float, consumer: _InMemoryConsumer | None) -> None:
-        self.entry = entry
-        self.deadline = deadline
-        self.consumer = consumer
-
-
-def _entry(
-    key: RoutingKey,
-    payload: str,
-    parameters: Parameters,
-    seq: int,
-    raw: bytes | None = None,
-    decode_error: str | None = None,
-) -> _Entry:
-    # tuple.__new__ skips the named tuple's Python-level constructor (hot path).
-    return tuple.__new__(
-        Delivery, (key, payload, parameters, seq, MessageCategory.NORMAL, raw, decode_error, False)
-    )
-
-
-def _renewed(entry: _Entry, seq: int, *, redelivered: bool = False) -> _Entry:
-    return entry._replace(handle=seq, redelivered=redelivered)
-
-
-class _MemoryQueue:
-    __slots__ = (
-        "dead",
-        "delayed",
-        "inflight",
-        "name",
-        "next_sweep",
-        "pending_ids",
-        "ready",
-        "timer",
-        "waiters",
-    )
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.ready: tuple[deque[_Entry], ...] = tuple(deque() for _ in range(PRIORITY_COUNT))
-        self.delayed: list[tuple[float, int, _Entry]] = []
-        self.dead: dict[int, _Entry] = {}
-        self.inflight: dict[int, _Lease] = {}
-        self.pending_ids: dict[str, int] = {}
-        self.waiters: deque[asyncio.Future[None]] = deque()
-        self.timer: asyncio.TimerHandle | None = None
-        self.next_sweep = 0.0
-
-    def ready_count(self) -> int:
-        return sum(len(d) for d in self.ready)
-
-    def wake_one(self) -> None:
-        waiters = self.waiters
-        while waiters:
-            fut = waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                return
-
-    def wake_all(self) -> None:
-        while self.waiters:
-            fut = self.waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)
 
 
 class InMemoryMessageBroker:
@@ -347,7 +259,7 @@ class InMemoryMessageBroker:
                 )
 
     def _take(
-        self, q: _MemoryQueue, consumer: _InMemoryConsumer | None, topics: frozenset[str] | None
+        self, q: _MemoryQueue, consumer: InMemoryConsumer | None, topics: frozenset[str] | None
     ) -> Delivery | None:
         now = self._clock()
         if (q.delayed and q.delayed[0][0] <= now) or (q.inflight and now >= q.next_sweep):
@@ -587,233 +499,5 @@ class InMemoryMessageBroker:
         topics: Sequence[str] | None = None,
         max_unacked_messages: int | None = None,
         category: MessageCategory = MessageCategory.NORMAL,
-    ) -> _InMemoryConsumer:
-        return _InMemoryConsumer(self, queue, topics, max_unacked_messages, category)
-
-
-class _InMemoryConsumer:
-    __slots__ = (
-        "_broker",
-        "_browsed",
-        "_capacity_waiter",
-        "_category",
-        "_closed",
-        "_outstanding",
-        "_paused",
-        "_queue_name",
-        "_topics",
-        "_unpaused",
-        "max_unacked_messages",
-    )
-
-    def __init__(
-        self,
-        broker: InMemoryMessageBroker,
-        queue_name: str,
-        topics: Sequence[str] | None,
-        max_unacked_messages: int | None,
-        category: MessageCategory,
-    ) -> None:
-        self._broker = broker
-        self._queue_name = queue_name
-        self._topics = frozenset(topics) if topics is not None else None
-        self.max_unacked_messages = max_unacked_messages
-        self._category = category
-        self._outstanding = 0
-        self._paused = False
-        self._closed = False
-        self._unpaused: asyncio.Event | None = None
-        self._capacity_waiter: asyncio.Future[None] | None = None
-        self._browsed: set[int] | None = None
-
-    async def start(self) -> None:
-        self._broker._queue(self._queue_name)  # fail early on an undeclared queue
-        self._closed = False
-
-    async def pause(self) -> None:
-        self._paused = True
-
-    async def unpause(self) -> None:
-        self._paused = False
-        if self._unpaused is not None:
-            self._unpaused.set()
-            self._unpaused = None
-
-    async def finish(self) -> None:
-        self._closed = True
-        q = self._broker._queues.get(self._queue_name)
-        if q is not None:
-            q.wake_all()
-        await self.unpause()
-        if self._capacity_waiter is not None and not self._capacity_waiter.done():
-            self._capacity_waiter.set_result(None)
-
-    def _settled(self) -> None:
-        self._outstanding -= 1
-        waiter = self._capacity_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def consume(self) -> Delivery:
-        if self._category is not MessageCategory.NORMAL:
-            batch = await self.fetch(1)
-            if not batch:
-                raise ConsumerClosedError("no more messages in this part of the queue")
-            return batch[0]
-        broker = self._broker
-        limit = self.max_unacked_messages
-        while True:
-            if self._closed:
-                raise ConsumerClosedError(f"consumer of {self._queue_name!r} has finished")
-            if self._paused:
-                self._unpaused = self._unpaused or asyncio.Event()
-                await self._unpaused.wait()
-                continue
-            if limit is not None and self._outstanding >= limit:
-                self._capacity_waiter = asyncio.get_running_loop().create_future()
-                await self._capacity_waiter
-                continue
-            q = broker._queue(self._queue_name)
-            delivery = broker._take(q, self, self._topics)
-            if delivery is not None:
-                self._outstanding += 1
-                return delivery
-            loop = asyncio.get_running_loop()
-            fut: asyncio.Future[None] = loop.create_future()
-            q.waiters.append(fut)
-            timeout = broker._next_wakeup(q)
-            # A timer resolving the same future, not asyncio.wait_for: on Python 3.11 wait_for
-            # can swallow a cancellation that races with the wake-up.
-            timer = None if timeout is None else loop.call_later(timeout, _wake, fut)
-            try:
-                await fut
-            except asyncio.CancelledError:
-                # Pass a wake-up we may have swallowed on to another waiter.
-                if fut.done() and not fut.cancelled():
-                    q.wake_one()
-                raise
-            finally:
-                if timer is not None:
-                    timer.cancel()
-
-    async def fetch(self, max_count: int, timeout: float = 0.0) -> list[Delivery]:
-        broker = self._broker
-        q = broker._queue(self._queue_name)
-        if self._category is MessageCategory.NORMAL:
-            out: list[Delivery] = []
-            deadline = time.monotonic() + timeout
-            while len(out) < max_count:
-                delivery = broker._take(q, self, self._topics)
-                if delivery is not None:
-                    self._outstanding += 1
-                    out.append(delivery)
-                    continue
-                remaining = deadline - time.monotonic()
-                if out or remaining <= 0:
-                    break
-                try:
-                    out.append(await asyncio.wait_for(self.consume(), remaining))
-                except TimeoutError:
-                    break
-            return out
-        if self._browsed is None:
-            self._browsed = set()
-        result: list[Delivery] = []
-        for entry in broker._browse(q, self._category):
-            if entry.handle in self._browsed:
-                continue
-            if self._topics is not None and entry.key.topic not in self._topics:
-                continue
-            self._browsed.add(entry.handle)
-            result.append(
-                Delivery(
-                    entry.key,
-                    entry.payload,
-                    entry.parameters,
-                    entry.handle,
-                    category=self._category,
-                    raw=entry.raw,
-                    decode_error=entry.decode_error,
-                )
-            )
-            if len(result) >= max_count:
-                break
-        return result
-
-    async def __aenter__(self) -> _InMemoryConsumer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.finish()
-
-    def __aiter__(self) -> AsyncIterator[Delivery]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[Delivery]:
-        while True:
-            try:
-                yield await self.consume()
-            except ConsumerClosedError:
-                return
-
-
-class InMemoryBucketBroker:
-    """Args or results storage in this process, with TTL.
-
-    Args:
-        use_result_bucket: True to store actor results (`ResultBucket`), False for job args.
-    """
-
-    def __init__(
-        self, use_result_bucket: bool = False, *, clock: Callable[[], float] = time.time
-    ) -> None:
-        self.use_result_bucket = use_result_bucket
-        self.BUCKET_CLASS: type[ArgsBucket] | type[ResultBucket] = (
-            ResultBucket if use_result_bucket else ArgsBucket
-        )
-        self._clock = clock
-        self._data: dict[str, tuple[BucketT, float | None]] = {}
-        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
-
-    async def connect(self) -> None:
-        pass
-
-    async def disconnect(self) -> None:
-        pass
-
-    async def get_bucket(self, id_: str) -> BucketT | None:
-        item = self._data.get(id_)
-        if item is None:
-            return None
-        bucket, expires = item
-        if expires is not None and expires <= self._clock():
-            del self._data[id_]
-            return None
-        return bucket
-
-    async def store_bucket(self, id_: str, payload: BucketT) -> None:
-        ttl: timedelta | None = payload.ttl
-        self._data[id_] = (payload, None if ttl is None else self._clock() + ttl.total_seconds())
-        for fut in self._waiters.pop(id_, ()):
-            if not fut.done():
-                fut.set_result(None)
-
-    async def delete_bucket(self, id_: str) -> None:
-        self._data.pop(id_, None)
-
-    async def wait_bucket(self, id_: str, timeout: float) -> BucketT | None:
-        """Return the bucket once stored, or None after `timeout` seconds."""
-        bucket = await self.get_bucket(id_)
-        if bucket is not None:
-            return bucket
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(id_, []).append(fut)
-        try:
-            await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            return None
-        return await self.get_bucket(id_)
-
-    def __len__(self) -> int:
-        return len(self._data)
+    ) -> InMemoryConsumer:
+        return InMemoryConsumer(self, queue, topics, max_unacked_messages, category)
