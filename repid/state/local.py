@@ -34,6 +34,12 @@ class LocalOrShared:
             return found | {id_ for id_ in ids if id_ in requests} if requests else found
         return {id_ for id_ in running if id_ in requests} if requests else set()
 
+    def _job_over(self, id_: str) -> None:
+        """The broker settled job `id_` for good (acked or dead-lettered): a cancellation
+        request made while it ran must not cancel a later job that reuses the id."""
+        if self._cancel_requests:
+            self._cancel_requests.discard(id_)
+
     async def cancel_finished(self, id_: str) -> None:
         self._cancel_requests.discard(id_)
         if self._state is not None:

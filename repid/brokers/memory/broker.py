@@ -385,6 +385,8 @@ class InMemoryMessageBroker:
         return q, lease.entry
 
     def _forget_id(self, q: _MemoryQueue, id_: str) -> None:
+        if self._cancel_requests:  # the job is over: its request must not outlive it
+            self._cancel_requests.discard(id_)
         count = q.pending_ids.pop(id_, 0)
         if count > 1:  # rare: the same id placed twice (a requeue racing a browse)
             q.pending_ids[id_] = count - 1
