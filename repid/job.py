@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic_core import from_json
 
+from repid.brokers.base import SupportsResultWait, cancellation_of
 from repid.data import (
     DEFAULT_TIMEOUT,
     ArgsBucket,
@@ -392,21 +393,22 @@ def _queue(name: str, connection: Connection | None) -> Queue:
 
 async def cancel_job(connection: Connection, queue: str, job_id: str) -> CancelOutcome:
     """Cancel the job `job_id` of `queue` (see `Job.cancel`)."""
-    cancel = getattr(connection.message_broker, "cancel", None)
-    if cancel is None:
+    broker = connection.message_broker
+    canceller = cancellation_of(broker)
+    if canceller is None:
         raise BrokerError(
-            f"{type(connection.message_broker).__name__} cannot cancel jobs (no cancel())"
+            f"{type(connection.raw_message_broker).__name__} cannot cancel jobs "
+            "(it does not declare the cancellation capability)"
         )
-    outcome = await cancel(queue, job_id)
+    outcome = await canceller.cancel(queue, job_id)
     if outcome is None:
         raise JobNotFoundError(f"no pending or running job {job_id!r} in queue {queue!r}")
     return CancelOutcome(outcome)
 
 
 async def _wait_for_bucket(broker: Any, result_id: str, timeout: float | None) -> Any:
-    waiter = getattr(broker, "wait_bucket", None)
-    if waiter is not None:
-        return await waiter(result_id, timeout)
+    if isinstance(broker, SupportsResultWait):
+        return await broker.wait_bucket(result_id, timeout)
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
     pause = 0.005

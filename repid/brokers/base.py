@@ -43,7 +43,10 @@ __all__ = [
     "SupportsInspection",
     "SupportsResultWait",
     "SupportsWorkerRegistry",
-    "feature",
+    "actor_limits_of",
+    "cancellation_of",
+    "inspection_of",
+    "worker_registry_of",
 ]
 
 OutgoingMessage = tuple[RoutingKey, str, Parameters]
@@ -338,7 +341,8 @@ class BucketBrokerT(Protocol):
 
 
 # -- optional features --------------------------------------------------------------------------
-# A broker that has one declares the matching `BrokerCapabilities` field; `feature()` checks both.
+# A broker that has one declares the matching `BrokerCapabilities` field; `<feature>_of()` checks
+# both, so callers are typed by the protocol instead of looking methods up by name.
 
 
 @runtime_checkable
@@ -395,26 +399,44 @@ class SupportsResultWait(Protocol):
     async def wait_bucket(self, id_: str, timeout: float | None) -> BucketT | None: ...
 
 
-_F = TypeVar("_F")
-
-_CAPABILITY_OF: dict[type, str] = {
-    SupportsCancellation: "cancellation",
-    SupportsWorkerRegistry: "worker_registry",
-    SupportsActorLimits: "actor_limits",
-    SupportsInspection: "inspection",
-}
-
-
-def feature(broker: MessageBrokerT, protocol: type[_F]) -> _F | None:
-    """`broker` as `protocol` when it declares the matching capability, else None.
-
-    Example: `canceller = feature(broker, SupportsCancellation)`.
-    """
-    if not getattr(broker.capabilities, _CAPABILITY_OF[protocol]):
+def cancellation_of(broker: MessageBrokerT) -> SupportsCancellation | None:
+    """`broker` as `SupportsCancellation` when it declares `cancellation`, else None."""
+    if not broker.capabilities.cancellation:
         return None
-    if not isinstance(broker, protocol):
-        raise TypeError(
-            f"{type(broker).__name__} declares {_CAPABILITY_OF[protocol]} but does not "
-            f"implement {protocol.__name__}"
-        )
-    return broker
+    if isinstance(broker, SupportsCancellation):
+        return broker
+    raise _not_implemented(broker, "cancellation", SupportsCancellation)
+
+
+def worker_registry_of(broker: MessageBrokerT) -> SupportsWorkerRegistry | None:
+    """`broker` as `SupportsWorkerRegistry` when it declares `worker_registry`, else None."""
+    if not broker.capabilities.worker_registry:
+        return None
+    if isinstance(broker, SupportsWorkerRegistry):
+        return broker
+    raise _not_implemented(broker, "worker_registry", SupportsWorkerRegistry)
+
+
+def actor_limits_of(broker: MessageBrokerT) -> SupportsActorLimits | None:
+    """`broker` as `SupportsActorLimits` when it declares `actor_limits`, else None."""
+    if not broker.capabilities.actor_limits:
+        return None
+    if isinstance(broker, SupportsActorLimits):
+        return broker
+    raise _not_implemented(broker, "actor_limits", SupportsActorLimits)
+
+
+def inspection_of(broker: MessageBrokerT) -> SupportsInspection | None:
+    """`broker` as `SupportsInspection` when it declares `inspection`, else None."""
+    if not broker.capabilities.inspection:
+        return None
+    if isinstance(broker, SupportsInspection):
+        return broker
+    raise _not_implemented(broker, "inspection", SupportsInspection)
+
+
+def _not_implemented(broker: object, capability: str, protocol: type) -> TypeError:
+    return TypeError(
+        f"{type(broker).__name__} declares {capability} but does not implement "
+        f"{protocol.__name__}"
+    )

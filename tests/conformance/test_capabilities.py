@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+
 from repid import BrokerCapabilities, ConsumerT, MessageBrokerT
+from repid.brokers.base import (
+    actor_limits_of,
+    cancellation_of,
+    inspection_of,
+    worker_registry_of,
+)
 
 from .conftest import BOOLEAN_CAPABILITIES
 
@@ -23,3 +31,24 @@ async def test_broker_and_consumer_implement_the_protocol(conn, new_queue):
     assert isinstance(broker, MessageBrokerT)
     consumer = broker.get_consumer(queue.name)
     assert isinstance(consumer, ConsumerT)
+
+
+async def test_each_declared_feature_is_implemented(conn):
+    broker = conn.raw_message_broker
+    caps = broker.capabilities
+    for declared, found in (
+        (caps.cancellation, cancellation_of(broker)),
+        (caps.worker_registry, worker_registry_of(broker)),
+        (caps.actor_limits, actor_limits_of(broker)),
+        (caps.inspection, inspection_of(broker)),
+    ):
+        assert (found is broker) if declared else (found is None)
+
+
+def test_a_declared_feature_that_is_missing_is_a_type_error():
+    class Pretender:
+        capabilities = BrokerCapabilities(cancellation=True)
+
+    with pytest.raises(TypeError, match="declares cancellation but does not implement"):
+        cancellation_of(Pretender())  # type: ignore[arg-type]
+    assert worker_registry_of(Pretender()) is None  # type: ignore[arg-type]

@@ -17,7 +17,9 @@ MAX_LINES = 600
 
 GRAPH = grimp.build_graph("repid", exclude_type_checking_imports=False)
 BROKER_PACKAGES = sorted(
-    f"repid.brokers.{info.name}" for info in pkgutil.iter_modules(repid.brokers.__path__) if info.ispkg
+    f"repid.brokers.{info.name}"
+    for info in pkgutil.iter_modules(repid.brokers.__path__)
+    if info.ispkg
 )
 UPPER_LAYERS = ("repid.worker", "repid.job", "repid.cli", "repid.main", "repid.queue")
 
