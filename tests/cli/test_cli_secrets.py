@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import time
@@ -179,3 +180,14 @@ def test_kafka_user_info_becomes_sasl_credentials_not_a_host() -> None:
     with pytest.raises(CLIError) as error:
         kafka_options(f"kafka://u:{SECRET}@k1:9092?security_protocol=PLAINTEXT")
     assert SECRET not in str(error.value)
+
+
+def test_a_kafka_url_with_credentials_reaches_the_broker(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    bootstrap = os.environ.get("REPID_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
+    url = f"kafka://app:{SECRET}@{bootstrap}"  # the test broker accepts any SASL PLAIN login
+    assert main(["queues", "cli_shop_app:orders", "--json", "--broker", url]) == 0
+    out, err = capsys.readouterr()
+    assert '"name": "orders"' in out
+    assert SECRET not in out + err
