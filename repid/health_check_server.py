@@ -73,8 +73,15 @@ class HealthCheckStatus(enum.IntEnum):
 class HealthCheckServerSettings:
     """Where the health check server listens.
 
+    The default address, `0.0.0.0`, is every network interface of the machine (repid 1.6's
+    default, kept for compatibility): a container's probe comes from outside the container,
+    and anyone who can reach the port can read the probe's answer, and `/metrics` too when
+    the connection uses `PrometheusMiddleware` (queue and actor names, job counts). There is
+    no authentication. On a host shared with untrusted networks, bind `127.0.0.1` (or the
+    one interface the prober uses) or firewall the port.
+
     Attributes:
-        address: Host or IP address to bind to.
+        address: Host or IP address to bind to; `0.0.0.0` (all interfaces) by default.
         port: TCP port to bind to; 0 picks a free port (read it back from
             `HealthCheckServer.port`).
         endpoint_name: The path that answers the probe, e.g. `/healthz`.

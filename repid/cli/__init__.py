@@ -23,6 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from repid._redact import mask_urls
 from repid.asyncapi import build_asyncapi
 from repid.cli.operations import (
     enqueue,
@@ -417,7 +418,9 @@ async def _connect_patiently(
             if left <= 0:
                 raise
             logger.warning(
-                "the broker is unreachable (%s); retrying for up to %.1f s more", exc, left
+                "the broker is unreachable (%s); retrying for up to %.1f s more",
+                mask_urls(str(exc)),
+                left,
             )
         pause_until = loop.time() + min(pause, max(0.0, deadline - loop.time()))
         while loop.time() < pause_until:  # short steps: a stop signal ends the wait promptly
@@ -491,13 +494,28 @@ def _child_command(args: argparse.Namespace) -> list[str]:
     command += ["--startup-timeout", str(args.startup_timeout)]
     if args.app:
         command += ["--app", args.app]
-    if args.broker:
-        command += ["--broker", args.broker]
-    if args.results:
-        command += ["--results", args.results]
-    if args.state:
-        command += ["--state", args.state]
     return command
+
+
+_URL_ENV = {
+    "broker": "REPID_BROKER_URL",
+    "results": "REPID_RESULTS_URL",
+    "state": "REPID_STATE_URL",
+}
+"""Where a supervised child finds each URL option: its environment, not its argv."""
+
+
+def _child_env(args: argparse.Namespace) -> dict[str, str]:
+    """The URL options of the children, as environment variables.
+
+    URLs carry passwords, and a command line is readable by every local user (`ps`,
+    `/proc/<pid>/cmdline`) while the environment is readable only by the same user.
+    """
+    return {
+        variable: getattr(args, option)
+        for option, variable in _URL_ENV.items()
+        if getattr(args, option)
+    }
 
 
 def _command_run(args: argparse.Namespace) -> int:
@@ -515,6 +533,7 @@ def _command_run(args: argparse.Namespace) -> int:
                 25.0 if args.graceful_shutdown_time is None else args.graceful_shutdown_time
             ),
             restart_finished=not args.burst,
+            env=_child_env(args),
         ).run()
     signals = _StopSignals()
     signals.install()
@@ -697,8 +716,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_one_shot(args))
         except (RepidError, ValueError) as exc:
             if args.traceback:
-                traceback.print_exc()
-            message = " ".join(str(exc).split()) or type(exc).__name__
+                sys.stderr.write(mask_urls(traceback.format_exc()))
+            message = mask_urls(" ".join(str(exc).split())) or type(exc).__name__
             print(f"repid: error: {message}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:

@@ -1,8 +1,9 @@
 """`repid run --processes N`: keep N worker processes alive.
 
-Each child is `python -m repid.cli run ... --supervised`. A child that crashes is restarted (with
-backoff if it keeps crashing), one that exits 0 after `--max-jobs-per-child` is replaced by a
-fresh one, and SIGTERM/SIGINT are forwarded so every child shuts down gracefully.
+Each child is `python -m repid.cli run ... --supervised`; secrets (broker URLs) reach it through
+its environment, never its command line, which every local user can read. A child that crashes is
+restarted (with backoff if it keeps crashing), one that exits 0 after `--max-jobs-per-child` is
+replaced by a fresh one, and SIGTERM/SIGINT are forwarded so every child shuts down gracefully.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 
@@ -52,12 +53,14 @@ class Supervisor:
     """Runs `processes` copies of `command` until they finish or a stop signal arrives.
 
     Args:
-        command: argv of one worker process.
+        command: argv of one worker process. Put no secret in it: `ps` shows it to every user.
         processes: how many run at once.
         graceful_shutdown_time: the children's own grace period; after it (plus a margin)
             children still running are killed.
         restart_finished: start a new child when one exits 0 (it was recycled after its
             message limit); False for `--burst`, where exit 0 means the queues are drained.
+        env: variables added to each child's environment (which is otherwise this process's);
+            the place for secrets such as broker URLs.
     """
 
     def __init__(
@@ -67,8 +70,10 @@ class Supervisor:
         *,
         graceful_shutdown_time: float,
         restart_finished: bool,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.command = list(command)
+        self.env = dict(env or {})
         self.slots = [_Slot(i) for i in range(processes)]
         self.graceful_shutdown_time = graceful_shutdown_time
         self.restart_finished = restart_finished
@@ -108,7 +113,7 @@ class Supervisor:
     # -- children --------------------------------------------------------------------------
 
     def _start(self, slot: _Slot) -> None:
-        env = dict(os.environ)
+        env = {**os.environ, **self.env}
         env[SUPERVISOR_PID_ENV] = str(os.getpid())
         env[WORKER_INDEX_ENV] = str(slot.index)
         slot.process = subprocess.Popen(self.command, env=env)

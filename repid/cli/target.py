@@ -13,9 +13,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
-from repid.brokers.memory.broker import InMemoryBucketBroker, InMemoryMessageBroker
+from repid._redact import mask_url
+from repid.brokers.memory import InMemoryBucketBroker, InMemoryMessageBroker
 from repid.connection import Connection
 from repid.errors import RepidError
 from repid.main import Repid
@@ -27,6 +28,7 @@ __all__ = [
     "Target",
     "connection_from_url",
     "import_object",
+    "kafka_options",
     "load_app",
     "resolve_connection",
     "resolve_target",
@@ -93,7 +95,8 @@ def connection_from_url(
     - `redis://...` / `rediss://...`: `RedisMessageBroker`, and `RedisBucketBroker` for results
       on the same server.
     - `amqp://...` / `amqps://...`: `RabbitMessageBroker`.
-    - `kafka://host:port[,host:port...]`: `KafkaMessageBroker` with those bootstrap servers.
+    - `kafka://[user:password@]host:port[,host:port...]`: `KafkaMessageBroker` with those
+      bootstrap servers (and SASL credentials, see `kafka_options`).
 
     Args:
         url: The broker URL.
@@ -110,7 +113,7 @@ def connection_from_url(
     scheme = urlsplit(url).scheme.lower()
     if state_url is not None:
         if urlsplit(state_url).scheme.lower() not in {"redis", "rediss"}:
-            raise CLIError(f"state URL {state_url!r}: expected redis:// or rediss://")
+            raise CLIError(f"state URL {mask_url(state_url)!r}: expected redis:// or rediss://")
         if scheme not in {"amqp", "amqps", "kafka"}:
             raise CLIError(
                 f"a state URL is for amqp:// and kafka:// brokers; {scheme}:// has its own"
@@ -122,11 +125,11 @@ def connection_from_url(
         )
     if scheme not in _NETWORK_SCHEMES:
         raise CLIError(
-            f"unknown broker URL {url!r}: expected memory://, redis://, rediss://, amqp://, "
-            "amqps:// or kafka://"
+            f"unknown broker URL {mask_url(url)!r}: expected memory://, redis://, rediss://, "
+            "amqp://, amqps:// or kafka://"
         )
     if results_url is not None and urlsplit(results_url).scheme.lower() not in {"redis", "rediss"}:
-        raise CLIError(f"results URL {results_url!r}: expected redis:// or rediss://")
+        raise CLIError(f"results URL {mask_url(results_url)!r}: expected redis:// or rediss://")
     name, extra = _NETWORK_SCHEMES[scheme]
     try:
         from repid import brokers
@@ -142,7 +145,10 @@ def connection_from_url(
         if scheme in {"amqp", "amqps"}:
             message_broker: Any = brokers.RabbitMessageBroker(url, shared_state=state)
         else:
-            message_broker = brokers.KafkaMessageBroker(urlsplit(url).netloc, shared_state=state)
+            servers, client_options = kafka_options(url)
+            message_broker = brokers.KafkaMessageBroker(
+                servers, client_options=client_options, shared_state=state
+            )
         results = (
             None
             if results_url is None
@@ -153,6 +159,58 @@ def connection_from_url(
         raise CLIError(
             f"{scheme}:// needs the {name} client: pip install 'repid[{extra}]' ({exc})"
         ) from exc
+
+
+_KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+_KAFKA_PROTOCOLS = ("SASL_PLAINTEXT", "SASL_SSL")
+
+
+def kafka_options(url: str) -> tuple[str, dict[str, Any]]:
+    """The bootstrap servers (`host:port,...`) and aiokafka client options of a `kafka://` URL.
+
+    `kafka://user:password@host:9092,host2:9092` authenticates with SASL (`PLAIN` over
+    `SASL_PLAINTEXT` unless the query says otherwise: `?sasl_mechanism=SCRAM-SHA-256`,
+    `?security_protocol=SASL_SSL`); user and password may be percent-encoded. Without user
+    info the options are empty (no authentication).
+
+    Raises:
+        CLIError: no host, a user without a password, or an unknown SASL mechanism or security
+            protocol. The message never contains the password.
+    """
+    parts = urlsplit(url)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    servers = [host.strip() for host in hosts.split(",") if host.strip()]
+    if not servers:
+        raise CLIError(f"broker URL {mask_url(url)!r}: expected kafka://host:port[,host:port]")
+    if not at:
+        return ",".join(servers), {}
+    user, colon, password = userinfo.partition(":")
+    if not user or not colon:  # not echoed: a lone user info may well be a token
+        raise CLIError("kafka:// URL: Kafka credentials are user:password@ (SASL)")
+    query = {name: values[-1] for name, values in parse_qs(parts.query).items()}
+    mechanism = query.get("sasl_mechanism", "PLAIN").upper()
+    protocol = query.get("security_protocol", "SASL_PLAINTEXT").upper()
+    if mechanism not in _KAFKA_SASL_MECHANISMS:
+        raise CLIError(
+            f"broker URL {mask_url(url)!r}: sasl_mechanism must be one of "
+            f"{', '.join(_KAFKA_SASL_MECHANISMS)}"
+        )
+    if protocol not in _KAFKA_PROTOCOLS:
+        raise CLIError(
+            f"broker URL {mask_url(url)!r}: with credentials, security_protocol must be "
+            f"{' or '.join(_KAFKA_PROTOCOLS)}"
+        )
+    options: dict[str, Any] = {
+        "security_protocol": protocol,
+        "sasl_mechanism": mechanism,
+        "sasl_plain_username": unquote(user),
+        "sasl_plain_password": unquote(password),
+    }
+    if protocol == "SASL_SSL":
+        from aiokafka.helpers import create_ssl_context
+
+        options["ssl_context"] = create_ssl_context()
+    return ",".join(servers), options
 
 
 def _shared_state(state_url: str) -> Any:

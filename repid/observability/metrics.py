@@ -27,16 +27,65 @@ from prometheus_client.registry import Collector
 from repid.data import Parameters, RoutingKey
 from repid.observability._lifecycle import JobLifecycleMiddleware, JobRun, Outcome
 
-__all__ = ["DEFAULT_BUCKETS", "PrometheusMiddleware", "QueueDepthCollector", "serve_metrics"]
+__all__ = [
+    "DEFAULT_BUCKETS",
+    "OTHER_LABEL",
+    "UNKNOWN_ACTOR_LABEL",
+    "PrometheusMiddleware",
+    "QueueDepthCollector",
+    "serve_metrics",
+]
 
 logger = logging.getLogger("repid.observability.metrics")
 
 DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 600)
 """Actor duration buckets in seconds: from quick handlers up to the default 10-minute timeout."""
 
+UNKNOWN_ACTOR_LABEL = "<unknown>"
+"""The `actor` label of dead letters whose actor this worker does not have (or cannot read)."""
+OTHER_LABEL = "<other>"
+"""The label value that stands for every value past `max_label_values` (see below)."""
+
+_FOREIGN_REASONS = frozenset({"unknown_actor", "decode_error"})
+"""Dead-letter reasons whose actor name comes from the message alone, not from this worker."""
+
 _LABELS = ("queue", "actor")
 _READ_TIMEOUT = 5.0
 _MAX_LINE = 8 * 1024
+
+
+class _LabelValues:
+    """The values one label may take: those vouched for, and at most `limit` others.
+
+    Queue and actor names can come from message content (an envelope names its actor and
+    queue), so without a bound a stream of crafted messages grows one series per name.
+    """
+
+    __slots__ = ("_warned", "known", "limit", "name", "seen")
+
+    def __init__(self, name: str, limit: int) -> None:
+        self.name = name
+        self.limit = limit
+        self.known: set[str] = set()
+        """Names this process itself uses (its actors, the queues it declared): never bounded."""
+        self.seen: set[str] = set()
+        self._warned = False
+
+    def __call__(self, value: str) -> str:
+        if value in self.known or value in self.seen:
+            return value
+        if len(self.seen) < self.limit:
+            self.seen.add(value)
+            return value
+        if not self._warned:
+            self._warned = True
+            logger.warning(
+                "more than %d distinct %s names in metrics; further ones are labelled %s",
+                self.limit,
+                self.name,
+                OTHER_LABEL,
+            )
+        return OTHER_LABEL
 
 
 class PrometheusMiddleware(JobLifecycleMiddleware):
@@ -56,12 +105,20 @@ class PrometheusMiddleware(JobLifecycleMiddleware):
     - `repid_queue_depth` (gauge, labelled by `queue` and `state`), once `track_queue_depth`
       is called
 
+    Label values are bounded, because a message names its own actor and queue: a dead letter
+    whose actor this worker does not have (`unknown_actor`, `decode_error`) is labelled
+    `actor="<unknown>"`, and past `max_label_values` distinct queue (or actor) names, further
+    ones are labelled `"<other>"` (a warning is logged once). Names this process uses itself —
+    the actors it runs, the queues it declares — are always kept.
+
     Args:
         registry: where the metrics are registered; prometheus-client's global `REGISTRY` by
             default. Create one middleware per registry: a second one raises `ValueError`
             (duplicated time series).
         namespace: prefix of every metric name.
         buckets: bucket bounds of the duration histogram, in seconds.
+        max_label_values: distinct queue names, and distinct actor names, kept as label
+            values besides the ones this process uses itself.
     """
 
     def __init__(
@@ -69,8 +126,13 @@ class PrometheusMiddleware(JobLifecycleMiddleware):
         registry: CollectorRegistry | None = None,
         namespace: str = "repid",
         buckets: Sequence[float] = DEFAULT_BUCKETS,
+        max_label_values: int = 100,
     ) -> None:
         super().__init__()
+        if max_label_values < 0:
+            raise ValueError(f"max_label_values must be >= 0, got {max_label_values}")
+        self._queue_label = _LabelValues("queue", max_label_values)
+        self._actor_label = _LabelValues("actor", max_label_values)
         self.registry = registry if registry is not None else REGISTRY
         self.namespace = namespace
         common: dict[str, Any] = {"namespace": namespace, "registry": self.registry}
@@ -134,20 +196,46 @@ class PrometheusMiddleware(JobLifecycleMiddleware):
 
         return {"/metrics": render}
 
+    # -- label values -------------------------------------------------------------------------
+
+    def before_actor_run(self, delivery: Any, parameters: Parameters, actor: Any = None) -> None:
+        if actor is not None:  # the worker's own actor: its name and queue are trusted
+            self._actor_label.known.add(actor.name)
+            self._queue_label.known.add(actor.queue)
+        super().before_actor_run(delivery, parameters)
+
+    def after_queue_declare(self, queue_name: str, exception: BaseException | None = None) -> None:
+        if exception is None:
+            self._queue_label.known.add(queue_name)
+
+    def _labels(self, queue: str, actor: str) -> tuple[str, str]:
+        return self._queue_label(queue), self._actor_label(actor)
+
+    def _run_labels(self, run: JobRun) -> tuple[str, str]:
+        if isinstance(run.state, tuple):  # chosen when it started: the in-flight gauge balances
+            return run.state
+        if run.started is None and run.dead_letter_reason in _FOREIGN_REASONS:
+            return self._queue_label(run.queue), UNKNOWN_ACTOR_LABEL
+        labels = self._labels(run.queue, run.actor)
+        if run.started is not None:
+            run.state = labels
+        return labels
+
     # -- lifecycle ----------------------------------------------------------------------------
 
     def job_enqueued(self, key: RoutingKey, params: Parameters | None) -> None:
-        self.enqueued.labels(key.queue, key.topic).inc()
+        self.enqueued.labels(*self._labels(key.queue, key.topic)).inc()
 
     def job_started(self, run: JobRun) -> None:
-        self.started.labels(run.queue, run.actor).inc()
-        self.in_flight.labels(run.queue, run.actor).inc()
+        labels = self._run_labels(run)
+        self.started.labels(*labels).inc()
+        self.in_flight.labels(*labels).inc()
 
     def job_ran(self, run: JobRun) -> None:
-        self.in_flight.labels(run.queue, run.actor).dec()
+        self.in_flight.labels(*self._run_labels(run)).dec()
 
     def job_finished(self, run: JobRun) -> None:
-        queue, actor = run.queue, run.actor
+        queue, actor = self._run_labels(run)
         if run.outcome is Outcome.SUCCEEDED:
             self.succeeded.labels(queue, actor).inc()
         elif run.outcome is Outcome.RETRIED:
@@ -248,7 +336,7 @@ class QueueDepthCollector(Collector):
 
 
 async def serve_metrics(
-    address: str = "0.0.0.0",
+    address: str = "127.0.0.1",
     port: int = 9464,
     *,
     registry: CollectorRegistry | None = None,
@@ -260,8 +348,12 @@ async def serve_metrics(
     in-memory broker) read state without locks. Close the returned server to stop it
     (`server.close(); await server.wait_closed()`, or `async with server:`).
 
+    Only this machine can scrape it by default; bind `"0.0.0.0"` (all interfaces) or a
+    specific address for a Prometheus server elsewhere, on a network you trust: the metrics
+    name your queues and actors and there is no authentication.
+
     Args:
-        address: interface to bind.
+        address: interface to bind (default `127.0.0.1`, the loopback interface only).
         port: TCP port; 0 picks a free one (`server.sockets[0].getsockname()[1]`).
         registry: what to expose; prometheus-client's global `REGISTRY` by default.
         path: the path that answers; others get 404.

@@ -1,0 +1,80 @@
+"""Hide credentials in URLs before they reach an error message, a log line or a repr.
+
+`mask_url` masks one URL (its password and token-like query values); `mask_urls` masks every
+URL found inside a longer text, such as a client library's exception message.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["MASK", "mask_url", "mask_urls"]
+
+MASK = "***"
+"""What a hidden value is replaced with."""
+
+_SENSITIVE_PARAM = re.compile(
+    r"pass|pwd|token|secret|key|credential|signature|^sig$|session", re.IGNORECASE
+)
+"""Query parameter names whose values are hidden (password=, access_token=, api_key=, ...)."""
+
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://(?:[^\s'\"<>`]*[^\s'\"<>`,.;:)\]])?")
+"""A URL inside free text: it ends at whitespace or a quote (as in `repr()` output), and
+punctuation that ends a sentence is not part of it."""
+
+
+def mask_url(url: str) -> str:
+    """`url` with its password and token-like query parameter values replaced by `***`.
+
+    `redis://user:secret@host:6379/0?token=abc&prefix=x` becomes
+    `redis://user:***@host:6379/0?token=***&prefix=x`. The user name, hosts, path and other
+    parameters are kept as written, so the result still says which server was meant. Works on
+    anything: a string that is not a URL comes back unchanged (or with its `user:password@`
+    part masked), and it never raises.
+
+    Args:
+        url: A URL, or a `user:password@host` address without a scheme.
+
+    Returns:
+        The masked URL.
+    """
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        scheme, rest = "", url
+    # The user info ends at the last "@" before the query: a password with an unescaped "/",
+    # "@", "?" or "#" in it is still hidden (a path with "@" in it may be masked too).
+    head_end = min((i for i in (rest.find("?"), rest.find("#")) if i != -1), default=len(rest))
+    at = rest.rfind("@", 0, head_end)
+    if at == -1:  # a password with a "?" or "#" in it looks like the start of the query
+        at = rest.rfind("@")
+        if ":" not in rest[: max(at, 0)]:
+            at = -1
+    userinfo = ""
+    if at != -1:
+        user, colon, _password = rest[:at].partition(":")
+        userinfo = f"{user}:{MASK}@" if colon else f"{user}@"
+        rest = rest[at + 1 :]
+    authority_end = min((i for i in map(rest.find, "/?#") if i != -1), default=len(rest))
+    authority, tail = userinfo + rest[:authority_end], rest[authority_end:]
+    path_and_query, hash_sign, fragment = tail.partition("#")
+    path, question_mark, query = path_and_query.partition("?")
+    if query:
+        query = "&".join(_mask_param(pair) for pair in query.split("&"))
+    masked = f"{authority}{path}{question_mark}{query}{hash_sign}{fragment}"
+    return f"{scheme}{separator}{masked}"
+
+
+def _mask_param(pair: str) -> str:
+    name, equals, value = pair.partition("=")
+    if equals and value and _SENSITIVE_PARAM.search(name):
+        return f"{name}={MASK}"
+    return pair
+
+
+def mask_urls(text: str) -> str:
+    """`text` with every `scheme://...` URL in it masked by `mask_url`.
+
+    For messages that were not written by repid (a client library's exception text) and may
+    quote the URL they were given.
+    """
+    return _URL_IN_TEXT.sub(lambda match: mask_url(match.group(0)), text)
