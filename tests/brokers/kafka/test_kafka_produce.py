@@ -1,6 +1,6 @@
-"""The direct produce path (`repid.brokers.kafka._compat.DirectSender`): a lone send skips aiokafka's sender
-task; busy partitions, cancelled sends and lingering producers keep aiokafka's guarantees; its
-hand-built produce requests and responses are byte for byte aiokafka's."""
+"""The direct produce path (`repid.brokers.kafka._compat.DirectSender`): a lone send skips
+aiokafka's sender task; busy partitions, cancelled sends and lingering producers keep aiokafka's
+guarantees; its hand-built produce requests and responses are byte for byte aiokafka's."""
 
 from __future__ import annotations
 
