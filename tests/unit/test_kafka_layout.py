@@ -97,3 +97,15 @@ def _aiokafka_module(name: str) -> str:
 def test_no_module_is_much_longer_than_600_lines() -> None:
     long = {p.name: n for p in PACKAGE.glob("*.py") if (n := len(p.read_text().splitlines())) > 620}
     assert not long
+
+
+def test_the_kafka_extra_pins_the_aiokafka_versions_the_fast_path_was_tested_with() -> None:
+    import tomllib
+
+    from repid.brokers.kafka._compat import TESTED_AIOKAFKA
+
+    pyproject = tomllib.loads((PACKAGE.parents[2] / "pyproject.toml").read_text())
+    (requirement,) = pyproject["project"]["optional-dependencies"]["kafka"]
+    pinned = {v.strip() for v in requirement.removeprefix("aiokafka==").split(",")}
+    assert requirement.startswith("aiokafka=="), "pin the versions the tests ran"
+    assert pinned == set(TESTED_AIOKAFKA)

@@ -77,7 +77,7 @@ async def _stored(broker: KafkaMessageBroker, queue: Queue) -> Counter[int]:
 
 
 def _direct(broker: KafkaMessageBroker) -> DirectSender:
-    direct = broker._publisher.direct
+    direct: DirectSender | None = broker._publisher.direct
     assert direct is not None, "the fast path should be on for this producer"
     return direct
 

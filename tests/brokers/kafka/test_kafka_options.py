@@ -52,7 +52,7 @@ def test_client_options_override_the_backoff() -> None:
 )
 def test_invalid_values_are_configuration_errors(options: dict[str, float]) -> None:
     with pytest.raises(ConfigurationError):
-        KafkaMessageBroker(UNUSED, **options)  # type: ignore[arg-type]
+        KafkaMessageBroker(UNUSED, **options)
 
 
 def _free_port() -> int:
