@@ -177,7 +177,7 @@ class KafkaMessageBroker(LocalOrShared):
         self._init_local_or_shared(shared_state)
         if shared_state is not None:
             shared_state.running = self._runs_here
-        self._tombstones: dict[tuple[str, str], float] = (
+        self.tombstones: dict[tuple[str, str], float] = (
             {} if shared_state is None else shared_state.tombstones
         )
         """(queue, id) -> newest creation time of cancelled waiting messages (shared state)."""
@@ -186,23 +186,14 @@ class KafkaMessageBroker(LocalOrShared):
         )
         self._admin = TopicAdmin(self.client_kwargs, self.operation_timeout, replication_factor)
         self._declared: set[str] = set()
-        self._consumers: set[KafkaConsumer] = set()
+        self.consumers: set[KafkaConsumer] = set()
+        """The started consumers of this broker (each adds and removes itself)."""
         self.is_connected = False
 
     @property
     def timeout(self) -> float:
         """The older name of `operation_timeout`."""
         return self.operation_timeout
-
-    @property
-    def consumers(self) -> set[KafkaConsumer]:
-        """The started consumers of this broker."""
-        return self._consumers
-
-    @property
-    def tombstones(self) -> Mapping[tuple[str, str], float]:
-        """(queue, id) -> newest creation time of cancelled waiting messages (shared state)."""
-        return self._tombstones
 
     # -- names -----------------------------------------------------------------------------
 
@@ -271,7 +262,7 @@ class KafkaMessageBroker(LocalOrShared):
     async def disconnect(self) -> None:
         """Stop this broker's consumers and clients."""
         self.is_connected = False
-        for consumer in list(self._consumers):
+        for consumer in list(self.consumers):
             await consumer.finish()
         await self.flush_releases()
         await self._stop_clients()
@@ -355,7 +346,7 @@ class KafkaMessageBroker(LocalOrShared):
         return await queue_counts(self, queue_name, running)
 
     def _local_consumers(self, queue_name: str) -> list[KafkaConsumer]:
-        return [c for c in self._consumers if c.queue_name == queue_name]
+        return [c for c in self.consumers if c.queue_name == queue_name]
 
     # -- publishing ------------------------------------------------------------------------
 
@@ -447,7 +438,7 @@ class KafkaMessageBroker(LocalOrShared):
         return await self._unique.claim(key.queue, key.id_)
 
     def _runs_here(self, id_: str) -> bool:
-        return any(consumer.is_running(id_) for consumer in self._consumers)
+        return any(consumer.is_running(id_) for consumer in self.consumers)
 
     async def release_unique(self, key: RoutingKey, *, together: bool = False) -> None:
         """The message left the pending state (settled or removed): free its id.

@@ -171,7 +171,7 @@ async def test_members_joining_and_leaving_lose_nothing(conn: Connection, queue:
         """Partitions of the queue's topic a member's consumer owns now."""
         return [
             tp.partition
-            for consumer in connection.message_broker._consumers
+            for consumer in connection.message_broker.consumers
             for tp in consumer._parts
             if tp.topic == consumer._main
         ]
