@@ -1,8 +1,5 @@
-"""Kafka message broker (aiokafka): a topic per queue, a consumer group per queue.
-
-At-least-once through offsets: a consumer commits, per partition, only the contiguous prefix of
-finished messages. Delays and retries go through a `<queue>.delayed` topic, dead letters through
-`<queue>.dead`. Install with `pip install repid[kafka]`.
+"""Kafka message broker (aiokafka): a topic per queue, a consumer group per queue, offsets
+committed up to the first unfinished message. Design and internals: docs/brokers/kafka.md.
 """
 
 from __future__ import annotations
@@ -10,42 +7,36 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic, RecordsToDelete
-from aiokafka.errors import (
-    KafkaConnectionError,
-    KafkaError,
-    KafkaTimeoutError,
-    MessageSizeTooLargeError,
-    OutOfOrderSequenceNumber,
-    TopicAlreadyExistsError,
-    UnknownTopicOrPartitionError,
-)
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from pydantic_core import to_json
 
-from repid.brokers.base import BrokerCapabilities, BucketBrokerT, Delivery, OutgoingMessage
-from repid.brokers.kafka._produce import direct_send
-from repid.brokers.kafka._produce import usable as produce_directly
-from repid.brokers.kafka.consumer import (
-    DEAD_HEADER,
-    REMOVE_HEADER,
-    KafkaConsumer,
-    Removal,
-    queue_counts,
-    read_topic,
+from repid.brokers.base import (
+    BrokerCapabilities,
+    BucketBrokerT,
+    ConnectionPolicy,
+    Delivery,
+    OutgoingMessage,
 )
-from repid.brokers.memory.broker import InMemoryBucketBroker
+from repid.brokers.kafka.consumer import KafkaConsumer
+from repid.brokers.kafka.publisher import UNAVAILABLE, Publisher, fast_path_default
+from repid.brokers.kafka.reading import end_offsets, queue_counts, read_topic
+from repid.brokers.kafka.records import DEAD_HEADER, REMOVE_HEADER, Removal
+from repid.brokers.kafka.topics import TopicAdmin
+from repid.brokers.kafka.unique_ids import UniqueIds
 from repid.codec import encode_message
-from repid.data import ArgsBucket, MessageCategory, Parameters, RoutingKey
+from repid.data import MessageCategory, Parameters, RoutingKey
 from repid.errors import (
-    BrokerError,
     BrokerUnavailableError,
+    ConfigurationError,
     MessageTooLargeError,
     QueueNotDeclaredError,
+    map_broker_errors,
 )
 from repid.ids import generated_here
 from repid.state.local import LocalOrShared
@@ -57,7 +48,10 @@ __all__ = ["KafkaMessageBroker"]
 
 logger = logging.getLogger("repid.brokers.kafka")
 
-_UNAVAILABLE = (KafkaConnectionError, KafkaTimeoutError, ConnectionError, OSError)
+_DEFAULT_POLICY = ConnectionPolicy(
+    connect_timeout=10.0, operation_timeout=10.0, reconnect_backoff=0.1
+)
+"""Before 2.0 one `timeout` (10 s) bounded both; 0.1 s is aiokafka's own retry backoff."""
 
 
 class KafkaMessageBroker(LocalOrShared):
@@ -75,8 +69,14 @@ class KafkaMessageBroker(LocalOrShared):
         replication_factor: replication of the created topics.
         max_message_size: largest envelope `enqueue` accepts, in bytes (keep it at or below the
             topic's `max.message.bytes`).
-        timeout: seconds `enqueue` and administrative calls wait for the cluster before raising
-            `BrokerUnavailableError`.
+        connect_timeout: seconds `connect()` (and a consumer's start) waits for the cluster
+            before raising `BrokerUnavailableError` (default 10).
+        operation_timeout: seconds `enqueue` and administrative calls wait for the cluster
+            before raising `BrokerUnavailableError` (default 10).
+        reconnect_backoff: seconds the clients wait before retrying a failed connection or
+            metadata request (aiokafka's `retry_backoff_ms`; default 0.1).
+        timeout: the older name (before 2.0) for both `connect_timeout` and
+            `operation_timeout`; an alias that sets whichever of them is not given.
         linger_ms: how long the producer waits to batch concurrent sends (0: batch only what
             piles up while a request is in flight).
         commit_interval: seconds between offset commits of a consumer (coalesced).
@@ -95,6 +95,10 @@ class KafkaMessageBroker(LocalOrShared):
         unique_ttl: how long a pending unique id is remembered at most (with `unique_ids`;
             the shared state has its own `unique_ttl`).
         client_options: extra keyword arguments for every aiokafka client (security, SASL...).
+        fast_path: send a lone message to an idle partition from the `enqueue()` call's own
+            task instead of through aiokafka's sender task (see the docs, "Internals"). None
+            (the default): on, unless the environment variable `REPID_FAST_PATH` is 0 (read
+            when the broker is created).
         shared_state: a `RedisSharedState` through which every process shares unique ids,
             cancellations, per-actor limits and the worker registry (`capabilities.shared_state`
             becomes True). This broker connects and disconnects it. Without it, those are kept
@@ -109,7 +113,10 @@ class KafkaMessageBroker(LocalOrShared):
         partitions: int = 1,
         replication_factor: int = 1,
         max_message_size: int = 1_000_000,
-        timeout: float = 10.0,
+        connect_timeout: float | None = None,
+        operation_timeout: float | None = None,
+        reconnect_backoff: float | None = None,
+        timeout: float | None = None,
         linger_ms: int = 0,
         commit_interval: float = 0.2,
         drain_timeout: float = 5.0,
@@ -119,13 +126,19 @@ class KafkaMessageBroker(LocalOrShared):
         unique_ttl: timedelta = timedelta(days=1),
         client_options: Mapping[str, Any] | None = None,
         shared_state: RedisSharedState | None = None,
+        fast_path: bool | None = None,
     ) -> None:
-        from repid.errors import ConfigurationError
-
         if partitions < 1:
             raise ConfigurationError("partitions must be >= 1")
-        if timeout <= 0 or commit_interval <= 0 or drain_timeout < 0:
-            raise ConfigurationError("timeout and commit_interval must be > 0, drain_timeout >= 0")
+        policy = ConnectionPolicy.resolve(
+            connect_timeout,
+            operation_timeout,
+            reconnect_backoff,
+            defaults=_DEFAULT_POLICY,
+            timeout=timeout,
+        )
+        if commit_interval <= 0 or drain_timeout < 0:
+            raise ConfigurationError("commit_interval must be > 0, drain_timeout >= 0")
         if shared_state is not None and unique_ids is not None:
             raise ConfigurationError("pass unique_ids or shared_state, not both")
         self.bootstrap_servers = bootstrap_servers
@@ -133,7 +146,11 @@ class KafkaMessageBroker(LocalOrShared):
         self.partitions = partitions
         self.replication_factor = replication_factor
         self.max_message_size = max_message_size
-        self.timeout = timeout
+        self.connection_policy = policy
+        self.connect_timeout = policy.connect_timeout
+        self.operation_timeout = policy.operation_timeout
+        self.reconnect_backoff = policy.reconnect_backoff
+        self.fast_path = fast_path_default() if fast_path is None else fast_path
         self.linger_ms = linger_ms
         self.commit_interval = commit_interval
         self.drain_timeout = drain_timeout
@@ -156,28 +173,27 @@ class KafkaMessageBroker(LocalOrShared):
             actor_limits=True,
             inspection=True,
         )
-        self._unique: BucketBrokerT = (
-            unique_ids if unique_ids is not None else InMemoryBucketBroker()
-        )
-        self._own_unique = unique_ids is None
-        self._releases: list[str] = []
-        """Unique-id entries of settled messages, deleted together (see `release_unique`)."""
-        self._release_flush: asyncio.Task[None] | None = None
+        self._unique = UniqueIds(f"repid-kafka-unique:{topic_prefix}", unique_ttl, unique_ids)
         self._init_local_or_shared(shared_state)
         if shared_state is not None:
             shared_state.running = self._runs_here
-        self._tombstones: dict[tuple[str, str], float] = (
+        self.tombstones: dict[tuple[str, str], float] = (
             {} if shared_state is None else shared_state.tombstones
         )
         """(queue, id) -> newest creation time of cancelled waiting messages (shared state)."""
-        self._producer: AIOKafkaProducer | None = None
-        self._direct = False
-        """Sends to an idle partition skip aiokafka's sender task (see `_kafka_produce`)."""
-        self._admin: AIOKafkaAdminClient | None = None
+        self._publisher = Publisher(
+            self._new_producer, self.operation_timeout, max_message_size, self.fast_path
+        )
+        self._admin = TopicAdmin(self.client_kwargs, self.operation_timeout, replication_factor)
         self._declared: set[str] = set()
-        self._consumers: set[KafkaConsumer] = set()
-        self._lock = asyncio.Lock()
+        self.consumers: set[KafkaConsumer] = set()
+        """The started consumers of this broker (each adds and removes itself)."""
         self.is_connected = False
+
+    @property
+    def timeout(self) -> float:
+        """The older name of `operation_timeout`."""
+        return self.operation_timeout
 
     # -- names -----------------------------------------------------------------------------
 
@@ -199,32 +215,32 @@ class KafkaMessageBroker(LocalOrShared):
 
     # -- connection ------------------------------------------------------------------------
 
-    def _client_kwargs(self) -> dict[str, Any]:
-        return {"bootstrap_servers": self.bootstrap_servers, **self.client_options}
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for every aiokafka client of this broker."""
+        return {
+            "bootstrap_servers": self.bootstrap_servers,
+            "retry_backoff_ms": int(self.reconnect_backoff * 1000),
+            **self.client_options,
+        }
 
     async def connect(self) -> None:
         """Start the producer and the admin client; `BrokerUnavailableError` if unreachable."""
         if self.is_connected:
             return
+        what = f"connecting to Kafka at {self.bootstrap_servers!r}"
         try:
-            await asyncio.wait_for(self._start_clients(), self.timeout)
-        except (TimeoutError, *_UNAVAILABLE, KafkaError) as exc:
+            with map_broker_errors({(*UNAVAILABLE, KafkaError): BrokerUnavailableError}, what):
+                await asyncio.wait_for(self._start_clients(), self.connect_timeout)
+        except BaseException:
             await self._stop_clients()
-            raise BrokerUnavailableError(
-                f"Kafka at {self.bootstrap_servers!r} is unreachable: {exc!r}"
-            ) from exc
+            raise
         await self._unique.connect()
         if self._state is not None:
             await self._state.connect()
         self.is_connected = True
 
     async def _start_clients(self) -> None:
-        self._producer = self._new_producer()
-        await self._producer.start()
-        self._direct = produce_directly(self._producer)
-        self._admin = AIOKafkaAdminClient(
-            request_timeout_ms=int(self.timeout * 1000), **self._client_kwargs()
-        )
+        await self._publisher.start()
         await self._admin.start()
 
     def _new_producer(self) -> AIOKafkaProducer:
@@ -234,29 +250,19 @@ class KafkaMessageBroker(LocalOrShared):
             linger_ms=self.linger_ms,
             max_batch_size=max(16384, min(self.max_message_size + 1024, 1 << 20)),
             max_request_size=self.max_message_size + 1024,
-            request_timeout_ms=int(self.timeout * 1000),
+            request_timeout_ms=int(self.operation_timeout * 1000),
             metadata_max_age_ms=5000,
-            **self._client_kwargs(),
+            **self.client_kwargs(),
         )
 
     async def _stop_clients(self) -> None:
-        producer, admin = self._producer, self._admin
-        self._producer = self._admin = None
-        if producer is not None:
-            try:
-                await producer.stop()
-            except Exception:  # closing a broken client must not hide the original error
-                logger.debug("stopping the Kafka producer failed", exc_info=True)
-        if admin is not None:
-            try:
-                await admin.close()
-            except Exception:
-                logger.debug("closing the Kafka admin client failed", exc_info=True)
+        await self._publisher.stop()
+        await self._admin.close()
 
     async def disconnect(self) -> None:
         """Stop this broker's consumers and clients."""
         self.is_connected = False
-        for consumer in list(self._consumers):
+        for consumer in list(self.consumers):
             await consumer.finish()
         await self.flush_releases()
         await self._stop_clients()
@@ -264,58 +270,29 @@ class KafkaMessageBroker(LocalOrShared):
         if self._state is not None:
             await self._state.disconnect()
 
-    def _require_producer(self) -> AIOKafkaProducer:
-        if self._producer is None:
-            raise BrokerUnavailableError("the Kafka broker is not connected; call connect()")
-        return self._producer
-
-    def _require_admin(self) -> AIOKafkaAdminClient:
-        if self._admin is None:
-            raise BrokerUnavailableError("the Kafka broker is not connected; call connect()")
-        return self._admin
+    def require_admin(self) -> AIOKafkaAdminClient:
+        """The started admin client (`BrokerUnavailableError` when not connected)."""
+        return self._admin.require()
 
     # -- queues ------------------------------------------------------------------------------
 
     async def queue_declare(self, queue_name: str) -> None:
         """Create the queue's topics (no effect on those that exist)."""
-        admin = self._require_admin()
-        sizes = {
-            MessageCategory.NORMAL: self.partitions,
-            MessageCategory.DELAYED: 1,
-            MessageCategory.DEAD: 1,
+        partitions = {
+            self.topic(queue_name): self.partitions,
+            self.topic(queue_name, MessageCategory.DELAYED): 1,
+            self.topic(queue_name, MessageCategory.DEAD): 1,
         }
-        missing = [
-            NewTopic(self.topic(queue_name, cat), n, self.replication_factor)
-            for cat, n in sizes.items()
-        ]
-        deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                response = await admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                break
-            except _UNAVAILABLE as exc:
-                raise BrokerUnavailableError(f"creating topics of {queue_name!r}: {exc!r}") from exc
-            # Error 36: exists; a topic still being deleted (real Kafka) answers the same way
-            # until it is gone, so wait for the ones that were not created.
-            errors = {topic: code for topic, code, *_ in response.topic_errors if code not in (0,)}
-            if all(code == 36 for code in errors.values()):
-                break
-            if time.monotonic() > deadline:
-                raise BrokerError(f"could not create the topics of {queue_name!r}: {errors}")
-            await asyncio.sleep(0.1)
+        await self._admin.create(partitions, f"creating the topics of {queue_name!r}")
         self._declared.add(queue_name)
         for consumer in self._local_consumers(queue_name):
             await consumer.topics_recreated()
 
-    async def _queue_exists(self, queue_name: str) -> bool:
+    async def queue_exists(self, queue_name: str) -> bool:
+        """The queue's topic exists (remembered once seen)."""
         if queue_name in self._declared:
             return True
-        try:
-            topics = await asyncio.wait_for(self._require_admin().list_topics(), self.timeout)
-        except (TimeoutError, *_UNAVAILABLE) as exc:
-            raise BrokerUnavailableError(f"listing topics: {exc!r}") from exc
-        if self.topic(queue_name) in topics:
+        if self.topic(queue_name) in await self._admin.names():
             self._declared.add(queue_name)
             return True
         return False
@@ -326,19 +303,12 @@ class KafkaMessageBroker(LocalOrShared):
         Consumers of the queue in this process drop what they had fetched; their running
         messages' settlements become stale.
         """
-        if not await self._queue_exists(queue_name):
+        if not await self.queue_exists(queue_name):
             raise QueueNotDeclaredError(queue_name)
         for consumer in self._local_consumers(queue_name):
             consumer.forget_fetched()
-        ends = await self._end_offsets(self._topics(queue_name))
-        to_delete = {tp: RecordsToDelete(end) for tp, end in ends.items() if end > 0}
-        if to_delete:
-            try:
-                await self._require_admin().delete_records(
-                    to_delete, timeout_ms=int(self.timeout * 1000)
-                )
-            except _UNAVAILABLE as exc:
-                raise BrokerUnavailableError(f"flushing {queue_name!r}: {exc!r}") from exc
+        ends = await end_offsets(self, self._topics(queue_name))
+        await self._admin.delete_records(ends, f"flushing {queue_name!r}")
         await self._forget_unique_ids(queue_name)
 
     async def queue_delete(self, queue_name: str) -> None:
@@ -346,28 +316,15 @@ class KafkaMessageBroker(LocalOrShared):
         self._declared.discard(queue_name)
         for consumer in self._local_consumers(queue_name):
             consumer.forget_fetched(topics_deleted=True)
-        try:
-            await self._require_admin().delete_topics(self._topics(queue_name))
-        except UnknownTopicOrPartitionError:
-            pass
-        except _UNAVAILABLE as exc:
-            raise BrokerUnavailableError(f"deleting {queue_name!r}: {exc!r}") from exc
+        await self._admin.delete(self._topics(queue_name), f"deleting {queue_name!r}")
         await self._forget_unique_ids(queue_name)
         # The idempotent producer keeps sequence numbers per partition: a recreated topic
         # would refuse them. Start a new producer (a new producer id).
-        await self._restart_producer()
-
-    async def _restart_producer(self) -> None:
-        async with self._lock:
-            old, self._producer = self._producer, self._new_producer()
-            await self._producer.start()
-            self._direct = produce_directly(self._producer)
-        if old is not None:
-            await old.stop()
+        await self._publisher.restart()
 
     async def queue_names(self) -> list[str]:
         """Names of the queues on the cluster (topics with this broker's prefix)."""
-        topics = await self._require_admin().list_topics()
+        topics = await self._admin.names()
         prefix = self.topic_prefix
         return sorted(
             t[len(prefix) :]
@@ -383,17 +340,13 @@ class KafkaMessageBroker(LocalOrShared):
         count as ready), `delayed` the lag on the delay topic and `dead` the records of the dead
         topic. Removal markers and re-appended delayed messages are counted too.
         """
-        if not await self._queue_exists(queue_name):
+        if not await self.queue_exists(queue_name):
             raise QueueNotDeclaredError(queue_name)
-        return await queue_counts(self, queue_name)
-
-    async def _end_offsets(self, topics: Iterable[str]) -> dict[TopicPartition, int]:
-        from repid.brokers.kafka.consumer import end_offsets
-
-        return await end_offsets(self, list(topics))
+        running = sum(len(c._running) for c in self._local_consumers(queue_name))
+        return await queue_counts(self, queue_name, running)
 
     def _local_consumers(self, queue_name: str) -> list[KafkaConsumer]:
-        return [c for c in self._consumers if c.queue_name == queue_name]
+        return [c for c in self.consumers if c.queue_name == queue_name]
 
     # -- publishing ------------------------------------------------------------------------
 
@@ -421,12 +374,12 @@ class KafkaMessageBroker(LocalOrShared):
         """
         params = params or Parameters()
         value = self._encode(key, payload, params)
-        if key.queue not in self._declared and not await self._queue_exists(key.queue):
+        if key.queue not in self._declared and not await self.queue_exists(key.queue):
             raise QueueNotDeclaredError(key.queue)
         if not generated_here(key.id_) and not await self._claim_unique(key, params):
             logger.debug("message %s is already pending in %s; not added again", key.id_, key.queue)
             return
-        await self._send(self._destination(key, params), value)
+        await self.publish(self._destination(key, params), value)
 
     async def enqueue_many(self, messages: Sequence[OutgoingMessage]) -> None:
         """Publish several messages in as few produce requests as the producer can batch."""
@@ -434,49 +387,29 @@ class KafkaMessageBroker(LocalOrShared):
             (key, params, self._encode(key, payload, params)) for key, payload, params in messages
         ]
         for queue in {key.queue for key, _, _ in encoded}:
-            if queue not in self._declared and not await self._queue_exists(queue):
+            if queue not in self._declared and not await self.queue_exists(queue):
                 raise QueueNotDeclaredError(queue)
         sends = []
         for key, params, value in encoded:
             if not generated_here(key.id_) and not await self._claim_unique(key, params):
                 continue
-            sends.append(self._send(self._destination(key, params), value))
+            sends.append(self.publish(self._destination(key, params), value))
         await asyncio.gather(*sends)
 
-    async def _send(
+    async def publish(
         self,
         topic: str,
         value: bytes,
         headers: list[tuple[str, bytes]] | None = None,
         partition: int | None = None,
     ) -> None:
-        for attempt in (1, 2):
-            producer = self._require_producer()
-            try:
-                # asyncio.timeout, not wait_for: no extra task per message. aiokafka retries
-                # a batch while the cluster is down; this bounds what enqueue() waits.
-                async with asyncio.timeout(self.timeout):
-                    sent = None
-                    if self._direct:
-                        sent = await direct_send(producer, topic, value, headers or [], partition)
-                    if sent is None:
-                        sent = await producer.send(
-                            topic, value, headers=headers, partition=partition
-                        )
-                    await sent
-                return
-            except MessageSizeTooLargeError as exc:
-                raise MessageTooLargeError(len(value), self.max_message_size) from exc
-            except OutOfOrderSequenceNumber:
-                if attempt == 2:
-                    raise
-                # The topic was recreated under this producer: start a fresh producer id.
-                await self._restart_producer()
-            except (TimeoutError, *_UNAVAILABLE) as exc:
-                raise BrokerUnavailableError(
-                    f"Kafka did not acknowledge a message to {topic!r} within {self.timeout}s "
-                    f"({exc!r}); it may or may not have been stored"
-                ) from exc
+        """Write one record to `topic`; return once every in-sync replica has it.
+
+        Raises:
+            MessageTooLargeError: larger than the producer accepts; nothing sent.
+            BrokerUnavailableError: no acknowledgement within `operation_timeout`.
+        """
+        await self._publisher.send(topic, value, headers, partition)
 
     async def send_removal(
         self, queue_name: str, removal: Removal, *categories: MessageCategory
@@ -484,18 +417,17 @@ class KafkaMessageBroker(LocalOrShared):
         """Append a removal marker (a record with no payload) to every partition of parts of
         a queue (a marker only applies to the records of its own partition)."""
         header = [(REMOVE_HEADER, to_json(list(removal)))]
-        producer = self._require_producer()
         sends: list[Coroutine[Any, Any, None]] = []
         for category in categories:
             topic = self.topic(queue_name, category)
-            partitions = sorted(await producer.partitions_for(topic))
-            sends.extend(self._send(topic, b"", header, p) for p in partitions)
+            partitions = sorted(await self._publisher.partitions_for(topic))
+            sends.extend(self.publish(topic, b"", header, p) for p in partitions)
         await asyncio.gather(*sends)
 
     # -- unique ids ----------------------------------------------------------------------------
 
     def _unique_key(self, queue_name: str, id_: str) -> str:
-        return f"repid-kafka-unique:{self.topic_prefix}{queue_name}:{id_}"
+        return self._unique.entry(queue_name, id_)
 
     async def _claim_unique(self, key: RoutingKey, params: Parameters) -> bool:
         """Remember a user-given id as pending; False if it already is (atomic only with
@@ -503,14 +435,10 @@ class KafkaMessageBroker(LocalOrShared):
         if self._state is not None:
             stamp = params.timer.timestamp.timestamp()
             return await self._state.claim(key.queue, key.id_, stamp, params.not_before)
-        name = self._unique_key(key.queue, key.id_)
-        if await self._unique.get_bucket(name) is not None:
-            return False
-        await self._unique.store_bucket(name, ArgsBucket("", ttl=self.unique_ttl))
-        return True
+        return await self._unique.claim(key.queue, key.id_)
 
     def _runs_here(self, id_: str) -> bool:
-        return any(consumer.is_running(id_) for consumer in self._consumers)
+        return any(consumer.is_running(id_) for consumer in self.consumers)
 
     async def release_unique(self, key: RoutingKey, *, together: bool = False) -> None:
         """The message left the pending state (settled or removed): free its id.
@@ -529,43 +457,16 @@ class KafkaMessageBroker(LocalOrShared):
             return
         if here:
             return  # never stored: an id drawn in this process is unique by construction
-        unique = self._unique
-        name = self._unique_key(key.queue, key.id_)
-        if isinstance(unique, InMemoryBucketBroker):
-            if unique._data:  # an in-process store holding no id at all (e.g. a worker's)
-                await unique.delete_bucket(name)
-            return
-        if not together:
-            await unique.delete_bucket(name)
-            return
-        self._releases.append(name)
-        if self._release_flush is None or self._release_flush.done():
-            self._release_flush = asyncio.ensure_future(self._flush_releases())
-
-    async def _flush_releases(self) -> None:
-        while self._releases:
-            names, self._releases = self._releases, []
-            try:
-                await _delete_buckets(self._unique, names)
-            except Exception as exc:  # the entries expire after unique_ttl anyway
-                logger.warning(
-                    "freeing %d unique ids failed (%r); they stay taken until unique_ttl passes",
-                    len(names),
-                    exc,
-                )
+        await self._unique.release(key.queue, key.id_, together=together)
 
     async def flush_releases(self) -> None:
         """Wait until the ids released `together` so far are deleted from the store."""
-        while self._release_flush is not None and not self._release_flush.done():
-            await asyncio.shield(self._release_flush)
+        await self._unique.flush()
 
     async def _forget_unique_ids(self, queue_name: str) -> None:
         if self._state is not None:
             await self._state.forget_queue(queue_name)
-        if self._own_unique and isinstance(self._unique, InMemoryBucketBroker):
-            prefix = self._unique_key(queue_name, "")
-            for name in [n for n in self._unique._data if n.startswith(prefix)]:
-                await self._unique.delete_bucket(name)
+        self._unique.forget_queue(queue_name)
 
     # -- settling -----------------------------------------------------------------------------
 
@@ -588,7 +489,7 @@ class KafkaMessageBroker(LocalOrShared):
             value = encode_message(key.key, key.payload, params)
         dead = self.topic(key.key.queue, MessageCategory.DEAD)
         if key.category is MessageCategory.DELAYED:
-            await self._send(dead, value, headers)
+            await self.publish(dead, value, headers)
             return await self._remove_browsed(key)
         return await KafkaConsumer.settle(key, (dead, value, headers))
 
@@ -607,7 +508,7 @@ class KafkaMessageBroker(LocalOrShared):
         value = self._encode(key.key, new_payload, params)
         destination = self._destination(key.key, params)
         if key.category is not MessageCategory.NORMAL:
-            await self._send(destination, value)
+            await self.publish(destination, value)
             done = await self._remove_browsed(key)
         else:
             done = await KafkaConsumer.settle(key, (destination, value, None), keep_id=True)
@@ -682,7 +583,7 @@ class KafkaMessageBroker(LocalOrShared):
         await self.send_removal(
             queue_name, removal, MessageCategory.NORMAL, MessageCategory.DELAYED
         )
-        await self._unique.delete_bucket(self._unique_key(queue_name, id_))
+        await self._unique.release(queue_name, id_)
         return "dequeued"
 
     async def _pending_somewhere(self, queue_name: str, id_: str) -> float | None:
@@ -693,15 +594,6 @@ class KafkaMessageBroker(LocalOrShared):
                     return delivery.parameters.timer.timestamp.timestamp()
         return None
 
-    def _is_tombstoned(self, delivery: Delivery) -> bool:
+    def is_tombstoned(self, delivery: Delivery) -> bool:
         """Called by consumers before handing out a delivery while cancellations wait."""
         return self._state is not None and self._state.take_tombstone(delivery)
-
-
-async def _delete_buckets(store: BucketBrokerT, names: list[str]) -> None:
-    """Delete buckets `names`: in one request where the store can (`_delete_many`)."""
-    many = getattr(store, "_delete_many", None)
-    if many is not None:
-        await many(names)
-    else:
-        await asyncio.gather(*(store.delete_bucket(name) for name in names))

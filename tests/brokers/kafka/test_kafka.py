@@ -32,7 +32,7 @@ from repid import (
     Router,
     Worker,
 )
-from repid.brokers.kafka.consumer import read_topic
+from repid.brokers.kafka.reading import read_topic
 from tests.conformance.specs import RUN_ID
 from tests.conformance.specs.kafka import BOOTSTRAP
 from tests.conformance.support import browse, run_to_limit, running, wait_until
@@ -171,7 +171,7 @@ async def test_members_joining_and_leaving_lose_nothing(conn: Connection, queue:
         """Partitions of the queue's topic a member's consumer owns now."""
         return [
             tp.partition
-            for consumer in connection.message_broker._consumers
+            for consumer in connection.message_broker.consumers
             for tp in consumer._parts
             if tp.topic == consumer._main
         ]
@@ -453,7 +453,7 @@ async def test_kafka_with_redis_buckets_unique_ids_and_results_across_brokers(
         assert again.raw_payload == '{"x":6}'
     finally:
         broker = producer.message_broker
-        await broker._unique.delete_bucket(broker._unique_key(queue.name, "pair-1"))
+        await broker._unique.release(queue.name, "pair-1")
         for c in (producer, worker_side):
             await c.disconnect()
 

@@ -1,6 +1,6 @@
-"""The direct produce path (`repid.brokers.kafka._produce`): a lone send skips aiokafka's sender
-task; busy partitions, cancelled sends and lingering producers keep aiokafka's guarantees; its
-hand-built produce requests and responses are byte for byte aiokafka's."""
+"""The direct produce path (`repid.brokers.kafka._compat.DirectSender`): a lone send skips
+aiokafka's sender task; busy partitions, cancelled sends and lingering producers keep aiokafka's
+guarantees; its hand-built produce requests and responses are byte for byte aiokafka's."""
 
 from __future__ import annotations
 
@@ -21,12 +21,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from repid import Connection, Job, KafkaMessageBroker, MessageCategory, Queue
-from repid.brokers.kafka._produce import (
-    OneBatchProduceRequest,
-    _OneBatchStruct,
-    decode_produce_response,
-)
-from repid.brokers.kafka.consumer import read_topic
+from repid.brokers.kafka._compat import OneBatchProduceRequest, _OneBatchStruct
+from repid.brokers.kafka._wire import decode_produce_response
+from repid.brokers.kafka.reading import read_topic
 from tests.conformance.specs import RUN_ID
 from tests.conformance.specs.kafka import BOOTSTRAP
 
@@ -76,8 +73,8 @@ def _enqueue(queue: Queue, n: int) -> Awaitable[Job]:
 async def test_lone_sends_skip_the_sender_task_and_busy_partitions_do_not(
     broker: KafkaMessageBroker, queue: Queue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert broker._direct, "aiokafka's internals changed: the direct produce path is off"
-    calls = _count_sends(broker._producer, monkeypatch)
+    assert broker._publisher.direct, "aiokafka's internals changed: the direct path is off"
+    calls = _count_sends(broker._publisher.producer, monkeypatch)
     decoded = [0]
     decode = _OneBatchStruct.decode
 
@@ -106,7 +103,7 @@ async def test_lone_sends_skip_the_sender_task_and_busy_partitions_do_not(
 async def test_a_send_cancelled_mid_request_is_delivered_by_the_sender(
     broker: KafkaMessageBroker, queue: Queue
 ) -> None:
-    producer: Any = broker._producer
+    producer: Any = broker._publisher.producer
     muted: set[Any] = producer._sender._muted_partitions
     for n in range(5):
         await _enqueue(queue, n)
@@ -134,7 +131,7 @@ async def test_a_lingering_producer_keeps_aiokafka_batching() -> None:
     broker = KafkaMessageBroker(BOOTSTRAP, topic_prefix=PREFIX, linger_ms=5)
     await broker.connect()
     try:
-        assert not broker._direct
+        assert broker._publisher.direct is None
     finally:
         await broker.disconnect()
 
