@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from repid.brokers.redis._resp import RedisProtocolError, RedisReplyError, RespParser
-from repid.errors import BrokerUnavailableError, ConfigurationError
+from repid.errors import BrokerUnavailableError, ConfigurationError, ErrorMap, map_broker_errors
 
 __all__ = [
     "RedisAddress",
@@ -225,7 +225,7 @@ class RespConnection(asyncio.BufferedProtocol):
 async def open_connection(address: RedisAddress, timeout: float) -> RespConnection:
     """Connect, authenticate and select the database; `BrokerUnavailableError` on failure."""
     loop = asyncio.get_running_loop()
-    try:
+    with map_broker_errors(_CONNECT_ERRORS, f"connecting to Redis at {_describe(address)}"):
         async with asyncio.timeout(timeout):
             if address.path is not None:
                 _, protocol = await loop.create_unix_connection(RespConnection, address.path)
@@ -241,11 +241,11 @@ async def open_connection(address: RedisAddress, timeout: float) -> RespConnecti
                     await protocol.call("AUTH", address.password)
             if address.db:
                 await protocol.call("SELECT", address.db)
-    except (OSError, TimeoutError) as exc:
-        raise BrokerUnavailableError(
-            f"cannot connect to Redis at {_describe(address)}: {exc!r}"
-        ) from exc
     return protocol
+
+
+_CONNECT_ERRORS: ErrorMap = {(OSError, TimeoutError): BrokerUnavailableError}
+"""Socket, TLS (`ssl.SSLError` is an `OSError`) and time-out errors of opening a connection."""
 
 
 def _describe(address: RedisAddress) -> str:
