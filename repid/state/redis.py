@@ -33,14 +33,11 @@ from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any
 
-from pydantic_core import from_json, to_json
-
-from repid.brokers.base import Delivery
+from repid.brokers.base import ConnectionPolicy, Delivery
 from repid.brokers.redis._client import RedisAddress
-from repid.brokers.redis._link import SCRIPTS, Link, Script
+from repid.brokers.redis._link import DEFAULT_POLICY, SCRIPTS, Link, Script
+from repid.brokers.redis._workers import WorkersAndLimits
 from repid.ids import generated_here
-from repid.lifecycle import STALE_AFTER, RateLimit, WorkerInfo
-from repid.state._redis_limiter import RedisActorLimiter
 
 __all__ = ["RedisSharedState", "generated_here"]
 
@@ -130,93 +127,6 @@ return changed
 _SCRIPTS = (_CANCEL, _FORGET, SCRIPTS["limiter"], SCRIPTS["live_workers"])
 
 
-def worker_record(info: WorkerInfo) -> bytes:
-    """The JSON record of a worker in the registry (the Redis broker's format)."""
-    return to_json(
-        {
-            "id": info.id,
-            "host": info.host,
-            "pid": info.pid,
-            "queues": list(info.queues),
-            "concurrency": info.concurrency,
-            "in_flight": info.in_flight,
-            "started_at": info.started_at,
-            "last_seen": info.last_seen,
-        }
-    )
-
-
-def worker_infos(records: Iterable[bytes]) -> list[WorkerInfo]:
-    """Registry records, oldest worker first."""
-    workers = []
-    for raw in records:
-        obj = from_json(raw)
-        obj["queues"] = tuple(obj["queues"])
-        workers.append(WorkerInfo(**obj))
-    return sorted(workers, key=lambda info: info.started_at)
-
-
-class WorkersAndLimits:
-    """Per-actor limiters and the live-worker registry in Redis (the Redis broker and
-    `RedisSharedState` share it, so both write the same keys and records).
-
-    Users set `link`, `prefix`, `lease_duration` and call `_init_workers_and_limits()`.
-    """
-
-    link: Link
-    prefix: str
-    lease_duration: float
-
-    def _init_workers_and_limits(self) -> None:
-        self._workers_key = f"{self.prefix}workers".encode()
-        self._seen_key = f"{self.prefix}workers:seen".encode()
-        self._limiters: dict[str, RedisActorLimiter] = {}
-
-    def actor_limiter(
-        self, actor: str, max_concurrency: int | None, rate_limit: RateLimit | None
-    ) -> RedisActorLimiter:
-        """The limiter of `actor`, shared through Redis by every worker using this prefix.
-
-        Concurrency slots are leases: a crashed worker's slots free themselves after
-        `lease_duration`.
-        """
-        limiter = self._limiters.get(actor)
-        if (
-            limiter is None
-            or limiter.max_concurrency != max_concurrency
-            or limiter.rate_limit != rate_limit
-        ):
-            limiter = RedisActorLimiter(
-                self.link,
-                f"{self.prefix}limit:{actor}",
-                max_concurrency,
-                rate_limit,
-                self.lease_duration,
-            )
-            self._limiters[actor] = limiter
-        return limiter
-
-    async def heartbeat(self, info: WorkerInfo) -> None:
-        """Record that worker `info.id` is alive (listed by `live_workers`)."""
-        await self.link.transaction(
-            ("HSET", self._workers_key, info.id, worker_record(info)),
-            ("ZADD", self._seen_key, int(info.last_seen * 1000), info.id),
-        )
-
-    async def unregister_worker(self, worker_id: str) -> None:
-        await self.link.transaction(
-            ("HDEL", self._workers_key, worker_id), ("ZREM", self._seen_key, worker_id)
-        )
-
-    async def live_workers(self, stale_after: float = STALE_AFTER) -> list[WorkerInfo]:
-        """Workers heard from within `stale_after` seconds; staler ones are forgotten."""
-        oldest = int((time.time() - stale_after) * 1000)
-        records = await self.link.script(
-            SCRIPTS["live_workers"], [self._workers_key, self._seen_key], [oldest]
-        )
-        return worker_infos(records)
-
-
 class RedisSharedState(WorkersAndLimits):
     """Unique ids, cancellations, per-actor limits and live workers shared through Redis.
 
@@ -235,8 +145,11 @@ class RedisSharedState(WorkersAndLimits):
         poll_interval: seconds between two checks for new cancellations (by every process):
             the window in which a job cancelled while waiting can still start (it is then
             cancelled as a running job).
-        connect_timeout: seconds one connection attempt may take.
-        operation_timeout: seconds an operation keeps retrying while Redis is unreachable.
+        connect_timeout: seconds one connection attempt may take (default 5).
+        operation_timeout: seconds an operation keeps retrying while Redis is unreachable
+            (default 10).
+        reconnect_backoff: seconds before the first retry after a failed command (default
+            0.05), doubling up to a second.
     """
 
     def __init__(
@@ -247,15 +160,19 @@ class RedisSharedState(WorkersAndLimits):
         unique_ttl: timedelta = timedelta(days=1),
         lease_duration: float = 30.0,
         poll_interval: float = 0.1,
-        connect_timeout: float = 5.0,
-        operation_timeout: float = 10.0,
+        connect_timeout: float | None = None,
+        operation_timeout: float | None = None,
+        reconnect_backoff: float | None = None,
     ) -> None:
+        self.connection_policy = ConnectionPolicy.resolve(
+            connect_timeout, operation_timeout, reconnect_backoff, defaults=DEFAULT_POLICY
+        )
         self.dsn = dsn
         self.prefix = prefix
         self.unique_ttl = unique_ttl
         self.lease_duration = lease_duration
         self.poll_interval = poll_interval
-        self.link = Link(RedisAddress(dsn), connect_timeout, operation_timeout, _SCRIPTS)
+        self.link = Link(RedisAddress(dsn), self.connection_policy, _SCRIPTS)
         self.tombstones: dict[tuple[str, str], float] = {}
         """Mirror: (queue, id) -> newest creation time of the cancelled waiting messages."""
         self.flags: dict[str, int] = {}

@@ -1,8 +1,7 @@
 """A lean pipelining RESP2 client (`asyncio.BufferedProtocol`) for the Redis broker's hot path.
 
-Commands issued in the same event-loop iteration leave in one write and their replies are
-matched in order, so concurrent callers share round trips without an explicit pipeline. The
-address is parsed by redis-py (`redis.connection.parse_url`); errors become repid's errors.
+Commands issued in one event-loop iteration leave in one write; replies (parsed by `_resp`)
+are matched to their callers in order. Errors are repid's errors.
 """
 
 from __future__ import annotations
@@ -16,7 +15,8 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from repid.errors import BrokerError, BrokerUnavailableError, ConfigurationError
+from repid.brokers.redis._resp import RedisProtocolError, RedisReplyError, RespParser
+from repid.errors import BrokerUnavailableError, ConfigurationError, ErrorMap, map_broker_errors
 
 __all__ = [
     "RedisAddress",
@@ -36,21 +36,6 @@ _EARLY_FLUSH = 64
 
 _READ_SIZE = 256 * 1024
 """Bytes one socket read may return (asyncio's own read size)."""
-
-
-class RedisReplyError(BrokerError):
-    """Redis answered a command with an error reply."""
-
-    @property
-    def code(self) -> str:
-        return str(self).split(" ", 1)[0]
-
-
-class _IncompleteError(Exception):
-    """The buffer does not hold a whole reply yet."""
-
-
-_INCOMPLETE = _IncompleteError()
 
 
 class RedisAddress:
@@ -109,67 +94,6 @@ def _bulk(args: Sequence[Arg]) -> bytes:
     return b"".join(out)
 
 
-def _parse(buffer: bytes, pos: int) -> tuple[Any, int]:
-    """Parse one reply at `pos`; return it and the position after it."""
-    end = buffer.find(b"\r\n", pos)
-    if end < 0:
-        raise _INCOMPLETE
-    kind = buffer[pos]
-    if kind == 36:  # $ bulk string
-        size = int(buffer[pos + 1 : end])
-        if size < 0:
-            return None, end + 2
-        stop = end + 2 + size
-        if stop + 2 > len(buffer):
-            raise _INCOMPLETE
-        return buffer[end + 2 : stop], stop + 2
-    if kind == 42:  # * array: flat elements parsed inline (the common case), nested recursively
-        count = int(buffer[pos + 1 : end])
-        pos = end + 2
-        if count < 0:
-            return None, pos
-        items: list[Any] = []
-        append = items.append
-        find = buffer.find
-        total = len(buffer)
-        for _ in range(count):
-            if pos >= total:
-                raise _INCOMPLETE
-            kind = buffer[pos]
-            if kind == 36:
-                end = find(b"\r\n", pos)
-                if end < 0:
-                    raise _INCOMPLETE
-                size = int(buffer[pos + 1 : end])
-                if size < 0:
-                    append(None)
-                    pos = end + 2
-                    continue
-                stop = end + 2 + size
-                if stop + 2 > total:
-                    raise _INCOMPLETE
-                append(buffer[end + 2 : stop])
-                pos = stop + 2
-            elif kind == 58:
-                end = find(b"\r\n", pos)
-                if end < 0:
-                    raise _INCOMPLETE
-                append(int(buffer[pos + 1 : end]))
-                pos = end + 2
-            else:
-                item, pos = _parse(buffer, pos)
-                append(item)
-        return items, pos
-    line = buffer[pos + 1 : end]
-    if kind == 58:  # : integer
-        return int(line), end + 2
-    if kind == 43:  # + simple string
-        return line, end + 2
-    if kind == 45:  # - error
-        return RedisReplyError(line.decode(errors="replace")), end + 2
-    raise BrokerError(f"unexpected byte {kind!r} in a Redis reply")
-
-
 class RespConnection(asyncio.BufferedProtocol):
     """One Redis connection; `call()` may be used by many tasks at once (replies in order).
 
@@ -181,7 +105,7 @@ class RespConnection(asyncio.BufferedProtocol):
     def __init__(self) -> None:
         self._transport: asyncio.Transport | None = None
         self._waiters: deque[asyncio.Future[Any]] = deque()
-        self._buffer = b""
+        self._parser = RespParser()
         self._read_view = memoryview(bytearray(_READ_SIZE))
         self._out: list[bytes] = []
         self._flush_scheduled = False
@@ -200,11 +124,9 @@ class RespConnection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._transport = None
-        error = BrokerUnavailableError(f"connection to Redis lost: {exc!r}" if exc else "closed")
-        while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_exception(error)
+        self._fail_waiters(
+            BrokerUnavailableError(f"connection to Redis lost: {exc!r}" if exc else "closed")
+        )
         if not self.lost.done():
             self.lost.set_result(None)
 
@@ -212,20 +134,21 @@ class RespConnection(asyncio.BufferedProtocol):
         return self._read_view
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(bytes(self._read_view[:nbytes]))
+        self.data_received(self._read_view[:nbytes])
 
-    def data_received(self, data: bytes) -> None:
-        """Parse the replies in `data` (after what was left over) and resolve their callers."""
+    def data_received(self, data: bytes | memoryview) -> None:
+        """Parse the replies completed by `data` and resolve their callers."""
         self.last_activity = time.monotonic()
-        buffer = self._buffer + data if self._buffer else data
+        try:
+            replies = self._parser.feed(data)
+        except RedisProtocolError as exc:
+            # The stream is out of step with our commands: no later reply can be matched.
+            logger.error("Redis sent a malformed reply (%s); closing the connection", exc)  # noqa: TRY400
+            self._fail_waiters(exc)
+            self.close()
+            return
         waiters = self._waiters
-        pos = 0
-        size = len(buffer)
-        while pos < size:
-            try:
-                reply, pos = _parse(buffer, pos)
-            except _IncompleteError:
-                break
+        for reply in replies:
             if not waiters:  # pragma: no cover - a reply nobody asked for
                 logger.warning("unexpected reply from Redis: %r", reply)
                 continue
@@ -235,7 +158,12 @@ class RespConnection(asyncio.BufferedProtocol):
                     fut.set_exception(reply)
                 else:
                     fut.set_result(reply)
-        self._buffer = buffer[pos:] if pos < size else b""
+
+    def _fail_waiters(self, error: Exception) -> None:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_exception(error)
 
     # -- commands --------------------------------------------------------------------------------
 
@@ -297,7 +225,7 @@ class RespConnection(asyncio.BufferedProtocol):
 async def open_connection(address: RedisAddress, timeout: float) -> RespConnection:
     """Connect, authenticate and select the database; `BrokerUnavailableError` on failure."""
     loop = asyncio.get_running_loop()
-    try:
+    with map_broker_errors(_CONNECT_ERRORS, f"connecting to Redis at {_describe(address)}"):
         async with asyncio.timeout(timeout):
             if address.path is not None:
                 _, protocol = await loop.create_unix_connection(RespConnection, address.path)
@@ -313,11 +241,11 @@ async def open_connection(address: RedisAddress, timeout: float) -> RespConnecti
                     await protocol.call("AUTH", address.password)
             if address.db:
                 await protocol.call("SELECT", address.db)
-    except (OSError, TimeoutError) as exc:
-        raise BrokerUnavailableError(
-            f"cannot connect to Redis at {_describe(address)}: {exc!r}"
-        ) from exc
     return protocol
+
+
+_CONNECT_ERRORS: ErrorMap = {(OSError, TimeoutError): BrokerUnavailableError}
+"""Socket, TLS (`ssl.SSLError` is an `OSError`) and time-out errors of opening a connection."""
 
 
 def _describe(address: RedisAddress) -> str:

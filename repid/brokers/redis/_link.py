@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from repid.brokers.base import ConnectionPolicy
 from repid.brokers.redis._client import (
     Arg,
     RedisAddress,
@@ -24,7 +25,7 @@ from repid.brokers.redis._client import (
 )
 from repid.errors import BrokerUnavailableError
 
-__all__ = ["SCRIPTS", "Link", "Script"]
+__all__ = ["DEFAULT_POLICY", "SCRIPTS", "Link", "Script"]
 
 logger = logging.getLogger("repid.brokers.redis")
 
@@ -66,19 +67,26 @@ def _load_scripts() -> dict[str, Script]:
 SCRIPTS = _load_scripts()
 
 
+DEFAULT_POLICY = ConnectionPolicy(
+    connect_timeout=5.0, operation_timeout=10.0, reconnect_backoff=0.05
+)
+"""The Redis brokers' defaults: Redis answers in microseconds, so retry soon after a failure."""
+_MAX_BACKOFF = 1.0
+
+
 class Link:
     """The command connection of one broker, re-opened on demand after a failure."""
 
     def __init__(
         self,
         address: RedisAddress,
-        connect_timeout: float,
-        timeout: float,
+        policy: ConnectionPolicy = DEFAULT_POLICY,
         scripts: Sequence[Script] = (),
     ) -> None:
         self.address = address
-        self.connect_timeout = connect_timeout
-        self.timeout = timeout
+        self.policy = policy
+        self.connect_timeout = policy.connect_timeout
+        self.timeout = policy.operation_timeout
         self.conn: RespConnection | None = None
         self._scripts = scripts
         self._lock: asyncio.Lock | None = None
@@ -151,7 +159,7 @@ class Link:
         Only commands that are safe to repeat may go through here.
         """
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        backoff = 0.05
+        backoff = self.policy.reconnect_backoff
         while True:
             try:
                 async with asyncio.timeout(max(0.001, deadline - time.monotonic())):
@@ -167,11 +175,12 @@ class Link:
                 if self._failures == 1:
                     logger.warning("Redis connection failed (%s); retrying", exc)
                 await asyncio.sleep(min(backoff, remaining))
-                backoff = min(backoff * 2, 1.0)
+                backoff = min(backoff * 2, max(_MAX_BACKOFF, self.policy.reconnect_backoff))
 
     async def transaction(self, *commands: Sequence[Arg]) -> list[Any]:
         """Run `commands` in one MULTI/EXEC (all or none); retried like `call`."""
         deadline = time.monotonic() + self.timeout
+        backoff = self.policy.reconnect_backoff
         while True:
             try:
                 async with asyncio.timeout(max(0.001, deadline - time.monotonic())):
@@ -183,9 +192,11 @@ class Link:
                     done: list[Any] = await asyncio.gather(*replies)
                     return list(done[-1])
             except (BrokerUnavailableError, TimeoutError) as exc:
-                if time.monotonic() >= deadline:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
                     raise BrokerUnavailableError(f"Redis unreachable: {exc!r}") from exc
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(min(backoff, remaining))
+                backoff = min(backoff * 2, max(_MAX_BACKOFF, self.policy.reconnect_backoff))
 
     async def script(
         self, script: Script, keys: list[bytes], args: list[Arg], timeout: float | None = None

@@ -15,9 +15,10 @@ from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
-from repid.brokers.base import BrokerCapabilities, Delivery, OutgoingMessage
+from repid.brokers.base import BrokerCapabilities, ConnectionPolicy, Delivery, OutgoingMessage
 from repid.brokers.redis._client import Arg, RedisAddress, RedisReplyError, encode_head
-from repid.brokers.redis._link import SCRIPTS, Link
+from repid.brokers.redis._link import DEFAULT_POLICY, SCRIPTS, Link
+from repid.brokers.redis._workers import WorkersAndLimits
 from repid.brokers.redis.consumer import RedisConsumer, key_names
 from repid.codec import encode_message
 from repid.data import (
@@ -30,7 +31,6 @@ from repid.data import (
 )
 from repid.errors import BrokerUnavailableError, MessageTooLargeError, QueueNotDeclaredError
 from repid.ids import generated_here
-from repid.state.redis import WorkersAndLimits
 
 __all__ = ["RedisBucketBroker", "RedisMessageBroker"]
 
@@ -50,6 +50,17 @@ def _due_ms(params: Parameters) -> str:
     delay = params.delay
     when = delay.next_execution_time or delay.delay_until
     return "" if when is None else str(int(when.timestamp() * 1000))
+
+
+_CACHED_QUEUES = 1024
+"""Queues whose key names (and encoded enqueue heads) are cached; any name can be asked for."""
+
+
+def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    """Cache `value`, dropping the oldest entry first when the cache is full."""
+    if len(cache) >= _CACHED_QUEUES:
+        del cache[next(iter(cache))]
+    cache[key] = value
 
 
 def _stale(op: str, key: Delivery) -> None:
@@ -82,9 +93,11 @@ class RedisMessageBroker(WorkersAndLimits):
             every third of that while the actor runs. An expired delivery (a crashed worker's)
             is handed out again.
         max_message_size: largest envelope accepted by `enqueue`, in bytes.
-        connect_timeout: seconds one connection attempt may take.
+        connect_timeout: seconds one connection attempt may take (default 5).
         operation_timeout: seconds `enqueue` and settlements keep retrying while Redis is
-            unreachable before raising `BrokerUnavailableError`.
+            unreachable before raising `BrokerUnavailableError` (default 10).
+        reconnect_backoff: seconds before the first retry after a failed command; later
+            retries wait twice as long each time, up to a second (default 0.05).
         sweep_interval: at most this many seconds pass between two moves of due delayed
             messages and reclaims of expired leases by an idle consumer.
     """
@@ -96,10 +109,14 @@ class RedisMessageBroker(WorkersAndLimits):
         prefix: str = "repid:",
         lease_duration: float = 30.0,
         max_message_size: int | None = 16 * 1024 * 1024,
-        connect_timeout: float = 5.0,
-        operation_timeout: float = 10.0,
+        connect_timeout: float | None = None,
+        operation_timeout: float | None = None,
+        reconnect_backoff: float | None = None,
         sweep_interval: float = 0.25,
     ) -> None:
+        self.connection_policy = ConnectionPolicy.resolve(
+            connect_timeout, operation_timeout, reconnect_backoff, defaults=DEFAULT_POLICY
+        )
         self.capabilities = BrokerCapabilities(
             strict_priorities=True,
             native_delays=True,
@@ -120,7 +137,7 @@ class RedisMessageBroker(WorkersAndLimits):
         self.max_message_size = max_message_size
         self.sweep_interval = min(sweep_interval, lease_duration / 4)
         self.address = RedisAddress(dsn)
-        self.link = Link(self.address, connect_timeout, operation_timeout, tuple(SCRIPTS.values()))
+        self.link = Link(self.address, self.connection_policy, tuple(SCRIPTS.values()))
         self._keys: dict[str, list[bytes]] = {}
         self._enqueue_heads: dict[tuple[str, str, int], tuple[int, bytes]] = {}
         """(script, queue, priority) -> the encoded `EVALSHA sha n keys...` of an enqueue."""
@@ -148,7 +165,8 @@ class RedisMessageBroker(WorkersAndLimits):
         """The Redis keys of one queue (see `scripts.lua`)."""
         keys = self._keys.get(queue)
         if keys is None:
-            keys = self._keys[queue] = key_names(self.prefix, queue)
+            keys = key_names(self.prefix, queue)
+            _remember(self._keys, queue, keys)
         return keys
 
     # -- queues -------------------------------------------------------------------------------
@@ -159,7 +177,7 @@ class RedisMessageBroker(WorkersAndLimits):
         )
 
     async def queue_flush(self, queue_name: str) -> None:
-        await self._require(queue_name)
+        await self.require_declared(queue_name)
         await self.link.script(
             SCRIPTS["flush"], [*self.keys(queue_name), self._registry], ["0", queue_name]
         )
@@ -169,7 +187,8 @@ class RedisMessageBroker(WorkersAndLimits):
             SCRIPTS["flush"], [*self.keys(queue_name), self._registry], ["1", queue_name]
         )
 
-    async def _require(self, queue_name: str) -> None:
+    async def require_declared(self, queue_name: str) -> None:
+        """Raise `QueueNotDeclaredError` unless `queue_name` is declared."""
         if not await self.link.call("EXISTS", self.keys(queue_name)[10]):
             raise QueueNotDeclaredError(queue_name)
 
@@ -218,9 +237,8 @@ class RedisMessageBroker(WorkersAndLimits):
             head = self._enqueue_heads.get((name, key.queue, priority))
             if head is None:
                 keys = self._enqueue_keys(name, key.queue, priority)
-                head = self._enqueue_heads[(name, key.queue, priority)] = encode_head(
-                    "EVALSHA", SCRIPTS[name].sha, len(keys), *keys
-                )
+                head = encode_head("EVALSHA", SCRIPTS[name].sha, len(keys), *keys)
+                _remember(self._enqueue_heads, (name, key.queue, priority), head)
             added = await conn.call_with_head(head, args)
         except (BrokerUnavailableError, RedisReplyError):
             # Safe to repeat: a message that did arrive is pending under its id.
@@ -242,7 +260,7 @@ class RedisMessageBroker(WorkersAndLimits):
         envelopes = [self._envelope(key, payload, params) for key, payload, params in messages]
         # Every queue must exist before anything is sent (a deleted one would fail half-way).
         queues = sorted({key.queue for key, _, _ in messages})
-        await asyncio.gather(*(self._require(queue) for queue in queues))
+        await asyncio.gather(*(self.require_declared(queue) for queue in queues))
         now = _now_ms()
         results = await asyncio.gather(
             *(
@@ -265,22 +283,22 @@ class RedisMessageBroker(WorkersAndLimits):
             return await self._browsed(key, "ack")
         p, entry_id, consumer, count = key.handle
         consumer.settled(entry_id)
-        queue = key.key.queue
+        queue = consumer.queue  # where it was read from (the envelope may name another queue)
         batch = self._acks.get(queue)
         if batch is None:
             loop = asyncio.get_running_loop()
             batch = self._acks[queue] = _AckBatch(loop.create_future(), self._cancel_prefix)
-            loop.call_soon(self._flush_acks, queue)
+            loop.call_soon(self._flush_acks, queue, consumer.keys)
         index = (len(batch.args) - 1) // 5
         batch.args += (p, entry_id, consumer.name, count, key.key.id_)
         if index + 1 >= _ACK_BATCH:  # let Redis work on these while later actors still run
-            self._flush_acks(queue, now=True)
+            self._flush_acks(queue, consumer.keys, now=True)
         try:
             results = await batch.future
         except (BrokerUnavailableError, RedisReplyError):
             results = await self.link.script(
                 SCRIPTS["ack"],
-                self.keys(queue),
+                consumer.keys,
                 [self._cancel_prefix, p, entry_id, consumer.name, count, key.key.id_],
             )
             index = 0
@@ -289,7 +307,7 @@ class RedisMessageBroker(WorkersAndLimits):
         _stale("ack", key)
         return False
 
-    def _flush_acks(self, queue: str, now: bool = False) -> None:
+    def _flush_acks(self, queue: str, keys: list[bytes], now: bool = False) -> None:
         batch = self._acks.pop(queue, None)
         if batch is None:  # already sent (it filled up before the end of the loop step)
             return
@@ -298,7 +316,6 @@ class RedisMessageBroker(WorkersAndLimits):
             batch.future.set_exception(BrokerUnavailableError("not connected"))
             batch.future.exception()  # retrieved: every waiter falls back on its own
             return
-        keys = self.keys(queue)
         reply = conn.call("EVALSHA", SCRIPTS["ack"].sha, len(keys), *keys, *batch.args)
 
         def done(reply: asyncio.Future[Any]) -> None:
@@ -322,7 +339,7 @@ class RedisMessageBroker(WorkersAndLimits):
         consumer.settled(entry_id)
         result = await self.link.script(
             SCRIPTS["settle"],
-            self.keys(key.key.queue),
+            consumer.keys,
             [
                 op,
                 p,
@@ -372,22 +389,24 @@ class RedisMessageBroker(WorkersAndLimits):
         self, key: Delivery, op: str, envelope: bytes | str = "", due: str = ""
     ) -> bool:
         category = "dead" if key.category is MessageCategory.DEAD else "delayed"
+        queue, handle = key.handle  # the queue it was browsed in, and its place there
         result = await self.link.script(
             SCRIPTS["browsed"],
-            self.keys(key.key.queue),
-            [category, key.handle, op, key.key.id_, envelope, due, _now_ms(), key.key.priority],
+            self.keys(queue),
+            [category, handle, op, key.key.id_, envelope, due, _now_ms(), key.key.priority],
         )
         return bool(result)
 
     async def renew(self, deliveries: Sequence[Delivery]) -> None:
-        by_queue: dict[str, list[Any]] = {}
+        by_queue: dict[str, tuple[list[bytes], list[Any]]] = {}
         for delivery in deliveries:
             if delivery.category is not MessageCategory.NORMAL:
                 continue
             p, entry_id, consumer, count = delivery.handle
-            by_queue.setdefault(delivery.key.queue, []).extend((p, entry_id, consumer.name, count))
-        for queue, args in by_queue.items():
-            await self.link.script(SCRIPTS["renew"], self.keys(queue), args)
+            _, args = by_queue.setdefault(consumer.queue, (consumer.keys, []))
+            args.extend((p, entry_id, consumer.name, count))
+        for keys, args in by_queue.values():
+            await self.link.script(SCRIPTS["renew"], keys, args)
 
     def get_consumer(
         self,
@@ -408,7 +427,7 @@ class RedisMessageBroker(WorkersAndLimits):
 
         None when no pending or running message has that id.
         """
-        await self._require(queue_name)
+        await self.require_declared(queue_name)
         outcome = await self.link.script(
             SCRIPTS["cancel"],
             self.keys(queue_name),
@@ -437,8 +456,11 @@ class RedisBucketBroker:
         use_result_bucket: True to store actor results (`ResultBucket`), False for job args.
         prefix: prefix of every key written.
         ttl: expiry of buckets that carry no TTL of their own (None: kept until deleted).
-        connect_timeout: seconds one connection attempt may take.
-        operation_timeout: seconds an operation keeps retrying while Redis is unreachable.
+        connect_timeout: seconds one connection attempt may take (default 5).
+        operation_timeout: seconds an operation keeps retrying while Redis is unreachable
+            (default 10).
+        reconnect_backoff: seconds before the first retry after a failed command (default
+            0.05), doubling up to a second.
     """
 
     def __init__(
@@ -448,16 +470,20 @@ class RedisBucketBroker:
         use_result_bucket: bool = False,
         prefix: str = "repid:",
         ttl: timedelta | None = None,
-        connect_timeout: float = 5.0,
-        operation_timeout: float = 10.0,
+        connect_timeout: float | None = None,
+        operation_timeout: float | None = None,
+        reconnect_backoff: float | None = None,
     ) -> None:
+        self.connection_policy = ConnectionPolicy.resolve(
+            connect_timeout, operation_timeout, reconnect_backoff, defaults=DEFAULT_POLICY
+        )
         self.use_result_bucket = use_result_bucket
         self.BUCKET_CLASS: type[ArgsBucket] | type[ResultBucket] = (
             ResultBucket if use_result_bucket else ArgsBucket
         )
         self.prefix = prefix
         self.ttl = ttl
-        self.link = Link(RedisAddress(dsn), connect_timeout, operation_timeout)
+        self.link = Link(RedisAddress(dsn), self.connection_policy)
         self._kind = "result" if use_result_bucket else "args"
 
     async def connect(self) -> None:

@@ -1,8 +1,5 @@
-"""The Redis broker's consumer: hands out deliveries of one queue, fetched in batches.
-
-Ready messages are fetched by one Lua script call (HIGH before MEDIUM before LOW, returned
-messages first); when none is ready the consumer blocks in XREADGROUP on its own connection, so
-a message published to an idle worker is handed out within a round trip.
+"""The Redis broker's consumer: hands out deliveries of one queue, fetched in batches by one
+Lua script call, or by a blocking XREADGROUP on its own connection when none is ready.
 """
 
 from __future__ import annotations
@@ -14,12 +11,17 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
-from repid.brokers.base import Delivery
-from repid.brokers.redis._client import RedisReplyError, RespConnection, open_connection
-from repid.brokers.redis._link import SCRIPTS
+from repid.brokers.base import BaseConsumer, Delivery
+from repid.brokers.redis._client import (
+    RedisAddress,
+    RedisReplyError,
+    RespConnection,
+    open_connection,
+)
+from repid.brokers.redis._link import SCRIPTS, Link
 from repid.codec import decode_message
 from repid.data import MessageCategory, Parameters, RoutingKey
 from repid.errors import (
@@ -29,10 +31,7 @@ from repid.errors import (
     QueueNotDeclaredError,
 )
 
-if TYPE_CHECKING:
-    from repid.brokers.redis.broker import RedisMessageBroker
-
-__all__ = ["RedisConsumer", "key_names"]
+__all__ = ["ConsumerBroker", "RedisConsumer", "key_names"]
 
 logger = logging.getLogger("repid.brokers.redis")
 
@@ -51,24 +50,50 @@ def key_names(prefix: str, queue: str) -> list[bytes]:
     return [f"{base}{suffix}".encode() for suffix in _KEY_SUFFIXES]
 
 
+def envelope_field(fields: list[bytes] | None) -> bytes:
+    """The envelope of a stream entry: its `m` field (b"" when it has none, e.g. a foreign
+    entry, so it is dead-lettered as undecodable), as the Lua scripts' `entry_env` reads it."""
+    if fields:
+        for i in range(0, len(fields) - 1, 2):
+            if fields[i] == b"m":
+                return fields[i + 1]
+    return b""
+
+
 def _consumer_name() -> bytes:
     return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}".encode()
 
 
-class RedisConsumer:
+class ConsumerBroker(Protocol):
+    """What a consumer uses of its broker (`RedisMessageBroker`)."""
+
+    address: RedisAddress
+    link: Link
+    lease_duration: float
+    sweep_interval: float
+
+    def keys(self, queue: str) -> list[bytes]: ...
+
+    async def require_declared(self, queue_name: str) -> None: ...
+
+    async def renew(self, deliveries: Sequence[Delivery]) -> None: ...
+
+
+class RedisConsumer(BaseConsumer):
     """Consumer of one queue (and category) of a `RedisMessageBroker`."""
 
     def __init__(
         self,
-        broker: RedisMessageBroker,
+        broker: ConsumerBroker,
         queue: str,
         topics: Sequence[str] | None,
         max_unacked_messages: int | None,
         category: MessageCategory,
     ) -> None:
         self._broker = broker
-        self._queue = queue
-        self._keys = broker.keys(queue)
+        self.queue = queue
+        """The queue read from: its deliveries are settled there, whatever their envelope says."""
+        self.keys = broker.keys(queue)
         self._topics = frozenset(topics) if topics is not None else None
         self.max_unacked_messages = max_unacked_messages
         self._category = category
@@ -90,7 +115,7 @@ class RedisConsumer:
         self._blocking: RespConnection | None = None
         self._blocker: asyncio.Future[None] | None = None
         self._lease_ms = max(1, int(broker.lease_duration * 1000))
-        self._streams = {key: p for p, key in enumerate(self._keys[:3])}
+        self._streams = {key: p for p, key in enumerate(self.keys[:3])}
         self._browse_after = b"-"
         self._browse_tokens: list[bytes] | None = None
 
@@ -98,7 +123,7 @@ class RedisConsumer:
 
     async def start(self) -> None:
         self._closed = False
-        await self._broker._require(self._queue)
+        await self._broker.require_declared(self.queue)
 
     async def pause(self) -> None:
         self._paused = True
@@ -114,7 +139,7 @@ class RedisConsumer:
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await pump
-        self._fail_waiters(ConsumerClosedError(f"consumer of {self._queue!r} has finished"))
+        self._fail_waiters(ConsumerClosedError(f"consumer of {self.queue!r} has finished"))
         if self._blocking is not None:
             self._blocking.close()
             self._blocking = None
@@ -123,27 +148,10 @@ class RedisConsumer:
             self._skipped.clear()
             try:
                 await self._broker.link.script(
-                    SCRIPTS["finish"], self._keys, [self.name, *self._outstanding], timeout=2.0
+                    SCRIPTS["finish"], self.keys, [self.name, *self._outstanding], timeout=2.0
                 )
             except Exception as exc:  # their leases expire and they are handed out again
-                logger.warning("returning unstarted messages of %s failed: %r", self._queue, exc)
-
-    async def __aenter__(self) -> RedisConsumer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.finish()
-
-    def __aiter__(self) -> AsyncIterator[Delivery]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[Delivery]:
-        while True:
-            try:
-                yield await self.consume()
-            except ConsumerClosedError:
-                return
+                logger.warning("returning unstarted messages of %s failed: %r", self.queue, exc)
 
     # -- bookkeeping ----------------------------------------------------------------------------
 
@@ -183,7 +191,7 @@ class RedisConsumer:
                 raise ConsumerClosedError("no more messages in this part of the queue")
             return batch[0]
         if self._closed:
-            raise ConsumerClosedError(f"consumer of {self._queue!r} has finished")
+            raise ConsumerClosedError(f"consumer of {self.queue!r} has finished")
         limit = self.max_unacked_messages
         if (
             self._buffer
@@ -196,7 +204,7 @@ class RedisConsumer:
         self._waiters.append(fut)
         pump = self._pump
         if pump is None or pump.done():
-            self._pump = asyncio.create_task(self._run_pump(), name=f"repid-redis-{self._queue}")
+            self._pump = asyncio.create_task(self._run_pump(), name=f"repid-redis-{self.queue}")
         else:
             self._poke()
         try:
@@ -306,7 +314,7 @@ class RedisConsumer:
         try:
             return await self._fetch_script(count)
         except RedisReplyError:  # NOGROUP: the queue was deleted; say so clearly
-            await self._broker._require(self._queue)
+            await self._broker.require_declared(self.queue)
             raise
 
     async def _fetch_script(self, count: int) -> list[Delivery]:
@@ -319,10 +327,10 @@ class RedisConsumer:
             self._next_sweep = now + broker.sweep_interval
             if now >= self._next_prune:
                 self._next_prune = now + _PRUNE_INTERVAL
-                await broker.link.script(SCRIPTS["prune"], self._keys, [_PRUNE_IDLE_MS])
+                await broker.link.script(SCRIPTS["prune"], self.keys, [_PRUNE_IDLE_MS])
         reply = await broker.link.script(
             SCRIPTS["fetch"],
-            self._keys,
+            self.keys,
             [self.name, count, int(time.time() * 1000), "1" if sweep else "0", self._lease_ms],
         )
         head = reply[0]
@@ -385,7 +393,7 @@ class RedisConsumer:
             raise BrokerUnavailableError("Redis did not answer a blocking read") from None
         except RedisReplyError:
             # The queue was flushed or deleted under us (NOGROUP, UNBLOCKED): say which.
-            await self._broker._require(self._queue)
+            await self._broker.require_declared(self.queue)
             return []
         if reply is None:
             return []
@@ -394,13 +402,12 @@ class RedisConsumer:
         for stream, entries in reply:
             p = self._streams[stream]
             for entry_id, fields in entries:
-                envelope = fields[1] if fields else b""
-                out.append(make(p, entry_id, envelope, 1, False))
+                out.append(make(p, entry_id, envelope_field(fields), 1, False))
         out.sort(key=lambda delivery: delivery.handle[0])
         return self._filter(out) if self._topics is not None else out
 
     async def _read_blocking(self, conn: RespConnection, count: int, timeout: float) -> Any:
-        keys = self._keys
+        keys = self.keys
         return await conn.call(
             "XREADGROUP",
             "GROUP",
@@ -426,7 +433,7 @@ class RedisConsumer:
             key, payload, params = decode_message(envelope)
         except DecodeError as exc:
             return Delivery(
-                RoutingKey(f"raw-{entry_id.decode()}", "", self._queue, p),
+                RoutingKey(f"raw-{entry_id.decode()}", "", self.queue, p),
                 "",
                 Parameters(),
                 (p, entry_id, self, count),
@@ -446,15 +453,15 @@ class RedisConsumer:
             key, payload, params = decode_message(envelope)
         except DecodeError as exc:
             return Delivery(
-                RoutingKey(f"raw-{handle.decode()}", "", self._queue),
+                RoutingKey(f"raw-{handle.decode()}", "", self.queue),
                 "",
                 Parameters(),
-                handle,
+                (self.queue, handle),
                 category=category,
                 raw=envelope,
                 decode_error=str(exc),
             )
-        return Delivery(key, payload, params, handle, category=category)
+        return Delivery(key, payload, params, (self.queue, handle), category=category)
 
     def _wanted(self, delivery: Delivery) -> bool:
         return self._topics is None or delivery.key.topic in self._topics
@@ -466,7 +473,7 @@ class RedisConsumer:
             start = self._browse_after
             entries: Any = await link.call(
                 "XRANGE",
-                self._keys[8],
+                self.keys[8],
                 start if start == b"-" else b"(" + start,
                 "+",
                 "COUNT",
@@ -492,14 +499,14 @@ class RedisConsumer:
     async def _browse_delayed(self, max_count: int) -> list[Delivery]:
         link = self._broker.link
         if self._browse_tokens is None:
-            if not await link.call("EXISTS", self._keys[10]):
-                raise QueueNotDeclaredError(self._queue)
-            self._browse_tokens = list(await link.call("ZRANGE", self._keys[6], 0, -1))
+            if not await link.call("EXISTS", self.keys[10]):
+                raise QueueNotDeclaredError(self.queue)
+            self._browse_tokens = list(await link.call("ZRANGE", self.keys[6], 0, -1))
         out: list[Delivery] = []
         tokens = self._browse_tokens
         while tokens and len(out) < max_count:
             page, tokens[: max_count - len(out)] = tokens[: max_count - len(out)], []
-            envelopes = await link.call("HMGET", self._keys[7], *page)
+            envelopes = await link.call("HMGET", self.keys[7], *page)
             for token, envelope in zip(page, envelopes, strict=True):
                 if envelope is None:
                     continue  # moved or removed meanwhile

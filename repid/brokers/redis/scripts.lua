@@ -52,11 +52,14 @@ local function release(p, id)
   redis.call('XDEL', KEYS[p + 1], id)
 end
 
+-- The envelope is the `m` field; an entry without one (written by another program) yields ''
+-- and is dead-lettered as undecodable, whichever read path fetched it.
 local function entry_env(fields)
+  if not fields then return '' end
   for i = 1, #fields, 2 do
-    if fields[i] == 'm' then return fields[i + 1] end
+    if fields[i] == 'm' then return fields[i + 1] or '' end
   end
-  return fields[2] or ''
+  return ''
 end
 
 local function token_parts(token)
