@@ -1,9 +1,6 @@
-"""Every access of the RabbitMQ package below aiormq's, pamqp's and asyncio's public API.
-
-The fast paths (`_frames`, `_publisher`, the consumer's inline deliveries) reach those internals
-only through this module, only on connections and channels repid opened, and only with the
-library versions the tests ran (`TESTED_VERSIONS`); see docs/brokers/rabbitmq.md, "Internals".
-"""
+"""Every access of the RabbitMQ package below aiormq's, pamqp's and asyncio's public API, used
+only on connections and channels repid opened and only with the library versions the tests ran
+(`TESTED_VERSIONS`); see docs/brokers/rabbitmq.md, "Internals"."""
 
 from __future__ import annotations
 

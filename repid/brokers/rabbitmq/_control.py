@@ -1,7 +1,5 @@
-"""Cancel requests between processes: a fanout exchange that every worker process listens on.
-
-`cancel()` of a job not known in this process asks the others; a worker process running the job
-flags it (its worker then cancels the actor) and answers, so the caller learns "requested".
+"""Cancel requests between processes: `cancel()` of a job not known here asks, on a fanout
+exchange every worker process listens on; the process running the job flags it and answers.
 """
 
 from __future__ import annotations

@@ -189,8 +189,8 @@ class AmqpLink:
                     channel, exchange, routing_key, body, properties, mandatory=mandatory
                 )
                 return
-            except _compat.FastPathError as exc:
-                _compat.log_fallback_once("batching a publish", exc)
+            except _compat.FastPathError:
+                pass  # nothing was sent (the batcher logged why): the public path sends it
         confirmation = await channel.basic_publish(
             body,
             exchange=exchange,
