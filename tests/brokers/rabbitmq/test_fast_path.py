@@ -227,3 +227,19 @@ async def test_the_frame_reader_falls_back_per_call_logged_once(
     assert calls == 3  # each call tried the fast path and took aiormq's code
     assert [(channel, frame.delivery_tag) for _, channel, frame in got] == [(1, 1), (1, 2), (1, 3)]
     assert len([r for r in caplog.records if "fast path" in r.getMessage()]) == 1
+
+
+def test_the_tested_versions_are_the_ones_pinned_and_installed() -> None:
+    import importlib.metadata
+    import tomllib
+    from pathlib import Path
+
+    from repid.brokers.rabbitmq import _compat
+
+    root = Path(__file__).resolve().parents[3]
+    extra = tomllib.loads((root / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]["rabbitmq"]
+    for name, version in _compat.TESTED_VERSIONS.items():
+        assert f"{name}=={version}" in extra
+        assert importlib.metadata.version(name) == version
