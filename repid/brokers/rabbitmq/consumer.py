@@ -24,7 +24,8 @@ from repid.brokers.rabbitmq.channel_state import CHANNEL_ERRORS, ChannelState, H
 from repid.data import MessageCategory
 from repid.errors import ConsumerClosedError
 
-__all__ = ["HOLD_LOCALLY", "ConsumerHost", "RabbitConsumer", "deliver_inline"]
+# ChannelState is re-exported: it lived here before `channel_state.py` (tests import it here).
+__all__ = ["HOLD_LOCALLY", "ChannelState", "ConsumerHost", "RabbitConsumer", "deliver_inline"]
 
 logger = logging.getLogger("repid.brokers.rabbitmq")
 
