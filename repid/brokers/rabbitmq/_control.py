@@ -1,7 +1,5 @@
-"""Cancel requests between processes: a fanout exchange that every worker process listens on.
-
-`cancel()` of a job not known in this process asks the others; a worker process running the job
-flags it (its worker then cancels the actor) and answers, so the caller learns "requested".
+"""Cancel requests between processes: `cancel()` of a job not known here asks, on a fanout
+exchange every worker process listens on; the process running the job flags it and answers.
 """
 
 from __future__ import annotations
@@ -9,15 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 from uuid import uuid4
 
 import aiormq
 from aiormq.abc import DeliveredMessage
 from pydantic_core import from_json, to_json
-
-if TYPE_CHECKING:
-    from repid.brokers.rabbitmq.broker import RabbitMessageBroker
 
 logger = logging.getLogger("repid.brokers.rabbitmq")
 
@@ -25,12 +20,27 @@ ANSWER_WITHIN = 0.5
 """Seconds `ask` waits for a worker process to say it runs the job."""
 
 
+class ControlHost(Protocol):
+    """What `Control` uses of its broker (`RabbitMessageBroker` is one)."""
+
+    @property
+    def _state(self) -> Any: ...
+
+    @property
+    def _in_flight(self) -> dict[tuple[str, str], int]: ...
+
+    @property
+    def _cancel_requests(self) -> set[str]: ...
+
+    async def _new_channel(self, *, confirms: bool) -> aiormq.abc.AbstractChannel: ...
+
+
 class Control:
     """The listening side (worker processes) and the asking side (`cancel`) of one broker."""
 
-    def __init__(self, broker: RabbitMessageBroker) -> None:
+    def __init__(self, broker: ControlHost, prefix: str) -> None:
         self._broker = broker
-        self.exchange = f"{broker.prefix}repid.control"
+        self.exchange = f"{prefix}repid.control"
         self._listener: aiormq.abc.AbstractChannel | None = None
         self._asker: aiormq.abc.AbstractChannel | None = None
         self._reply_queue = ""

@@ -1,42 +1,11 @@
-"""Faster AMQP frame reading for aiormq: whole frames are taken from the stream's buffer.
+"""Faster AMQP frame reading for the connections repid opens (one `FrameReader` each).
 
-aiormq reads each frame with three awaited `readexactly` calls under a lock into a `BytesIO`,
-then decodes it with pamqp's generic, table-driven decoder: about half of a RabbitMQ worker's CPU
-time goes there, three frames per message (deliver, content header, body). `install()` replaces
-`aiormq.connection.FrameReceiver.get_frame` with a version that
-
-- takes a frame straight out of the `StreamReader` buffer when it is there whole (and the reader
-  has no pending error), without awaiting; otherwise it runs aiormq's own code;
-- decodes `basic.deliver` method frames, body frames, and content headers carrying exactly the
-  properties repid publishes (content type, delivery mode, priority, message id) by hand, into
-  the same pamqp objects pamqp builds; any other frame, or one that does not parse, goes to pamqp
-  (which raises its own errors).
-
-It applies to every aiormq connection of the process (the objects it returns are identical,
-see `tests/brokers/rabbitmq/test_frame_reader.py`). Nothing is patched when aiormq or asyncio
-lack what it relies on.
-
-A delivery to a consumer registered with `register()` goes further: the reader keeps its deliver
-frame, adds the content header and body frames that follow on its channel (AMQP never interleaves
-other frames of the channel with them), builds the `DeliveredMessage` and calls the consumer,
-instead of returning three frames that aiormq passes one by one through the channel's queue to
-the channel's reader task. It does so only when no delivery of the channel waits in its queue,
-so an earlier delivery of the channel is never overtaken (the consumer acknowledges with
-`multiple=True` from delivery tags in order); otherwise, and for any other frame, aiormq's path
-is unchanged. The consumer registers before it subscribes, so in practice none of its
-deliveries takes aiormq's path. A method frame arriving on a channel in the middle of a
-delivery's content (the channel closed) drops that delivery, which RabbitMQ redelivers.
-
-When the buffer holds a delivery's three frames whole (the usual case under load: RabbitMQ
-writes them together), the reader parses them in one step (`_whole_delivery`: one copy, the
-three frame heads checked for kind, channel and end marker) and hands the delivery over; a
-delivery that is not all there yet, has more than one body frame, or other properties takes
-the frame-by-frame path above.
+Whole frames are taken straight from the stream's buffer and the hot frames decoded by hand;
+whole deliveries to repid's consumers are handed over in one step. See docs/brokers/rabbitmq.md.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import struct
@@ -44,7 +13,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import aiormq.connection
 import pamqp.frame
 from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
@@ -53,24 +21,14 @@ from pamqp.exceptions import PAMQPException
 from pamqp.header import ContentHeader
 from pamqp.heartbeat import Heartbeat
 
-__all__ = ["Assembly", "install", "register", "unmarshal", "unregister"]
+from repid.brokers.rabbitmq import _compat
+
+__all__ = ["Assembly", "FrameReader", "InlineConsumers", "unmarshal"]
 
 logger = logging.getLogger("repid.brokers.rabbitmq")
 
-_consumers: dict[str, tuple[Any, Callable[[DeliveredMessage], None]]] = {}
+InlineConsumers = dict[str, tuple[Any, Callable[[DeliveredMessage], None]]]
 """Consumer tag -> (channel, synchronous callback) of the consumers served from the reader."""
-
-
-def register(
-    consumer_tag: str, channel: Any, on_message: Callable[[DeliveredMessage], None]
-) -> None:
-    """Deliveries to this consumer may be handed to `on_message` by the connection's reader."""
-    _consumers[consumer_tag] = (channel, on_message)
-
-
-def unregister(consumer_tag: str) -> None:
-    _consumers.pop(consumer_tag, None)
-
 
 _FRAME_HEAD = struct.Struct(">BHI")
 _FRAME_END = 0xCE
@@ -196,7 +154,7 @@ class Assembly:
     """A delivery whose content frames are still to come; complete, it goes to `on_message`.
 
     The connection's reader uses it for registered consumers, and the channel's reader (see
-    `_rabbitmq_consumer._deliver_inline`) for a delivery that took aiormq's path."""
+    `consumer.deliver_inline`) for a delivery that took aiormq's path."""
 
     __slots__ = ("channel", "deliver", "header", "on_message", "parts", "received")
 
@@ -245,20 +203,14 @@ def _message_by_init(deliver: Any, header: Any, body: bytes, channel: Any) -> De
     return DeliveredMessage(delivery=deliver, header=header, body=body, channel=channel)
 
 
-def _message_by_dict(deliver: Any, header: Any, body: bytes, channel: Any) -> DeliveredMessage:
-    # aiormq's frozen dataclass, filled without its field-by-field `object.__setattr__`.
-    message: DeliveredMessage = object.__new__(DeliveredMessage)
-    message.__dict__.update(delivery=deliver, header=header, body=body, channel=channel)
-    return message
-
-
 def _pick_message_factory() -> Callable[[Any, Any, bytes, Any], DeliveredMessage]:
     """The fast factory when `DeliveredMessage` is the plain dataclass it builds (checked by
     comparing with what its own constructor makes), else its constructor."""
     try:
-        fast = _message_by_dict(1, 2, b"3", 4)
+        fast = _compat.new_delivered_message(1, 2, b"3", 4)
         if dataclasses.fields(fast) and fast == _message_by_init(1, 2, b"3", 4):
-            return _message_by_dict
+            fill: Callable[[Any, Any, bytes, Any], DeliveredMessage] = _compat.new_delivered_message
+            return fill
     except Exception:  # pragma: no cover - another aiormq
         pass
     return _message_by_init  # pragma: no cover - another aiormq
@@ -269,51 +221,6 @@ _message = _pick_message_factory()
 
 def _invalid_content(frame: Any) -> Exception:
     return TypeError(f"unexpected frame {frame!r} in the content of a delivery")
-
-
-def _consumer_for(deliver: Any, number: int) -> tuple[Any, Callable[..., None]] | None:
-    """(channel, callback) of the registered consumer of a deliver frame on channel `number`,
-    if the reader may hand it the delivery: its channel is open and has nothing queued (an
-    earlier delivery of the channel is never overtaken)."""
-    entry = _consumers.get(deliver.consumer_tag or "")
-    if entry is None:
-        return None
-    channel = entry[0]
-    if channel.number != number or channel.is_closed or _delivery_queued(channel.frames):
-        return None
-    return entry
-
-
-def _start_assembly(frame: Any, number: int) -> Assembly | None:
-    """An assembly for a deliver frame on channel `number` (see `_consumer_for`)."""
-    if type(frame) is not _Deliver:
-        return None
-    entry = _consumer_for(frame, number)
-    return None if entry is None else Assembly(frame, entry[0], entry[1])
-
-
-def _take_whole(buffer: bytearray, partial: dict[int, Assembly]) -> bool:
-    """Hand over the whole delivery at the start of `buffer` to its registered consumer,
-    taking it out of the buffer; False (nothing taken) if that is not what is there."""
-    parsed = _whole_delivery(buffer)
-    if parsed is None:
-        return False
-    end, number, deliver, header, body = parsed
-    entry = None if number in partial else _consumer_for(deliver, number)
-    if entry is None:
-        return False
-    del buffer[:end]
-    _hand_over(entry[1], deliver, header, body, entry[0])
-    return True
-
-
-def _delivery_queued(frames: asyncio.Queue[tuple[int, Any]]) -> bool:
-    """A delivery of the channel waits in its queue (other frames, e.g. the `ConsumeOk` of the
-    subscription, may be overtaken by a delivery)."""
-    queued = getattr(frames, "_queue", None)
-    if queued is None:  # pragma: no cover - another asyncio
-        return not frames.empty()
-    return any(isinstance(frame, _DELIVERY_PARTS) for _, frame in queued)
 
 
 def _content(partial: dict[int, Assembly], number: int, frame: Any) -> bool:
@@ -331,63 +238,126 @@ def _content(partial: dict[int, Assembly], number: int, frame: Any) -> bool:
     return True
 
 
-def install() -> None:
-    """Make aiormq's frame reader take whole buffered frames at once (idempotent)."""
-    receiver: Any = getattr(aiormq.connection, "FrameReceiver", None)
-    original = getattr(receiver, "get_frame", None)
-    if original is None or getattr(original, "_repid_fast", False):
-        return
-    if not hasattr(asyncio.StreamReader, "_maybe_resume_transport"):
-        return
-    invalid_frame: Any = getattr(aiormq.connection, "InvalidFrameError", None)
-    if invalid_frame is None:
-        return
+_HANDED = object()
+"""`FrameReader._take_buffered` handed a whole delivery over (no frame to return)."""
 
-    async def get_frame(self: Any) -> Any:
-        partial: dict[int, Assembly] | None = getattr(self, "_repid_partial", None)
-        if partial is None:
-            partial = self._repid_partial = {}
-        returned: float = getattr(self, "_repid_returned", 0.0) or time.monotonic()
+
+class FrameReader:
+    """The frame reader of one aiormq connection repid opened (bound to that connection's
+    `FrameReceiver` instance only; aiormq's class and every other connection are untouched).
+
+    Each call takes a whole frame from the stream buffer when one is there, else runs aiormq's
+    own `get_frame`; on any unexpected error of its own it runs aiormq's code for that call
+    (logged once). Deliveries to the consumers in `consumers` are handed over whole.
+    """
+
+    __slots__ = ("consumers", "original", "partial", "receiver", "returned")
+
+    def __init__(self, receiver: Any, consumers: InlineConsumers) -> None:
+        self.receiver = receiver
+        self.consumers = consumers
+        self.partial: dict[int, Assembly] = {}
+        """Channel number -> the delivery whose content frames are still to come."""
+        self.returned = time.monotonic()
+        self.original = _compat.bind_get_frame(receiver, self.get_frame)
+
+    def unbind(self) -> None:
+        """Give the receiver back to aiormq's own method."""
+        _compat.unbind_get_frame(self.receiver)
+
+    async def get_frame(self) -> _compat.ReceivedFrame:
+        """The next frame for aiormq's connection reader (what `FrameReceiver.get_frame` does)."""
+        consumers = self.consumers
         while True:
-            reader: Any = getattr(self, "reader", None)  # aiormq deletes it at end of stream
-            buffer: Any = getattr(reader, "_buffer", None)
-            end = 0  # of a whole frame at the start of the buffer, taken without awaiting
-            if (
-                buffer is not None
-                and self.started
-                and not self.lock.locked()
-                and len(buffer) >= 8
-                and reader.exception() is None
-            ):
-                end = int.from_bytes(buffer[3:7], "big") + 8
-                if len(buffer) < end:
-                    end = 0
-            if end and _consumers and buffer[0] == 1 and _take_whole(buffer, partial):
-                reader._maybe_resume_transport()
+            try:
+                taken = self._take_buffered()
+            except Exception as exc:
+                _compat.log_fallback_once("reading a frame", exc)
+                taken = None
+            if taken is None:
+                received: _compat.ReceivedFrame = await self.original()
+            elif taken is _HANDED:
+                if self._keepalive_due():
+                    return 8, 0, Heartbeat()
+                continue
             else:
-                if end:
-                    raw = bytes(buffer[:end])
-                    del buffer[:end]
-                    reader._maybe_resume_transport()
-                    try:
-                        received = unmarshal(raw)
-                    except PAMQPException as exc:
-                        raise invalid_frame(str(exc)) from exc
-                else:
-                    received = await original(self)  # the next frame, however it arrives
-                if not _consumers:
-                    return received
-                _, number, frame = received
-                if not (partial and _content(partial, number, frame)):
-                    assembly = _start_assembly(frame, number)
-                    if assembly is None:
-                        self._repid_returned = time.monotonic()
-                        return received
-                    partial[number] = assembly
-            now = time.monotonic()
-            if now - returned >= _KEEPALIVE:
-                self._repid_returned = now
+                received = taken
+            if not consumers and not self.partial:
+                return received
+            try:
+                absorbed = self._route(received)
+            except Exception as exc:
+                _compat.log_fallback_once("routing a frame", exc)
+                self.partial.pop(received[1], None)
+                absorbed = False
+            if not absorbed:
+                self.returned = time.monotonic()
+                return received
+            if self._keepalive_due():
                 return 8, 0, Heartbeat()
 
-    get_frame._repid_fast = True  # type: ignore[attr-defined]
-    receiver.get_frame = get_frame
+    def _keepalive_due(self) -> bool:
+        now = time.monotonic()
+        if now - self.returned >= _KEEPALIVE:
+            self.returned = now
+            return True
+        return False
+
+    def _take_buffered(self) -> Any:
+        """A whole frame out of the buffer, `_HANDED`, or None (aiormq's code reads)."""
+        receiver = self.receiver
+        if not _compat.receiver_idle(receiver):
+            return None
+        buffer = _compat.buffered(receiver)
+        if buffer is None or len(buffer) < 8:
+            return None
+        end = int.from_bytes(buffer[3:7], "big") + 8
+        if len(buffer) < end:
+            return None
+        if self.consumers and buffer[0] == 1:
+            parsed = _whole_delivery(buffer)
+            if parsed is not None:
+                used, number, deliver, header, body = parsed
+                entry = None if number in self.partial else self._consumer_for(deliver, number)
+                if entry is not None:
+                    del buffer[:used]
+                    _compat.resume_reading(receiver)
+                    _hand_over(entry[1], deliver, header, body, entry[0])
+                    return _HANDED
+        try:
+            received = unmarshal(bytes(buffer[:end]))
+        except PAMQPException:
+            return None  # aiormq's own code reads it and raises its own error
+        del buffer[:end]
+        _compat.resume_reading(receiver)
+        return received
+
+    def _consumer_for(self, deliver: Any, number: int) -> Any:
+        """(channel, callback) of the registered consumer of a deliver frame on channel
+        `number`, if the reader may hand it the delivery: its channel is open and has no
+        delivery queued (an earlier delivery of the channel is never overtaken)."""
+        entry = self.consumers.get(deliver.consumer_tag or "")
+        if entry is None:
+            return None
+        channel = entry[0]
+        if (
+            channel.number != number
+            or channel.is_closed
+            or _compat.deliveries_queued(channel, _DELIVERY_PARTS)
+        ):
+            return None
+        return entry
+
+    def _route(self, received: _compat.ReceivedFrame) -> bool:
+        """True if the frame went into a delivery being assembled for a registered consumer."""
+        _, number, frame = received
+        partial = self.partial
+        if partial and _content(partial, number, frame):
+            return True
+        if type(frame) is not _Deliver:
+            return False
+        entry = self._consumer_for(frame, number)
+        if entry is None:
+            return False
+        partial[number] = Assembly(frame, entry[0], entry[1])
+        return True

@@ -1,23 +1,21 @@
-"""Confirmed publishing in batches: the publishes of one event-loop tick leave in one write.
-
-aiormq writes each `basic_publish` separately (one socket send per message); gathering the
-publishes made in the same tick and marshalling them into one frame batch keeps the per-message
-cost to the frames themselves. Each message still gets its own publisher confirm (and its own
-`mandatory` return), registered with the channel exactly as `basic_publish` does.
+"""Publishing in batches (a fast path): the publishes of one event-loop tick leave in one write,
+each with its own publisher confirm registered as `basic_publish` registers it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import struct
 from typing import Any
 
 import aiormq
 import pamqp.frame
-from aiormq.abc import ChannelFrame
 from pamqp import commands as spec
 from pamqp.header import ContentHeader
+
+from repid.brokers.rabbitmq import _compat
 
 logger = logging.getLogger("repid.brokers.rabbitmq")
 
@@ -70,21 +68,6 @@ def body_frames(channel: int, body: bytes, max_size: int) -> list[bytes]:
 _Item = tuple[str, str, bytes, spec.Basic.Properties, bool, "asyncio.Future[Any] | None"]
 _FAST_BATCH = 256
 """Unconfirmed publishes buffered at most before the publisher waits for the socket."""
-
-
-def supports_batches(channel: Any) -> bool:
-    """The aiormq channel exposes what batching needs (else publish one by one)."""
-    return all(
-        hasattr(channel, name)
-        for name in (
-            "confirmations",
-            "message_id_delivery_tag",
-            "delivery_tag",
-            "write_queue",
-            "publisher_confirms",
-            "max_content_size",
-        )
-    )
 
 
 class PublishBatcher:
@@ -156,40 +139,79 @@ class PublishBatcher:
             if lost:
                 logger.warning("%d unconfirmed messages lost: their channel closed", lost)
             return
-        parts: list[bytes] = []
+        try:
+            frames = self._marshal(channel, items)
+        except Exception as exc:
+            # Nothing was numbered or written: each message takes the public path instead.
+            await self._fall_back(channel, items, exc)
+            return
+        try:
+            async with _compat.channel_lock(channel):
+                first = _compat.next_delivery_tag(channel)
+                try:
+                    for *_, properties, _mandatory, done in items:
+                        if done is None:
+                            _compat.skip_delivery_tag(channel)
+                        else:
+                            message_id = properties.message_id or ""
+                            confirmation = _compat.register_confirm(channel, message_id)
+                            confirmation.add_done_callback(_forward(done))
+                    await _compat.write_frames(channel, b"".join(frames))
+                except BaseException:
+                    # Not written: the server never numbers these (as `basic_publish` undoes).
+                    _compat.unnumber(channel, first)
+                    raise
+        except BaseException as exc:
+            for *_, done in items:
+                if done is not None and not done.done():
+                    done.set_exception(exc)
+            raise
+
+    def _marshal(self, channel: Any, items: list[_Item]) -> list[bytes]:
+        """The frames of each message (method, content header, body), by hand where repid's
+        own properties allow it."""
         number = channel.number
         max_size = channel.max_content_size
         if self._methods_of is not channel:
             self._methods_of, self._methods = channel, {}
         methods = self._methods
-        async with channel.lock:
-            for exchange, routing_key, body, properties, mandatory, done in items:
-                channel.delivery_tag += 1
-                if done is not None:
-                    tag = channel.delivery_tag
-                    confirmation = channel.create_future()
-                    channel.confirmations[tag] = confirmation
-                    message_id: str = properties.message_id or str(tag)
-                    channel.message_id_delivery_tag[message_id] = tag
-                    confirmation.add_done_callback(_forward(channel, message_id, tag, done))
-                method = methods.get((exchange, routing_key, mandatory))
-                if method is None:
-                    publish = spec.Basic.Publish(
-                        exchange=exchange, routing_key=routing_key, mandatory=mandatory
+        out: list[bytes] = []
+        for exchange, routing_key, body, properties, mandatory, _ in items:
+            method = methods.get((exchange, routing_key, mandatory))
+            if method is None:
+                publish = spec.Basic.Publish(
+                    exchange=exchange, routing_key=routing_key, mandatory=mandatory
+                )
+                method = pamqp.frame.marshal(publish, number)
+                if len(methods) < 10_000:
+                    methods[(exchange, routing_key, mandatory)] = method
+            parts = [method, header_frame(number, properties, len(body))]
+            parts.extend(body_frames(number, body, max_size))
+            out.append(b"".join(parts))
+        return out
+
+    async def _fall_back(self, channel: Any, items: list[_Item], exc: Exception) -> None:
+        _compat.log_fallback_once("marshalling a publish batch", exc)
+        for exchange, routing_key, body, properties, mandatory, done in items:
+            if done is None:
+                with contextlib.suppress(*_SEND_ERRORS):
+                    await channel.basic_publish(
+                        body,
+                        exchange=exchange,
+                        routing_key=routing_key,
+                        properties=properties,
+                        mandatory=mandatory,
+                        wait=False,
                     )
-                    method = pamqp.frame.marshal(publish, number)
-                    if len(methods) < 10_000:
-                        methods[(exchange, routing_key, mandatory)] = method
-                parts.append(method)
-                parts.append(header_frame(number, properties, len(body)))
-                parts.extend(body_frames(number, body, max_size))
-            await channel.write_queue.put(ChannelFrame(payload=b"".join(parts), should_close=False))
+            elif not done.done():
+                done.set_exception(_compat.FastPathError(exc))
 
 
-def _forward(channel: Any, message_id: str, tag: int, done: asyncio.Future[Any]) -> Any:
+_SEND_ERRORS = (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, OSError)
+
+
+def _forward(done: asyncio.Future[Any]) -> Any:
     def forward(confirmation: asyncio.Future[Any]) -> None:
-        if channel.message_id_delivery_tag.get(message_id) == tag:
-            channel.message_id_delivery_tag.pop(message_id)
         if done.done():
             return
         if confirmation.cancelled():

@@ -1,10 +1,6 @@
-"""What the RabbitMQ broker knows within its process, and what it shares through Redis.
-
-Unique ids enqueued here, jobs in flight here, cancelled ids and the worker registry: RabbitMQ
-has no place to share them, so each broker object keeps its own (`shared_state=False`), unless
-it is given a `RedisSharedState` (`shared_state=True`): then unique ids (given by the user),
-cancellations, per-actor limits and the worker registry go through Redis, while jobs in flight
-and the ids this process generated stay here (see docs/brokers/rabbitmq.md).
+"""What the RabbitMQ broker knows within its process (unique ids enqueued here, jobs in flight
+here, cancelled ids), and what it shares through a `RedisSharedState` when it is given one
+(see docs/brokers/rabbitmq.md, "What is per process").
 """
 
 from __future__ import annotations
@@ -15,7 +11,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from repid.brokers.base import Delivery
-from repid.brokers.rabbitmq.consumer import ChannelState, Handle
+from repid.brokers.rabbitmq.channel_state import ChannelState, Handle
 from repid.data import Parameters, RoutingKey
 from repid.ids import generated_here
 from repid.state.local import LocalOrShared

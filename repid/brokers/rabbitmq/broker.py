@@ -1,9 +1,5 @@
 """RabbitMQ message broker (aio-pika): durable priority queues, TTL delay queues, dead letters.
-
-Per repid queue `q`: a durable queue `q` (`x-max-priority`), a dead-letter queue `q:dead` fed by
-a dead-letter exchange, and delay queues `q:delay:<ms>` whose queue-wide TTL dead-letters each
-message back into `q`. Messages are persistent and publishes wait for the publisher confirm unless
-the queue is opted out (`fast_queues`). See docs/brokers/rabbitmq.md for the guarantees.
+The layout on the server and the guarantees are in docs/brokers/rabbitmq.md.
 """
 
 from __future__ import annotations
@@ -14,35 +10,31 @@ import itertools
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
-import aio_pika
 import aiormq
+from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 from pydantic_core import to_json
 
-from repid.brokers.base import BrokerCapabilities, Delivery, OutgoingMessage
+from repid.brokers.base import BrokerCapabilities, ConnectionPolicy, Delivery, OutgoingMessage
+from repid.brokers.rabbitmq import _compat
 from repid.brokers.rabbitmq._control import Control
-from repid.brokers.rabbitmq._publisher import PublishBatcher, supports_batches
+from repid.brokers.rabbitmq._link import AmqpLink, safe_dsn
 from repid.brokers.rabbitmq._state import ProcessState
-from repid.brokers.rabbitmq.consumer import (
+from repid.brokers.rabbitmq._topology import MAX_PRIORITY, Topology
+from repid.brokers.rabbitmq.channel_state import (
     CHANNEL_ERRORS,
     DEAD_INFO_HEADER,
-    HOLD_LOCALLY,
     ChannelState,
     Handle,
-    RabbitConsumer,
     to_delivery,
 )
+from repid.brokers.rabbitmq.consumer import HOLD_LOCALLY, RabbitConsumer
 from repid.codec import encode_message
 from repid.data import MessageCategory, Parameters, RoutingKey
-from repid.errors import (
-    BrokerError,
-    BrokerUnavailableError,
-    MessageTooLargeError,
-    QueueNotDeclaredError,
-)
+from repid.errors import BrokerError, MessageTooLargeError, QueueNotDeclaredError
 
 if TYPE_CHECKING:
     from repid.state.redis import RedisSharedState
@@ -51,16 +43,14 @@ __all__ = ["RabbitMessageBroker"]
 
 logger = logging.getLogger("repid.brokers.rabbitmq")
 
-DELAY_LEVELS_MS: tuple[int, ...] = tuple(2**k for k in range(6, 32))
-"""TTLs of the delay queues (64 ms to ~24.9 days). A delay hops through the largest level not
-longer than what remains, so it is never early and different delays never block each other."""
-_MAX_PRIORITY = 2
-_QUEUE_VERSION = {"x-queue-version": 2}
-"""Classic queues v2 (RabbitMQ 3.10+, the only kind in 4.x): faster persistent confirms."""
+_DEFAULT_POLICY = ConnectionPolicy(
+    connect_timeout=10.0, operation_timeout=10.0, reconnect_backoff=1.0
+)
+"""The defaults from before `ConnectionPolicy` (`timeout=10.0`, `reconnect_interval=1.0`)."""
 
 
 def _amqp_priority(priority: int) -> int:
-    return _MAX_PRIORITY - priority  # repid: HIGH=0; AMQP: higher number first
+    return MAX_PRIORITY - priority  # repid: HIGH=0; AMQP: higher number first
 
 
 class RabbitMessageBroker(ProcessState):
@@ -72,9 +62,14 @@ class RabbitMessageBroker(ProcessState):
         fast_queues: queues whose messages are transient (not written to disk) and whose
             `enqueue()` does not wait for the publisher confirm: faster, but a message can be
             lost if RabbitMQ restarts or the connection drops right after `enqueue()` returned.
-        timeout: seconds `enqueue()` and other calls keep trying while RabbitMQ is unreachable
-            before raising `BrokerUnavailableError`.
-        reconnect_interval: seconds between reconnection attempts.
+        connect_timeout: seconds to open the connection, and to wait for a reconnection
+            before a call fails with `BrokerUnavailableError`.
+        operation_timeout: seconds `enqueue()` and other calls keep trying while RabbitMQ is
+            unreachable before raising `BrokerUnavailableError`.
+        reconnect_backoff: seconds between reconnection attempts.
+        timeout: the older name of both `connect_timeout` and `operation_timeout` (each
+            given explicitly wins).
+        reconnect_interval: the older name of `reconnect_backoff`.
         max_message_size: the largest envelope `enqueue()` accepts, in bytes.
         unique_window: seconds (after it is due) an id enqueued by this process keeps counting
             as pending unless a worker of this process settles it first; see the docs page on
@@ -83,6 +78,10 @@ class RabbitMessageBroker(ProcessState):
             cancellations, per-actor limits and the worker registry (`capabilities.shared_state`
             becomes True). This broker connects and disconnects it. Without it, those are kept
             per process.
+        fast_path: read frames, hand deliveries over and batch publishes below aiormq's public
+            API, on this broker's own connection only (see the docs page, "Internals").
+            Default: on, unless the environment has `REPID_FAST_PATH=0` when the broker is
+            built. `False` keeps every call on aio-pika's and aiormq's public path.
     """
 
     def __init__(
@@ -91,17 +90,27 @@ class RabbitMessageBroker(ProcessState):
         *,
         prefix: str = "",
         fast_queues: Collection[str] = (),
-        timeout: float = 10.0,
-        reconnect_interval: float = 1.0,
+        connect_timeout: float | None = None,
+        operation_timeout: float | None = None,
+        reconnect_backoff: float | None = None,
+        timeout: float | None = None,
+        reconnect_interval: float | None = None,
         max_message_size: int = 16 * 1024 * 1024,
         unique_window: float = 600.0,
         shared_state: RedisSharedState | None = None,
+        fast_path: bool | None = None,
     ) -> None:
         self.dsn = dsn
         self.prefix = prefix
         self.fast_queues = frozenset(fast_queues)
-        self.timeout = timeout
-        self.reconnect_interval = reconnect_interval
+        self.connection_policy = ConnectionPolicy.resolve(
+            connect_timeout,
+            operation_timeout,
+            reconnect_backoff,
+            defaults=_DEFAULT_POLICY,
+            timeout=timeout,
+            reconnect_interval=reconnect_interval,
+        )
         self.max_message_size = max_message_size
         self.unique_window = unique_window
         self.capabilities = BrokerCapabilities(
@@ -118,15 +127,14 @@ class RabbitMessageBroker(ProcessState):
             actor_limits=True,
             inspection=True,
         )
-        self.dead_letter_exchange = f"{prefix}repid.dead"
-        self._connection: aio_pika.abc.AbstractRobustConnection | None = None
-        self._channels: dict[str, aiormq.abc.AbstractChannel] = {}
-        self._channel_lock = asyncio.Lock()
-        self._delay_declared: set[tuple[str, int]] = set()
-        self._declared: set[str] = set()
+        self._link = AmqpLink(
+            dsn,
+            self.connection_policy,
+            fast_path=_compat.fast_path_default() if fast_path is None else fast_path,
+        )
+        self._topology = Topology(self._admin, prefix, HOLD_LOCALLY)
         self._msg_ids = itertools.count()
-        self._batchers = {"confirm": PublishBatcher(), "fast": PublishBatcher()}
-        self._control = Control(self)
+        self._control = Control(self, prefix)
         ProcessState.__init__(self, shared_state)
         # A message delivered while the enqueue/requeue that sent it is still returning is
         # handed out only once that call has returned (`enqueued`/`retried` come before `started`).
@@ -138,136 +146,79 @@ class RabbitMessageBroker(ProcessState):
                 "content_type": "application/json",
             }
             for persistent in (True, False)
-            for priority in range(_MAX_PRIORITY + 1)
+            for priority in range(MAX_PRIORITY + 1)
         }
+
+    def __repr__(self) -> str:
+        return f"RabbitMessageBroker({safe_dsn(self.dsn)!r}, prefix={self.prefix!r})"
+
+    @property
+    def fast_path(self) -> bool:
+        """Whether this broker uses its fast paths (asked for, and the tested aiormq/pamqp)."""
+        return self._link.fast_path
+
+    @property
+    def dead_letter_exchange(self) -> str:
+        """The exchange through which every queue of this broker dead-letters."""
+        return self._topology.dead_letter_exchange
+
+    @property
+    def timeout(self) -> float:
+        """The older name of `connection_policy.operation_timeout`."""
+        return self.connection_policy.operation_timeout
+
+    @property
+    def reconnect_interval(self) -> float:
+        """The older name of `connection_policy.reconnect_backoff`."""
+        return self.connection_policy.reconnect_backoff
 
     # -- connection -------------------------------------------------------------------------
 
     async def connect(self) -> None:
-        if self._connection is not None and not self._connection.is_closed:
-            return
-        try:
-            self._connection = await aio_pika.connect_robust(
-                self.dsn, timeout=self.timeout, reconnect_interval=self.reconnect_interval
-            )
-        except (*CHANNEL_ERRORS, TimeoutError) as exc:
-            raise BrokerUnavailableError(f"cannot connect to RabbitMQ: {exc!r}") from exc
+        await self._link.connect()
         if self._state is not None:
             await self._state.connect()
 
     async def disconnect(self) -> None:
         await self._control.close()
-        for batcher in self._batchers.values():
-            await batcher.drain()  # unconfirmed publishes still buffered leave first
-        connection, self._connection = self._connection, None
-        self._channels.clear()
-        if connection is not None:
-            with contextlib.suppress(*CHANNEL_ERRORS, asyncio.CancelledError):
-                await connection.close()
+        await self._link.close()
         if self._state is not None:
             await self._state.disconnect()
 
     async def _new_channel(self, *, confirms: bool) -> aiormq.abc.AbstractChannel:
         """A fresh AMQP channel on the current connection (waits for a reconnection)."""
-        connection = self._connection
-        if connection is None:
-            raise BrokerError("RabbitMessageBroker is not connected; call connect() first")
-        try:
-            await asyncio.wait_for(connection.ready(), self.timeout)
-        except TimeoutError:
-            raise BrokerUnavailableError(
-                f"RabbitMQ stayed unreachable for {self.timeout}s"
-            ) from None
-        transport = connection.transport
-        if transport is None:
-            raise BrokerUnavailableError("RabbitMQ connection is reconnecting")
-        channel: aiormq.abc.AbstractChannel = await transport.connection.channel(
-            publisher_confirms=confirms
-        )
-        return channel
-
-    async def _channel(self, kind: str) -> aiormq.abc.AbstractChannel:
-        """The shared channel `kind` ("confirm", "fast" or "admin"), reopened when it closed."""
-        channel = self._channels.get(kind)
-        if channel is not None and not channel.is_closed:
-            return channel
-        async with self._channel_lock:
-            channel = self._channels.get(kind)
-            if channel is None or channel.is_closed:
-                channel = await self._new_channel(confirms=kind == "confirm")
-                self._channels[kind] = channel
-            return channel
+        return await self._link.new_channel(confirms=confirms)
 
     async def _admin(self, operation: str, *args: Any, **kwargs: Any) -> Any:
-        """Run one RPC on the admin channel, retrying connection failures until `timeout`."""
-        deadline = time.monotonic() + self.timeout
-        backoff = 0.05
-        while True:
-            channel = await self._channel("admin")
-            try:
-                return await getattr(channel, operation)(*args, **kwargs)
-            except aiormq.exceptions.ChannelClosed:
-                raise
-            except CHANNEL_ERRORS as exc:
-                if time.monotonic() + backoff > deadline:
-                    raise BrokerUnavailableError(f"RabbitMQ {operation} failed: {exc!r}") from exc
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 1.0)
+        return await self._link.admin(operation, *args, **kwargs)
+
+    async def listen_for_cancels(self) -> None:
+        """Receive the cancel requests of other processes (a worker's consumer calls it)."""
+        await self._control.listen()
+
+    def register_inline(
+        self, consumer_tag: str, channel: Any, on_message: Callable[[DeliveredMessage], None]
+    ) -> None:
+        """Let the frame reader hand this consumer's deliveries over whole."""
+        self._link.register_inline(consumer_tag, channel, on_message)
+
+    def unregister_inline(self, consumer_tag: str) -> None:
+        self._link.unregister_inline(consumer_tag)
 
     # -- names and queues ---------------------------------------------------------------------
 
     def _name(self, queue: str) -> str:
         return self.prefix + queue
 
-    def _delay_name(self, queue: str, level: int) -> str:
-        return f"{self.prefix}{queue}:delay:{level}"
-
     async def queue_declare(self, queue_name: str) -> None:
-        name = self._name(queue_name)
-        dead = name + ":dead"
-        # auto_delete: the exchange goes away with the last dead-letter queue bound to it.
-        await self._admin(
-            "exchange_declare",
-            exchange=self.dead_letter_exchange,
-            exchange_type="direct",
-            durable=True,
-            auto_delete=True,
-        )
-        await self._admin("queue_declare", dead, durable=True, arguments=_QUEUE_VERSION)
-        await self._admin("queue_bind", dead, self.dead_letter_exchange, routing_key=dead)
-        await self._admin(
-            "queue_declare",
-            name,
-            durable=True,
-            arguments={
-                **_QUEUE_VERSION,
-                "x-max-priority": _MAX_PRIORITY,
-                "x-dead-letter-exchange": self.dead_letter_exchange,
-                "x-dead-letter-routing-key": dead,
-            },
-        )
-        self._declared.add(queue_name)
+        await self._topology.declare(queue_name)
 
     async def _check_queue(self, queue_name: str) -> None:
         """Raise `QueueNotDeclaredError` unless the queue exists on the server."""
-        try:
-            await self._admin("queue_declare", self._name(queue_name), passive=True)
-        except aiormq.exceptions.ChannelNotFoundEntity:
-            raise QueueNotDeclaredError(queue_name) from None
+        await self._topology.check(queue_name)
 
     async def _purge_or_delete(self, queue_name: str, *, delete: bool) -> None:
-        name = self._name(queue_name)
-        for level in DELAY_LEVELS_MS:
-            await self._admin("queue_delete", self._delay_name(queue_name, level))
-        self._delay_declared = {k for k in self._delay_declared if k[0] != queue_name}
-        for target in (name, name + ":dead"):
-            if delete:
-                await self._admin("queue_delete", target)
-            else:
-                try:
-                    await self._admin("queue_purge", target)
-                except aiormq.exceptions.ChannelNotFoundEntity:
-                    raise QueueNotDeclaredError(queue_name) from None
+        await self._topology.purge_or_delete(queue_name, delete=delete)
         self._pending.pop(queue_name, None)
         if self._state is not None:
             await self._state.forget_queue(queue_name)
@@ -279,11 +230,10 @@ class RabbitMessageBroker(ProcessState):
 
     async def queue_delete(self, queue_name: str) -> None:
         await self._purge_or_delete(queue_name, delete=True)
-        self._declared.discard(queue_name)
 
     def queue_names(self) -> list[str]:
         """The queues declared through this broker object (RabbitMQ lists no others to AMQP)."""
-        return sorted(self._declared)
+        return sorted(self._topology.declared)
 
     async def counts(self, queue_name: str) -> dict[str, int]:
         """Messages per part of the queue: ready, delayed, in_flight (in this process), dead.
@@ -291,67 +241,15 @@ class RabbitMessageBroker(ProcessState):
         AMQP does not report unacknowledged messages, so `in_flight` counts the deliveries held
         by consumers of this process only.
         """
-        try:
-            ready = await self._admin("queue_declare", self._name(queue_name), passive=True)
-        except aiormq.exceptions.ChannelNotFoundEntity:
-            raise QueueNotDeclaredError(queue_name) from None
-        dead = await self._admin("queue_declare", self._name(queue_name) + ":dead", passive=True)
-        delayed = 0
-        for name in await self._delay_queues(queue_name):
-            with contextlib.suppress(aiormq.exceptions.ChannelNotFoundEntity):
-                reply = await self._admin("queue_declare", name, passive=True)
-                delayed += reply.message_count or 0
+        ready, delayed, dead = await self._topology.counts(queue_name)
         in_flight = sum(n for (q, _), n in self._in_flight.items() if q == queue_name)
-        return {
-            "ready": ready.message_count or 0,
-            "delayed": delayed,
-            "in_flight": in_flight,
-            "dead": dead.message_count or 0,
-        }
+        return {"ready": ready, "delayed": delayed, "in_flight": in_flight, "dead": dead}
 
     async def _delay_queues(self, queue_name: str) -> list[str]:
         """The delay queues of `queue_name` that exist on the server, shortest delay first."""
-        found = []
-        for level in DELAY_LEVELS_MS:
-            name = self._delay_name(queue_name, level)
-            if (queue_name, level) in self._delay_declared:
-                found.append(name)
-                continue
-            with contextlib.suppress(aiormq.exceptions.ChannelNotFoundEntity):
-                await self._admin("queue_declare", name, passive=True)
-                found.append(name)
-        return found
-
-    async def _declare_delay(self, queue_name: str, level: int) -> None:
-        await self._check_queue(queue_name)  # never delay into a queue that does not exist
-        await self._admin(
-            "queue_declare",
-            self._delay_name(queue_name, level),
-            durable=True,
-            arguments={
-                **_QUEUE_VERSION,
-                "x-message-ttl": level,
-                "x-dead-letter-exchange": "",
-                "x-dead-letter-routing-key": self._name(queue_name),
-            },
-        )
-        self._delay_declared.add((queue_name, level))
+        return await self._topology.delay_queues(queue_name)
 
     # -- publishing ------------------------------------------------------------------------
-
-    def _route(self, queue_name: str, params: Parameters) -> tuple[str, int | None]:
-        """Where a message goes now: its queue, or the delay queue of the right level."""
-        not_before = params.not_before
-        if not_before is not None:
-            remaining_ms = (not_before - time.time()) * 1000
-            if remaining_ms > HOLD_LOCALLY * 1000:
-                level = DELAY_LEVELS_MS[0]
-                for candidate in DELAY_LEVELS_MS:
-                    if candidate > remaining_ms:
-                        break
-                    level = candidate
-                return self._delay_name(queue_name, level), level
-        return self._name(queue_name), None
 
     async def _publish(
         self,
@@ -366,51 +264,36 @@ class RabbitMessageBroker(ProcessState):
         """Publish durably (confirmed) or fast; retry connection failures until `timeout`."""
         queue_name = key.queue
         level: int | None = None
+        topology = self._topology
         if routing_key is None:
-            routing_key, level = self._route(queue_name, params)
-            if level is not None and (queue_name, level) not in self._delay_declared:
-                await self._declare_delay(queue_name, level)
+            routing_key, level = topology.route(queue_name, params)
+            if level is not None and (queue_name, level) not in topology.delay_declared:
+                await topology.declare_delay(queue_name, level)
         fast = queue_name in self.fast_queues
         values = dict(self._props[(not fast, key.priority)])
         values["message_id"] = str(next(self._msg_ids))
         if headers:
             values["headers"] = headers
         properties = spec.Basic.Properties(**values)
-        deadline = time.monotonic() + self.timeout
-        backoff = 0.05
-        while True:
-            try:
-                kind = "fast" if fast else "confirm"
-                channel = await self._channel(kind)
-                if supports_batches(channel):
-                    await self._batchers[kind].publish(
-                        channel, exchange, routing_key, body, properties, mandatory=not fast
+        kind = "fast" if fast else "confirm"
+
+        async def attempt() -> None:
+            nonlocal level
+            while True:
+                try:
+                    await self._link.publish_once(
+                        kind, exchange, routing_key, body, properties, mandatory=not fast
                     )
-                else:
-                    await channel.basic_publish(  # type: ignore[call-arg]
-                        body,
-                        exchange=exchange,
-                        routing_key=routing_key,
-                        properties=properties,
-                        mandatory=not fast,
-                        wait=False,
-                    )
-                return
-            except aiormq.exceptions.PublishError:
-                if level is not None:  # the delay queue vanished (flushed elsewhere)
-                    self._delay_declared.discard((queue_name, level))
-                    await self._declare_delay(queue_name, level)
+                    return
+                except aiormq.exceptions.PublishError:
+                    if level is None:
+                        raise QueueNotDeclaredError(queue_name) from None
+                    # The delay queue vanished (flushed elsewhere): declare it again.
+                    topology.delay_declared.discard((queue_name, level))
+                    await topology.declare_delay(queue_name, level)
                     level = None
-                    continue
-                raise QueueNotDeclaredError(queue_name) from None
-            except (TimeoutError, *CHANNEL_ERRORS) as exc:
-                if time.monotonic() + backoff > deadline:
-                    raise BrokerUnavailableError(
-                        f"RabbitMQ stayed unreachable for {self.timeout}s: {exc!r}"
-                    ) from exc
-                logger.warning("publishing failed (%r); retrying in %.2fs", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 1.0)
+
+        await self._link.retrying(f"publishing to {queue_name!r}", attempt, log=True)
 
     async def enqueue(
         self, key: RoutingKey, payload: str = "", params: Parameters | None = None
@@ -504,6 +387,7 @@ class RabbitMessageBroker(ProcessState):
             return False
         params = key.parameters if parameters is None else parameters
         dead = self._name(key.key.queue) + ":dead"
+        exchange = self._topology.dead_letter_exchange
         if key.raw is not None:
             info = params.dead_letter
             headers = {DEAD_INFO_HEADER: to_json(info.encode()).decode()} if info else None
@@ -515,7 +399,7 @@ class RabbitMessageBroker(ProcessState):
             key.key,
             body,
             params,
-            exchange=self.dead_letter_exchange,
+            exchange=exchange,
             routing_key=dead,
             headers=headers,
         )

@@ -1,9 +1,5 @@
-"""RabbitMQ consumers: the worker's subscription, and the browsers of the dead and delayed parts.
-
-Each consumer owns one AMQP channel (prefetch = the worker's concurrency). Acknowledgements of
-one event-loop tick are coalesced, with `multiple=True` when every earlier delivery tag of the
-channel is settled. A channel or consumer lost to a reconnection or a server-side cancel is
-re-established by a supervisor task; settlements of deliveries from a dead channel are stale.
+"""RabbitMQ consumers: the worker's subscription of a queue, and browsers of its dead and
+delayed parts. Each consumer owns one AMQP channel (prefetch = the worker's concurrency).
 """
 
 from __future__ import annotations
@@ -14,228 +10,80 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 import aiormq
 from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 
-from repid.brokers.base import Delivery
-from repid.brokers.rabbitmq import _frames as _rabbitmq_frames
-from repid.codec import decode_message
-from repid.data import DeadLetterInfo, MessageCategory, Parameters, RoutingKey
-from repid.errors import ConsumerClosedError, DecodeError
+from repid.brokers.base import BaseConsumer, Delivery
+from repid.brokers.rabbitmq import _compat
+from repid.brokers.rabbitmq._frames import Assembly
+from repid.brokers.rabbitmq.channel_state import CHANNEL_ERRORS, ChannelState, Handle, to_delivery
+from repid.data import MessageCategory
+from repid.errors import ConsumerClosedError
 
-if TYPE_CHECKING:
-    from repid.brokers.rabbitmq.broker import RabbitMessageBroker
+# ChannelState is re-exported: it lived here before `channel_state.py` (tests import it here).
+__all__ = ["HOLD_LOCALLY", "ChannelState", "ConsumerHost", "RabbitConsumer", "deliver_inline"]
 
 logger = logging.getLogger("repid.brokers.rabbitmq")
 
-_rabbitmq_frames.install()  # whole buffered frames are read without awaiting (see the module)
-
 HOLD_LOCALLY = 0.064
 """A message due within this many seconds is held by the consumer instead of re-delayed."""
-DEAD_INFO_HEADER = "x-repid-dead-letter"
-"""Dead-letter details of a message whose body is not a repid envelope (kept as raw bytes)."""
-ACK_WINDOW = 0.003
-"""Seconds acks wait for others to share their frame (at 10k+/s: tens of acks per frame)."""
-ACK_BATCH_SHARE = 4
-"""Pending acks leave at once when they reach 1/4 of the prefetch: RabbitMQ never stops
-delivering for want of acks that are only waiting for the window (each flush is a socket write,
-which on loopback also costs the wake-up of the server)."""
-_ACK_BATCH_UNLIMITED = 64
-"""The same threshold when the channel has no prefetch limit."""
-CHANNEL_ERRORS = (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, OSError)
 
 
-def _stale(how: str, tag: int) -> None:
-    logger.warning(
-        "stale %s of delivery tag %d ignored: its channel closed, RabbitMQ delivers the "
-        "message again",
-        how,
-        tag,
-    )
+class ConsumerHost(Protocol):
+    """What a consumer uses of its broker (`RabbitMessageBroker` is one)."""
+
+    @property
+    def fast_path(self) -> bool: ...
+
+    @property
+    def _tombstones(self) -> Mapping[tuple[str, str], float]: ...
+
+    @property
+    def _requeuing(self) -> dict[tuple[str, str], list[tuple[RabbitConsumer, Delivery]]]: ...
+
+    def _name(self, queue: str) -> str: ...
+
+    async def _check_queue(self, queue_name: str) -> None: ...
+
+    async def _new_channel(self, *, confirms: bool) -> aiormq.abc.AbstractChannel: ...
+
+    async def listen_for_cancels(self) -> None: ...
+
+    def register_inline(
+        self, consumer_tag: str, channel: Any, on_message: Callable[[DeliveredMessage], None]
+    ) -> None: ...
+
+    def unregister_inline(self, consumer_tag: str) -> None: ...
+
+    def _release_state(self, state: ChannelState) -> None: ...
+
+    def _is_tombstoned(self, delivery: Delivery) -> bool: ...
+
+    async def _delay_again(self, delivery: Delivery) -> None: ...
+
+    def _track(self, delivery: Delivery) -> None: ...
+
+    async def _delay_queues(self, queue_name: str) -> list[str]: ...
 
 
-class ChannelState:
-    """One incarnation of a consumer's channel: its unsettled tags and its pending acks."""
-
-    __slots__ = (
-        "alive",
-        "channel",
-        "flush_at",
-        "flush_timer",
-        "flushes",
-        "flushing",
-        "in_flight",
-        "to_ack",
-        "unsettled",
-    )
-
-    def __init__(self, channel: aiormq.abc.AbstractChannel, prefetch: int | None = None) -> None:
-        self.channel = channel
-        self.alive = True
-        self.flush_at = max(1, prefetch // ACK_BATCH_SHARE) if prefetch else _ACK_BATCH_UNLIMITED
-        """Pending acks that leave at once, without waiting for the window."""
-        self.unsettled: set[int] = set()
-        """Delivered and not settled yet (held by a lane or waiting in the consumer)."""
-        self.to_ack: list[int] = []
-        self.flush_timer: asyncio.TimerHandle | None = None
-        self.flushes: set[asyncio.Task[None]] = set()
-        self.flushing = False
-        self.in_flight: dict[int, tuple[str, str]] = {}
-        """Handed out by the consumer, by tag: (queue, job id)."""
-
-    async def ack(self, tag: int) -> bool:
-        """Acknowledge `tag` with the other acks of the next `ACK_WINDOW` seconds (one frame).
-
-        Returns at once; `drain()` sends what is pending (the consumer calls it on finish).
-        With nothing else in flight the ack leaves on the next loop iteration; `flush_at`
-        pending acks leave at once.
-        """
-        if not self.alive:
-            _stale("ack", tag)
-            return False
-        self.unsettled.discard(tag)
-        self.to_ack.append(tag)
-        if len(self.to_ack) >= self.flush_at:
-            if self.flush_timer is not None:
-                self.flush_timer.cancel()
-            self._start_flush()
-        elif self.flush_timer is None:
-            loop = asyncio.get_running_loop()
-            delay = ACK_WINDOW if self.unsettled else 0.0
-            self.flush_timer = loop.call_later(delay, self._start_flush)
-        return True
-
-    def _start_flush(self) -> None:
-        self.flush_timer = None
-        if self.flushing:
-            return  # the running flush sends what is pending when its current batch is out
-        self.flushing = True
-        task = asyncio.ensure_future(self._flush())
-        self.flushes.add(task)
-        task.add_done_callback(self.flushes.discard)
-
-    async def _flush(self) -> None:
-        # One flush at a time, so a `multiple` ack never overtakes an earlier batch's acks.
-        try:
-            await self._send_acks()
-        finally:
-            self.flushing = False
-
-    async def _send_acks(self) -> None:
-        while self.to_ack and self.alive:
-            tags, self.to_ack = self.to_ack, []
-            lowest = min(self.unsettled) if self.unsettled else None
-            below = [t for t in tags if lowest is None or t < lowest]
-            try:
-                if below:
-                    # Every tag up to max(below) is settled or in `below`: one frame acks them.
-                    await self.channel.basic_ack(max(below), multiple=len(below) > 1, wait=False)
-                for t in tags:
-                    if lowest is not None and t > lowest:
-                        await self.channel.basic_ack(t, wait=False)
-            except CHANNEL_ERRORS as exc:
-                self.alive = False
-                logger.warning(
-                    "ack on a closed channel (%r); RabbitMQ will deliver those messages again", exc
-                )
-
-    async def drain(self) -> None:
-        """Send the pending acks now (before the channel closes)."""
-        if self.flush_timer is not None:
-            self.flush_timer.cancel()
-        if self.to_ack:
-            self._start_flush()
-        if self.flushes:
-            await asyncio.gather(*self.flushes, return_exceptions=True)
-
-    async def settle_now(self, tag: int, *, requeue: bool) -> bool:
-        """Reject one delivery at once: back to its queue (`requeue`) or dropped."""
-        if not self.alive:
-            _stale("reject", tag)
-            return False
-        self.unsettled.discard(tag)
-        try:
-            await self.channel.basic_nack(tag, requeue=requeue, wait=False)
-        except CHANNEL_ERRORS as exc:
-            self.alive = False
-            logger.warning(
-                "reject on a closed channel (%r); RabbitMQ will deliver the message again", exc
-            )
-            return False
-        return True
-
-
-class Handle:
-    """The broker-owned part of a delivery: the channel incarnation and the delivery tag."""
-
-    __slots__ = ("source", "state", "tag")
-
-    def __init__(self, state: ChannelState, tag: int, source: str | None = None) -> None:
-        self.state = state
-        self.tag = tag
-        self.source = source
-        """The RabbitMQ queue a browsed (dead or delayed) message was read from."""
-
-    def __repr__(self) -> str:
-        return f"Handle(tag={self.tag}, alive={self.state.alive})"
-
-
-def to_delivery(
-    message: DeliveredMessage,
-    state: ChannelState,
-    queue: str,
-    category: MessageCategory = MessageCategory.NORMAL,
-    source: str | None = None,
-) -> Delivery:
-    """Decode one AMQP message into a delivery (an undecodable one keeps its raw bytes)."""
-    tag: int = message.delivery.delivery_tag  # type: ignore[union-attr, assignment]
-    redelivered = bool(message.delivery.redelivered)  # type: ignore[union-attr]
-    body = message.body
-    handle = Handle(state, tag, source)
-    try:
-        key, payload, params = decode_message(body)
-    except DecodeError as exc:
-        props = message.header.properties
-        priority = 2 - (props.priority or 0) if props.priority is not None else 1
-        params = Parameters()
-        headers = props.headers or {}
-        info = headers.get(DEAD_INFO_HEADER)
-        if isinstance(info, (bytes, str)):
-            from pydantic_core import from_json
-
-            with contextlib.suppress(ValueError, KeyError, TypeError):
-                params = params._replace(dead_letter=DeadLetterInfo.decode(from_json(info)))
-        return Delivery(
-            RoutingKey(f"raw-{tag}", "", queue, min(max(priority, 0), 2)),
-            "",
-            params,
-            handle,
-            category,
-            body,
-            str(exc),
-            redelivered,
-        )
-    return tuple.__new__(
-        Delivery, (key, payload, params, handle, category, None, None, redelivered)
-    )
-
-
-def _deliver_inline(channel: Any, consumer_tag: str | None, on_message: Any) -> None:
+def deliver_inline(
+    channel: Any, consumer_tag: str, on_message: Callable[[DeliveredMessage], None]
+) -> None:
     """Run `on_message` right in the channel's reader instead of in a task per message.
 
     aiormq starts a task for each delivery; our callback is synchronous (it only queues the
-    delivery), so calling it inline saves that task. Only when the channel has the reader
-    hooks this relies on; otherwise aiormq's own path stays.
+    delivery), so calling it inline saves that task. Only on this one channel (repid's), and
+    only when it has the reader hooks this relies on; otherwise aiormq's own path stays. On an
+    unexpected error the delivery is handed over the way aiormq does (logged once).
     """
-    original = getattr(channel, "_on_deliver_frame", None)
-    get_frame = getattr(channel, "_get_frame", None)
-    frames: asyncio.Queue[tuple[int, Any]] | None = getattr(channel, "frames", None)
-    if original is None or get_frame is None or frames is None or consumer_tag is None:
+    hooks = _compat.channel_deliver_hooks(channel)
+    if hooks is None:
         return
+    original, get_frame, frames = hooks
 
     async def on_deliver_frame(frame: spec.Basic.Deliver) -> None:
         if frame.consumer_tag != consumer_tag:
@@ -243,7 +91,7 @@ def _deliver_inline(channel: Any, consumer_tag: str | None, on_message: Any) -> 
             return
         # The content frames usually arrived with the deliver frame: take them without awaiting
         # (what the channel's `_get_frame` does when its queue is not empty).
-        assembly = _rabbitmq_frames.Assembly(frame, channel, on_message)
+        assembly = Assembly(frame, channel, on_message)
         while True:
             if frames.empty():
                 content = await get_frame()
@@ -253,15 +101,15 @@ def _deliver_inline(channel: Any, consumer_tag: str | None, on_message: Any) -> 
             if assembly.add(content):
                 return
 
-    channel._on_deliver_frame = on_deliver_frame
+    _compat.set_deliver_hook(channel, on_deliver_frame)
 
 
-class RabbitConsumer:
+class RabbitConsumer(BaseConsumer):
     """Hands out the deliveries of one queue (NORMAL) to a worker, or browses a part of it."""
 
     def __init__(
         self,
-        broker: RabbitMessageBroker,
+        broker: ConsumerHost,
         queue: str,
         topics: Sequence[str] | None,
         max_unacked_messages: int | None,
@@ -375,15 +223,16 @@ class RabbitConsumer:
                 tag: str | None = None
                 try:
                     try:  # before any job can start here: cancel requests of other processes
-                        await self._broker._control.listen()
+                        await self._broker.listen_for_cancels()
                     except Exception as exc:
                         logger.warning("listening for cancel requests failed: %r", exc)
                     on_message = self._on_message_for(state)
-                    # Registered before the subscription: no delivery of it ever takes
-                    # aiormq's per-frame path (see `_rabbitmq_frames`).
                     tag = f"repid.{channel.number}.{os.urandom(8).hex()}"
-                    _rabbitmq_frames.register(tag, channel, on_message)
-                    _deliver_inline(channel, tag, on_message)
+                    if self._broker.fast_path:
+                        # Registered before the subscription: no delivery of it ever takes
+                        # aiormq's per-frame path (see `_frames.FrameReader`).
+                        self._broker.register_inline(tag, channel, on_message)
+                        deliver_inline(channel, tag, on_message)
                     await channel.basic_consume(
                         self._broker._name(self._queue), on_message, no_ack=False, consumer_tag=tag
                     )
@@ -394,7 +243,7 @@ class RabbitConsumer:
                 finally:
                     channel.on_consumer_cancel_callbacks.discard(on_cancel)
                     if tag is not None:
-                        _rabbitmq_frames.unregister(tag)
+                        self._broker.unregister_inline(tag)
                 if cancelled.done() and not channel.is_closed:
                     logger.warning(
                         "RabbitMQ cancelled the consumer of %r; subscribing again", self._queue
@@ -589,22 +438,3 @@ class RabbitConsumer:
                     continue
                 out.append(delivery)
         return out
-
-    # -- iteration -------------------------------------------------------------------------------
-
-    async def __aenter__(self) -> RabbitConsumer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.finish()
-
-    def __aiter__(self) -> AsyncIterator[Delivery]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[Delivery]:
-        while True:
-            try:
-                yield await self.consume()
-            except ConsumerClosedError:
-                return

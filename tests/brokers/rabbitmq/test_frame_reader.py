@@ -19,8 +19,9 @@ from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 from pamqp.heartbeat import Heartbeat
 
+from repid.brokers.rabbitmq import _compat
 from repid.brokers.rabbitmq import _frames as _rabbitmq_frames
-from repid.brokers.rabbitmq._frames import _whole_delivery, unmarshal
+from repid.brokers.rabbitmq._frames import FrameReader, InlineConsumers, _whole_delivery, unmarshal
 
 short = st.text(max_size=40)
 names = st.from_regex(r"[a-zA-Z0-9_.:\-]{0,40}", fullmatch=True)  # what pamqp accepts as exchange
@@ -203,11 +204,20 @@ def _stream() -> bytes:
     return b"".join(pamqp.frame.marshal(frame, channel) for frame, channel in frames) * 3
 
 
-async def _read_all(chunks: list[bytes], count: int) -> list[Any]:
-    """Read `count` frames while the chunks arrive one event-loop step apart."""
+def _receiver(consumers: InlineConsumers | None = None) -> tuple[asyncio.StreamReader, Any]:
+    """A stream and an aiormq `FrameReceiver` on it, read by repid's `FrameReader`."""
     reader = asyncio.StreamReader()
     receiver = FrameReceiver(reader)
     receiver.started = True
+    FrameReader(receiver, {} if consumers is None else consumers)
+    return reader, receiver
+
+
+async def _read_all(
+    chunks: list[bytes], count: int, consumers: InlineConsumers | None = None
+) -> list[Any]:
+    """Read `count` frames while the chunks arrive one event-loop step apart."""
+    reader, receiver = _receiver(consumers)
 
     async def feed() -> None:
         for chunk in chunks:
@@ -215,7 +225,7 @@ async def _read_all(chunks: list[bytes], count: int) -> list[Any]:
             await asyncio.sleep(0)
 
     feeder = asyncio.ensure_future(feed())
-    frames = [await FrameReceiver.get_frame(receiver) for _ in range(count)]
+    frames = [await receiver.get_frame() for _ in range(count)]
     await feeder
     return frames
 
@@ -223,8 +233,6 @@ async def _read_all(chunks: list[bytes], count: int) -> list[Any]:
 @given(cuts=st.lists(st.integers(min_value=0, max_value=len(_stream())), max_size=12))
 @settings(max_examples=60, deadline=None)
 def test_reader_returns_every_frame_in_order_for_any_split(cuts: list[int]) -> None:
-    _rabbitmq_frames.install()
-    assert getattr(FrameReceiver.get_frame, "_repid_fast", False)
     data = _stream()
     points = sorted({0, len(data), *cuts})
     chunks = [data[a:b] for a, b in itertools.pairwise(points)]
@@ -276,11 +284,7 @@ async def _read_with_consumer(
     chunks: list[bytes], count: int, channel: _Channel
 ) -> tuple[list[Any], list[Any]]:
     delivered: list[Any] = []
-    _rabbitmq_frames.register("ctag", channel, delivered.append)
-    try:
-        frames = await _read_all(chunks, count)
-    finally:
-        _rabbitmq_frames.unregister("ctag")
+    frames = await _read_all(chunks, count, {"ctag": (channel, delivered.append)})
     return frames, delivered
 
 
@@ -300,7 +304,6 @@ def _expected_returned(data: bytes, taken: Any) -> list[Any]:
 def test_registered_consumer_gets_whole_deliveries_in_order_for_any_split(
     cuts: list[int],
 ) -> None:
-    _rabbitmq_frames.install()
     data = _consumer_stream()
     points = sorted({0, len(data), *cuts})
     chunks = [data[a:b] for a, b in itertools.pairwise(points)]
@@ -331,7 +334,6 @@ def test_registered_consumer_gets_whole_deliveries_in_order_for_any_split(
 
 
 def test_a_channel_with_a_delivery_queued_keeps_aiormqs_path() -> None:
-    _rabbitmq_frames.install()
     data = _consumer_stream()
     expected = _expected_returned(data, lambda channel: False)
 
@@ -347,7 +349,6 @@ def test_a_channel_with_a_delivery_queued_keeps_aiormqs_path() -> None:
 
 
 def test_a_queued_consume_ok_does_not_hold_deliveries_back() -> None:
-    _rabbitmq_frames.install()
     data = _consumer_stream()
     expected = _expected_returned(data, lambda channel: channel == 1)
 
@@ -362,7 +363,6 @@ def test_a_queued_consume_ok_does_not_hold_deliveries_back() -> None:
 
 
 def test_a_method_frame_in_the_middle_of_content_drops_that_delivery() -> None:
-    _rabbitmq_frames.install()
     deliver = _delivery("ctag", 4, b"abc", 1)
     header_end = len(pamqp.frame.marshal(spec.Basic.Deliver("ctag", 4, False, "", "q"), 1))
     header_end += len(pamqp.frame.marshal(ContentHeader(0, 3, spec.Basic.Properties(**OURS)), 1))
@@ -384,7 +384,6 @@ def test_the_reader_still_returns_a_frame_while_it_only_hands_deliveries_over(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """aiormq closes a connection that returned no frame for a few heartbeat intervals."""
-    _rabbitmq_frames.install()
     monkeypatch.setattr(_rabbitmq_frames, "_KEEPALIVE", 0.0)  # a heartbeat after every step
     deliveries = [_delivery("ctag", tag, b"abc", 1) for tag in range(1, 4)]
     body_frame = 8 + len(b"abc")
@@ -396,19 +395,13 @@ def test_the_reader_still_returns_a_frame_while_it_only_hands_deliveries_over(
     for chunks, steps in ((whole, 3), (by_frame, 9)):
 
         async def run(chunks: list[bytes] = chunks) -> tuple[list[Any], list[Any]]:
-            reader = asyncio.StreamReader()
-            receiver = FrameReceiver(reader)
-            receiver.started = True
             delivered: list[Any] = []
             frames: list[Any] = []
-            _rabbitmq_frames.register("ctag", _Channel(1), delivered.append)
-            try:
-                for chunk in chunks:
-                    reader.feed_data(chunk)
-                    while len(reader._buffer) >= 8 + len(b"abc"):  # type: ignore[attr-defined]
-                        frames.append(await asyncio.wait_for(FrameReceiver.get_frame(receiver), 5))
-            finally:
-                _rabbitmq_frames.unregister("ctag")
+            reader, receiver = _receiver({"ctag": (_Channel(1), delivered.append)})
+            for chunk in chunks:
+                reader.feed_data(chunk)
+                while len(reader._buffer) >= 8 + len(b"abc"):  # type: ignore[attr-defined]
+                    frames.append(await asyncio.wait_for(receiver.get_frame(), 5))
             return frames, delivered
 
         frames, delivered = asyncio.run(run())
@@ -419,7 +412,7 @@ def test_the_reader_still_returns_a_frame_while_it_only_hands_deliveries_over(
 def test_a_delivery_on_aiormqs_path_is_assembled_by_the_channel_reader() -> None:
     """The channel-side hook (`_deliver_inline`): content frames taken from the channel's queue
     while they are there, awaited when they are not."""
-    from repid.brokers.rabbitmq.consumer import _deliver_inline
+    from repid.brokers.rabbitmq.consumer import deliver_inline
 
     async def run() -> tuple[list[Any], list[Any]]:
         channel = _Channel(1)
@@ -435,7 +428,7 @@ def test_a_delivery_on_aiormqs_path_is_assembled_by_the_channel_reader() -> None
         channel._on_deliver_frame = original  # type: ignore[attr-defined]
         channel._get_frame = get_frame  # type: ignore[attr-defined]
         delivered: list[Any] = []
-        _deliver_inline(channel, "ctag", delivered.append)
+        deliver_inline(channel, "ctag", delivered.append)
         hook = channel._on_deliver_frame  # type: ignore[attr-defined]
         properties = spec.Basic.Properties(**OURS)
         channel.frames.put_nowait((0, ContentHeader(0, 6, properties)))
@@ -458,4 +451,4 @@ def test_the_message_handed_over_is_aiormqs_own() -> None:
     made = _rabbitmq_frames._message(deliver, header, b"abc", "channel")
     assert made == DeliveredMessage(delivery=deliver, header=header, body=b"abc", channel="channel")  # type: ignore[arg-type]
     assert made.delivery_tag == 3
-    assert _rabbitmq_frames._message is _rabbitmq_frames._message_by_dict
+    assert _rabbitmq_frames._message is _compat.new_delivered_message

@@ -440,7 +440,7 @@ async def test_fast_queues_publish_transient_messages_without_waiting(queue: Que
     try:
         for n in range(300):  # more than one buffered batch, never yielding in between
             await _job(conn, queue, "count", args={"n": n}).enqueue()
-        await broker._batchers["fast"].drain()
+        await broker._link.batchers["fast"].drain()
         channel = await broker._new_channel(confirms=False)
         try:
             message = await channel.basic_get(PREFIX + queue.name, no_ack=False)

@@ -1,0 +1,155 @@
+"""What repid creates on RabbitMQ per queue `q`: `q` (priorities, dead-lettering into `q:dead`),
+`q:dead`, and the TTL delay queues `q:delay:<ms>` that dead-letter back into `q`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import aiormq
+
+from repid.data import Parameters
+from repid.errors import QueueNotDeclaredError
+
+__all__ = ["DELAY_LEVELS_MS", "MAX_PRIORITY", "Topology", "declared"]
+
+DELAY_LEVELS_MS: tuple[int, ...] = tuple(2**k for k in range(6, 32))
+"""TTLs of the delay queues (64 ms to ~24.9 days). A delay hops through the largest level not
+longer than what remains, so it is never early and different delays never block each other."""
+MAX_PRIORITY = 2
+_QUEUE_VERSION = {"x-queue-version": 2}
+"""Classic queues v2 (RabbitMQ 3.10+, the only kind in 4.x): faster persistent confirms."""
+
+Admin = Callable[..., Awaitable[Any]]
+"""`admin(operation, *args, **kwargs)`: one RPC on the broker's admin channel, retried."""
+
+
+@contextlib.contextmanager
+def declared(queue_name: str) -> Iterator[None]:
+    """RabbitMQ's "no such queue" is repid's `QueueNotDeclaredError`."""
+    try:
+        yield
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        raise QueueNotDeclaredError(queue_name) from None
+
+
+class Topology:
+    """The RabbitMQ queues and exchanges of the repid queues of one broker object."""
+
+    def __init__(self, admin: Admin, prefix: str, hold_locally: float) -> None:
+        self._admin = admin
+        self.prefix = prefix
+        self.hold_locally = hold_locally
+        """A message due within this many seconds goes to its queue (the consumer holds it)."""
+        self.dead_letter_exchange = f"{prefix}repid.dead"
+        self.delay_declared: set[tuple[str, int]] = set()
+        self.declared: set[str] = set()
+
+    def name(self, queue: str) -> str:
+        return self.prefix + queue
+
+    def delay_name(self, queue: str, level: int) -> str:
+        return f"{self.prefix}{queue}:delay:{level}"
+
+    async def declare(self, queue_name: str) -> None:
+        name = self.name(queue_name)
+        dead = name + ":dead"
+        # auto_delete: the exchange goes away with the last dead-letter queue bound to it.
+        await self._admin(
+            "exchange_declare",
+            exchange=self.dead_letter_exchange,
+            exchange_type="direct",
+            durable=True,
+            auto_delete=True,
+        )
+        await self._admin("queue_declare", dead, durable=True, arguments=_QUEUE_VERSION)
+        await self._admin("queue_bind", dead, self.dead_letter_exchange, routing_key=dead)
+        await self._admin(
+            "queue_declare",
+            name,
+            durable=True,
+            arguments={
+                **_QUEUE_VERSION,
+                "x-max-priority": MAX_PRIORITY,
+                "x-dead-letter-exchange": self.dead_letter_exchange,
+                "x-dead-letter-routing-key": dead,
+            },
+        )
+        self.declared.add(queue_name)
+
+    async def check(self, queue_name: str) -> None:
+        """Raise `QueueNotDeclaredError` unless the queue exists on the server."""
+        with declared(queue_name):
+            await self._admin("queue_declare", self.name(queue_name), passive=True)
+
+    async def purge_or_delete(self, queue_name: str, *, delete: bool) -> None:
+        """Empty (or delete) the queue and its dead part; its delay queues are deleted."""
+        name = self.name(queue_name)
+        for level in DELAY_LEVELS_MS:
+            await self._admin("queue_delete", self.delay_name(queue_name, level))
+        self.delay_declared = {k for k in self.delay_declared if k[0] != queue_name}
+        for target in (name, name + ":dead"):
+            if delete:
+                await self._admin("queue_delete", target)
+            else:
+                with declared(queue_name):
+                    await self._admin("queue_purge", target)
+        if delete:
+            self.declared.discard(queue_name)
+
+    async def counts(self, queue_name: str) -> tuple[int, int, int]:
+        """(ready, delayed, dead) messages of the queue."""
+        with declared(queue_name):
+            ready = await self._admin("queue_declare", self.name(queue_name), passive=True)
+        dead = await self._admin("queue_declare", self.name(queue_name) + ":dead", passive=True)
+        delayed = 0
+        for name in await self.delay_queues(queue_name):
+            with contextlib.suppress(aiormq.exceptions.ChannelNotFoundEntity):
+                reply = await self._admin("queue_declare", name, passive=True)
+                delayed += reply.message_count or 0
+        return ready.message_count or 0, delayed, dead.message_count or 0
+
+    async def delay_queues(self, queue_name: str) -> list[str]:
+        """The delay queues of `queue_name` that exist on the server, shortest delay first."""
+        found = []
+        for level in DELAY_LEVELS_MS:
+            name = self.delay_name(queue_name, level)
+            if (queue_name, level) in self.delay_declared:
+                found.append(name)
+                continue
+            with contextlib.suppress(aiormq.exceptions.ChannelNotFoundEntity):
+                await self._admin("queue_declare", name, passive=True)
+                found.append(name)
+        return found
+
+    async def declare_delay(self, queue_name: str, level: int) -> None:
+        await self.check(queue_name)  # never delay into a queue that does not exist
+        await self._admin(
+            "queue_declare",
+            self.delay_name(queue_name, level),
+            durable=True,
+            arguments={
+                **_QUEUE_VERSION,
+                "x-message-ttl": level,
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": self.name(queue_name),
+            },
+        )
+        self.delay_declared.add((queue_name, level))
+
+    def route(self, queue_name: str, params: Parameters) -> tuple[str, int | None]:
+        """Where a message goes now: its queue, or the delay queue of the right level."""
+        not_before = params.not_before
+        if not_before is not None:
+            remaining_ms = (not_before - time.time()) * 1000
+            if remaining_ms > self.hold_locally * 1000:
+                level = DELAY_LEVELS_MS[0]
+                for candidate in DELAY_LEVELS_MS:
+                    if candidate > remaining_ms:
+                        break
+                    level = candidate
+                return self.delay_name(queue_name, level), level
+        return self.name(queue_name), None
