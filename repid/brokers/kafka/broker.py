@@ -474,12 +474,14 @@ class KafkaMessageBroker(LocalOrShared):
         """Done: the message's offset counts as finished (committed with its prefix)."""
         if key.category is not MessageCategory.NORMAL:
             return await self._remove_browsed(key)
+        self._job_over(key.key.id_)
         return await KafkaConsumer.settle(key, None)
 
     async def nack(self, key: Delivery, parameters: Parameters | None = None) -> bool:
         """Write the message to `<queue>.dead`, then finish its offset."""
         if key.category is MessageCategory.DEAD:
             return True
+        self._job_over(key.key.id_)
         params = key.parameters if parameters is None else parameters
         headers = None
         if key.decode_error is not None:  # keep the raw bytes; the parameters go in a header

@@ -367,6 +367,7 @@ class RabbitMessageBroker(ProcessState):
         handle: Handle = key.handle
         if key.category is MessageCategory.NORMAL:
             self._settled(key)
+            self._job_over(key.key.id_)
             return await handle.state.ack(handle.tag)
         if key.category is MessageCategory.DELAYED:
             self._forget(key.key)
@@ -379,6 +380,7 @@ class RabbitMessageBroker(ProcessState):
         if key.category is MessageCategory.DELAYED:
             async with self._owned(key) as owned:
                 return owned is not None and await self._nack(key, owned, parameters)
+        self._job_over(key.key.id_)
         return await self._nack(key, key.handle, parameters)
 
     async def _nack(self, key: Delivery, handle: Handle, parameters: Parameters | None) -> bool:
