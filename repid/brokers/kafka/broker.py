@@ -227,7 +227,7 @@ class KafkaMessageBroker(LocalOrShared):
         """Start the producer and the admin client; `BrokerUnavailableError` if unreachable."""
         if self.is_connected:
             return
-        what = f"connecting to Kafka at {self.bootstrap_servers!r}"
+        what = f"Kafka at {self.bootstrap_servers!r} is unreachable: connecting"
         try:
             with map_broker_errors({(*UNAVAILABLE, KafkaError): BrokerUnavailableError}, what):
                 await asyncio.wait_for(self._start_clients(), self.connect_timeout)

@@ -225,7 +225,8 @@ class RespConnection(asyncio.BufferedProtocol):
 async def open_connection(address: RedisAddress, timeout: float) -> RespConnection:
     """Connect, authenticate and select the database; `BrokerUnavailableError` on failure."""
     loop = asyncio.get_running_loop()
-    with map_broker_errors(_CONNECT_ERRORS, f"connecting to Redis at {_describe(address)}"):
+    what = f"Redis at {_describe(address)} is unreachable: connecting"
+    with map_broker_errors(_CONNECT_ERRORS, what):
         async with asyncio.timeout(timeout):
             if address.path is not None:
                 _, protocol = await loop.create_unix_connection(RespConnection, address.path)
