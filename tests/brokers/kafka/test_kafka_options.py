@@ -64,6 +64,6 @@ def _free_port() -> int:
 async def test_connect_timeout_bounds_connect() -> None:
     broker = KafkaMessageBroker(f"127.0.0.1:{_free_port()}", connect_timeout=0.5, timeout=30)
     started = time.monotonic()
-    with pytest.raises(BrokerUnavailableError, match="Kafka at .* is unreachable: connecting"):
+    with pytest.raises(BrokerUnavailableError, match=r"Kafka at .* is unreachable: connecting"):
         await broker.connect()
     assert time.monotonic() - started < 10
