@@ -41,14 +41,17 @@ def mask_url(url: str) -> str:
     scheme, separator, rest = url.partition("://")
     if not separator:
         scheme, rest = "", url
-    # The user info ends at the last "@" before the query: a password with an unescaped "/",
-    # "@", "?" or "#" in it is still hidden (a path with "@" in it may be masked too).
+    # The user info ends at the last "@": a password with an unescaped "/", "@", "?" or "#" in
+    # it is still hidden. When that "@" is in what looks like the query, it ends the user info
+    # only if a "user:" comes before any "/", "?" or "#"; otherwise the last "@" before the
+    # query does. Hiding too much (a query value with "@" in it) beats leaking a password.
     head_end = min((i for i in (rest.find("?"), rest.find("#")) if i != -1), default=len(rest))
-    at = rest.rfind("@", 0, head_end)
-    if at == -1:  # a password with a "?" or "#" in it looks like the start of the query
-        at = rest.rfind("@")
-        if ":" not in rest[: max(at, 0)]:
-            at = -1
+    at = rest.rfind("@")
+    if at > head_end:
+        colon = rest.find(":")
+        first_delimiter = min((i for i in map(rest.find, "/?#") if i != -1), default=len(rest))
+        if colon == -1 or colon > first_delimiter:
+            at = rest.rfind("@", 0, head_end)
     userinfo = ""
     if at != -1:
         user, colon, _password = rest[:at].partition(":")
