@@ -22,5 +22,45 @@ mypy --strict
 echo "== mkdocs build --strict"
 export NO_MKDOCS_2_WARNING=1
 mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
-echo "== pytest"
-python -m pytest "$@"
+# The suite runs as two pytest processes side by side: the "slow" part (the chaos suite and
+# the multi-process tests, which mostly wait on child processes and private servers) and the
+# rest. `--fast` runs only the rest, the quick default while developing. Other arguments go to
+# both pytest runs.
+SLOW=(tests/chaos tests/brokers/shared)
+FAST_ONLY=0
+if [ "${1:-}" = "--fast" ]; then
+  FAST_ONLY=1
+  shift
+fi
+ignore=()
+for path in "${SLOW[@]}"; do ignore+=("--ignore=$path"); done
+
+for arg in "$@"; do
+  if [ -e "${arg%%::*}" ]; then # paths or node ids given: run just those, in one process
+    echo "== pytest $*"
+    exec python -m pytest "$@"
+  fi
+done
+
+if [ "$FAST_ONLY" = 1 ]; then
+  echo "== pytest (fast part: all but ${SLOW[*]})"
+  exec python -m pytest "${ignore[@]}" "$@"
+fi
+
+echo "== pytest (two parts side by side: ${SLOW[*]} | the rest)"
+slow_log=$(mktemp "${TMPDIR:-/tmp}/repid-slow.XXXXXX.log")
+python -m pytest "${SLOW[@]}" "$@" >"$slow_log" 2>&1 &
+slow_pid=$!
+set +e
+python -m pytest "${ignore[@]}" "$@"
+fast_status=$?
+wait "$slow_pid"
+slow_status=$?
+set -e
+echo "== pytest, slow part (${SLOW[*]})"
+cat "$slow_log"
+rm -f "$slow_log"
+if [ "$fast_status" -ne 0 ] || [ "$slow_status" -ne 0 ]; then
+  echo "pytest failed: fast part exit $fast_status, slow part exit $slow_status" >&2
+  exit 1
+fi
