@@ -160,9 +160,10 @@ class Lanes(Processing, Health):
                 await self._process(lane, delivery)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # a bug in repid itself must not kill the lane
-                logger.exception("unexpected error processing message %s", delivery.key.id_)
-                await self._settle("reject", delivery)
+            except Exception as exc:  # a bug in repid itself must not kill the lane
+                await self._broken(delivery, exc)
+            finally:
+                self._settled.discard(id(delivery))
             lane.current = None
             self._count_processed()
             since_yield += 1

@@ -180,6 +180,7 @@ class Processing(Settling):
         if params.result is None and message is None and not params.delay.is_recurring:
             # The common case: nothing to store, just acknowledge.
             self.succeeded += 1
+            self._settled.add(id(delivery))
             try:
                 await self.broker.ack(delivery)
             except Exception:

@@ -91,5 +91,8 @@ class Runner(Lanes, Supervisors):
         task = asyncio.current_task()
         assert task is not None
         lane.task = task
-        await self._process(lane, delivery)
+        try:
+            await self._process(lane, delivery)
+        finally:
+            self._settled.discard(id(delivery))
         self._count_processed()

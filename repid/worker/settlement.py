@@ -28,6 +28,7 @@ from repid.worker.outcome import (
     Snoozed,
     Succeeded,
     Unrecorded,
+    dead_letter,
     decide,
 )
 from repid.worker.state import Lane, logger
@@ -46,6 +47,7 @@ class Settling(Execution):
         If it failed, the broker still owns the message and will deliver it again
         (lease expiry / unacked redelivery): nothing is lost, a duplicate is possible.
         """
+        self._settled.add(id(delivery))  # even if it fails: the broker owns the message again
         try:
             await getattr(self.broker, how)(delivery, *args)
         except Exception:
@@ -91,6 +93,21 @@ class Settling(Execution):
                     await self._event(EventKind.DEAD_LETTERED, delivery, None, error)
             case Leave():
                 pass
+
+    async def _broken(self, delivery: Delivery, error: Exception) -> None:
+        """repid's own code raised while handling `delivery`: dead-letter it (`internal_error`)
+        unless the broker was already told what to do with it, never reject it in a loop."""
+        logger.error("unexpected error processing message %s", delivery.key.id_, exc_info=error)
+        if id(delivery) in self._settled:
+            return
+        try:
+            settlement: Settlement = dead_letter(
+                delivery.parameters, DeadLetterReason.INTERNAL_ERROR, error
+            )
+            await self._apply(delivery, settlement)
+        except Exception:
+            logger.exception("dead-lettering message %s failed; returning it", delivery.key.id_)
+            await self._settle("reject", delivery)
 
     async def _dead_letter(
         self,

@@ -139,6 +139,8 @@ class RunnerState:
         self._stop_taking: Callable[[], Awaitable[None]] | None = None
         self._health: HealthCheckServer | None = None
         self._events = connection.events
+        self._settled: set[int] = set()
+        """`id()` of the deliveries being processed that the broker was already told about."""
         # Limits are shared by every worker of the broker where the broker can share them
         # (the in-memory broker within its process, brokers with shared state), else per worker.
         shared = actor_limits_of(raw)
