@@ -23,6 +23,7 @@ class Health(RunnerState):
         await self._health.start()
 
     def _set_health(self, healthy: bool) -> None:
+        self.healthy = healthy
         if self._health is not None:
             from repid.health_check_server import HealthCheckStatus
 

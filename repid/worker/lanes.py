@@ -10,8 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from repid.brokers.base import Delivery
-from repid.errors import ConsumerClosedError
-from repid.worker.health import Health
+from repid.worker.outage import PROBE_WAIT, Outages, Source
 from repid.worker.processing import Processing
 from repid.worker.state import DrainedError, Lane, logger
 
@@ -20,10 +19,8 @@ YIELD_EVERY = 32
 DRAIN_WAIT = 0.1
 """In drain mode, how long a lane waits for a ready message before deciding a queue is empty."""
 
-Source = Callable[[], Awaitable[Delivery]]
 
-
-class Lanes(Processing, Health):
+class Lanes(Processing, Outages):
     """Takes deliveries from the broker and processes them, `tasks_limit` at a time."""
 
     async def _open_sources(self, stack: contextlib.AsyncExitStack) -> Source:
@@ -34,16 +31,25 @@ class Lanes(Processing, Health):
             await consumer.start()
             stack.push_async_callback(consumer.finish)
             self._consumers.append(consumer)
+        for consumer in self._consumers:
+            self._probes[consumer.consume] = _probe(consumer, PROBE_WAIT)
         if self.drain:
             consumers = list(self._consumers)
 
-            async def take_ready() -> Delivery:
+            async def fetch_ready() -> list[Delivery]:
                 for consumer in consumers:
                     batch: list[Delivery] = await consumer.fetch(1, DRAIN_WAIT)
                     if batch:
-                        return batch[0]
+                        return batch
+                return []
+
+            async def take_ready() -> Delivery:
+                batch = await fetch_ready()
+                if batch:
+                    return batch[0]
                 raise DrainedError
 
+            self._probes[take_ready] = fetch_ready
             return take_ready
         if len(self._consumers) == 1:
             consume: Source = self._consumers[0].consume
@@ -88,49 +94,6 @@ class Lanes(Processing, Health):
         self._stop_taking = stop_pumps
         stack.push_async_callback(stop_pumps)
         return take
-
-    async def _guarded_consume(
-        self, consume: Source, error: Exception | None = None
-    ) -> Delivery | None:
-        """Consume, surviving broker errors with backoff; None when the consumer is closed.
-
-        `error` is a failure the caller already got from `consume()`. While failing, the health
-        check says UNHEALTHY; it turns healthy again as soon as a `consume()` call has been
-        waiting for a second without failing (an idle worker recovers too).
-        """
-        backoff = 0.1
-        while error is not None:
-            if isinstance(error, ConsumerClosedError) or self._stop.is_set():
-                return None
-            logger.error("consuming failed (%r); retrying in %.1fs", error, backoff)
-            self._set_health(False)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
-            attempt = asyncio.ensure_future(consume())
-            try:
-                done, _ = await asyncio.wait({attempt}, timeout=1.0)
-                if not done:
-                    self._set_health(True)
-                    logger.info("consuming works again")
-                delivery = await attempt
-            except asyncio.CancelledError:
-                if attempt.done() and not attempt.cancelled() and attempt.exception() is None:
-                    await asyncio.shield(self._settle("reject", attempt.result()))
-                attempt.cancel()
-                raise
-            except ConsumerClosedError:
-                return None
-            except Exception as exc:
-                error = exc
-            else:
-                self._set_health(True)
-                return delivery
-        try:
-            return await consume()
-        except ConsumerClosedError:
-            return None
-        except Exception as exc:
-            return await self._guarded_consume(consume, exc)
 
     async def _lane(self, lane: Lane, source: Source) -> None:
         since_yield = 0
@@ -191,3 +154,11 @@ class Lanes(Processing, Health):
             for task in pending:
                 task.cancel()
             await asyncio.wait(pending)
+
+
+def _probe(consumer: Any, wait: float) -> Callable[[], Awaitable[list[Delivery]]]:
+    async def probe() -> list[Delivery]:
+        batch: list[Delivery] = await consumer.fetch(1, wait)
+        return batch
+
+    return probe

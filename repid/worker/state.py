@@ -139,6 +139,12 @@ class RunnerState:
         self._stop_taking: Callable[[], Awaitable[None]] | None = None
         self._health: HealthCheckServer | None = None
         self._events = connection.events
+        self.healthy = True
+        """False from the first failure to consume until the broker answers again."""
+        self._outages: dict[object, asyncio.Event] = {}
+        """Sources whose outage a lane leads: set when its probe reached the broker."""
+        self._probes: dict[object, Callable[[], Awaitable[list[Delivery]]]] = {}
+        """How to probe each source (a short `fetch`) while its broker is unreachable."""
         self._settled: set[int] = set()
         """`id()` of the deliveries being processed that the broker was already told about."""
         # Limits are shared by every worker of the broker where the broker can share them
