@@ -66,6 +66,10 @@ class DeadLetterReason(enum.StrEnum):
     TIMEOUT = "timeout"
     EXPIRED = "expired"
     MANUAL = "manual"
+    SCHEDULE_ERROR = "schedule_error"
+    """The next run of a recurring job cannot be computed (bad cron, croniter missing, ...)."""
+    INTERNAL_ERROR = "internal_error"
+    """repid's own code failed while settling the message."""
 
 
 @runtime_checkable
@@ -394,6 +398,8 @@ def next_tick(delay: DelayProperties, now: datetime) -> datetime | None:
         return nxt
     if delay.defer_by is not None:
         step = delay.defer_by.total_seconds()
+        if not step > 0:
+            raise ValueError(f"deferred_by must be a positive interval, got {delay.defer_by}")
         previous = delay.next_execution_time or now
         elapsed = now.timestamp() - previous.timestamp()
         if elapsed < 0:

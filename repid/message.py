@@ -8,6 +8,7 @@ message is read-only.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +24,7 @@ from repid.retry_policy import RetryPolicyT, default_retry_policy_factory, retry
 if TYPE_CHECKING:
     from repid.brokers.base import Delivery, MessageBrokerT
 
-__all__ = ["Message", "MessageDependency", "MessageReadOnlyError"]
+__all__ = ["Message", "MessageDecision", "MessageDependency", "MessageReadOnlyError"]
 
 _DEFAULT_POLICY = default_retry_policy_factory()
 
@@ -143,6 +144,27 @@ class Message:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class MessageDecision:
+    """What an actor decided through its `MessageDependency` (read by the worker).
+
+    Attributes:
+        settled: the actor settled the message itself; the worker does not settle it again.
+        outcome: how it was settled ("ack", "nack", "reject", "retry", "reschedule"), or None.
+        result_set: `set_result` was called; `result` replaces the actor's return value.
+        result: the value given to `set_result`.
+        exception: the exception given to `set_exception` (the job is recorded as failed).
+        callbacks: the functions given to `add_callback`, in order.
+    """
+
+    settled: bool = False
+    outcome: str | None = None
+    result_set: bool = False
+    result: Any = None
+    exception: BaseException | None = None
+    callbacks: tuple[Callable[[], Any], ...] = ()
+
+
 class MessageDependency(Message):
     """Annotate an actor parameter with this type to receive the message being processed.
 
@@ -177,3 +199,15 @@ class MessageDependency(Message):
     def add_callback(self, fn: Callable[[], Any]) -> None:
         """Call `fn()` (sync or async) once the message has been settled."""
         self._callbacks.append(fn)
+
+    @property
+    def decision(self) -> MessageDecision:
+        """A snapshot of what the actor decided so far (settlement, result, exception)."""
+        return MessageDecision(
+            self.read_only,
+            self.outcome,
+            self._result_set,
+            self._result,
+            self._exception,
+            tuple(self._callbacks),
+        )

@@ -106,20 +106,28 @@ async def enqueue_raw(
 
 
 class FlakyConsumer:
-    """Wraps a consumer; `consume()` raises ConnectionError while its broker says it is down."""
+    """Wraps a consumer; `consume()` and `fetch()` (the worker's outage probe) raise
+    ConnectionError while its broker says it is down, like a dropped connection."""
 
     def __init__(self, inner: Any, broker: FlakyBroker) -> None:
         self._inner = inner
         self._broker = broker
 
-    async def consume(self) -> Any:
+    def _reach(self) -> None:
         broker = self._broker
         broker.consume_calls += 1
         if broker.down or broker.consume_failures > 0:
             broker.consume_failures = max(0, broker.consume_failures - 1)
             broker.failed_consumes += 1
             raise ConnectionError("connection to the broker was dropped")
+
+    async def consume(self) -> Any:
+        self._reach()
         return await self._inner.consume()
+
+    async def fetch(self, max_count: int, timeout: float = 0.0) -> Any:
+        self._reach()
+        return await self._inner.fetch(max_count, timeout)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)

@@ -1,0 +1,297 @@
+"""Applying the outcome policy: store the result, tell the broker (`outcome.decide`), count,
+emit the lifecycle events and run the message's callbacks."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import traceback
+from typing import Any
+
+from repid.brokers.base import Delivery
+from repid.data import DeadLetterReason, ResultBucket
+from repid.lifecycle import EventKind, JobCancelledError, Snooze
+from repid.message import MessageDecision, MessageDependency
+from repid.router import ActorData
+from repid.worker.execution import Execution
+from repid.worker.outcome import (
+    Ack,
+    Cancelled,
+    DeadLetter,
+    Failed,
+    Leave,
+    Outcome,
+    Refused,
+    Reject,
+    Requeue,
+    Settlement,
+    Snoozed,
+    Succeeded,
+    Unrecorded,
+    dead_letter,
+    decide,
+)
+from repid.worker.state import Lane, logger
+
+
+def _decision(message: MessageDependency | None) -> MessageDecision | None:
+    return None if message is None else message.decision
+
+
+class Settling(Execution):
+    """Turns the end of a run into its settlement on the broker."""
+
+    async def _settle(self, how: str, delivery: Delivery, *args: Any) -> None:
+        """Call one settlement on the broker; a failure is logged, never fatal.
+
+        If it failed, the broker still owns the message and will deliver it again
+        (lease expiry / unacked redelivery): nothing is lost, a duplicate is possible.
+        """
+        self._settled.add(id(delivery))  # even if it fails: the broker owns the message again
+        try:
+            await getattr(self.broker, how)(delivery, *args)
+        except Exception:
+            logger.exception(
+                "%s of message %s failed; the broker will deliver it again", how, delivery.key.id_
+            )
+        if how == "reject":
+            self.rejected += 1
+
+    async def _conclude(
+        self, delivery: Delivery, actor: ActorData | None, outcome: Outcome
+    ) -> Settlement:
+        """Decide the settlement of `outcome` and apply it."""
+        settlement = decide(delivery, actor, outcome)
+        await self._apply(delivery, settlement)
+        return settlement
+
+    async def _apply(self, delivery: Delivery, settlement: Settlement) -> None:
+        match settlement:
+            case Ack():
+                await self._settle("ack", delivery)
+            case Reject():
+                await self._settle("reject", delivery)
+            case Requeue(parameters=parameters, policy_error=policy_error):
+                if policy_error is not None:
+                    logger.error(
+                        "retry policy of %s raised; retrying at once",
+                        delivery.key.topic,
+                        exc_info=policy_error,
+                    )
+                await self._settle("requeue", delivery, None, parameters)
+            case DeadLetter(parameters=parameters, info=info, error=error):
+                logger.warning(
+                    "message %s (%s) dead-lettered: %s%s",
+                    delivery.key.id_,
+                    delivery.key.topic,
+                    info.reason,
+                    f": {info.error_message}" if info.error_message else "",
+                )
+                self.dead_lettered += 1
+                await self._settle("nack", delivery, parameters)
+                if self._events.active:
+                    await self._event(EventKind.DEAD_LETTERED, delivery, None, error)
+            case Leave():
+                pass
+
+    async def _broken(self, delivery: Delivery, error: Exception) -> None:
+        """repid's own code raised while handling `delivery`: dead-letter it (`internal_error`)
+        unless the broker was already told what to do with it, never reject it in a loop."""
+        logger.error("unexpected error processing message %s", delivery.key.id_, exc_info=error)
+        if id(delivery) in self._settled:
+            return
+        try:
+            settlement: Settlement = dead_letter(
+                delivery.parameters, DeadLetterReason.INTERNAL_ERROR, error
+            )
+            await self._apply(delivery, settlement)
+        except Exception:
+            logger.exception("dead-lettering message %s failed; returning it", delivery.key.id_)
+            await self._settle("reject", delivery)
+
+    async def _dead_letter(
+        self,
+        delivery: Delivery,
+        reason: DeadLetterReason,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> None:
+        await self._conclude(delivery, None, Refused(reason, message, exc))
+
+    async def _store_result(self, delivery: Delivery, bucket: ResultBucket) -> None:
+        result = delivery.parameters.result
+        broker = self.connection.results_bucket_broker
+        if result is None or broker is None:
+            return
+        bucket.ttl = result.ttl
+        await broker.store_bucket(result.id_, bucket)
+
+    async def _snoozed(self, delivery: Delivery, snooze: Snooze) -> None:
+        logger.info("message %s snoozed for %s", delivery.key.id_, snooze.delay)
+        self.snoozed += 1
+        await self._conclude(delivery, None, Snoozed(snooze.delay))
+        if self._events.active:
+            await self._event(EventKind.SNOOZED, delivery)
+
+    async def _cancelled(self, lane: Lane, delivery: Delivery, started: int) -> None:
+        lane.cancel_requested = False
+        task = lane.task
+        while task.cancelling():
+            task.uncancel()
+        logger.info("message %s cancelled while running", delivery.key.id_)
+        self.cancelled += 1
+        exc = JobCancelledError("the job was cancelled while it ran", "JobCancelledError", None)
+        try:
+            await self._store_result(
+                delivery,
+                ResultBucket(
+                    "null",
+                    False,
+                    started,
+                    time.time_ns(),
+                    exception="JobCancelledError: the job was cancelled while it ran",
+                    exception_type="JobCancelledError",
+                ),
+            )
+        except Exception:
+            logger.exception("storing the cancellation of %s failed", delivery.key.id_)
+        await self._conclude(delivery, None, Cancelled())
+        if self.cancellation is not None:
+            try:
+                await self.cancellation.cancel_finished(delivery.key.id_)
+            except Exception:
+                logger.exception("clearing the cancel request of %s failed", delivery.key.id_)
+        if self._events.active:
+            await self._event(EventKind.CANCELLED, delivery, started, exc)
+
+    async def _timed_out(
+        self,
+        lane: Lane,
+        delivery: Delivery,
+        actor: ActorData,
+        started: int,
+        message: MessageDependency | None,
+    ) -> None:
+        lane.timed_out = False
+        task = lane.task
+        while task.cancelling():
+            task.uncancel()
+        exc = TimeoutError(
+            f"actor {actor.name!r} exceeded its timeout of {delivery.parameters.execution_timeout}"
+        )
+        await self._failed(delivery, actor, exc, DeadLetterReason.TIMEOUT, started, message)
+
+    async def _interrupted(
+        self,
+        lane: Lane,
+        delivery: Delivery,
+        actor: ActorData,
+        started: int,
+        message: MessageDependency | None,
+    ) -> None:
+        if lane.timed_out:
+            await self._timed_out(lane, delivery, actor, started, message)
+        else:
+            await self._cancelled(lane, delivery, started)
+
+    async def _succeeded(
+        self,
+        delivery: Delivery,
+        actor: ActorData,
+        result: Any,
+        started: int,
+        message: MessageDependency | None,
+    ) -> None:
+        self.succeeded += 1
+        params = delivery.parameters
+        decision = _decision(message)
+        if params.result is not None:
+            if decision is not None and decision.result_set:
+                result = decision.result
+            try:
+                data = actor.converter.convert_outputs(result)
+            except Exception as exc:
+                await self._failed(
+                    delivery, actor, exc, DeadLetterReason.EXCEPTION, started, message
+                )
+                return
+            try:
+                await self._store_result(
+                    delivery, ResultBucket(data, True, started, time.time_ns())
+                )
+            except Exception:
+                # The outcome is not durably recorded: leave the message to be delivered again.
+                logger.exception("storing the result of %s failed", delivery.key.id_)
+                await self._conclude(delivery, actor, Unrecorded())
+                return
+        await self._conclude(delivery, actor, Succeeded(decision))
+        if self._events.active:
+            await self._event(EventKind.SUCCEEDED, delivery, started)
+        if message is not None:
+            await self._callbacks(message)
+
+    async def _failed(
+        self,
+        delivery: Delivery,
+        actor: ActorData,
+        exc: BaseException,
+        reason: DeadLetterReason,
+        started: int,
+        message: MessageDependency | None,
+    ) -> None:
+        self.failed += 1
+        params = delivery.parameters
+        if self._events.active:
+            await self._event(EventKind.FAILED, delivery, started or None, exc)
+        decision = _decision(message)
+        settlement = decide(delivery, actor, Failed(exc, reason, decision))
+        if isinstance(settlement, Leave):
+            logger.warning(
+                "actor %s raised after settling message %s itself: %r",
+                actor.name,
+                delivery.key.id_,
+                exc,
+            )
+        elif isinstance(settlement, Requeue) and settlement.why == "retry":
+            logger.info(
+                "actor %s failed on attempt %d of message %s (%r); retrying",
+                actor.name,
+                params.attempt,
+                delivery.key.id_,
+                exc,
+            )
+            self.retried += 1
+            await self._apply(delivery, settlement)
+            if self._events.active:
+                await self._event(EventKind.RETRIED, delivery, started or None, exc)
+        else:
+            failure = ResultBucket(
+                "null",
+                False,
+                started or time.time_ns(),
+                time.time_ns(),
+                exception="".join(traceback.format_exception(exc)),
+                exception_type=type(exc).__name__,
+            )
+            try:
+                await self._store_result(delivery, failure)
+            except Exception:
+                logger.exception("storing the failure of %s failed", delivery.key.id_)
+            if isinstance(settlement, Requeue):  # a recurring job's next tick
+                logger.error(
+                    "recurring job %s failed (%r); it runs again at its next tick",
+                    delivery.key.id_,
+                    exc,
+                )
+            await self._apply(delivery, settlement)
+        if message is not None:
+            await self._callbacks(message)
+
+    async def _callbacks(self, message: MessageDependency) -> None:
+        for callback in message.decision.callbacks:
+            try:
+                result = callback()
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:
+                logger.exception("message callback raised; ignored")

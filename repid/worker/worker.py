@@ -1,0 +1,156 @@
+"""`Worker`: a router that consumes the queues of its actors, routes each message to its actor
+and settles the outcome; `run()` starts one `Runner`."""
+
+from __future__ import annotations
+
+import math
+import signal
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from repid.errors import ConfigurationError
+from repid.lifecycle import HEARTBEAT_INTERVAL
+from repid.router import Router, RouterDefaults
+from repid.worker.runner import Runner
+
+if TYPE_CHECKING:
+    from repid.connection import Connection
+    from repid.health_check_server import HealthCheckServerSettings
+
+__all__ = ["Worker"]
+
+
+class Worker(Router):
+    """Runs actors for the messages of the queues its actors listen on.
+
+    Args:
+        routers: routers whose actors this worker runs (a worker is itself a router too).
+        graceful_shutdown_time: seconds running actors get to finish after a stop signal; then
+            they are cancelled and their messages returned to the queue (no attempt counted).
+        messages_limit: stop after processing this many messages.
+        tasks_limit: at most this many actors run at once (also the broker prefetch).
+        handle_signals: signals that start a graceful shutdown (default SIGINT, SIGTERM).
+        router_defaults: defaults of the actors registered on the worker directly.
+        auto_declare: declare every queue the actors use when `run()` starts.
+        run_health_check_server: serve an HTTP health endpoint while running.
+        health_check_server_settings: address, port and path of that endpoint.
+        heartbeat_interval: seconds between the heartbeats that list this worker as live
+            (`Connection.live_workers`); a worker silent for 3 intervals (15 s by default) is
+            considered gone.
+    """
+
+    def __init__(
+        self,
+        routers: Iterable[Router] | None = None,
+        *,
+        graceful_shutdown_time: float = 25.0,
+        messages_limit: int | float = math.inf,
+        tasks_limit: int = 1000,
+        handle_signals: Sequence[signal.Signals] | None = None,
+        router_defaults: RouterDefaults | None = None,
+        auto_declare: bool = True,
+        run_health_check_server: bool = False,
+        health_check_server_settings: HealthCheckServerSettings | None = None,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
+        _connection: Connection | None = None,
+    ) -> None:
+        super().__init__(defaults=router_defaults)
+        for router in routers or ():
+            self.include_router(router)
+        if graceful_shutdown_time < 0:
+            raise ConfigurationError("graceful_shutdown_time must be >= 0")
+        if messages_limit <= 0:
+            raise ConfigurationError("messages_limit must be > 0")
+        if tasks_limit < 1:
+            raise ConfigurationError("tasks_limit must be >= 1")
+        if not heartbeat_interval > 0:
+            raise ConfigurationError("heartbeat_interval must be > 0")
+        self.heartbeat_interval = heartbeat_interval
+        self.graceful_shutdown_time = graceful_shutdown_time
+        self.messages_limit = messages_limit
+        self.tasks_limit = tasks_limit
+        self.handle_signals = (
+            [signal.SIGINT, signal.SIGTERM] if handle_signals is None else list(handle_signals)
+        )
+        self.auto_declare = auto_declare
+        self.run_health_check_server = run_health_check_server
+        self.health_check_server_settings = health_check_server_settings
+        self._connection = _connection
+        self._runner: Runner | None = None
+        self._stop_requested = False
+
+    @property
+    def connection(self) -> Connection:
+        if self._connection is not None:
+            return self._connection
+        from repid.main import Repid
+
+        return Repid.get_magic_connection()
+
+    @property
+    def bound_connection(self) -> Connection | None:
+        """The connection given to this worker, if any (else it uses the default one)."""
+        return self._connection
+
+    @property
+    def queues(self) -> list[str]:
+        """Names of the queues the worker's actors listen on."""
+        return sorted({actor.queue for actor in self.actors.values()})
+
+    async def declare_all_queues(self) -> None:
+        broker = self.connection.message_broker
+        for name in self.queues:
+            await broker.queue_declare(name)
+
+    async def run(self, *, drain: bool = False) -> Runner:
+        """Consume until `messages_limit` messages are processed or a stop signal arrives.
+
+        Args:
+            drain: process what is ready now and return once the worker's queues have no
+                ready message left (CI jobs, cron-style runs). Delayed messages that are not
+                due yet are left for later.
+
+        Returns the runner, whose counters (`processed`, ...) describe what happened.
+        """
+        for actor in self.actors.values():  # fail at start-up, not on the first message
+            prepare = getattr(actor.converter, "prepare", None)
+            if prepare is not None:
+                prepare()
+        connection = self.connection
+        if not connection.is_open:
+            await connection.connect()
+        if self.auto_declare:
+            await self.declare_all_queues()
+        runner = Runner(self, connection, drain=drain)
+        self._runner = runner
+        if self._stop_requested:
+            runner.request_stop()
+        try:
+            await runner.run()
+        finally:
+            self._stop_requested = False
+        if runner.crashed is not None:
+            raise RuntimeError("a worker lane crashed (a bug in repid)") from runner.crashed
+        return runner
+
+    @property
+    def health_check_port(self) -> int | None:
+        """The port the health check server is bound to while `run()` runs, else None.
+
+        Useful with `HealthCheckServerSettings(port=0)`. The same port serves `/metrics` when the
+        connection uses `PrometheusMiddleware`.
+        """
+        runner = self._runner
+        server = None if runner is None else runner._health
+        if server is None:
+            return None
+        try:
+            return server.port
+        except RuntimeError:  # stopped
+            return None
+
+    def stop(self) -> None:
+        """Start a graceful shutdown (like receiving SIGTERM); also works before `run()` starts."""
+        self._stop_requested = True
+        if self._runner is not None:
+            self._runner.request_stop()
