@@ -48,9 +48,9 @@ def mask_url(url: str) -> str:
     head_end = min((i for i in (rest.find("?"), rest.find("#")) if i != -1), default=len(rest))
     at = rest.rfind("@")
     if at > head_end:
-        colon = rest.find(":")
+        user_end = rest.find(":")
         first_delimiter = min((i for i in map(rest.find, "/?#") if i != -1), default=len(rest))
-        if colon == -1 or colon > first_delimiter:
+        if user_end == -1 or user_end > first_delimiter:
             at = rest.rfind("@", 0, head_end)
     userinfo = ""
     if at != -1:
