@@ -23,6 +23,7 @@ from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
 from repid._executor import DaemonThreadPool
+from repid.brokers import base
 from repid.brokers.base import Delivery
 from repid.data import DEFAULT_TIMEOUT, DeadLetterInfo, DeadLetterReason, ResultBucket
 from repid.dependencies import resolve_dependency
@@ -321,12 +322,11 @@ class Runner:
                         self._lane_states.append(lane)
                     self._lanes = [lane.task for lane in self._lane_states]
                     helpers = [self._start_watchdog()]
-                    if getattr(self.broker, "cancelled_ids", None) is not None:
-                        helpers.append(self._start_cancel_watcher())
-                    if getattr(self.broker, "heartbeat", None) is not None:
-                        helpers.append(await self._start_heartbeat())
-                    renewal = self._start_lease_renewal()
-                    if renewal is not None:
+                    if (cancellation := base.cancellation_of(self.broker)) is not None:
+                        helpers.append(self._start_cancel_watcher(cancellation))
+                    if (registry := base.worker_registry_of(self.broker)) is not None:
+                        helpers.append(await self._start_heartbeat(registry))
+                    if (renewal := self._start_lease_renewal()) is not None:
                         helpers.append(renewal)
                     try:
                         await self._stop.wait()
@@ -604,7 +604,7 @@ class Runner:
 
         return asyncio.create_task(watch(), name="repid-timeout-watchdog")
 
-    async def _start_heartbeat(self) -> asyncio.Task[None]:
+    async def _start_heartbeat(self, registry: base.SupportsWorkerRegistry) -> asyncio.Task[None]:
         """Register this worker in the broker's registry and keep it fresh until it stops."""
         host = socket.gethostname()
         worker_id = f"{host}:{os.getpid()}:{new_id()[:8]}"
@@ -624,23 +624,23 @@ class Runner:
                 time.time(),
             )
 
-        await self.broker.heartbeat(info())
+        await registry.heartbeat(info())
 
         async def beat() -> None:
             try:
                 while True:
                     await asyncio.sleep(self.worker.heartbeat_interval)
                     try:
-                        await self.broker.heartbeat(info())
+                        await registry.heartbeat(info())
                     except Exception:
                         logger.exception("heartbeat failed; will retry")
             finally:
                 with contextlib.suppress(Exception):
-                    await asyncio.shield(self.broker.unregister_worker(worker_id))
+                    await asyncio.shield(registry.unregister_worker(worker_id))
 
         return asyncio.create_task(beat(), name="repid-heartbeat")
 
-    def _start_cancel_watcher(self) -> asyncio.Task[None]:
+    def _start_cancel_watcher(self, cancellation: base.SupportsCancellation) -> asyncio.Task[None]:
         """Cancel running actors whose jobs were cancelled (`Job.cancel`) on any producer."""
 
         async def watch() -> None:
@@ -654,7 +654,7 @@ class Runner:
                 if not running:
                     continue
                 try:
-                    requested = await self.broker.cancelled_ids(list(running))
+                    requested = await cancellation.cancelled_ids(list(running))
                 except Exception:
                     logger.exception("checking for cancelled jobs failed; will retry")
                     continue
