@@ -1,9 +1,6 @@
-"""Redis broker: Streams with a consumer group per queue, one stream per priority.
-
-Delayed messages wait in a sorted set and are moved to their stream by a Lua script; a delivery
-is a pending stream entry whose idle time is its lease (renewed while the actor runs, reclaimed
-with XAUTOCLAIM once expired); dead letters live in their own stream. Every multi-key change is
-one Lua script (`scripts.lua`), so it is atomic. Needs `pip install repid[redis]`.
+"""Redis broker: Streams with a consumer group per queue, one stream per priority, delays in a
+sorted set, leases reclaimed with XAUTOCLAIM, every multi-key change one Lua script
+(`scripts.lua`). Design: docs/internals.md, "The Redis broker". Needs `pip install repid[redis]`.
 """
 
 from __future__ import annotations
