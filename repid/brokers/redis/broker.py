@@ -12,7 +12,13 @@ from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
-from repid.brokers.base import BrokerCapabilities, ConnectionPolicy, Delivery, OutgoingMessage
+from repid.brokers.base import (
+    BrokerCapabilities,
+    ConnectionPolicy,
+    Delivery,
+    OutgoingMessage,
+    poll_bucket,
+)
 from repid.brokers.redis._client import Arg, RedisAddress, RedisReplyError, encode_head
 from repid.brokers.redis._link import DEFAULT_POLICY, SCRIPTS, Link
 from repid.brokers.redis._workers import WorkersAndLimits
@@ -519,15 +525,6 @@ class RedisBucketBroker:
         Polls with a short backoff (2 ms, growing to 50 ms): a result is seen at most 50 ms
         after it is stored, at a cost of at most 20 small reads a second per waiter.
         """
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        pause = 0.002
-        while True:
-            bucket = await self.get_bucket(id_)
-            if bucket is not None:
-                return bucket
-            if deadline is not None and loop.time() >= deadline:
-                return None
-            wait = pause if deadline is None else min(pause, max(0.0, deadline - loop.time()))
-            await asyncio.sleep(wait)
-            pause = min(pause * 2, 0.05)
+        return await poll_bucket(
+            lambda: self.get_bucket(id_), timeout, first_pause=0.002, max_pause=0.05
+        )
