@@ -7,6 +7,7 @@ import os
 
 __all__ = [
     "TARGET_HELP",
+    "URL_ENV",
     "add_connection_options",
     "non_negative_float",
     "positive_int",
@@ -49,35 +50,33 @@ def queue_list(text: str) -> list[str]:
     return names
 
 
+URL_ENV = {
+    "broker": "REPID_BROKER_URL",
+    "results": "REPID_RESULTS_URL",
+    "state": "REPID_STATE_URL",
+}
+"""The URL options and the environment variables that give their defaults (URLs carry
+passwords: the environment is readable only by the same user, a command line by every user)."""
+
+_URL_HELP = {
+    "broker": "broker URL: memory://, redis://host:port/db, amqp://user:pass@host/vhost or "
+    "kafka://host:port (env {env})",
+    "results": "redis:// URL of the results bucket for --broker amqp:// or kafka:// "
+    "(env {env}; redis:// brokers use their own server)",
+    "state": "redis:// URL of the shared state for --broker amqp:// or kafka:// (unique ids, "
+    "cancellations, limits, live workers across processes; ?prefix=... sets the key "
+    "prefix; env {env})",
+}
+
+
 def add_connection_options(parser: argparse.ArgumentParser) -> None:
     """`--app`, `--broker`, `--results`, `--state`: where a command finds its connection."""
     group = parser.add_argument_group("connection (default: the target's own Repid app)")
     group.add_argument("--app", metavar="MODULE:APP", help="a Repid app whose connection to use")
-    group.add_argument(
-        "--broker",
-        metavar="URL",
-        default=os.environ.get("REPID_BROKER_URL"),
-        help=(
-            "broker URL: memory://, redis://host:port/db, amqp://user:pass@host/vhost or "
-            "kafka://host:port (env REPID_BROKER_URL)"
-        ),
-    )
-    group.add_argument(
-        "--results",
-        metavar="URL",
-        default=os.environ.get("REPID_RESULTS_URL"),
-        help=(
-            "redis:// URL of the results bucket for --broker amqp:// or kafka:// "
-            "(env REPID_RESULTS_URL; redis:// brokers use their own server)"
-        ),
-    )
-    group.add_argument(
-        "--state",
-        metavar="URL",
-        default=os.environ.get("REPID_STATE_URL"),
-        help=(
-            "redis:// URL of the shared state for --broker amqp:// or kafka:// (unique ids, "
-            "cancellations, limits, live workers across processes; ?prefix=... sets the key "
-            "prefix; env REPID_STATE_URL)"
-        ),
-    )
+    for option, env in URL_ENV.items():
+        group.add_argument(
+            f"--{option}",
+            metavar="URL",
+            default=os.environ.get(env),
+            help=_URL_HELP[option].format(env=env),
+        )

@@ -15,6 +15,7 @@ from typing import Any
 from repid._redact import mask_urls
 from repid.cli.options import (
     TARGET_HELP,
+    URL_ENV,
     add_connection_options,
     non_negative_float,
     positive_int,
@@ -261,14 +262,6 @@ def child_command(args: argparse.Namespace) -> list[str]:
     return command
 
 
-_URL_ENV = {
-    "broker": "REPID_BROKER_URL",
-    "results": "REPID_RESULTS_URL",
-    "state": "REPID_STATE_URL",
-}
-"""Where a supervised child finds each URL option: its environment, not its argv."""
-
-
 def child_env(args: argparse.Namespace) -> dict[str, str]:
     """The URL options of the children, as environment variables.
 
@@ -277,7 +270,7 @@ def child_env(args: argparse.Namespace) -> dict[str, str]:
     """
     return {
         variable: getattr(args, option)
-        for option, variable in _URL_ENV.items()
+        for option, variable in URL_ENV.items()
         if getattr(args, option)
     }
 
