@@ -44,9 +44,10 @@ class Connection:
             raise ConfigurationError(
                 "results_bucket_broker must be created with use_result_bucket=True"
             )
-        self.raw_message_broker = message_broker
-        self.raw_args_bucket_broker = args_bucket_broker
-        self.raw_results_bucket_broker = results_bucket_broker
+        self.raw_message_broker: MessageBrokerT = message_broker
+        """The broker as given, without middleware instrumentation."""
+        self.raw_args_bucket_broker: BucketBrokerT | None = args_bucket_broker
+        self.raw_results_bucket_broker: BucketBrokerT | None = results_bucket_broker
         self.middleware = MiddlewareDispatcher()
         self.message_broker: MessageBrokerT = message_broker
         """The broker every call goes through: `raw_message_broker`, instrumented by the
