@@ -31,8 +31,6 @@ class Subcommand(Protocol):
 SUBCOMMANDS: tuple[Subcommand, ...] = (run, describe, queues, dead, enqueue_command)
 """Every subcommand module, in the order of `repid --help`: the one place to register one."""
 
-Handler = Callable[[argparse.Namespace], int] | Callable[[argparse.Namespace], Awaitable[int]]
-
 
 def build_parser() -> argparse.ArgumentParser:
     """The `repid` parser: global options and every subcommand of `SUBCOMMANDS`."""
@@ -98,15 +96,13 @@ def _logging(level: str, *, libraries: bool) -> Iterator[None]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `repid` command; returns the exit status (errors: one line on stderr, 1)."""
     args = build_parser().parse_args(argv)
-    handler: Handler = args.handler
-    long_running = not inspect.iscoroutinefunction(handler)
-    with _logging(args.log_level, libraries=long_running):
+    handler = args.handler
+    one_shot = inspect.iscoroutinefunction(handler)
+    with _logging(args.log_level, libraries=not one_shot):
         try:
-            if inspect.iscoroutinefunction(handler):
+            if one_shot:
                 return asyncio.run(_one_shot(handler, args))
-            status = handler(args)
-            assert isinstance(status, int)
-            return status
+            return int(handler(args))
         except (RepidError, ValueError) as exc:
             if args.traceback:
                 sys.stderr.write(mask_urls(traceback.format_exc()))
