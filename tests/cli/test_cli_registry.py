@@ -12,26 +12,30 @@ import repid.cli.app
 from repid.cli import SUBCOMMANDS, main
 
 
-def test_every_registered_parser_is_bound_to_a_handler() -> None:
-    seen = []
+def _registered() -> list[tuple[str, argparse.ArgumentParser]]:
+    """Every (name, parser) the modules of SUBCOMMANDS add, in order."""
+    found = []
     for module in SUBCOMMANDS:
         subparsers = argparse.ArgumentParser().add_subparsers()
         module.add_parser(subparsers)
-        for name, parser in subparsers.choices.items():
-            assert callable(parser.get_default("handler")), name
-            seen.append(name)
-    assert seen == ["run", "asyncapi", "queues", "declare", "workers", "dead", "enqueue"]
+        found += list(subparsers.choices.items())
+    return found
+
+
+def test_every_registered_parser_is_bound_to_a_handler() -> None:
+    for name, parser in _registered():
+        assert callable(parser.get_default("handler")), name
+    names = [name for name, _ in _registered()]
+    assert names == ["run", "asyncapi", "queues", "declare", "workers", "dead", "enqueue"]
 
 
 def test_only_run_owns_the_process() -> None:
     """A plain-function handler owns the process (and shows client libraries' logs)."""
-    owners = []
-    for module in SUBCOMMANDS:
-        subparsers = argparse.ArgumentParser().add_subparsers()
-        module.add_parser(subparsers)
-        for name, parser in subparsers.choices.items():
-            if not inspect.iscoroutinefunction(parser.get_default("handler")):
-                owners.append(name)
+    owners = [
+        name
+        for name, parser in _registered()
+        if not inspect.iscoroutinefunction(parser.get_default("handler"))
+    ]
     assert owners == ["run"]
 
 
