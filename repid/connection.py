@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
 
-from repid.brokers.base import BucketBrokerT, MessageBrokerT
+from repid.brokers.base import BucketBrokerT, MessageBrokerT, worker_registry_of
 from repid.errors import BrokerError, ConfigurationError
 from repid.lifecycle import EventDispatcher, EventHandler, EventKind, WorkerInfo
 from repid.middlewares import (
@@ -45,13 +44,16 @@ class Connection:
             raise ConfigurationError(
                 "results_bucket_broker must be created with use_result_bucket=True"
             )
-        self.raw_message_broker = message_broker
-        self.raw_args_bucket_broker = args_bucket_broker
-        self.raw_results_bucket_broker = results_bucket_broker
+        self.raw_message_broker: MessageBrokerT = message_broker
+        """The broker as given, without middleware instrumentation."""
+        self.raw_args_bucket_broker: BucketBrokerT | None = args_bucket_broker
+        self.raw_results_bucket_broker: BucketBrokerT | None = results_bucket_broker
         self.middleware = MiddlewareDispatcher()
-        self.message_broker: Any = message_broker
-        self.args_bucket_broker: Any = args_bucket_broker
-        self.results_bucket_broker: Any = results_bucket_broker
+        self.message_broker: MessageBrokerT = message_broker
+        """The broker every call goes through: `raw_message_broker`, instrumented by the
+        middlewares once `use_middlewares` is called."""
+        self.args_bucket_broker: BucketBrokerT | None = args_bucket_broker
+        self.results_bucket_broker: BucketBrokerT | None = results_bucket_broker
         self.is_open = False
         self.events = EventDispatcher()
         """Job lifecycle event handlers (see `on_event`)."""
@@ -80,11 +82,12 @@ class Connection:
         Raises:
             BrokerError: the broker does not keep a worker registry.
         """
-        live = getattr(self.raw_message_broker, "live_workers", None)
-        if live is None:
+        registry = worker_registry_of(self.raw_message_broker)
+        if registry is None:
             raise BrokerError(f"{type(self.raw_message_broker).__name__} keeps no worker registry")
-        workers: list[WorkerInfo] = await (live() if stale_after is None else live(stale_after))
-        return workers
+        if stale_after is None:
+            return await registry.live_workers()
+        return await registry.live_workers(stale_after)
 
     def use_middlewares(self, dispatcher: MiddlewareDispatcher) -> None:
         """Route every broker call through `dispatcher` (done by `Repid`)."""

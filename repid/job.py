@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections.abc import Mapping
@@ -11,10 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic_core import from_json
 
-from repid.brokers.base import SupportsResultWait, cancellation_of
+from repid.brokers.base import BucketBrokerT, SupportsResultWait, cancellation_of, poll_bucket
 from repid.data import (
     DEFAULT_TIMEOUT,
     ArgsBucket,
+    BucketT,
     DelayProperties,
     Parameters,
     PrioritiesT,
@@ -406,21 +406,14 @@ async def cancel_job(connection: Connection, queue: str, job_id: str) -> CancelO
     return CancelOutcome(outcome)
 
 
-async def _wait_for_bucket(broker: Any, result_id: str, timeout: float | None) -> Any:
+async def _wait_for_bucket(
+    broker: BucketBrokerT, result_id: str, timeout: float | None
+) -> BucketT | None:
     if isinstance(broker, SupportsResultWait):
         return await broker.wait_bucket(result_id, timeout)
-    loop = asyncio.get_running_loop()
-    deadline = None if timeout is None else loop.time() + timeout
-    pause = 0.005
-    while True:
-        bucket = await broker.get_bucket(result_id)
-        if bucket is not None:
-            return bucket
-        if deadline is not None and loop.time() >= deadline:
-            return None
-        wait = pause if deadline is None else min(pause, max(0.0, deadline - loop.time()))
-        await asyncio.sleep(wait)
-        pause = min(pause * 2, 0.5)
+    return await poll_bucket(
+        lambda: broker.get_bucket(result_id), timeout, first_pause=0.005, max_pause=0.5
+    )
 
 
 def _unwrap_result(bucket: Any) -> Any:

@@ -14,7 +14,8 @@ affect the redelivered copy, and return `False`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar, runtime_checkable
 
@@ -46,6 +47,7 @@ __all__ = [
     "actor_limits_of",
     "cancellation_of",
     "inspection_of",
+    "poll_bucket",
     "worker_registry_of",
 ]
 
@@ -399,6 +401,30 @@ class SupportsResultWait(Protocol):
     async def wait_bucket(self, id_: str, timeout: float | None) -> BucketT | None: ...
 
 
+async def poll_bucket(
+    get: Callable[[], Awaitable[BucketT | None]],
+    timeout: float | None,
+    *,
+    first_pause: float,
+    max_pause: float,
+) -> BucketT | None:
+    """Call `get()` until it returns a bucket; None once `timeout` seconds have passed (None: no
+    limit). The pause between two calls doubles from `first_pause` up to `max_pause`, and never
+    runs past the deadline (the last call is made at it)."""
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    pause = first_pause
+    while True:
+        bucket = await get()
+        if bucket is not None:
+            return bucket
+        if deadline is not None and loop.time() >= deadline:
+            return None
+        wait = pause if deadline is None else min(pause, max(0.0, deadline - loop.time()))
+        await asyncio.sleep(wait)
+        pause = min(pause * 2, max_pause)
+
+
 def cancellation_of(broker: MessageBrokerT) -> SupportsCancellation | None:
     """`broker` as `SupportsCancellation` when it declares `cancellation`, else None."""
     if not broker.capabilities.cancellation:
@@ -437,6 +463,5 @@ def inspection_of(broker: MessageBrokerT) -> SupportsInspection | None:
 
 def _not_implemented(broker: object, capability: str, protocol: type) -> TypeError:
     return TypeError(
-        f"{type(broker).__name__} declares {capability} but does not implement "
-        f"{protocol.__name__}"
+        f"{type(broker).__name__} declares {capability} but does not implement {protocol.__name__}"
     )

@@ -16,6 +16,7 @@ from typing import Any, TextIO
 
 from pydantic_core import from_json
 
+from repid.brokers.base import SupportsInspection, inspection_of
 from repid.connection import Connection
 from repid.converter import ArgumentsError
 from repid.data import MessageCategory, PrioritiesT
@@ -99,12 +100,9 @@ async def _maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
 
-async def _counts(connection: Connection, queue: str) -> dict[str, int] | None:
-    counts = getattr(connection.raw_message_broker, "counts", None)
-    if counts is None:
-        return None
+async def _counts(inspection: SupportsInspection, queue: str) -> dict[str, int] | None:
     try:
-        result: dict[str, int] = await _maybe_await(counts(queue))
+        result: dict[str, int] = await _maybe_await(inspection.counts(queue))
     except QueueNotDeclaredError:
         return None
     return result
@@ -114,20 +112,19 @@ async def queue_sizes(connection: Connection, queues: Iterable[str] = ()) -> lis
     """Sizes of `queues` plus every queue the broker knows about, sorted by name.
 
     Raises:
-        CLIError: the broker cannot report sizes (only the in-memory broker can today).
+        CLIError: the broker cannot report sizes (it does not declare `inspection`).
     """
     from repid.cli.target import CLIError
 
     broker = connection.raw_message_broker
-    if getattr(broker, "counts", None) is None:
+    inspection = inspection_of(broker)
+    if inspection is None:
         raise CLIError(f"{type(broker).__name__} cannot report queue sizes")
     names = set(queues)
-    known = getattr(broker, "queue_names", None)
-    if known is not None:
-        names.update(await _maybe_await(known()))
+    names.update(await _maybe_await(inspection.queue_names()))
     out = []
     for name in sorted(names):
-        counts = await _counts(connection, name)
+        counts = await _counts(inspection, name)
         if counts is None:
             out.append(QueueSizes(name, declared=False))
         else:
@@ -176,7 +173,8 @@ async def list_dead(
 async def _settle_dead(
     connection: Connection, queue: str, how: str, label: str, stream: TextIO | None
 ) -> int:
-    counts = await _counts(connection, queue)
+    inspection = inspection_of(connection.raw_message_broker)
+    counts = None if inspection is None else await _counts(inspection, queue)
     progress = Progress(label, counts["dead"] if counts is not None else None, stream)
     try:
         async for message in _queue(connection, queue).get_messages(category=MessageCategory.DEAD):

@@ -1,24 +1,6 @@
-"""Shared state for the brokers that have none of their own (RabbitMQ, Kafka), kept in Redis.
-
-`RabbitMessageBroker(..., shared_state=RedisSharedState(dsn))` and the same for Kafka share
-through it what those brokers otherwise keep per process: unique ids, cancellation requests,
-per-actor limits and the worker registry. Keys (all under `prefix`):
-
-- `pending\\x1f<queue>\\x1f<id>`: a user-given id that is pending (SET NX, with a TTL); deleted
-  when its job is settled.
-- `cancels` (hash) and `cancels:v` (its version, incremented on every change):
-  `t\\x1f<queue>\\x1f<id>` -> "<expiry ms> <stamp>" cancels the waiting messages of that id
-  created at or before `stamp` (a *tombstone*); `f\\x1f<id>` -> "<expiry ms> 0" asks the
-  worker running job `id` to cancel it (a *flag*).
-- `answer\\x1f<id>`: set by the process that acts on a cancellation ("1": it runs the job,
-  "r": it has just finished it, "d": a consumer dropped its waiting message), read by `cancel()`.
-- `readers` (hash): process -> "<version of `cancels` it has read> <when, ms>".
-- `limit:<actor>:slots|starts`, `workers`, `workers:seen`: as the Redis broker's (same scripts).
-
-Every process keeps a mirror of `cancels`, reloaded when `cancels:v` changes (checked every
-`poll_interval` seconds), so consumers check tombstones and workers check flags without a Redis
-round trip per message. `cancel()` waits (at most `ANSWER_WITHIN`) until every live reader has
-reported the new version: from then on no consumer hands the job out.
+"""Shared state for the brokers that have none of their own (RabbitMQ, Kafka), kept in Redis:
+unique ids, cancellation requests, per-actor limits and the worker registry, shared by every
+process (`shared_state=RedisSharedState(dsn)`). Key layout: docs/internals.md, "Shared state".
 """
 
 from __future__ import annotations

@@ -1,51 +1,6 @@
-"""pytest plugin of repid (registered automatically through the `pytest11` entry point).
-
-Mark a test with `@pytest.mark.repid(...)` to run it against a fresh in-memory app in which
-`await job.enqueue()` runs the job's actor right away::
-
-    import pytest
-    from repid import Job, Router
-
-    router = Router()
-
-    @router.actor
-    async def add(a: int, b: int) -> int:
-        return a + b
-
-    @pytest.mark.repid(routers=[router])
-    async def test_add(repid_get_mocked_actor):
-        add_mock = repid_get_mocked_actor("add")
-        await Job("add", args={"a": 1, "b": "2"}).enqueue()
-        add_mock.assert_awaited_once_with(a=1, b=2)
-
-Marker arguments (all keyword-only):
-
-- `routers`: routers (or workers) whose actors run when their jobs are enqueued (default none).
-- `autoconnection` (default True): connect the app and make its connection the default
-  ("magic") connection for the test, so `Job(...)`, `Queue(...)` need no connection.
-  The previous default connection is restored after the test either way.
-- `declare_all_known_queues` (default True): declare every queue the routers' actors use.
-  With False, enqueuing into an undeclared queue raises `QueueNotDeclaredError` (a `KeyError`).
-
-The app is `Repid(Connection(TestMessageBroker(routers), args_bucket_broker=InMemoryBucketBroker(),
-results_bucket_broker=InMemoryBucketBroker(use_result_bucket=True)))` with an `EventRecorder`
-middleware. See `repid.testing.TestMessageBroker` for what runs at enqueue and what does not
-(deferred jobs and retries stay delayed until `run_pending()`).
-
-Fixtures (each also usable without the marker, with the default arguments):
-
-- `repid_app`: the `Repid` app; `repid_connection`: its `Connection`;
-  `repid_test_broker`: its `TestMessageBroker`.
-- `repid_get_event_log`: `() -> list[RecordedEvent]` (optionally filtered by an event name).
-- `repid_get_mocked_actor`: `(name) -> MagicMock` wrapping the actor (an `AsyncMock` for async
-  actors): calls are recorded, the real function still runs.
-- `repid_get_in_memory_queue`: `(name_or_queue) -> InMemoryQueueView` of the queue's contents.
-- `repid_declare_all_known_queues`: declares every queue of the routers' actors (the value is
-  the list of their names).
-
-Every fixture is synchronous (the in-memory operations never suspend), so the plugin works in
-sync and async tests alike, with any pytest-asyncio mode or loop scope, and costs nothing to tests
-that do not use it.
+"""pytest plugin of repid (registered through the `pytest11` entry point): the
+`@pytest.mark.repid(...)` marker and the `repid_*` fixtures, which give a test a fresh in-memory
+app in which `await job.enqueue()` runs the actor at once. Usage: docs/testing.md.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 
@@ -51,11 +52,10 @@ async def test_queue_sizes_reports_each_part_and_undeclared_queues(connection) -
 
 
 async def test_queue_sizes_needs_a_broker_that_counts() -> None:
-    class Silent(InMemoryMessageBroker):
-        counts = None  # type: ignore[assignment]
-
+    silent = InMemoryMessageBroker()  # a broker that declares no `inspection`
+    silent.capabilities = dataclasses.replace(silent.capabilities, inspection=False)
     with pytest.raises(CLIError, match="cannot report queue sizes"):
-        await queue_sizes(Connection(Silent()))
+        await queue_sizes(Connection(silent))
 
 
 async def test_list_dead_leaves_messages_in_place(connection) -> None:

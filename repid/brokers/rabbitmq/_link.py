@@ -109,12 +109,11 @@ class AmqpLink:
         connection = self.connection
         if connection is None:
             raise BrokerError("RabbitMessageBroker is not connected; call connect() first")
-        try:
-            await asyncio.wait_for(connection.ready(), self.policy.connect_timeout)
-        except TimeoutError:
-            raise BrokerUnavailableError(
-                f"RabbitMQ stayed unreachable for {self.policy.connect_timeout}s"
-            ) from None
+        timeout = self.policy.connect_timeout
+        with map_broker_errors(
+            _UNREACHABLE, f"RabbitMQ is unreachable: reconnecting (for {timeout}s)"
+        ):
+            await asyncio.wait_for(connection.ready(), timeout)
         transport = connection.transport
         if transport is None:
             raise BrokerUnavailableError("RabbitMQ connection is reconnecting")

@@ -23,9 +23,9 @@ from repid.brokers.redis._client import (
     RespConnection,
     open_connection,
 )
-from repid.errors import BrokerUnavailableError
+from repid.errors import BrokerUnavailableError, ErrorMap, map_broker_errors
 
-__all__ = ["DEFAULT_POLICY", "SCRIPTS", "Link", "Script"]
+__all__ = ["DEFAULT_POLICY", "NO_ANSWER", "SCRIPTS", "Link", "Script"]
 
 logger = logging.getLogger("repid.brokers.redis")
 
@@ -71,6 +71,9 @@ DEFAULT_POLICY = ConnectionPolicy(
     connect_timeout=5.0, operation_timeout=10.0, reconnect_backoff=0.05
 )
 """The Redis brokers' defaults: Redis answers in microseconds, so retry soon after a failure."""
+
+NO_ANSWER: ErrorMap = {TimeoutError: BrokerUnavailableError}
+"""A connected Redis that does not answer within the time-out is unreachable."""
 _MAX_BACKOFF = 1.0
 
 
@@ -128,13 +131,14 @@ class Link:
             conn = await open_connection(self.address, self.connect_timeout)
             if self._scripts:  # a restarted server has forgotten them
                 try:
-                    async with asyncio.timeout(self.connect_timeout):
-                        await asyncio.gather(
-                            *(conn.call("SCRIPT", "LOAD", s.body) for s in self._scripts)
-                        )
-                except TimeoutError:
+                    with map_broker_errors(NO_ANSWER, "Redis is unreachable: loading the scripts"):
+                        async with asyncio.timeout(self.connect_timeout):
+                            await asyncio.gather(
+                                *(conn.call("SCRIPT", "LOAD", s.body) for s in self._scripts)
+                            )
+                except BaseException:
                     conn.close()
-                    raise BrokerUnavailableError("Redis did not answer after connecting") from None
+                    raise
             if self._failures:
                 logger.info("reconnected to Redis")
                 self._failures = 0

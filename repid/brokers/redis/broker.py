@@ -1,9 +1,6 @@
-"""Redis broker: Streams with a consumer group per queue, one stream per priority.
-
-Delayed messages wait in a sorted set and are moved to their stream by a Lua script; a delivery
-is a pending stream entry whose idle time is its lease (renewed while the actor runs, reclaimed
-with XAUTOCLAIM once expired); dead letters live in their own stream. Every multi-key change is
-one Lua script (`scripts.lua`), so it is atomic. Needs `pip install repid[redis]`.
+"""Redis broker: Streams with a consumer group per queue, one stream per priority, delays in a
+sorted set, leases reclaimed with XAUTOCLAIM, every multi-key change one Lua script
+(`scripts.lua`). Design: docs/internals.md, "The Redis broker". Needs `pip install repid[redis]`.
 """
 
 from __future__ import annotations
@@ -15,7 +12,13 @@ from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
-from repid.brokers.base import BrokerCapabilities, ConnectionPolicy, Delivery, OutgoingMessage
+from repid.brokers.base import (
+    BrokerCapabilities,
+    ConnectionPolicy,
+    Delivery,
+    OutgoingMessage,
+    poll_bucket,
+)
 from repid.brokers.redis._client import Arg, RedisAddress, RedisReplyError, encode_head
 from repid.brokers.redis._link import DEFAULT_POLICY, SCRIPTS, Link
 from repid.brokers.redis._workers import WorkersAndLimits
@@ -522,15 +525,6 @@ class RedisBucketBroker:
         Polls with a short backoff (2 ms, growing to 50 ms): a result is seen at most 50 ms
         after it is stored, at a cost of at most 20 small reads a second per waiter.
         """
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        pause = 0.002
-        while True:
-            bucket = await self.get_bucket(id_)
-            if bucket is not None:
-                return bucket
-            if deadline is not None and loop.time() >= deadline:
-                return None
-            wait = pause if deadline is None else min(pause, max(0.0, deadline - loop.time()))
-            await asyncio.sleep(wait)
-            pause = min(pause * 2, 0.05)
+        return await poll_bucket(
+            lambda: self.get_bucket(id_), timeout, first_pause=0.002, max_pause=0.05
+        )

@@ -21,7 +21,7 @@ from repid.brokers.redis._client import (
     RespConnection,
     open_connection,
 )
-from repid.brokers.redis._link import SCRIPTS, Link
+from repid.brokers.redis._link import NO_ANSWER, SCRIPTS, Link
 from repid.codec import decode_message
 from repid.data import MessageCategory, Parameters, RoutingKey
 from repid.errors import (
@@ -29,6 +29,7 @@ from repid.errors import (
     ConsumerClosedError,
     DecodeError,
     QueueNotDeclaredError,
+    map_broker_errors,
 )
 
 __all__ = ["ConsumerBroker", "RedisConsumer", "key_names"]
@@ -386,11 +387,12 @@ class RedisConsumer(BaseConsumer):
             )
         self._fetched = True
         try:
-            async with asyncio.timeout(timeout + self._broker.link.timeout):
-                reply = await self._read_blocking(conn, count, timeout)
-        except TimeoutError:  # the server hangs: drop the connection, the caller retries
+            with map_broker_errors(NO_ANSWER, "Redis is unreachable: a blocking read"):
+                async with asyncio.timeout(timeout + self._broker.link.timeout):
+                    reply = await self._read_blocking(conn, count, timeout)
+        except BrokerUnavailableError:  # the server hangs: drop the connection, the caller retries
             conn.close()
-            raise BrokerUnavailableError("Redis did not answer a blocking read") from None
+            raise
         except RedisReplyError:
             # The queue was flushed or deleted under us (NOGROUP, UNBLOCKED): say which.
             await self._broker.require_declared(self.queue)

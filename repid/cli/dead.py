@@ -1,0 +1,61 @@
+"""`repid dead list|requeue|purge`: the dead letters of a queue."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from datetime import UTC, datetime
+
+from repid.cli.operations import list_dead, purge_dead, requeue_dead
+from repid.cli.options import TARGET_HELP, add_connection_options, positive_int
+from repid.cli.session import connect
+
+__all__ = ["add_parser", "command_dead"]
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `repid dead` and its three actions."""
+    dead = subparsers.add_parser(
+        "dead", help="list, requeue or purge dead letters", description="Manage dead letters."
+    )
+    dead.set_defaults(handler=command_dead)
+    actions = dead.add_subparsers(dest="dead_command", metavar="ACTION", required=True)
+    for name, text in (
+        ("list", "list the dead messages of QUEUE"),
+        ("requeue", "send every dead message of QUEUE back to work, with fresh retries"),
+        ("purge", "delete every dead message of QUEUE"),
+    ):
+        sub = actions.add_parser(name, help=text, description=text[0].upper() + text[1:])
+        sub.add_argument("queue", metavar="QUEUE")
+        sub.add_argument("target", metavar="TARGET", help=TARGET_HELP)
+        if name == "list":
+            sub.add_argument("--limit", type=positive_int, help="show at most this many")
+            sub.add_argument("--json", action="store_true", help="print JSON lines")
+        add_connection_options(sub)
+
+
+async def command_dead(args: argparse.Namespace) -> int:
+    """List, requeue or purge the dead letters of `args.queue`."""
+    _, connection = await connect(args)
+    if args.dead_command == "list":
+        letters = await list_dead(connection, args.queue, args.limit)
+        for letter in letters:
+            if args.json:
+                print(json.dumps(asdict(letter)))
+                continue
+            when = datetime.fromtimestamp(letter.dead_at, UTC).isoformat(timespec="seconds")
+            print(
+                f"{letter.id_}  {letter.actor}  {letter.reason}  attempts={letter.attempts}  "
+                f"{when}  {letter.error}".rstrip()
+            )
+        if not args.json:
+            print(f"{len(letters)} dead message(s) in {args.queue!r}", file=sys.stderr)
+    elif args.dead_command == "requeue":
+        count = await requeue_dead(connection, args.queue)
+        print(f"requeued {count} dead message(s) of {args.queue!r}")
+    else:
+        count = await purge_dead(connection, args.queue)
+        print(f"purged {count} dead message(s) of {args.queue!r}")
+    return 0

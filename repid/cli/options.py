@@ -1,0 +1,82 @@
+"""Argument types and option groups shared by the subcommands' parsers."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+__all__ = [
+    "TARGET_HELP",
+    "URL_ENV",
+    "add_connection_options",
+    "non_negative_float",
+    "positive_int",
+    "queue_list",
+]
+
+TARGET_HELP = (
+    "module:attr naming a Worker, a Router, a list of routers, a Repid app (its module's routers "
+    "are used) or a function returning one of these"
+)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """An argparse type: a number of seconds >= 0 (nan rejected)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value >= 0:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def queue_list(text: str) -> list[str]:
+    """An argparse type: comma-separated queue names, at least one."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("expected comma-separated queue names")
+    return names
+
+
+URL_ENV = {
+    "broker": "REPID_BROKER_URL",
+    "results": "REPID_RESULTS_URL",
+    "state": "REPID_STATE_URL",
+}
+"""The URL options and the environment variables that give their defaults (URLs carry
+passwords: the environment is readable only by the same user, a command line by every user)."""
+
+_URL_HELP = {
+    "broker": "broker URL: memory://, redis://host:port/db, amqp://user:pass@host/vhost or "
+    "kafka://host:port (env {env})",
+    "results": "redis:// URL of the results bucket for --broker amqp:// or kafka:// "
+    "(env {env}; redis:// brokers use their own server)",
+    "state": "redis:// URL of the shared state for --broker amqp:// or kafka:// (unique ids, "
+    "cancellations, limits, live workers across processes; ?prefix=... sets the key "
+    "prefix; env {env})",
+}
+
+
+def add_connection_options(parser: argparse.ArgumentParser) -> None:
+    """`--app`, `--broker`, `--results`, `--state`: where a command finds its connection."""
+    group = parser.add_argument_group("connection (default: the target's own Repid app)")
+    group.add_argument("--app", metavar="MODULE:APP", help="a Repid app whose connection to use")
+    for option, env in URL_ENV.items():
+        group.add_argument(
+            f"--{option}",
+            metavar="URL",
+            default=os.environ.get(env),
+            help=_URL_HELP[option].format(env=env),
+        )

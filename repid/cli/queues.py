@@ -1,0 +1,110 @@
+"""`repid queues`, `repid declare`, `repid workers`: look at and prepare the target's queues."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict
+
+from repid.cli.operations import queue_sizes
+from repid.cli.options import TARGET_HELP, add_connection_options
+from repid.cli.session import actors_of, connect
+from repid.cli.target import CLIError
+from repid.errors import BrokerError
+from repid.queue import Queue
+
+__all__ = ["add_parser", "command_declare", "command_queues", "command_workers"]
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `repid queues`, `repid declare` and `repid workers`."""
+    queues = subparsers.add_parser(
+        "queues",
+        help="show queue sizes",
+        description="Show ready, delayed, in-flight and dead messages per queue.",
+    )
+    queues.add_argument("target", metavar="TARGET", help=TARGET_HELP)
+    queues.add_argument("--json", action="store_true", help="print JSON")
+    add_connection_options(queues)
+    queues.set_defaults(handler=command_queues)
+
+    declare = subparsers.add_parser(
+        "declare",
+        help="declare the queues of the actors",
+        description="Declare every queue the target's actors use (and its delayed and dead "
+        "parts), as `repid run` does at start-up; a deployment step before producers start.",
+    )
+    declare.add_argument("target", metavar="TARGET", help=TARGET_HELP)
+    add_connection_options(declare)
+    declare.set_defaults(handler=command_declare)
+
+    workers = subparsers.add_parser(
+        "workers",
+        help="list live workers",
+        description="List the workers that heartbeat on the broker: queues, concurrency, "
+        "jobs in flight and when each was last heard from.",
+    )
+    workers.add_argument("target", metavar="TARGET", help=TARGET_HELP)
+    workers.add_argument("--json", action="store_true", help="print JSON")
+    add_connection_options(workers)
+    workers.set_defaults(handler=command_workers)
+
+
+async def command_queues(args: argparse.Namespace) -> int:
+    """Print the sizes of every queue an actor of the target listens on."""
+    target, connection = await connect(args)
+    listened = sorted({a.queue for a in actors_of(target.routers).values()})
+    sizes = await queue_sizes(connection, listened)
+    if args.json:
+        print(json.dumps([asdict(s) for s in sizes]))
+        return 0
+    header = ("QUEUE", "READY", "DELAYED", "IN_FLIGHT", "DEAD")
+    rows = [header] + [
+        (s.name, *(str(n) for n in (s.ready, s.delayed, s.in_flight, s.dead)))
+        if s.declared
+        else (s.name, "-", "-", "-", "-")
+        for s in sizes
+    ]
+    width = max(len(row[0]) for row in rows)
+    for row in rows:
+        print(row[0].ljust(width) + "".join(cell.rjust(10) for cell in row[1:]))
+    return 0
+
+
+async def command_declare(args: argparse.Namespace) -> int:
+    """Declare every queue an actor of the target listens on."""
+    target, connection = await connect(args)
+    names = sorted({a.queue for a in actors_of(target.routers).values()})
+    for name in names:
+        await Queue(name, _connection=connection).declare()
+        print(f"declared {name}")
+    return 0
+
+
+async def command_workers(args: argparse.Namespace) -> int:
+    """Print the live workers the broker knows of."""
+    _, connection = await connect(args)
+    try:
+        workers = await connection.live_workers()
+    except BrokerError as exc:
+        raise CLIError(str(exc)) from exc
+    if args.json:
+        print(json.dumps([asdict(w) for w in workers]))
+        return 0
+    now = time.time()
+    rows = [("WORKER", "QUEUES", "CONCURRENCY", "IN_FLIGHT", "LAST_SEEN")]
+    rows += [
+        (
+            w.id,
+            ",".join(w.queues),
+            str(w.concurrency),
+            str(w.in_flight),
+            f"{max(0.0, now - w.last_seen):.0f}s ago",
+        )
+        for w in workers
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    return 0
