@@ -74,7 +74,10 @@ class Supervisors(RunnerState):
                 time.time(),
             )
 
-        await registry.heartbeat(info())
+        try:
+            await registry.heartbeat(info())
+        except Exception:  # the broker may be down at start-up: the loop below retries
+            logger.exception("heartbeat failed; will retry")
 
         async def beat() -> None:
             try:

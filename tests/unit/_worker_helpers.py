@@ -61,13 +61,18 @@ async def magic_app(
 async def running(worker: Worker, timeout: float = TIMEOUT) -> AsyncIterator[asyncio.Task[Runner]]:
     """Run `worker` in a task for the block, then stop it gracefully and wait for it.
 
-    Yields only once the worker's runner exists, so that `worker.stop()` cannot be lost.
+    Yields only once the worker's runner exists, so that `worker.stop()` cannot be lost, and
+    its health check server (if it runs one) listens.
     """
     task = asyncio.create_task(worker.run())
+
+    def started() -> bool:
+        if worker._runner is None:
+            return False
+        return not worker.run_health_check_server or worker.health_check_port is not None
+
     try:
-        await wait_until(
-            lambda: worker._runner is not None or task.done(), timeout, "the worker to start"
-        )
+        await wait_until(lambda: started() or task.done(), timeout, "the worker to start")
         if task.done():
             task.result()  # raise what made it fail
         yield task

@@ -814,6 +814,43 @@ async def test_health_check_recovers_when_broker_returns_while_idle() -> None:
             await wait_until(healthy, 1.0, "the health check to recover")
 
 
+async def test_an_outage_is_led_by_one_lane_and_the_worker_stays_unhealthy_throughout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """1,000 lanes fail at once: one leads (one log line per backoff step), the rest wait."""
+    broker = FlakyBroker()
+    async with magic_app(broker):
+        await Queue().declare()
+        worker = make_worker(
+            run_health_check_server=True,
+            health_check_server_settings=HealthCheckServerSettings(address="127.0.0.1", port=0),
+        )
+        done = asyncio.Event()
+
+        @worker.actor
+        async def anything() -> None:
+            done.set()
+
+        broker.down = True
+        with caplog.at_level(logging.ERROR, logger="repid.worker"):
+            async with running(worker) as task:
+                port = health_port(worker)
+                runner = worker._runner
+                assert runner is not None
+                # Five failed probes of the leader: 0.1 + 0.2 + 0.4 + 0.8 + 1.6 s of backoff.
+                await wait_until(lambda: broker.failed_consumes >= 1000 + 5, what="probes")
+                assert await http_get_status(port) == 503
+                assert runner.healthy is False
+                broker.down = False
+                await Job("anything").enqueue()
+                await asyncio.wait_for(done.wait(), TIMEOUT)
+                assert runner.healthy is True
+                assert await http_get_status(port) == 200
+            assert not task.cancelled()
+    lines = [r for r in caplog.records if "consuming failed" in r.getMessage()]
+    assert 5 <= len(lines) <= 7, [r.getMessage() for r in lines]
+
+
 # -- crashes ---------------------------------------------------------------------------------
 
 

@@ -74,6 +74,9 @@ async def test_health_is_unhealthy_for_the_whole_outage_and_one_lane_logs_it(
         await _status_becomes(port, 200, "the worker to be healthy")
         runner = worker._runner
         assert runner is not None
+        while not await conn.live_workers():  # started up to its first heartbeat (no event)
+            assert not task.done(), "the worker ended early"
+            await asyncio.sleep(0.05)
 
         with caplog.at_level(logging.INFO):
             target = proxy.target
