@@ -52,6 +52,16 @@ _NO_RETRIES = RetriesProperties()
 _NO_DELAY = DelayProperties()
 
 
+_DURATION_NAMES = {
+    "deferred_by": "Deferred_by",
+    "timeout": "Execution timeout",
+    "ttl": "TTL",
+    "args_ttl": "Args_ttl",
+    "result_ttl": "Result_ttl",
+}
+_ID_NAMES = {"job id": "Job id", "args id": "Args_id", "result id": "Result_id"}
+
+
 def _duration(value: timedelta | float | None, what: str) -> timedelta | None:
     if value is None:
         return None
@@ -60,13 +70,20 @@ def _duration(value: timedelta | float | None, what: str) -> timedelta | None:
     if not isinstance(value, timedelta):
         raise ConfigurationError(f"{what} must be a timedelta, got {type(value).__name__}")
     if value < _ONE_SECOND:
-        raise ConfigurationError(f"{what} must be at least one second, got {value}")
+        # repid 1.6's sentence first, then what was given
+        raise ConfigurationError(
+            f"{_DURATION_NAMES.get(what, what)} must be greater than or equal to 1 second. "
+            f"Got {what}={value}."
+        )
     return value
 
 
 def _validate_id(value: str | None, what: str) -> str | None:
     if value is not None and (not isinstance(value, str) or _ID.fullmatch(value) is None):
-        raise ConfigurationError(f"{what} {value!r} is invalid: use letters, digits, _ and -")
+        raise ConfigurationError(
+            f"{_ID_NAMES.get(what, what)} must contain only letters, numbers, dashes and "
+            f"underscores. The {what} {value!r} is invalid."
+        )
     return value
 
 
@@ -99,6 +116,7 @@ class Job:
     __slots__ = (
         "_args_payload",
         "_connection",
+        "_created",
         "_last_id",
         "_last_result_id",
         "_priority",
@@ -144,13 +162,17 @@ class Job:
         serializer: SerializerT | None = None,
         _connection: Connection | None = None,
     ) -> None:
+        self._created = time.time()
         self.name = validate_name(name, "job name")
         self.queue = queue if isinstance(queue, Queue) else _queue(queue, _connection)
         self.priority = priority if type(priority) is PrioritiesT else PrioritiesT(priority)
         self._priority = int(self.priority)
         self.id_ = None if id_ is None else _validate_id(id_, "job id")
         if cron is not None and deferred_by is not None:
-            raise ConfigurationError("cron and deferred_by are mutually exclusive")
+            raise ConfigurationError(
+                "Usage of 'cron' AND 'deferred_by' together is prohibited. "
+                "(cron and deferred_by are mutually exclusive)"
+            )
         if cron is not None:
             _validate_cron(cron)
         if deferred_until is not None and deferred_until.tzinfo is None:
@@ -213,8 +235,9 @@ class Job:
 
     @property
     def is_overdue(self) -> bool:
-        """`deferred_until` has passed."""
-        return self.deferred_until is not None and self.deferred_until < datetime.now(tz=UTC)
+        """The job has a `ttl` and more than `ttl` has passed since the job was constructed
+        (repid 1.6). A job without `ttl` is never overdue."""
+        return self.ttl is not None and time.time() > self._created + self.ttl.total_seconds()
 
     @property
     def payload(self) -> str:

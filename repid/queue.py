@@ -20,13 +20,16 @@ _VALID_NAMES: set[str] = set()
 
 
 def validate_name(value: str, what: str) -> str:
-    """Names of actors and queues: `[a-zA-Z_][a-zA-Z0-9_-]*`."""
+    """Names of actors and queues: `[a-zA-Z_][a-zA-Z0-9_-]*`.
+
+    The error starts with repid 1.6's sentence (e.g. "Job name must start with ...").
+    """
     if value in _VALID_NAMES:
         return value
     if not isinstance(value, str) or _NAME.fullmatch(value) is None:
         raise ConfigurationError(
-            f"{what} {value!r} is invalid: it must start with a letter or underscore and contain "
-            "only letters, digits, underscores and dashes"
+            f"{what[:1].upper()}{what[1:]} must start with a letter or an underscore followed by "
+            f"letters, digits, dashes or underscores. The {what} {value!r} is invalid."
         )
     if len(_VALID_NAMES) < 10_000:
         _VALID_NAMES.add(value)
@@ -120,3 +123,6 @@ class Queue:
 
     def __repr__(self) -> str:
         return f"Queue(name={self.name!r})"
+
+    def __str__(self) -> str:
+        return f"Queue({self.name})"  # repid 1.6's text

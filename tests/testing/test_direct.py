@@ -233,7 +233,7 @@ async def test_enqueue_into_undeclared_queue_raises() -> None:
 
 @pytest.mark.repid(routers=[router], autoconnection=False)
 async def test_no_autoconnection(repid_app: Repid, repid_get_mocked_actor) -> None:
-    with pytest.raises(ValueError, match="no default connection"):
+    with pytest.raises(ValueError, match=r"Default connection isn't set\."):
         Repid.get_magic_connection()
     assert not repid_app.connection.is_open
     mock = repid_get_mocked_actor("add")
@@ -243,7 +243,7 @@ async def test_no_autoconnection(repid_app: Repid, repid_get_mocked_actor) -> No
 
 
 def test_unmarked_test_has_no_default_connection() -> None:
-    with pytest.raises(ValueError, match="no default connection"):
+    with pytest.raises(ValueError, match=r"Default connection isn't set\."):
         Repid.get_magic_connection()
 
 
@@ -275,7 +275,7 @@ async def test_environment_without_pytest_fixtures() -> None:
         add_mock.assert_awaited_once_with(a=1, b=1)
     finally:
         env.stop()
-    with pytest.raises(ValueError, match="no default connection"):
+    with pytest.raises(ValueError, match=r"Default connection isn't set\."):
         Repid.get_magic_connection()
 
 
