@@ -137,7 +137,9 @@ async def test_failing_actor_is_dead_lettered(repid_get_in_memory_queue) -> None
     assert dead.dead_letter is not None
     assert dead.dead_letter.reason == DeadLetterReason.EXCEPTION.value
     assert dead.dead_letter.error_type == "ZeroDivisionError"
-    messages = [m async for m in Queue().get_messages(category=MessageCategory.DEAD)]
+    messages = [
+        m async for m in Queue().get_messages(category=MessageCategory.DEAD, stop_when_empty=True)
+    ]
     assert [m.key.topic for m in messages] == ["boom"]
     result = await job.result
     assert result is not None
