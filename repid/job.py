@@ -37,7 +37,7 @@ from repid.lifecycle import (
 )
 from repid.main import Repid
 from repid.queue import Queue, validate_name
-from repid.serializer import Config, SerializerT, serialize_args
+from repid.serializer import Config, SerializerT, is_args_model, serialize_args
 
 if TYPE_CHECKING:
     from repid.connection import Connection
@@ -105,7 +105,8 @@ class Job:
         args_id: id of the args bucket (default: random) when args are stored in a bucket.
         args_ttl: lifetime of the args bucket.
         args: keyword arguments of the actor (JSON-serialisable; pydantic models, dataclasses,
-            datetimes and the like are accepted).
+            datetimes and the like are accepted), or a pydantic model or dataclass instance
+            whose fields are the keyword arguments (repid 1.6).
         use_args_bucketer: store the args in the args bucket broker (default: when it exists).
         result_id: id under which the result is stored (default: random per enqueue).
         result_ttl: lifetime of the stored result.
@@ -154,7 +155,7 @@ class Job:
         ttl: timedelta | None = None,
         args_id: str | None = None,
         args_ttl: timedelta | None = None,
-        args: Mapping[str, Any] | None = None,
+        args: Mapping[str, Any] | Any | None = None,
         use_args_bucketer: bool | None = None,
         result_id: str | None = None,
         result_ttl: timedelta | None = _ONE_DAY,
@@ -189,9 +190,15 @@ class Job:
         self.ttl = None if ttl is None else _duration(ttl, "ttl")
         self.args_id = None if args_id is None else _validate_id(args_id, "args id")
         self.args_ttl = None if args_ttl is None else _duration(args_ttl, "args_ttl")
-        if args is not None and type(args) is not dict and not isinstance(args, Mapping):
+        if (
+            args is not None
+            and type(args) is not dict
+            and not isinstance(args, Mapping)
+            and not is_args_model(args)
+        ):
             raise ConfigurationError(
-                f"args must be a mapping of keyword arguments, got {type(args).__name__}"
+                "args must be a mapping of keyword arguments (or a pydantic model or dataclass "
+                f"instance), got {type(args).__name__}"
             )
         self.args = args
         self.use_args_bucketer = use_args_bucketer
