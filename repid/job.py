@@ -459,6 +459,9 @@ def _unwrap_result(bucket: Any) -> Any:
     if bucket.success:
         return from_json(bucket.data) if bucket.data else None
     error = JobCancelledError if bucket.exception_type == "JobCancelledError" else JobFailedError
+    if bucket.traceback is not None:  # 1.6 layout: data = str(exception), traceback apart
+        message = bucket.data or f"job failed ({bucket.exception_type})"
+        raise error(message, bucket.exception_type, bucket.traceback)
     lines = (bucket.exception or "").strip().splitlines()
     message = lines[-1] if lines else f"job failed ({bucket.exception_type})"
     head, sep, rest = message.partition(": ")

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from repid import Connection, Job, Queue, Repid, Router, Worker
+from repid import Connection, Job, JobFailedError, Queue, Repid, ResultBucket, Router, Worker
 
 RUN = 20.0
 """Seconds a worker run may take before the test fails."""
@@ -99,8 +99,11 @@ async def test_var_positional_actor_gets_the_values(q: Queue) -> None:
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "needs worker: the failure ResultBucket must be written with data=str(exc) and "
-        "exception=type(exc).__name__ (today data='null' and exception=the traceback text)"
+        "needs worker: in Runner's failure path (worker.py, `failure = ResultBucket(...)`) "
+        "write ResultBucket(str(exc), False, started or time.time_ns(), time.time_ns(), "
+        "exception=type(exc).__name__, exception_type=type(exc).__name__, "
+        "traceback=''.join(traceback.format_exception(exc))) instead of data='null' and "
+        "exception=<traceback text>"
     ),
 )
 async def test_failed_actor_result(q: Queue) -> None:
@@ -118,6 +121,33 @@ async def test_failed_actor_result(q: Queue) -> None:
     assert result.success is False
     assert result.data == "card declined"
     assert result.exception == "ValueError"
+
+
+async def test_wait_reads_a_failure_stored_as_16_did(q: Queue, conn: Connection) -> None:
+    """The 1.6 layout the worker is to write: `Job.wait()` still raises the actor's error."""
+    j = Job("fails", queue=q, store_result=True, result_id="r1")
+    await j.enqueue()
+    failure = ResultBucket(
+        "card declined",
+        False,
+        1,
+        2,
+        exception="ValueError",
+        exception_type="ValueError",
+        traceback="Traceback (most recent call last):\nValueError: card declined\n",
+    )
+    await conn.results_bucket_broker.store_bucket("r1", failure)
+    stored = await j.result
+    assert stored is not None
+    assert (stored.data, stored.exception, stored.traceback) == (
+        "card declined",
+        "ValueError",
+        failure.traceback,
+    )
+    with pytest.raises(JobFailedError, match=r"^card declined$") as caught:
+        await j.wait(timeout=5.0)
+    assert caught.value.exception_type == "ValueError"
+    assert caught.value.details == failure.traceback
 
 
 @pytest.mark.xfail(

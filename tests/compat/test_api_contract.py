@@ -23,15 +23,48 @@ from repid import (
     default_retry_policy_factory,
 )
 
-TOP_LEVEL = (
-    "Repid Connection Job Queue Message MessageCategory Router RouterDefaults Worker PrioritiesT "
-    "RetryPolicyT default_retry_policy_factory SerializerT default_serializer Config "
-    "BasicConverter DefaultConverter PydanticConverter Depends MessageDependency "
-    "HealthCheckServer HealthCheckServerSettings HealthCheckStatus logger InMemoryMessageBroker "
-    "InMemoryBucketBroker RedisMessageBroker RedisBucketBroker RabbitMessageBroker "
-    "KafkaMessageBroker MessageBrokerT ConsumerT BucketBrokerT RoutingKeyT ParametersT BucketT "
-    "ResultBucketT GetEventLogT GetInMemoryQueueT GetMockedActorT"
-).split()
+TOP_LEVEL = [
+    "Repid",
+    "Connection",
+    "Job",
+    "Queue",
+    "Message",
+    "MessageCategory",
+    "Router",
+    "RouterDefaults",
+    "Worker",
+    "PrioritiesT",
+    "RetryPolicyT",
+    "default_retry_policy_factory",
+    "SerializerT",
+    "default_serializer",
+    "Config",
+    "BasicConverter",
+    "DefaultConverter",
+    "PydanticConverter",
+    "Depends",
+    "MessageDependency",
+    "HealthCheckServer",
+    "HealthCheckServerSettings",
+    "HealthCheckStatus",
+    "logger",
+    "InMemoryMessageBroker",
+    "InMemoryBucketBroker",
+    "RedisMessageBroker",
+    "RedisBucketBroker",
+    "RabbitMessageBroker",
+    "KafkaMessageBroker",
+    "MessageBrokerT",
+    "ConsumerT",
+    "BucketBrokerT",
+    "RoutingKeyT",
+    "ParametersT",
+    "BucketT",
+    "ResultBucketT",
+    "GetEventLogT",
+    "GetInMemoryQueueT",
+    "GetMockedActorT",
+]
 
 
 @pytest.mark.parametrize("name", TOP_LEVEL)
