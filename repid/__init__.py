@@ -65,6 +65,7 @@ from repid.worker import Runner, Worker
 
 if TYPE_CHECKING:  # imported on first use (see `__getattr__`): a worker of another broker
     from repid.brokers.memory.broker import InMemoryBucketBroker, InMemoryMessageBroker
+    from repid.testing import GetEventLogT, GetInMemoryQueueT, GetMockedActorT
 
 __version__ = "2.0.0.dev0"
 
@@ -94,6 +95,9 @@ __all__ = [
     "Delivery",
     "Depends",
     "EventKind",
+    "GetEventLogT",
+    "GetInMemoryQueueT",
+    "GetMockedActorT",
     "HealthCheckServer",
     "HealthCheckServerSettings",
     "HealthCheckStatus",
@@ -146,6 +150,9 @@ _LAZY = {
     "HealthCheckServer": "repid.health_check_server",
     "HealthCheckServerSettings": "repid.health_check_server",
     "HealthCheckStatus": "repid.health_check_server",
+    "GetEventLogT": "repid.testing",
+    "GetInMemoryQueueT": "repid.testing",
+    "GetMockedActorT": "repid.testing",
 }
 
 

@@ -98,6 +98,20 @@ class Connection:
             self.raw_results_bucket_broker, dispatcher
         )
 
+    def update_from_config(self) -> None:
+        """Tell each broker that has an `update_from_config()` method to re-read `Config`.
+
+        Called by `Repid(connection, update_config=True)` (repid 1.6).
+        """
+        for broker in (
+            self.raw_message_broker,
+            self.raw_args_bucket_broker,
+            self.raw_results_bucket_broker,
+        ):
+            update = getattr(broker, "update_from_config", None)
+            if callable(update):
+                update()
+
     async def connect(self) -> Connection:
         """Connect every broker; idempotent."""
         if self.is_open:

@@ -73,12 +73,50 @@ def _positional_only(params: list[inspect.Parameter]) -> list[tuple[str, Any]]:
     return [(p.name, p.default) for p in params if p.kind is inspect.Parameter.POSITIONAL_ONLY]
 
 
+class _VarPositional:
+    """How an actor with `*args` (and no `**kwargs`) receives a payload, as in repid 1.6: its
+    named parameters by position, then the values of the other keys, in payload order."""
+
+    __slots__ = ("before", "named")
+
+    def __init__(self, params: list[inspect.Parameter]) -> None:
+        kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        self.before = [(p.name, p.default) for p in params if p.kind in kinds]
+        self.named = {
+            p.name
+            for p in params
+            if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        }
+
+    @staticmethod
+    def of(params: list[inspect.Parameter]) -> _VarPositional | None:
+        kinds = {p.kind for p in params}
+        if inspect.Parameter.VAR_POSITIONAL in kinds and inspect.Parameter.VAR_KEYWORD not in kinds:
+            return _VarPositional(params)
+        return None
+
+    def split(self, kwargs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+        args: list[Any] = []
+        for name, default in self.before:
+            if name in kwargs:
+                args.append(kwargs.pop(name))
+            elif default is not inspect.Parameter.empty:
+                args.append(default)
+            else:
+                return args, kwargs  # a required one is missing: the call raises TypeError
+        extra = [key for key in kwargs if key not in self.named]
+        args.extend(kwargs.pop(key) for key in extra)
+        return args, kwargs
+
+
 class BasicConverter:
     """Decodes the JSON payload and passes the values through unchecked."""
 
     def __init__(self, fn: Callable[..., Any]) -> None:
         self.fn = fn
-        self._positional_only = _positional_only(_plain_parameters(fn))
+        params = _plain_parameters(fn)
+        self._positional_only = _positional_only(params)
+        self._var_positional = _VarPositional.of(params)
 
     def convert_inputs(self, payload: str) -> tuple[list[Any], dict[str, Any]]:
         if not payload:
@@ -89,6 +127,8 @@ class BasicConverter:
             raise ArgumentsError(f"payload is not valid JSON: {exc}") from exc
         if not isinstance(data, dict):
             raise ArgumentsError("payload must be a JSON object of keyword arguments")
+        if self._var_positional is not None:
+            return self._var_positional.split(data)
         if self._positional_only:
             return _split_positional(self._positional_only, data), data
         return [], data
@@ -121,9 +161,13 @@ class PydanticConverter:
         self.fn = fn
         self._params = _plain_parameters(fn)
         self._positional_only = _positional_only(self._params)
+        self._var_positional = _VarPositional.of(self._params)
         self._no_params = not self._params
         self._fields: dict[str, tuple[Any, bool]] | None = None
-        self._extra_allowed = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in self._params)
+        self._extra_allowed = any(
+            p.kind in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+            for p in self._params
+        )
         self._adapter: TypeAdapter[dict[str, Any]] | None = None
         self._validator: SchemaValidator | TypeAdapter[dict[str, Any]] | None = None
         with contextlib.suppress(ConfigurationError):  # retried at start-up and on first use
@@ -211,6 +255,8 @@ class PydanticConverter:
             kwargs: dict[str, Any] = validator.validate_json(payload or "{}")
         except ValidationError as exc:
             raise ArgumentsError(str(exc)) from exc
+        if self._var_positional is not None:
+            return self._var_positional.split(kwargs)
         if self._positional_only:
             return _split_positional(self._positional_only, kwargs), kwargs
         return [], kwargs

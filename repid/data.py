@@ -456,7 +456,9 @@ class ArgsBucket:
 class ResultBucket:
     """The outcome of an actor run: `data` is the JSON-encoded return value.
 
-    `started_when`/`finished_when` are epoch nanoseconds (as in repid 1.6).
+    `started_when`/`finished_when` are epoch nanoseconds (as in repid 1.6). A failure written
+    as repid 1.6 did has `data` = `str(exception)`, `exception` = the exception's class name and
+    the formatted traceback in `traceback`.
     """
 
     data: str
@@ -467,6 +469,7 @@ class ResultBucket:
     exception_type: str | None = None
     ttl: timedelta | None = None
     timestamp: float = field(default_factory=time.time)
+    traceback: str | None = None
 
     def encode(self) -> str:
         from pydantic_core import to_json
@@ -474,6 +477,7 @@ class ResultBucket:
         return to_json(
             {
                 "k": "result",
+                "traceback": self.traceback,
                 "data": self.data,
                 "success": self.success,
                 "started_when": self.started_when,
@@ -499,4 +503,5 @@ class ResultBucket:
             exception_type=obj.get("exception_type"),
             ttl=_td(obj.get("ttl")),
             timestamp=obj.get("ts", 0.0),
+            traceback=obj.get("traceback"),
         )

@@ -37,7 +37,7 @@ from repid.lifecycle import (
 )
 from repid.main import Repid
 from repid.queue import Queue, validate_name
-from repid.serializer import Config, SerializerT, serialize_args
+from repid.serializer import Config, SerializerT, is_args_model, serialize_args
 
 if TYPE_CHECKING:
     from repid.connection import Connection
@@ -52,6 +52,16 @@ _NO_RETRIES = RetriesProperties()
 _NO_DELAY = DelayProperties()
 
 
+_DURATION_NAMES = {
+    "deferred_by": "Deferred_by",
+    "timeout": "Execution timeout",
+    "ttl": "TTL",
+    "args_ttl": "Args_ttl",
+    "result_ttl": "Result_ttl",
+}
+_ID_NAMES = {"job id": "Job id", "args id": "Args_id", "result id": "Result_id"}
+
+
 def _duration(value: timedelta | float | None, what: str) -> timedelta | None:
     if value is None:
         return None
@@ -60,13 +70,20 @@ def _duration(value: timedelta | float | None, what: str) -> timedelta | None:
     if not isinstance(value, timedelta):
         raise ConfigurationError(f"{what} must be a timedelta, got {type(value).__name__}")
     if value < _ONE_SECOND:
-        raise ConfigurationError(f"{what} must be at least one second, got {value}")
+        # repid 1.6's sentence first, then what was given
+        raise ConfigurationError(
+            f"{_DURATION_NAMES.get(what, what)} must be greater than or equal to 1 second. "
+            f"Got {what}={value}."
+        )
     return value
 
 
 def _validate_id(value: str | None, what: str) -> str | None:
     if value is not None and (not isinstance(value, str) or _ID.fullmatch(value) is None):
-        raise ConfigurationError(f"{what} {value!r} is invalid: use letters, digits, _ and -")
+        raise ConfigurationError(
+            f"{_ID_NAMES.get(what, what)} must contain only letters, numbers, dashes and "
+            f"underscores. The {what} {value!r} is invalid."
+        )
     return value
 
 
@@ -88,7 +105,8 @@ class Job:
         args_id: id of the args bucket (default: random) when args are stored in a bucket.
         args_ttl: lifetime of the args bucket.
         args: keyword arguments of the actor (JSON-serialisable; pydantic models, dataclasses,
-            datetimes and the like are accepted).
+            datetimes and the like are accepted), or a pydantic model or dataclass instance
+            whose fields are the keyword arguments (repid 1.6).
         use_args_bucketer: store the args in the args bucket broker (default: when it exists).
         result_id: id under which the result is stored (default: random per enqueue).
         result_ttl: lifetime of the stored result.
@@ -99,6 +117,7 @@ class Job:
     __slots__ = (
         "_args_payload",
         "_connection",
+        "_created",
         "_last_id",
         "_last_result_id",
         "_priority",
@@ -136,7 +155,7 @@ class Job:
         ttl: timedelta | None = None,
         args_id: str | None = None,
         args_ttl: timedelta | None = None,
-        args: Mapping[str, Any] | None = None,
+        args: Mapping[str, Any] | Any | None = None,
         use_args_bucketer: bool | None = None,
         result_id: str | None = None,
         result_ttl: timedelta | None = _ONE_DAY,
@@ -144,13 +163,17 @@ class Job:
         serializer: SerializerT | None = None,
         _connection: Connection | None = None,
     ) -> None:
+        self._created = time.time()
         self.name = validate_name(name, "job name")
         self.queue = queue if isinstance(queue, Queue) else _queue(queue, _connection)
         self.priority = priority if type(priority) is PrioritiesT else PrioritiesT(priority)
         self._priority = int(self.priority)
         self.id_ = None if id_ is None else _validate_id(id_, "job id")
         if cron is not None and deferred_by is not None:
-            raise ConfigurationError("cron and deferred_by are mutually exclusive")
+            raise ConfigurationError(
+                "Usage of 'cron' AND 'deferred_by' together is prohibited. "
+                "(cron and deferred_by are mutually exclusive)"
+            )
         if cron is not None:
             _validate_cron(cron)
         if deferred_until is not None and deferred_until.tzinfo is None:
@@ -167,9 +190,15 @@ class Job:
         self.ttl = None if ttl is None else _duration(ttl, "ttl")
         self.args_id = None if args_id is None else _validate_id(args_id, "args id")
         self.args_ttl = None if args_ttl is None else _duration(args_ttl, "args_ttl")
-        if args is not None and type(args) is not dict and not isinstance(args, Mapping):
+        if (
+            args is not None
+            and type(args) is not dict
+            and not isinstance(args, Mapping)
+            and not is_args_model(args)
+        ):
             raise ConfigurationError(
-                f"args must be a mapping of keyword arguments, got {type(args).__name__}"
+                "args must be a mapping of keyword arguments (or a pydantic model or dataclass "
+                f"instance), got {type(args).__name__}"
             )
         self.args = args
         self.use_args_bucketer = use_args_bucketer
@@ -213,8 +242,9 @@ class Job:
 
     @property
     def is_overdue(self) -> bool:
-        """`deferred_until` has passed."""
-        return self.deferred_until is not None and self.deferred_until < datetime.now(tz=UTC)
+        """The job has a `ttl` and more than `ttl` has passed since the job was constructed
+        (repid 1.6). A job without `ttl` is never overdue."""
+        return self.ttl is not None and time.time() > self._created + self.ttl.total_seconds()
 
     @property
     def payload(self) -> str:
@@ -422,6 +452,9 @@ def _unwrap_result(bucket: Any) -> Any:
     if bucket.success:
         return from_json(bucket.data) if bucket.data else None
     error = JobCancelledError if bucket.exception_type == "JobCancelledError" else JobFailedError
+    if bucket.traceback is not None:  # 1.6 layout: data = str(exception), traceback apart
+        message = bucket.data or f"job failed ({bucket.exception_type})"
+        raise error(message, bucket.exception_type, bucket.traceback)
     lines = (bucket.exception or "").strip().splitlines()
     message = lines[-1] if lines else f"job failed ({bucket.exception_type})"
     head, sep, rest = message.partition(": ")

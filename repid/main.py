@@ -28,21 +28,35 @@ class Repid:
         *,
         middlewares: Iterable[Any] | None = None,
         event_handlers: Iterable[EventHandler] | None = None,
+        update_config: bool = False,
     ) -> None:
+        """Create the app.
+
+        Args:
+            connection: the brokers this app talks to.
+            middlewares: objects with `before_<event>`/`after_<event>` methods.
+            event_handlers: job lifecycle handlers (see `Connection.on_event`).
+            update_config: re-read `Config` and apply it to the connection's brokers (repid
+                1.6): every broker (and bucket broker) that has an `update_from_config()`
+                method is told to re-read it. `Config.SERIALIZER` itself is read by each `Job`
+                when it serialises its arguments, so changing it needs no update.
+        """
         self.connection = connection
         self.middlewares = list(middlewares or [])
         for handler in event_handlers or ():
             connection.on_event(handler)
         if self.middlewares:
             connection.use_middlewares(MiddlewareDispatcher(self.middlewares))
+        if update_config:
+            connection.update_from_config()
 
     @classmethod
     def get_magic_connection(cls) -> Connection:
         """The default connection; `ValueError` when none is set."""
         if cls._magic_connection is None:
             raise ValueError(
-                "no default connection: use `async with app.magic():` "
-                "or pass a connection explicitly"
+                "Default connection isn't set. Use `async with app.magic():` "
+                "or pass a connection explicitly."
             )
         return cls._magic_connection
 

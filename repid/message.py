@@ -19,6 +19,7 @@ from repid.data import (
     Parameters,
     RoutingKey,
 )
+from repid.errors import RepidError
 from repid.retry_policy import RetryPolicyT, default_retry_policy_factory, retry_delay
 
 if TYPE_CHECKING:
@@ -29,14 +30,14 @@ __all__ = ["Message", "MessageDecision", "MessageDependency", "MessageReadOnlyEr
 _DEFAULT_POLICY = default_retry_policy_factory()
 
 
-class MessageReadOnlyError(RuntimeError):
-    """The message was already settled."""
+class MessageReadOnlyError(RepidError, ValueError, RuntimeError):
+    """The message was already settled ("Message is read only.", a `ValueError` as in 1.6)."""
 
 
 class Message:
     """A delivered message and the operations that settle it."""
 
-    __slots__ = ("_broker", "_delivery", "_retry_policy", "outcome", "read_only")
+    __slots__ = ("_broker", "_delivery", "_on_settled", "_retry_policy", "outcome", "read_only")
 
     def __init__(
         self,
@@ -48,6 +49,7 @@ class Message:
         self._broker = broker
         self._retry_policy = retry_policy or _DEFAULT_POLICY
         self.read_only = False
+        self._on_settled: Callable[[], None] | None = None
         self.outcome: str | None = None
         """What settled the message: "ack", "nack", "reject", "retry" or "reschedule"."""
 
@@ -79,52 +81,99 @@ class Message:
     def _settle(self, outcome: str) -> None:
         if self.read_only:
             raise MessageReadOnlyError(
-                f"message {self.key.id_} was already settled ({self.outcome})"
+                f"Message is read only. (message {self.key.id_} was already settled: "
+                f"{self.outcome})"
             )
         self.read_only = True
         self.outcome = outcome
 
+    def _done(self) -> None:
+        if self._on_settled is not None:
+            self._on_settled()
+
+    def _only_normal(self, action: str, *, revive: bool = False) -> None:
+        category = self._delivery.category
+        if category is MessageCategory.NORMAL or (revive and category is MessageCategory.DEAD):
+            return
+        hint = " (pass revive=True to send a dead message back to work)" if not revive else ""
+        raise ValueError(f"Can not {action} message with category {category}.{hint}")
+
     async def ack(self) -> None:
         """Done: remove the message (a dead or delayed message is deleted)."""
         self._settle("ack")
-        await self._broker.ack(self._delivery)
+        try:
+            await self._broker.ack(self._delivery)
+        finally:
+            self._done()
 
     async def nack(self, reason: str = DeadLetterReason.MANUAL.value) -> None:
-        """Move the message to the dead part of its queue."""
+        """Move the message to the dead part of its queue.
+
+        Raises:
+            ValueError: the message is not a NORMAL one ("Can not nack message with category
+                ..."), or it is already settled ("Message is read only.").
+        """
+        self._only_normal("nack")
         self._settle("nack")
         params = self._delivery.parameters
         info = DeadLetterInfo(reason=reason, attempts=params.attempt)
-        await self._broker.nack(self._delivery, params.for_dead_letter(info))
+        try:
+            await self._broker.nack(self._delivery, params.for_dead_letter(info))
+        finally:
+            self._done()
 
     async def reject(self) -> None:
         """Return the message to its queue without counting an attempt."""
         self._settle("reject")
-        await self._broker.reject(self._delivery)
+        try:
+            await self._broker.reject(self._delivery)
+        finally:
+            self._done()
 
     async def reschedule(self) -> None:
         """Run again at the next tick of its schedule (recurring jobs), else return to the queue."""
         self._settle("reschedule")
         params = self._delivery.parameters
-        if params.delay.is_recurring:
-            await self._broker.requeue(self._delivery, None, params.for_next_tick())
-        elif self._delivery.category is MessageCategory.DEAD:
-            await self._broker.requeue(self._delivery, None, params.for_requeue_from_dead())
-        else:
-            await self._broker.reject(self._delivery)
+        try:
+            if params.delay.is_recurring:
+                await self._broker.requeue(self._delivery, None, params.for_next_tick())
+            elif self._delivery.category is MessageCategory.DEAD:
+                await self._broker.requeue(self._delivery, None, params.for_requeue_from_dead())
+            else:
+                await self._broker.reject(self._delivery)
+        finally:
+            self._done()
 
-    async def retry(self, next_retry: timedelta | None = None) -> None:
+    async def retry(self, next_retry: timedelta | None = None, *, revive: bool = False) -> None:
         """Retry after `next_retry` (default: the retry policy's delay), counting an attempt.
 
-        Raises `ValueError` when the job has no retries left. A dead message is sent back to
-        the queue with fresh retries.
+        Args:
+            next_retry: the delay before the next attempt.
+            revive: allow a message of the DEAD part: it goes back to the queue with fresh
+                retries (after `next_retry` if given). Without it, as in repid 1.6, only
+                NORMAL messages can be retried.
+
+        Raises:
+            ValueError: the job has no retries left; the message is not NORMAL ("Can not
+                retry message with category ...") and `revive` does not allow it; or it is
+                already settled ("Message is read only.").
         """
+        self._only_normal("retry", revive=revive)
         params = self._delivery.parameters
         if self._delivery.category is not MessageCategory.DEAD and params.retries.left <= 0:
+            if self.read_only:
+                self._settle("retry")  # raises "Message is read only."
             raise ValueError(f"message {self.key.id_} has no retries left")
-        await self.force_retry(next_retry)
+        await self._force_retry(next_retry)
 
-    async def force_retry(self, next_retry: timedelta | None = None) -> None:
-        """Retry even when the retries are exhausted."""
+    async def force_retry(
+        self, next_retry: timedelta | None = None, *, revive: bool = False
+    ) -> None:
+        """Retry even when the retries are exhausted (`revive` as in `retry`)."""
+        self._only_normal("force retry", revive=revive)
+        await self._force_retry(next_retry)
+
+    async def _force_retry(self, next_retry: timedelta | None) -> None:
         self._settle("retry")
         params = self._delivery.parameters
         if self._delivery.category is MessageCategory.DEAD:
@@ -136,7 +185,10 @@ class Message:
             if delay is None:
                 delay = retry_delay(self._retry_policy, params.retries.actual_amount + 1)
             new = params.for_retry(delay)
-        await self._broker.requeue(self._delivery, None, new)
+        try:
+            await self._broker.requeue(self._delivery, None, new)
+        finally:
+            self._done()
 
     def __repr__(self) -> str:
         return (

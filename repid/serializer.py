@@ -5,6 +5,7 @@ pydantic models, dataclasses, datetimes, timedeltas, UUIDs, sets and enums seria
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -12,7 +13,7 @@ from pydantic_core import PydanticSerializationError, to_json
 
 from repid.errors import SerializationError
 
-__all__ = ["Config", "SerializerT", "default_serializer", "serialize_args"]
+__all__ = ["Config", "SerializerT", "default_serializer", "is_args_model", "serialize_args"]
 
 SerializerT = Callable[[Any], str]
 """Turns a Python value into JSON text."""
@@ -26,11 +27,30 @@ def default_serializer(data: Any) -> str:
         raise SerializationError(f"cannot serialise {type(data).__name__}: {exc}") from exc
 
 
-def serialize_args(args: Mapping[str, Any], serializer: SerializerT = default_serializer) -> str:
-    """Serialise a job's keyword arguments, naming the argument that cannot be serialised."""
+def is_args_model(args: object) -> bool:
+    """A pydantic model or dataclass instance given as a job's whole argument set (1.6)."""
+    if isinstance(args, type):
+        return False
+    return dataclasses.is_dataclass(args) or callable(getattr(args, "model_dump", None))
+
+
+def serialize_args(args: Any, serializer: SerializerT = default_serializer) -> str:
+    """Serialise a job's keyword arguments, naming the argument that cannot be serialised.
+
+    `args` is a mapping of keyword arguments, or a pydantic model or dataclass instance whose
+    fields are the keyword arguments (repid 1.6).
+    """
+    if is_args_model(args):
+        text = serializer(args)
+        if not text.startswith("{"):
+            raise SerializationError(
+                f"job args {type(args).__name__} must serialise to a JSON object, got {text[:40]}"
+            )
+        return text
     if type(args) is not dict and not isinstance(args, Mapping):
         raise SerializationError(
-            f"job args must be a mapping of keyword arguments, not {type(args).__name__}"
+            "job args must be a mapping of keyword arguments (or a pydantic model or dataclass "
+            f"instance), not {type(args).__name__}"
         )
     try:
         return serializer(args)

@@ -31,11 +31,13 @@ async def main() -> None:
             await Job("charge", args={"order_id": order_id}).enqueue()
         await Worker(routers=[router], messages_limit=2).run()  # both fail, no retries
 
-        # The loop ends once the dead part is empty (repid 1.x kept waiting).
+        # stop_when_empty=True: the loop ends once the dead part is empty (by default it
+        # waits for more, as in repid 1.x).
         service_up = True
-        async for dead in Queue().get_messages(category=MessageCategory.DEAD):
+        dead_part = Queue().get_messages(category=MessageCategory.DEAD, stop_when_empty=True)
+        async for dead in dead_part:
             print(f"requeueing {dead.raw_payload}: {dead.dead_letter.error_message}")
-            await dead.retry()  # back to the queue, with fresh retries
+            await dead.retry(revive=True)  # back to the queue, with fresh retries
 
         runner = await Worker(routers=[router], messages_limit=2).run()
         print(f"second run: succeeded={runner.succeeded}")

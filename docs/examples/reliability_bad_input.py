@@ -63,7 +63,7 @@ async def main() -> None:
         runner = await Worker(routers=[router], messages_limit=6).run()
         print(f"processed={runner.processed} dead_lettered={runner.dead_lettered}")
 
-        async for dead in Queue().get_messages(category=MessageCategory.DEAD):
+        async for dead in Queue().get_messages(category=MessageCategory.DEAD, stop_when_empty=True):
             info = dead.dead_letter
             assert info is not None
             actor = dead.key.topic or "?"

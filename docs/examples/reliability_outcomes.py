@@ -66,7 +66,7 @@ async def main() -> None:
             assert result is not None
             outcome = result.data if result.success else result.exception_type
             print(f"{job.name}: success={result.success} {outcome}")
-        async for dead in Queue().get_messages(category=MessageCategory.DEAD):
+        async for dead in Queue().get_messages(category=MessageCategory.DEAD, stop_when_empty=True):
             info = dead.dead_letter
             assert info is not None
             print(f"dead letter: {dead.key.topic} {info.reason} {info.error_type} x{info.attempts}")
@@ -79,7 +79,7 @@ async def main() -> None:
         await slow_started.wait()
         worker.stop()  # what SIGINT or SIGTERM does
         runner = await running
-        async for message in Queue().get_messages():
+        async for message in Queue().get_messages(stop_when_empty=True):
             print(f"back in the queue: {message.key.topic}, attempt {message.parameters.attempt}")
         print(f"returned on shutdown: {runner.rejected}")
 

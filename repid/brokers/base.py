@@ -15,7 +15,7 @@ affect the redelivered copy, and return `False`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar, runtime_checkable
 
@@ -149,19 +149,7 @@ def _first(*values: float | None) -> float:
     raise AssertionError("the last value is a default")  # pragma: no cover
 
 
-class Delivery(NamedTuple):
-    """One message handed to a consumer, with the broker-owned `handle` that settles it.
-
-    It also satisfies `RoutingKeyT` (`id_`, `topic`, `queue`, `priority`), so code written
-    against repid 1.6 that passed a routing key to `ack`/`nack` keeps working.
-
-    `decode_error` is set (and `key`/`payload` are placeholders) when the broker's bytes were
-    not a valid repid envelope; `raw` keeps those bytes for the dead letter.
-
-    A named tuple: immutable, cheap to build, and untracked by the cyclic garbage collector,
-    which keeps large in-memory queues cheap.
-    """
-
+class _DeliveryFields(NamedTuple):
     key: RoutingKey
     payload: str
     parameters: Parameters
@@ -170,6 +158,43 @@ class Delivery(NamedTuple):
     raw: bytes | None = None
     decode_error: str | None = None
     redelivered: bool = False
+
+
+class Delivery(_DeliveryFields):
+    """One message handed to a consumer, with the broker-owned `handle` that settles it.
+
+    It also satisfies `RoutingKeyT` (`id_`, `topic`, `queue`, `priority`), so code written
+    against repid 1.6 that passed a routing key to `ack`/`nack` keeps working, and it unpacks
+    like 1.6's `consume()` result: `key, payload, parameters = await consumer.consume()`
+    (iterating a delivery yields those three, the "key" being the delivery itself, so that
+    `broker.ack(key)` settles exactly it; the other fields are read by name).
+
+    `decode_error` is set (and `key`/`payload` are placeholders) when the broker's bytes were
+    not a valid repid envelope; `raw` keeps those bytes for the dead letter.
+
+    A named tuple: immutable, cheap to build, and untracked by the cyclic garbage collector,
+    which keeps large in-memory queues cheap.
+    """
+
+    __slots__ = ()
+
+    def __iter__(self) -> Iterator[Any]:
+        # 1.6's consumers returned (key, payload, parameters); code unpacks exactly those. The
+        # "key" is the delivery itself (a `RoutingKeyT`), so `broker.ack(key)` settles it.
+        return iter((self, self.payload, self.parameters))
+
+    def _replace(self, **changes: Any) -> Delivery:
+        fields = zip(self._fields, self[:], strict=True)
+        values = [changes.pop(name, value) for name, value in fields]
+        if changes:
+            raise ValueError(f"Delivery has no fields {sorted(changes)}")
+        return tuple.__new__(type(self), values)
+
+    def _asdict(self) -> dict[str, Any]:
+        return dict(zip(self._fields, self[:], strict=True))
+
+    def __getnewargs__(self) -> tuple[Any, ...]:
+        return self[:]
 
     @property
     def id_(self) -> str:

@@ -150,7 +150,9 @@ async def list_dead(
 ) -> list[DeadLetter]:
     """The dead messages of `queue` (oldest first), left in place."""
     out: list[DeadLetter] = []
-    async for message in _queue(connection, queue).get_messages(category=MessageCategory.DEAD):
+    async for message in _queue(connection, queue).get_messages(
+        category=MessageCategory.DEAD, stop_when_empty=True
+    ):
         info = message.dead_letter
         error = ""
         if info is not None and (info.error_type or info.error_message):
@@ -177,8 +179,10 @@ async def _settle_dead(
     counts = None if inspection is None else await _counts(inspection, queue)
     progress = Progress(label, counts["dead"] if counts is not None else None, stream)
     try:
-        async for message in _queue(connection, queue).get_messages(category=MessageCategory.DEAD):
-            await (message.retry() if how == "retry" else message.ack())
+        async for message in _queue(connection, queue).get_messages(
+            category=MessageCategory.DEAD, stop_when_empty=True
+        ):
+            await (message.retry(revive=True) if how == "retry" else message.ack())
             progress.advance()
     finally:
         progress.close()

@@ -15,13 +15,29 @@ The pieces are usable on their own:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from unittest.mock import MagicMock
+
+from repid.queue import Queue
 from repid.testing.broker import TestMessageBroker
 from repid.testing.environment import RepidTestEnvironment
 from repid.testing.events import EventRecorder, RecordedEvent
 from repid.testing.queue_view import InMemoryQueueView, QueuedMessage
 
+GetEventLogT = Callable[..., list[RecordedEvent]]
+"""Type of the `repid_get_event_log` fixture (repid 1.6 name, also `from repid import ...`)."""
+
+GetMockedActorT = Callable[[str], MagicMock]
+"""Type of the `repid_get_mocked_actor` fixture (repid 1.6 name)."""
+
+GetInMemoryQueueT = Callable[[str | Queue], InMemoryQueueView]
+"""Type of the `repid_get_in_memory_queue` fixture (repid 1.6 name)."""
+
 __all__ = [
     "EventRecorder",
+    "GetEventLogT",
+    "GetInMemoryQueueT",
+    "GetMockedActorT",
     "InMemoryQueueView",
     "QueuedMessage",
     "RecordedEvent",

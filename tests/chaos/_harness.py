@@ -530,7 +530,7 @@ class Chaos:
     async def dead_letters(self) -> list[Message]:
         """The messages now in the dead part of the queue (browsed, left in place)."""
         found: list[Message] = []
-        messages = self.queue.get_messages(category=MessageCategory.DEAD)
+        messages = self.queue.get_messages(category=MessageCategory.DEAD, stop_when_empty=True)
         try:
             async for message in messages:
                 found.append(message)

@@ -38,7 +38,7 @@ async def connection() -> Connection:
 async def make_dead(connection: Connection, count: int) -> None:
     for n in range(count):
         await enqueue(connection, "work", {"n": n}, queue="jobs")
-    async for message in Queue("jobs", _connection=connection).get_messages():
+    async for message in Queue("jobs", _connection=connection).get_messages(stop_when_empty=True):
         await message.nack("manual")
 
 
@@ -101,7 +101,9 @@ async def test_enqueue_validates_against_a_known_actor(connection) -> None:
     message_id = await enqueue(
         connection, "add", {"a": 1, "b": 2}, priority=PrioritiesT.HIGH, actors=router.actors
     )
-    messages = [m async for m in Queue("jobs", _connection=connection).get_messages()]
+    messages = [
+        m async for m in Queue("jobs", _connection=connection).get_messages(stop_when_empty=True)
+    ]
     assert [(m.key.id_, m.key.topic, m.key.priority) for m in messages] == [
         (message_id, "add", PrioritiesT.HIGH)
     ]

@@ -78,7 +78,9 @@ async def run_to_limit(worker: Worker, timeout: float = WAIT) -> Any:
 async def browse(queue: Queue, category: MessageCategory = MessageCategory.NORMAL) -> list[Message]:
     """The messages now in one part of `queue`. NORMAL ones are returned to the queue unsettled."""
     out: list[Message] = []
-    async with contextlib.aclosing(queue.get_messages(category=category)) as messages:
+    async with contextlib.aclosing(
+        queue.get_messages(category=category, stop_when_empty=True)
+    ) as messages:
         async for message in messages:
             out.append(message)
     return out
@@ -95,7 +97,7 @@ async def assert_empty(
 @contextlib.asynccontextmanager
 async def consumed(queue: Queue, count: int = 1) -> AsyncIterator[list[Message]]:
     """Take exactly `count` ready messages to settle by hand; unsettled ones go back after."""
-    messages = queue.get_messages()
+    messages = queue.get_messages(stop_when_empty=True)
     try:
         taken = [await anext(messages) for _ in range(count)]
         yield taken

@@ -183,7 +183,7 @@ async def test_dead_letter_requeued_with_retry_runs_again(conn, new_queue):
     await run_to_limit(make_worker(conn, router, messages_limit=1))
     (dead,) = await browse(queue, MessageCategory.DEAD)
 
-    await dead.retry()
+    await dead.retry(revive=True)
     assert dead.read_only
     assert await browse(queue, MessageCategory.DEAD) == []
     (revived,) = await browse(queue)

@@ -139,7 +139,7 @@ async def test_get_messages_shows_two_ready_messages_with_the_same_id(conn, new_
     # A dead id is no longer pending: the same id can be enqueued again.
     await job(conn, "x", queue, id_="same-id", args={"n": 2}).enqueue()
     (dead,) = await browse(queue, MessageCategory.DEAD)
-    await dead.retry()
+    await dead.retry(revive=True)
     payloads = sorted(m.raw_payload for m in await browse(queue))
     assert payloads == ['{"n":1}', '{"n":2}']
 
@@ -216,7 +216,7 @@ async def test_get_messages_loop_ends_when_messages_are_rejected(conn, new_queue
     seen: list[str] = []
     # The loop is bounded here: on the in-memory broker it never suspends, so a timeout could
     # not interrupt it.
-    async with contextlib.aclosing(queue.get_messages()) as messages:
+    async with contextlib.aclosing(queue.get_messages(stop_when_empty=True)) as messages:
         async for message in messages:
             seen.append(message.key.id_)
             await message.reject()
@@ -229,7 +229,7 @@ async def test_get_messages_loop_yields_a_message_retried_in_it_once(conn, new_q
     queue = await new_queue()
     await job(conn, "x", queue, retries=10).enqueue()
     seen: list[int] = []
-    async with contextlib.aclosing(queue.get_messages()) as messages:
+    async with contextlib.aclosing(queue.get_messages(stop_when_empty=True)) as messages:
         async for message in messages:
             seen.append(message.parameters.attempt)
             await message.retry(timedelta(0))
@@ -243,7 +243,7 @@ async def test_get_messages_loop_yields_a_message_retried_in_it_once(conn, new_q
 async def test_unsettled_consumed_messages_return_to_the_queue(conn, new_queue):
     queue = await new_queue()
     await job(conn, "x", queue).enqueue()
-    messages = queue.get_messages()
+    messages = queue.get_messages(stop_when_empty=True)
     message = await anext(messages)
     assert message.key.topic == "x"
     await messages.aclose()  # the caller gave up without settling
@@ -256,7 +256,7 @@ async def test_browsed_delayed_message_ack_deletes_and_reject_keeps(conn, new_qu
     later = datetime.now(tz=UTC) + LATER
     await job(conn, "keep", queue, deferred_until=later).enqueue()
     await job(conn, "drop", queue, deferred_until=later).enqueue()
-    async for message in queue.get_messages(category=MessageCategory.DELAYED):
+    async for message in queue.get_messages(category=MessageCategory.DELAYED, stop_when_empty=True):
         if message.key.topic == "drop":
             await message.ack()
         else:
@@ -268,7 +268,7 @@ async def test_browsed_delayed_message_ack_deletes_and_reject_keeps(conn, new_qu
 async def test_browsed_dead_message_ack_deletes_it(conn, new_queue):
     queue = await new_queue()
     await _fill(conn, queue)
-    async for message in queue.get_messages(category=MessageCategory.DEAD):
+    async for message in queue.get_messages(category=MessageCategory.DEAD, stop_when_empty=True):
         await message.ack()
     await assert_empty(queue, [MessageCategory.DEAD])
     assert len(await browse(queue)) == 2

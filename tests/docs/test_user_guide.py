@@ -146,7 +146,7 @@ def test_declared_queue_accepts_the_job() -> None:
     async def pending() -> list[repid.Message]:
         async with namespace["app"].magic():
             # Unsettled messages go back to the queue when the iteration ends.
-            return [message async for message in repid.Queue().get_messages()]
+            return [message async for message in repid.Queue().get_messages(stop_when_empty=True)]
 
     [message] = asyncio.run(pending())
     assert message.key.topic == "my_awesome_job"
@@ -210,7 +210,9 @@ async def _fail_once_with_one_retry_left(router: repid.Router) -> repid.Message:
         await repid.Job("my_exceptional_function", retries=1).enqueue()
         runner = await repid.Worker(routers=[router], messages_limit=1, handle_signals=[]).run()
         assert (runner.processed, runner.failed, runner.retried) == (1, 1, 1)
-        delayed = repid.Queue().get_messages(category=repid.MessageCategory.DELAYED)
+        delayed = repid.Queue().get_messages(
+            category=repid.MessageCategory.DELAYED, stop_when_empty=True
+        )
         [retry] = [message async for message in delayed]
         return retry
 

@@ -155,7 +155,8 @@ def test_failing_actor_ends_dead(run) -> None:
         @pytest.mark.repid(routers=[router])
         async def test_dead(repid_get_event_log):
             job = await Job("boom", args={"reason": "kaput"}).enqueue()
-            dead = [m async for m in Queue().get_messages(category=MessageCategory.DEAD)]
+            dead_part = Queue().get_messages(category=MessageCategory.DEAD, stop_when_empty=True)
+            dead = [m async for m in dead_part]
             assert [m.key.topic for m in dead] == ["boom"]
             info = dead[0].parameters.dead_letter
             assert info.error_type == "RuntimeError" and info.error_message == "kaput"

@@ -84,7 +84,12 @@ async def running(worker: Worker, timeout: float = TIMEOUT) -> AsyncIterator[asy
 
 async def messages(conn: Connection, queue: str, category: MessageCategory) -> list[Message]:
     """Browse the messages of one part of a queue (NORMAL ones are returned on exit)."""
-    return [m async for m in Queue(queue, _connection=conn).get_messages(category=category)]
+    return [
+        m
+        async for m in Queue(queue, _connection=conn).get_messages(
+            category=category, stop_when_empty=True
+        )
+    ]
 
 
 async def dead_letters(conn: Connection, queue: str = "default") -> list[Message]:

@@ -5,6 +5,7 @@ what `enqueue()` sends, results and args buckets, and the default ("magic") conn
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -199,11 +200,16 @@ def test_is_deferred() -> None:
     assert Job("ok", cron="0 * * * *").is_deferred
 
 
-def test_is_overdue() -> None:
+def test_is_overdue_counts_ttl_from_construction(monkeypatch: pytest.MonkeyPatch) -> None:
     now = datetime.now(tz=UTC)
     assert not Job("ok").is_overdue
-    assert Job("ok", deferred_until=now - timedelta(seconds=5)).is_overdue
-    assert not Job("ok", deferred_until=now + timedelta(hours=1)).is_overdue
+    # a past deferred_until alone is not "overdue" (repid 1.6): only a ttl makes a job expire
+    assert not Job("ok", deferred_until=now - timedelta(seconds=5)).is_overdue
+    job = Job("ok", ttl=timedelta(seconds=10))
+    assert not job.is_overdue
+    created = time.time()
+    monkeypatch.setattr("repid.job.time.time", lambda: created + 11)
+    assert job.is_overdue
 
 
 def test_naive_deferred_until_is_local_time() -> None:
@@ -211,8 +217,10 @@ def test_naive_deferred_until_is_local_time() -> None:
     job = Job("ok", deferred_until=naive_past)
     assert job.deferred_until is not None
     assert job.deferred_until.tzinfo is not None
-    assert job.is_overdue
-    assert not Job("ok", deferred_until=datetime.now() + timedelta(minutes=1)).is_overdue
+    assert job.deferred_until < datetime.now(tz=UTC)
+    future = Job("ok", deferred_until=datetime.now() + timedelta(minutes=1)).deferred_until
+    assert future is not None
+    assert future > datetime.now(tz=UTC)
 
 
 # -- enqueue ---------------------------------------------------------------------------------

@@ -875,7 +875,12 @@ async def test_actor_raising_a_base_exception_is_a_failure_not_a_crash(
     await Job("fine").enqueue()
     runner = await asyncio.wait_for(worker.run(), TIMEOUT)
     assert runner.succeeded == 1
-    dead = [m async for m in Queue(_connection=conn).get_messages(category=MessageCategory.DEAD)]
+    dead = [
+        m
+        async for m in Queue(_connection=conn).get_messages(
+            category=MessageCategory.DEAD, stop_when_empty=True
+        )
+    ]
     assert [m.key.topic for m in dead] == ["fatal"]
     assert dead[0].dead_letter is not None
     assert dead[0].dead_letter.error_type == "FatalError"

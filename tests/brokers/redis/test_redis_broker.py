@@ -335,7 +335,7 @@ async def test_deleting_a_queue_leaves_no_key_behind(connect: Any, prefix: str) 
     later = datetime.now(tz=UTC) + timedelta(hours=1)
     await Job("a", queue=queue.name, _connection=conn).enqueue()
     await Job("b", queue=queue.name, deferred_until=later, _connection=conn).enqueue()
-    async with contextlib.aclosing(queue.get_messages()) as messages:
+    async with contextlib.aclosing(queue.get_messages(stop_when_empty=True)) as messages:
         async for message in messages:
             await message.nack()
     assert len(await _browse(queue, MessageCategory.DEAD)) == 1
@@ -350,7 +350,9 @@ async def test_deleting_a_queue_leaves_no_key_behind(connect: Any, prefix: str) 
 
 
 async def _browse(queue: Queue, category: MessageCategory) -> list[Any]:
-    async with contextlib.aclosing(queue.get_messages(category=category)) as messages:
+    async with contextlib.aclosing(
+        queue.get_messages(category=category, stop_when_empty=True)
+    ) as messages:
         return [message async for message in messages]
 
 
