@@ -28,8 +28,8 @@ import pytest
 
 from repid import Job
 from tests.chaos._harness import (
-    SERVER_BROKERS,
     FULL,
+    SERVER_BROKERS,
     BrokerSettings,
     Chaos,
     LedgerView,
