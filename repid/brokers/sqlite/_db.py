@@ -130,6 +130,8 @@ class Database:
         self._pending: list[tuple[Op[Any], asyncio.Future[Any]]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._touched: set[str] = set()
+        self.commits = 0
+        """Transactions committed by this connection (operations of one loop step share one)."""
 
     @property
     def is_open(self) -> bool:
@@ -257,7 +259,9 @@ class Database:
         pause = 0.001
         while True:
             try:
-                return self._attempt(conn, ops)
+                results = self._attempt(conn, ops)
+                self.commits += 1
+                return results
             except sqlite3.OperationalError as exc:
                 if not _locked(exc) or time.monotonic() > deadline:
                     raise
