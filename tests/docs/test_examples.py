@@ -41,6 +41,13 @@ EXPECTED: dict[str, list[str]] = {
         r"ran low after \d+\.\ds",
         r"ran deferred after (0\.[5-9]|[1-9]\d*\.\d)s",  # never before its time
     ],
+    "brokers_sqlite.py": [
+        r"\{'ready': 4, 'delayed': 0, 'in_flight': 0, 'dead': 0\}",
+        r"ran high in the worker process",
+        r"ran medium in the worker process",
+        r"ran low in the worker process",
+        r"add: 42 \(read back by the producer\)",
+    ],
     "brokers_rabbitmq.py": [
         r"ran high after \d+\.\ds",
         r"ran low after \d+\.\ds",
