@@ -144,6 +144,14 @@ class SqliteConsumer(BaseConsumer):
     def settled(self, seq: int) -> None:
         if self._outstanding.pop(seq, None) is not None:
             self.poke()
+            if (
+                self._claiming is None
+                and self.max_unacked_messages is not None
+                and not (self._closed or self._paused)
+            ):
+                # Claim the freed room at once: the claim joins the settlements' transaction
+                # (issued in this loop step), and the next `consume()` finds its delivery ready.
+                self._claiming = asyncio.ensure_future(self._claim(None))
 
     def _capacity(self) -> int:
         limit = self.max_unacked_messages
@@ -173,9 +181,15 @@ class SqliteConsumer(BaseConsumer):
             self._claiming = asyncio.ensure_future(self._claim(count))
         return await asyncio.shield(self._claiming)
 
-    async def _claim(self, count: int) -> int:
+    async def _claim(self, count: int | None) -> int:
+        """Lease up to `count` rows into the buffer (None: as many as there is room for)."""
         broker = self._broker
         queue, lease, topics = self.queue, broker.lease_duration, self._topics
+        if count is None:
+            count = self._capacity()
+            if count <= 0 or self._closed:
+                self._claiming = None
+                return 0
         try:
             rows = await broker.db.run(lambda conn: _sql.claim(conn, queue, count, lease, topics))
         finally:
