@@ -165,6 +165,7 @@ class Database:
                 except sqlite3.OperationalError as exc:
                     if not _locked(exc) or time.monotonic() > deadline:
                         raise
+                    time.sleep(0.01)  # on the connection's own thread
             if str(mode).lower() != "wal":
                 raise sqlite3.OperationalError(f"journal_mode WAL refused (got {mode})")
             conn.execute(f"PRAGMA synchronous={self.synchronous}")

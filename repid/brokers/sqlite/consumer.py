@@ -34,6 +34,12 @@ _UNLIMITED_BATCH = 100
 _NORMAL = MessageCategory.NORMAL
 
 
+def _retrieve(task: asyncio.Task[int]) -> None:
+    """A claim nobody awaited failed (the file is closing): the next `consume()` retries."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.debug("claim failed: %r", task.exception())
+
+
 class ConsumerBroker(Protocol):
     """What a consumer uses of its broker (`SqliteMessageBroker`)."""
 
@@ -152,6 +158,7 @@ class SqliteConsumer(BaseConsumer):
                 # Claim the freed room at once: the claim joins the settlements' transaction
                 # (issued in this loop step), and the next `consume()` finds its delivery ready.
                 self._claiming = asyncio.ensure_future(self._claim(None))
+                self._claiming.add_done_callback(_retrieve)
 
     def _capacity(self) -> int:
         limit = self.max_unacked_messages
