@@ -103,9 +103,8 @@ def _add_connection_options(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         default=os.environ.get("REPID_BROKER_URL"),
         help=(
-            "broker URL: memory://, sqlite:///path/to/file.db (relative; sqlite://// for an "
-            "absolute path), redis://host:port/db, amqp://user:pass@host/vhost or "
-            "kafka://host:port (env REPID_BROKER_URL)"
+            "broker URL: memory://, sqlite:///file.db, redis://host:port/db, amqp://user:pass@"
+            "host/vhost or kafka://host:port (env REPID_BROKER_URL)"
         ),
     )
     group.add_argument(
@@ -114,8 +113,7 @@ def _add_connection_options(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("REPID_RESULTS_URL"),
         help=(
             "redis:// URL of the results bucket for --broker amqp:// or kafka:// "
-            "(env REPID_RESULTS_URL; redis:// brokers use their own server, sqlite:// their "
-            "own file)"
+            "(env REPID_RESULTS_URL; redis:// and sqlite:// brokers use their own)"
         ),
     )
     group.add_argument(
