@@ -1,7 +1,7 @@
 """End-to-end throughput benchmarks: repid against peer job-queue frameworks.
 
-    python benchmarks/run.py {inmemory,redis,rabbitmq,kafka} [--n N] [--rounds R] [--json PATH]
-                             [--cases a,b] [--timeout S]
+    python benchmarks/run.py {inmemory,redis,rabbitmq,kafka,sqlite} [--n N] [--rounds R]
+                             [--json PATH] [--cases a,b] [--timeout S]
 
 Each case is a standalone script under `benchmarks/cases/` that runs one framework once and
 prints one JSON line (`cases/_common.py: CaseResult`, or `NetCaseResult` for the network suites,
@@ -68,6 +68,8 @@ PEER_REQUIREMENTS: dict[str, tuple[str, ...]] = {
     "taskiq-aio-pika": ("taskiq-aio-pika==0.6.1", "taskiq==0.13.0"),
     "aiokafka": ("aiokafka==0.14.0",),
     "aio-pika": ("aio-pika==10.2.1",),
+    "huey": ("huey==3.5.4",),
+    "persist-queue": ("persist-queue==1.1.0",),
 }
 
 
@@ -165,6 +167,17 @@ SUITES: dict[str, Suite] = {
             Case("repid", "repid_kafka.py", venv=None, concurrency=100),
             Case("faststream", "faststream_kafka.py", venv="faststream", concurrency=100),
             Case("aiokafka-raw", "aiokafka_raw.py", venv="aiokafka", concurrency=100),
+        ),
+    ),
+    "sqlite": Suite(
+        name="sqlite",
+        description="one SQLite file per run in the temporary directory, no server",
+        default_n=20_000,
+        network=True,
+        cases=(
+            Case("repid", "repid_sqlite.py", venv=None, concurrency=100),
+            Case("huey", "huey_sqlite.py", venv="huey", concurrency=100),
+            Case("persist-queue", "persistqueue_sqlite.py", venv="persist-queue", concurrency=100),
         ),
     ),
 }

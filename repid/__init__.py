@@ -65,6 +65,7 @@ from repid.worker import Runner, Worker
 
 if TYPE_CHECKING:  # imported on first use (see `__getattr__`): a worker of another broker
     from repid.brokers.memory.broker import InMemoryBucketBroker, InMemoryMessageBroker
+    from repid.brokers.sqlite import SqliteBucketBroker, SqliteMessageBroker
     from repid.testing import GetEventLogT, GetInMemoryQueueT, GetMockedActorT
 
 __version__ = "2.0.0.dev0"
@@ -133,6 +134,8 @@ __all__ = [
     "SerializationError",
     "SerializerT",
     "Snooze",
+    "SqliteBucketBroker",
+    "SqliteMessageBroker",
     "Worker",
     "default_retry_policy_factory",
     "default_serializer",
@@ -147,6 +150,8 @@ _LAZY = {
     "RedisSharedState": "repid.state.redis",
     "RabbitMessageBroker": "repid.brokers.rabbitmq",
     "KafkaMessageBroker": "repid.brokers.kafka",
+    "SqliteMessageBroker": "repid.brokers.sqlite",
+    "SqliteBucketBroker": "repid.brokers.sqlite",
     "HealthCheckServer": "repid.health_check_server",
     "HealthCheckServerSettings": "repid.health_check_server",
     "HealthCheckStatus": "repid.health_check_server",

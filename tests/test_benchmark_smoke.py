@@ -81,6 +81,11 @@ def test_repid_redis_case_runs_and_reports() -> None:
     _check_network_figures(figures, 200, 50)
 
 
+def test_repid_sqlite_case_runs_and_reports() -> None:
+    figures = _run_case("repid_sqlite.py", "--n", "200", "--latency-jobs", "50", "--timeout", "60")
+    _check_network_figures(figures, 200, 50)
+
+
 @pytest.mark.broker("rabbitmq")
 def test_repid_rabbitmq_case_runs_and_reports() -> None:
     figures = _run_case(

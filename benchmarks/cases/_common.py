@@ -7,6 +7,7 @@ installed), so this module uses the standard library only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -572,3 +573,17 @@ async def rabbitmq_delete(queues: Sequence[str], exchanges: Sequence[str] = ()) 
             await channel.queue_delete(name)
         for name in exchanges:
             await channel.exchange_delete(name)
+
+
+def sqlite_file(run_id: str, case: str) -> str:
+    """The SQLite file of one run of one case (shared by the driver and its workers)."""
+    import tempfile
+
+    return os.path.join(tempfile.gettempdir(), f"{run_id}-{case}.db")
+
+
+def sqlite_remove(path: str) -> None:
+    """Delete a SQLite file and its WAL / shared-memory / journal files."""
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path + suffix)

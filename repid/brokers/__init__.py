@@ -37,6 +37,8 @@ _LAZY = {
     "RedisSharedState": "repid.state.redis",
     "RabbitMessageBroker": "repid.brokers.rabbitmq",
     "KafkaMessageBroker": "repid.brokers.kafka",
+    "SqliteMessageBroker": "repid.brokers.sqlite",
+    "SqliteBucketBroker": "repid.brokers.sqlite",
 }
 
 

@@ -59,10 +59,10 @@ URL_ENV = {
 passwords: the environment is readable only by the same user, a command line by every user)."""
 
 _URL_HELP = {
-    "broker": "broker URL: memory://, redis://host:port/db, amqp://user:pass@host/vhost or "
-    "kafka://host:port (env {env})",
+    "broker": "broker URL: memory://, sqlite:///file.db, redis://host:port/db, "
+    "amqp://user:pass@host/vhost or kafka://host:port (env {env})",
     "results": "redis:// URL of the results bucket for --broker amqp:// or kafka:// "
-    "(env {env}; redis:// brokers use their own server)",
+    "(env {env}; redis:// and sqlite:// brokers use their own)",
     "state": "redis:// URL of the shared state for --broker amqp:// or kafka:// (unique ids, "
     "cancellations, limits, live workers across processes; ?prefix=... sets the key "
     "prefix; env {env})",

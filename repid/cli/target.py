@@ -92,6 +92,9 @@ def connection_from_url(
     """A connection for a broker URL, with a results bucket where one can be had.
 
     - `memory://`: the in-memory broker and results bucket (one process only).
+    - `sqlite:///relative.db` / `sqlite:////absolute.db`: `SqliteMessageBroker` and
+      `SqliteBucketBroker` for results, in that one file (every process on the machine that
+      opens it shares its queues; no server).
     - `redis://...` / `rediss://...`: `RedisMessageBroker`, and `RedisBucketBroker` for results
       on the same server.
     - `amqp://...` / `amqps://...`: `RabbitMessageBroker`.
@@ -123,10 +126,12 @@ def connection_from_url(
             InMemoryMessageBroker(),
             results_bucket_broker=InMemoryBucketBroker(use_result_bucket=True),
         )
+    if scheme == "sqlite":
+        return _sqlite_connection(url, results_url)
     if scheme not in _NETWORK_SCHEMES:
         raise CLIError(
-            f"unknown broker URL {mask_url(url)!r}: expected memory://, redis://, rediss://, "
-            "amqp://, amqps:// or kafka://"
+            f"unknown broker URL {mask_url(url)!r}: expected memory://, sqlite://, redis://, "
+            "rediss://, amqp://, amqps:// or kafka://"
         )
     if results_url is not None and urlsplit(results_url).scheme.lower() not in {"redis", "rediss"}:
         raise CLIError(f"results URL {mask_url(results_url)!r}: expected redis:// or rediss://")
@@ -159,6 +164,20 @@ def connection_from_url(
         raise CLIError(
             f"{scheme}:// needs the {name} client: pip install 'repid[{extra}]' ({exc})"
         ) from exc
+
+
+def _sqlite_connection(url: str, results_url: str | None) -> Connection:
+    from repid.brokers.sqlite import SqliteBucketBroker, SqliteMessageBroker
+
+    if results_url is not None:
+        raise CLIError("sqlite:// brokers keep results in their own file: drop --results")
+    try:
+        return Connection(
+            SqliteMessageBroker(url),
+            results_bucket_broker=SqliteBucketBroker(url, use_result_bucket=True),
+        )
+    except RepidError as exc:
+        raise CLIError(f"broker URL {mask_url(url)!r}: {exc}") from exc
 
 
 _KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")

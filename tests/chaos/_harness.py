@@ -47,6 +47,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
@@ -63,6 +64,7 @@ from repid import (
     MessageCategory,
     Queue,
     RedisMessageBroker,
+    SqliteMessageBroker,
 )
 from repid.brokers.rabbitmq.broker import RabbitMessageBroker
 from tests.conformance.specs import RUN_ID  # the run's id: every key, queue and topic holds it
@@ -70,8 +72,14 @@ from tests.conformance.specs import RUN_ID  # the run's id: every key, queue and
 ROOT = Path(__file__).resolve().parents[2]
 """The repository root: worker processes run with it as their working directory."""
 
-BROKERS = ("redis", "rabbitmq", "kafka")
-"""Every real broker; each scenario runs on all of them."""
+BROKERS = ("redis", "rabbitmq", "kafka", "sqlite")
+"""Every real broker; each scenario runs on all of them that it applies to."""
+
+SERVER_BROKERS = ("redis", "rabbitmq", "kafka")
+"""The brokers with a server: C2 (server restart) and C3 (connections dropped by a proxy) run on
+these only. SQLite has no server and no connection to drop (its processes open one file), so
+those two scenarios do not apply to it; its kill, shutdown, deferred, long-actor and poison
+scenarios run like the others'."""
 
 FULL = os.environ.get("REPID_CHAOS", "").lower() == "full"
 """Full-size scenarios (`scripts/chaos.sh`); the default run uses the short sizes."""
@@ -86,6 +94,7 @@ DEFAULT_URLS = {
     "redis": os.environ.get("REPID_REDIS_DSN", "redis://127.0.0.1:6379/0"),
     "rabbitmq": os.environ.get("REPID_RABBITMQ_DSN", "amqp://guest:guest@127.0.0.1:5672/"),
     "kafka": "kafka://" + os.environ.get("REPID_KAFKA_BOOTSTRAP", "127.0.0.1:19092"),
+    "sqlite": f"sqlite:///{tempfile.gettempdir()}/repid-chaos-{RUN_ID}.db",
 }
 
 T = TypeVar("T")
@@ -133,6 +142,9 @@ class BrokerSettings:
             if NOIDA:
                 base["commit_on_revoke"] = False
             prefix = f"repid-{RUN_ID}-chaos-"
+        elif name == "sqlite":
+            base = {"lease_duration": 2.0}  # as Redis: a killed worker's jobs return after it
+            prefix = ""  # one file per run; queue names are unique per test
         else:
             raise ValueError(f"unknown broker {name!r}: expected one of {BROKERS}")
         base.update(options)
@@ -147,8 +159,8 @@ class BrokerSettings:
         with the process; measured up to ~20 ms). Kafka: offsets are committed every
         `commit_interval`, plus the commit's round trip (0.1 s).
         """
-        if self.name == "redis":
-            return 0.0
+        if self.name in ("redis", "sqlite"):
+            return 0.0  # an acknowledgement returns once it is applied (committed, for SQLite)
         if self.name == "kafka":
             return float(self.options.get("commit_interval", 0.2)) + 0.1
         return 0.1
@@ -163,6 +175,8 @@ class BrokerSettings:
         if self.name == "kafka":
             bootstrap = self.url.removeprefix("kafka://")
             return Connection(KafkaMessageBroker(bootstrap, topic_prefix=self.prefix, **options))
+        if self.name == "sqlite":
+            return Connection(SqliteMessageBroker(self.url, **options))
         raise ValueError(f"unknown broker {self.name!r}")
 
     def env(self) -> dict[str, str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import tests.conformance.specs.redis  # noqa: F401 - its exit hook deletes the run's Redis keys
-from tests.chaos._harness import BROKERS, BrokerSettings, Chaos, record_outcome
+from tests.chaos._harness import BROKERS, DEFAULT_URLS, BrokerSettings, Chaos, record_outcome
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -19,6 +19,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if here in item.path.parents:
             item.add_marker(pytest.mark.chaos)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Remove this run's SQLite file (and its WAL) once every worker process has ended."""
+    path = Path(DEFAULT_URLS["sqlite"].removeprefix("sqlite:///"))
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -33,7 +40,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 @pytest.fixture(params=BROKERS)
 def broker_name(request: pytest.FixtureRequest) -> str:
-    """Each chaos test runs once per real broker ("redis", "rabbitmq", "kafka")."""
+    """Each chaos test runs once per real broker ("redis", "rabbitmq", "kafka", "sqlite")."""
     name: str = request.param
     return name
 

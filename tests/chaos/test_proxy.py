@@ -30,6 +30,7 @@ from repid import Job
 from tests.chaos._harness import (
     DEFAULT_URLS,
     FULL,
+    SERVER_BROKERS,
     BrokerSettings,
     Chaos,
     LedgerView,
@@ -58,6 +59,13 @@ SLEEP = 0.03
 WORKERS = 2
 
 pytestmark = pytest.mark.timeout(size(120, 1200))
+
+
+@pytest.fixture(params=SERVER_BROKERS)
+def broker_name(request: pytest.FixtureRequest) -> str:
+    """C3 runs on the brokers with a server (SQLite has no connection to drop)."""
+    name: str = request.param
+    return name
 
 
 @pytest.fixture

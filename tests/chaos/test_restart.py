@@ -28,8 +28,8 @@ import pytest
 
 from repid import Job
 from tests.chaos._harness import (
-    BROKERS,
     FULL,
+    SERVER_BROKERS,
     BrokerSettings,
     Chaos,
     LedgerView,
@@ -56,7 +56,7 @@ WORKERS = 2
 pytestmark = pytest.mark.timeout(size(150, 1500))
 
 
-@pytest.fixture(scope="module", params=BROKERS)
+@pytest.fixture(scope="module", params=SERVER_BROKERS)  # SQLite has no server
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RedisChaosServer | RabbitServer | KafkaServer]:

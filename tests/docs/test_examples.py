@@ -20,6 +20,7 @@ from docs_helpers import DOCS_EXAMPLES, GUIDE, ROOT, run_script, subprocess_env
 
 DOCS = ROOT / "docs"
 DEMO = ROOT / "examples" / "demo.py"
+SQLITE_DEMO = ROOT / "examples" / "demo_sqlite.py"
 TESTING_EXAMPLES = DOCS_EXAMPLES / "testing"
 
 EXPECTED: dict[str, list[str]] = {
@@ -40,6 +41,13 @@ EXPECTED: dict[str, list[str]] = {
         r"ran unique after \d+\.\ds",
         r"ran low after \d+\.\ds",
         r"ran deferred after (0\.[5-9]|[1-9]\d*\.\d)s",  # never before its time
+    ],
+    "brokers_sqlite.py": [
+        r"\{'ready': 4, 'delayed': 0, 'in_flight': 0, 'dead': 0\}",
+        r"ran high in the worker process",
+        r"ran medium in the worker process",
+        r"ran low in the worker process",
+        r"add: 42 \(read back by the producer\)",
     ],
     "brokers_rabbitmq.py": [
         r"ran high after \d+\.\ds",
@@ -313,3 +321,23 @@ def test_readme_demo() -> None:
             r"results +\| greet\(name='VIP'\) returned \"Hello, VIP!\" \(success=True, .*\)",
         ],
     )
+
+
+def test_readme_sqlite_demo() -> None:
+    done = run_script(SQLITE_DEMO, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    _assert_output(
+        done.stdout,
+        [
+            r"producer  \| enqueued 6 jobs into repid\.db and exited",
+            *(rf"worker 1  \| resize\(photo={n}\) in process \d+" for n in (1, 2, 3)),
+            r"worker 1  \| stopped after 3 jobs",
+            *(rf"worker 2  \| resize\(photo={n}\) in process \d+" for n in (4, 5, 6)),
+            r"worker 2  \| stopped after 3 jobs",
+            r"main      \| queue now: \{'ready': 0, 'delayed': 0, 'in_flight': 0, 'dead': 0\}",
+            r'main      \| result of photo 6, stored by worker 2: "photo-6-small\.jpg"',
+        ],
+    )
+    pids = set(re.findall(r"in process (\d+)", done.stdout))
+    assert len(pids) == 2, "the two workers were not two processes"

@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -33,8 +34,11 @@ HERE = Path(__file__).parent
 REDIS = os.environ.get("REPID_REDIS_DSN", "redis://127.0.0.1:6379/0")
 RABBITMQ = os.environ.get("REPID_RABBITMQ_DSN", "amqp://guest:guest@127.0.0.1:5672/")
 KAFKA = "kafka://" + os.environ.get("REPID_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
+SQLITE = f"sqlite:///{tempfile.gettempdir()}/repid-mp-{RUN_ID}.db"
+"""One file for the run's SQLite variant (queues are unique per test); removed at the end."""
 VARIANTS = {
     "redis": (REDIS, False),
+    "sqlite": (SQLITE, False),
     "rabbitmq": (RABBITMQ, False),
     "rabbitmq+redis-state": (RABBITMQ, True),
     "kafka": (KAFKA, False),
@@ -77,7 +81,8 @@ class Workers:
             REPID_QUEUE=queue,
             REPID_HEARTBEAT="0.2",
         )
-        self.options = ["--broker", url, "--results", REDIS]
+        # A sqlite:// broker keeps results in its own file; the others use the Redis server.
+        self.options = ["--broker", url] + ([] if url == SQLITE else ["--results", REDIS])
         if state is not None:
             self.options += ["--state", state]
         self.tmp_path = tmp_path
@@ -132,7 +137,7 @@ def urls(broker_name: str) -> tuple[str, str | None]:
 def _connection(urls: tuple[str, str | None]) -> Connection:
     from repid.cli.target import connection_from_url
 
-    return connection_from_url(urls[0], REDIS, urls[1])
+    return connection_from_url(urls[0], None if urls[0] == SQLITE else REDIS, urls[1])
 
 
 def _forget_state(connection: Connection) -> None:
@@ -285,7 +290,15 @@ async def _forget_result(job: Job) -> None:
         await broker.delete_bucket(job._last_result_id)
 
 
-@pytest.mark.parametrize("broker_name", WITH_STATE, indirect=True)
+@pytest.fixture(scope="module", autouse=True)
+def _remove_sqlite_file() -> Iterator[None]:
+    yield
+    path = SQLITE.removeprefix("sqlite:///")
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("broker_name", [*WITH_STATE, "sqlite"], indirect=True)
 async def test_cancel_from_another_process_waiting_and_running(
     conn: Connection, queue: Queue, workers: tuple[Workers, Path]
 ) -> None:
