@@ -3,7 +3,8 @@
 `{"v": 1, "k": [id, topic, queue, priority], "p": payload, "m": parameters}`. Brokers that move
 bytes call `encode_message`/`decode_message`; a body that is not such an envelope raises
 `DecodeError`, and the broker hands it to the worker as an undecodable delivery (the raw bytes are
-kept in the dead letter).
+kept in the dead letter). A body longer than the broker's `max_message_size` is not parsed at all:
+it is undecodable too, so bytes put on a queue by another client cannot exhaust a worker's memory.
 """
 
 from __future__ import annotations
@@ -27,8 +28,19 @@ def encode_message(key: RoutingKey, payload: str, parameters: Parameters) -> byt
     )
 
 
-def decode_message(raw: bytes | str) -> tuple[RoutingKey, str, Parameters]:
-    """Parse envelope bytes; raise `DecodeError` saying what is wrong."""
+def decode_message(
+    raw: bytes | str, max_size: int | None = None
+) -> tuple[RoutingKey, str, Parameters]:
+    """Parse envelope bytes; raise `DecodeError` saying what is wrong.
+
+    Args:
+        raw: the message body as the broker stored it.
+        max_size: the broker's `max_message_size`; a longer body is rejected unparsed.
+    """
+    if max_size is not None and len(raw) > max_size:
+        raise DecodeError(
+            f"message of {len(raw)} bytes is larger than max_message_size ({max_size})"
+        )
     try:
         obj: Any = from_json(raw)
     except ValueError as exc:

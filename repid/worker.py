@@ -980,8 +980,8 @@ class Runner:
             traceback="".join(traceback.format_exception(exc)) if exc is not None else None,
             attempts=params.attempt,
         )
-        logger.warning(
-            "message %s (%s) dead-lettered: %s%s",
+        logger.warning(  # repr, cut: ids and names may come from foreign bytes
+            "message %.200r (%.200r) dead-lettered: %s%.1000s",
             delivery.key.id_,
             delivery.key.topic,
             reason.value,
