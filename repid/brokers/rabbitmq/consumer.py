@@ -401,9 +401,7 @@ class RabbitConsumer(BaseConsumer):
         message = await state.channel.basic_get(self._broker._name(self._queue), no_ack=False)
         if not isinstance(message.delivery, spec.Basic.GetOk):
             return True, None
-        delivery = to_delivery(
-            message, state, self._queue, max_size=self._broker.max_message_size
-        )
+        delivery = to_delivery(message, state, self._queue, max_size=self._broker.max_message_size)
         state.unsettled.add(delivery.handle.tag)
         if not self._admit(delivery):
             return False, None
