@@ -71,6 +71,10 @@ def bad_bodies(queue: str, max_size: int | None) -> dict[str, tuple[bytes, str]]
         "timestamp_nan": (env("timestamp_nan", ts="@@NAN@@").replace(b'"@@NAN@@"', b"NaN"), decode),
         "delay_until_huge": (env("delay_until_huge", d=[1e300, None, None, None]), decode),
         "timeout_huge": (env("timeout_huge", t=1e300), decode),
+        # Recurring schedules with no next run would be run and requeued at once, forever.
+        "deferred_by_zero": (env("deferred_by_zero", d=[None, 0.0, None, None]), decode),
+        "deferred_by_negative": (env("deferred_by_negative", d=[None, -5.0, None, None]), decode),
+        "cron_invalid": (env("cron_invalid", d=[None, None, "not a cron", None]), decode),
         "actor_empty": (env("actor_empty", topic=""), unknown),
         "actor_10kB": (env("actor_10kB", topic="a" * 10_240), unknown),
         "actor_control_chars": (
