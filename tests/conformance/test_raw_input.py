@@ -111,7 +111,9 @@ async def test_raw_bad_messages_are_dead_lettered_and_the_worker_keeps_going(
     for name in ("actor_empty", "actor_10kB", "actor_control_chars", "actor_unknown"):
         assert from_json(bodies[name][0])["k"][0] == name
 
-    await PUBLISHERS[broker_name](conn, queue.name, [(body, 1) for body, _ in bodies.values()])
+    # Spread over the three priorities (Redis: three streams; RabbitMQ: the AMQP priority).
+    raw = [(body, i % 3) for i, (body, _) in enumerate(bodies.values())]
+    await PUBLISHERS[broker_name](conn, queue.name, raw)
 
     router = router_for(queue)
     good_ran = asyncio.Event()
