@@ -140,6 +140,10 @@ async def test_raw_bad_messages_are_dead_lettered_and_the_worker_keeps_going(
                 f"{dead_count} of {len(bodies)} bad messages dead-lettered after 30s"
             )
             await asyncio.sleep(0.05)
+        # And after every bad message was handled, the same worker still runs good jobs.
+        good_ran.clear()
+        await job(conn, ACTOR, queue).enqueue()
+        await wait(good_ran, "a good job sent after the bad ones were dead-lettered")
 
     dead = await browse(queue, MessageCategory.DEAD)
     reasons: dict[str, str] = {}
