@@ -3,16 +3,18 @@
 `{"v": 1, "k": [id, topic, queue, priority], "p": payload, "m": parameters}`. Brokers that move
 bytes call `encode_message`/`decode_message`; a body that is not such an envelope raises
 `DecodeError`, and the broker hands it to the worker as an undecodable delivery (the raw bytes are
-kept in the dead letter).
+kept in the dead letter). A body longer than the broker's `max_message_size` is not parsed at all:
+it is undecodable too, so bytes put on a queue by another client cannot exhaust a worker's memory.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic_core import from_json, to_json
 
-from repid.data import Parameters, RoutingKey
+from repid.data import DelayProperties, Parameters, RoutingKey, next_tick
 from repid.errors import DecodeError
 
 __all__ = ["ENVELOPE_VERSION", "decode_message", "encode_message"]
@@ -27,8 +29,19 @@ def encode_message(key: RoutingKey, payload: str, parameters: Parameters) -> byt
     )
 
 
-def decode_message(raw: bytes | str) -> tuple[RoutingKey, str, Parameters]:
-    """Parse envelope bytes; raise `DecodeError` saying what is wrong."""
+def decode_message(
+    raw: bytes | str, max_size: int | None = None
+) -> tuple[RoutingKey, str, Parameters]:
+    """Parse envelope bytes; raise `DecodeError` saying what is wrong.
+
+    Args:
+        raw: the message body as the broker stored it.
+        max_size: the broker's `max_message_size`; a longer body is rejected unparsed.
+    """
+    if max_size is not None and len(raw) > max_size:
+        raise DecodeError(
+            f"message of {len(raw)} bytes is larger than max_message_size ({max_size})"
+        )
     try:
         obj: Any = from_json(raw)
     except ValueError as exc:
@@ -43,4 +56,24 @@ def decode_message(raw: bytes | str) -> tuple[RoutingKey, str, Parameters]:
         parameters = Parameters.decode(obj["m"])
     except (KeyError, TypeError, ValueError, IndexError, OverflowError, AttributeError) as exc:
         raise DecodeError(f"malformed repid envelope: {exc!r}") from exc
+    delay = parameters.delay
+    if delay.defer_by is not None or delay.cron is not None:
+        problem = _schedule_error(delay)
+        if problem is not None:
+            raise DecodeError(f"unusable recurring schedule: {problem}")
     return key, payload, parameters
+
+
+def _schedule_error(delay: DelayProperties) -> str | None:
+    """Why a recurring schedule has no next run (None: it has one).
+
+    `Job` refuses such schedules, but bytes from another producer (or a worker without
+    croniter) would otherwise be run and requeued at once, over and over.
+    """
+    if delay.defer_by is not None and delay.defer_by.total_seconds() <= 0:
+        return f"deferred_by must be positive, got {delay.defer_by.total_seconds():g}s"
+    try:
+        next_tick(delay, datetime.now(tz=UTC))
+    except Exception as exc:  # a bad cron string, croniter missing, dates out of range
+        return f"the next run time cannot be computed: {exc!r}"
+    return None

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping
 
+from repid._redact import mask_urls
+
 __all__ = [
     "BrokerError",
     "BrokerUnavailableError",
@@ -103,5 +105,5 @@ def map_broker_errors(mapping: ErrorMap, what: str) -> Iterator[None]:
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc)
+    text = mask_urls(str(exc))  # a client library's text may quote the URL it was given
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -80,8 +80,8 @@ class Settling(Execution):
                     )
                 await self._settle("requeue", delivery, None, parameters)
             case DeadLetter(parameters=parameters, info=info, error=error):
-                logger.warning(
-                    "message %s (%s) dead-lettered: %s%s",
+                logger.warning(  # repr, cut: ids and names may come from foreign bytes
+                    "message %.200r (%.200r) dead-lettered: %s%.1000s",
                     delivery.key.id_,
                     delivery.key.topic,
                     info.reason,

@@ -27,6 +27,7 @@ from repid.brokers.kafka.consumer import KafkaConsumer
 from repid.brokers.kafka.publisher import UNAVAILABLE, Publisher, fast_path_default
 from repid.brokers.kafka.reading import end_offsets, queue_counts, read_topic
 from repid.brokers.kafka.records import DEAD_HEADER, REMOVE_HEADER, Removal
+from repid.brokers.kafka.servers import check_bootstrap_servers
 from repid.brokers.kafka.topics import TopicAdmin
 from repid.brokers.kafka.unique_ids import UniqueIds
 from repid.codec import encode_message
@@ -141,7 +142,7 @@ class KafkaMessageBroker(LocalOrShared):
             raise ConfigurationError("commit_interval must be > 0, drain_timeout >= 0")
         if shared_state is not None and unique_ids is not None:
             raise ConfigurationError("pass unique_ids or shared_state, not both")
-        self.bootstrap_servers = bootstrap_servers
+        self.bootstrap_servers = check_bootstrap_servers(bootstrap_servers)
         self.topic_prefix = topic_prefix
         self.partitions = partitions
         self.replication_factor = replication_factor
@@ -189,6 +190,9 @@ class KafkaMessageBroker(LocalOrShared):
         self.consumers: set[KafkaConsumer] = set()
         """The started consumers of this broker (each adds and removes itself)."""
         self.is_connected = False
+
+    def __repr__(self) -> str:
+        return f"KafkaMessageBroker({self.bootstrap_servers!r}, topic_prefix={self.topic_prefix!r})"
 
     @property
     def timeout(self) -> float:

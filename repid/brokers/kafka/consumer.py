@@ -326,7 +326,9 @@ class KafkaConsumer(BaseConsumer):
                 self._apply_removal(removal, part, offset)
                 part.finish(offset)
                 continue
-            delivery = decode_record(record, self.queue_name, _Handle(self, part, offset))
+            delivery = decode_record(
+                record, self.queue_name, _Handle(self, part, offset), self.broker.max_message_size
+            )
             due = delivery.parameters.not_before if delivery.decode_error is None else None
             if delayed or (due is not None and due > now):
                 self._delays.hold(part, offset, delivery, record.value or b"", due or now, now)

@@ -20,6 +20,11 @@ class ConsumerHost(GroupHost, Protocol):
     def commit_interval(self) -> float: ...
 
     @property
+    def max_message_size(self) -> int:
+        """Records longer than this are dead-lettered undecoded."""
+        ...
+
+    @property
     def commit_on_revoke(self) -> bool: ...
 
     @property

@@ -34,6 +34,9 @@ class TopicsHost(Protocol):
     @property
     def operation_timeout(self) -> float: ...
 
+    @property
+    def max_message_size(self) -> int: ...
+
     def topic(self, queue_name: str, category: MessageCategory = MessageCategory.NORMAL) -> str:
         """The topic of one part of a queue."""
         ...
@@ -132,11 +135,14 @@ async def read_topic(
                 records.extend(record for record in batch if record.offset < ends[tp])
                 if batch and batch[-1].offset + 1 >= ends[tp]:
                     remaining.discard(tp)
-    return _visible(records, queue_name, category)
+    return _visible(records, queue_name, category, host.max_message_size)
 
 
 def _visible(
-    records: list[ConsumerRecord[Any, Any]], queue_name: str, category: MessageCategory
+    records: list[ConsumerRecord[Any, Any]],
+    queue_name: str,
+    category: MessageCategory,
+    max_size: int | None = None,
 ) -> list[Delivery]:
     """The deliveries of `records` that no later marker removed (DELAYED: not due, once)."""
     deliveries: list[tuple[TopicPartition, int, Delivery]] = []
@@ -150,7 +156,7 @@ def _visible(
                 if not (entry[0] == tp and entry[1] < record.offset and matches(removal, entry[2]))
             ]
             continue
-        delivery = decode_record(record, queue_name)
+        delivery = decode_record(record, queue_name, max_size=max_size)
         deliveries.append(
             (tp, record.offset, delivery._replace(handle=(tp, record.offset), category=category))
         )

@@ -57,13 +57,16 @@ _NORMAL = MessageCategory.NORMAL
 
 
 def decode_record(
-    record: ConsumerRecord[Any, Any], queue_name: str, handle: Any = None
+    record: ConsumerRecord[Any, Any],
+    queue_name: str,
+    handle: Any = None,
+    max_size: int | None = None,
 ) -> Delivery:
-    """A delivery with `handle` from a record (a dead letter to be when it does not decode:
-    `decode_error` set, the raw bytes kept)."""
+    """A delivery with `handle` from a record (a dead letter to be when it does not decode or
+    is longer than `max_size`: `decode_error` set, the raw bytes kept)."""
     raw: bytes = record.value or b""
     try:
-        key, payload, params = decode_message(raw)
+        key, payload, params = decode_message(raw, max_size)
     except DecodeError as exc:
         dead = None
         for name, value in record.headers or ():

@@ -155,11 +155,12 @@ class InMemoryMessageBroker:
     ) -> None:
         """Put raw bytes on a queue as a network broker would receive them (tests, bridges).
 
-        Bytes that are not a repid envelope are delivered as an undecodable delivery.
+        Bytes that are not a repid envelope, or longer than `max_message_size`, are delivered
+        as an undecodable delivery (the worker dead-letters it with reason `decode_error`).
         """
         q = self._queue(queue_name)
         try:
-            key, payload, params = decode_message(raw)
+            key, payload, params = decode_message(raw, self.max_message_size)
         except DecodeError as exc:
             seq = next(self._seq)
             entry = _entry(

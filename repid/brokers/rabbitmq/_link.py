@@ -15,14 +15,21 @@ import aio_pika
 import aiormq
 from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
-from yarl import URL
 
+from repid._redact import mask_url, mask_urls
 from repid.brokers.base import ConnectionPolicy
 from repid.brokers.rabbitmq import _compat
 from repid.brokers.rabbitmq._frames import FrameReader, InlineConsumers
 from repid.brokers.rabbitmq._publisher import PublishBatcher
 from repid.brokers.rabbitmq.channel_state import CHANNEL_ERRORS
-from repid.errors import BrokerError, BrokerUnavailableError, ErrorMap, map_broker_errors
+from repid.errors import (
+    BrokerError,
+    BrokerUnavailableError,
+    ConfigurationError,
+    ErrorMap,
+    RepidError,
+    map_broker_errors,
+)
 
 __all__ = ["AmqpLink", "safe_dsn"]
 
@@ -34,12 +41,8 @@ _UNREACHABLE: ErrorMap = {(*CHANNEL_ERRORS, TimeoutError): BrokerUnavailableErro
 
 
 def safe_dsn(dsn: str) -> str:
-    """The DSN without its password (for messages and reprs)."""
-    with contextlib.suppress(Exception):
-        url = URL(dsn)
-        if url.password:
-            return str(url.with_password("******"))
-    return dsn
+    """The DSN without its password (for messages and reprs); never raises (`mask_url`)."""
+    return mask_url(dsn)
 
 
 class AmqpLink:
@@ -65,12 +68,20 @@ class AmqpLink:
     async def connect(self) -> None:
         if self.connection is not None and not self.connection.is_closed:
             return
-        with map_broker_errors(_UNREACHABLE, f"connecting to RabbitMQ at {safe_dsn(self.dsn)}"):
-            self.connection = await aio_pika.connect_robust(
-                self.dsn,
-                timeout=self.policy.connect_timeout,
-                reconnect_interval=self.policy.reconnect_backoff,
-            )
+        try:
+            with map_broker_errors(_UNREACHABLE, f"connecting to RabbitMQ at {safe_dsn(self.dsn)}"):
+                self.connection = await aio_pika.connect_robust(
+                    self.dsn,
+                    timeout=self.policy.connect_timeout,
+                    reconnect_interval=self.policy.reconnect_backoff,
+                )
+        except ValueError as exc:  # a URL yarl cannot parse; its text may quote the password
+            if isinstance(exc, RepidError):
+                raise
+            raise ConfigurationError(
+                f"RabbitMQ DSN is not a valid AMQP URL (percent-encode '/', '@', ':' in a "
+                f"password): {safe_dsn(self.dsn)!r}: {mask_urls(str(exc))}"
+            ) from None
 
     async def close(self) -> None:
         for batcher in self.batchers.values():

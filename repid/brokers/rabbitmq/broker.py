@@ -349,7 +349,14 @@ class RabbitMessageBroker(ProcessState):
                 message = await channel.basic_get(handle.source, no_ack=False)
                 if not isinstance(message.delivery, spec.Basic.GetOk):
                     break
-                again = to_delivery(message, state, key.key.queue, key.category, handle.source)
+                again = to_delivery(
+                    message,
+                    state,
+                    key.key.queue,
+                    key.category,
+                    handle.source,
+                    self.max_message_size,
+                )
                 if (
                     again.key == key.key
                     and again.raw == key.raw

@@ -175,14 +175,16 @@ def to_delivery(
     queue: str,
     category: MessageCategory = MessageCategory.NORMAL,
     source: str | None = None,
+    max_size: int | None = None,
 ) -> Delivery:
-    """Decode one AMQP message into a delivery (an undecodable one keeps its raw bytes)."""
+    """Decode one AMQP message into a delivery (an undecodable one keeps its raw bytes; one
+    longer than `max_size` bytes is undecodable)."""
     tag: int = message.delivery.delivery_tag  # type: ignore[union-attr, assignment]
     redelivered = bool(message.delivery.redelivered)  # type: ignore[union-attr]
     body = message.body
     handle = Handle(state, tag, source)
     try:
-        key, payload, params = decode_message(body)
+        key, payload, params = decode_message(body, max_size)
     except DecodeError as exc:
         props = message.header.properties
         priority = 2 - (props.priority or 0) if props.priority is not None else 1

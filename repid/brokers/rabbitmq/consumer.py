@@ -40,6 +40,9 @@ class ConsumerHost(Protocol):
     def fast_path(self) -> bool: ...
 
     @property
+    def max_message_size(self) -> int: ...
+
+    @property
     def _tombstones(self) -> Mapping[tuple[str, str], float]: ...
 
     @property
@@ -266,11 +269,12 @@ class RabbitConsumer(BaseConsumer):
     def _on_message_for(self, state: ChannelState) -> Any:
         queue = self._queue
         ready = self._ready
+        max_size = self._broker.max_message_size
 
         def on_message(message: DeliveredMessage) -> None:
             tag: int = message.delivery.delivery_tag  # type: ignore[union-attr, assignment]
             state.unsettled.add(tag)
-            delivery = to_delivery(message, state, queue)
+            delivery = to_delivery(message, state, queue, max_size=max_size)
             if self._admit(delivery):
                 ready.append(delivery)
                 self._wake_one()
@@ -397,7 +401,7 @@ class RabbitConsumer(BaseConsumer):
         message = await state.channel.basic_get(self._broker._name(self._queue), no_ack=False)
         if not isinstance(message.delivery, spec.Basic.GetOk):
             return True, None
-        delivery = to_delivery(message, state, self._queue)
+        delivery = to_delivery(message, state, self._queue, max_size=self._broker.max_message_size)
         state.unsettled.add(delivery.handle.tag)
         if not self._admit(delivery):
             return False, None
@@ -430,7 +434,14 @@ class RabbitConsumer(BaseConsumer):
                     break
                 if not isinstance(message.delivery, spec.Basic.GetOk):
                     break
-                delivery = to_delivery(message, state, self._queue, self._category, source)
+                delivery = to_delivery(
+                    message,
+                    state,
+                    self._queue,
+                    self._category,
+                    source,
+                    self._broker.max_message_size,
+                )
                 if broker._tombstones and broker._is_tombstoned(delivery):
                     await state.channel.basic_ack(delivery.handle.tag)
                     continue

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from repid._redact import mask_url
 from repid.brokers.redis._resp import RedisProtocolError, RedisReplyError, RespParser
 from repid.errors import BrokerUnavailableError, ConfigurationError, ErrorMap, map_broker_errors
 
@@ -49,10 +50,12 @@ class RedisAddress:
     __slots__ = ("db", "host", "password", "path", "port", "tls", "username")
 
     def __init__(self, dsn: str) -> None:
+        # Every message quotes the DSN masked: a password with an unescaped "/" in it lands in
+        # what urlsplit takes for the port or the database.
         url = urlsplit(dsn)
         if url.scheme not in {"redis", "rediss", "unix"}:
             raise ConfigurationError(
-                f"Redis DSN must start with redis://, rediss:// or unix://, got {dsn!r}"
+                f"Redis DSN must start with redis://, rediss:// or unix://, got {mask_url(dsn)!r}"
             )
         query = parse_qs(url.query)
         self.username: str | None = unquote(url.username) if url.username else None
@@ -60,7 +63,13 @@ class RedisAddress:
         self.tls = url.scheme == "rediss"
         self.path: str | None = None
         self.host = url.hostname or "127.0.0.1"
-        self.port = url.port or 6379
+        try:
+            self.port = url.port or 6379
+        except ValueError:
+            raise ConfigurationError(
+                f"Redis DSN has a port that is not a number (percent-encode '/', '@', ':' in "
+                f"a password): {mask_url(dsn)!r}"
+            ) from None
         db = query.get("db", [""])[0]
         if url.scheme == "unix":
             self.path = unquote(url.path)
@@ -69,7 +78,13 @@ class RedisAddress:
         try:
             self.db = int(db) if db else 0
         except ValueError:
-            raise ConfigurationError(f"Redis database must be a number, got {db!r}") from None
+            raise ConfigurationError(
+                f"Redis database (the DSN's path or ?db=) must be a number: {mask_url(dsn)!r}"
+            ) from None
+
+    def __repr__(self) -> str:
+        where = self.path if self.path is not None else f"{self.host}:{self.port}"
+        return f"RedisAddress({where!r}, db={self.db}, tls={self.tls})"
 
 
 def _encode(args: Sequence[Arg]) -> bytes:

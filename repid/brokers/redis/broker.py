@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
+from repid._redact import mask_url
 from repid.brokers.base import (
     BrokerCapabilities,
     ConnectionPolicy,
@@ -149,6 +150,9 @@ class RedisMessageBroker(WorkersAndLimits):
         self._cancel_prefix = f"{prefix}cancel:"
         self._init_workers_and_limits()
         self.is_connected = False
+
+    def __repr__(self) -> str:
+        return f"RedisMessageBroker({mask_url(self.dsn)!r}, prefix={self.prefix!r})"
 
     # -- connection -------------------------------------------------------------------------
 
@@ -488,6 +492,11 @@ class RedisBucketBroker:
         self.ttl = ttl
         self.link = Link(RedisAddress(dsn), self.connection_policy)
         self._kind = "result" if use_result_bucket else "args"
+
+    def __repr__(self) -> str:
+        return (
+            f"RedisBucketBroker({self.link.address!r}, prefix={self.prefix!r}, kind={self._kind})"
+        )
 
     async def connect(self) -> None:
         await self.link.connection()

@@ -72,6 +72,7 @@ class ConsumerBroker(Protocol):
     link: Link
     lease_duration: float
     sweep_interval: float
+    max_message_size: int | None
 
     def keys(self, queue: str) -> list[bytes]: ...
 
@@ -95,6 +96,7 @@ class RedisConsumer(BaseConsumer):
         self.queue = queue
         """The queue read from: its deliveries are settled there, whatever their envelope says."""
         self.keys = broker.keys(queue)
+        self._max_size = broker.max_message_size
         self._topics = frozenset(topics) if topics is not None else None
         self.max_unacked_messages = max_unacked_messages
         self._category = category
@@ -432,7 +434,7 @@ class RedisConsumer(BaseConsumer):
         self, p: int, entry_id: bytes, envelope: bytes, count: int, redelivered: bool
     ) -> Delivery:
         try:
-            key, payload, params = decode_message(envelope)
+            key, payload, params = decode_message(envelope, self._max_size)
         except DecodeError as exc:
             return Delivery(
                 RoutingKey(f"raw-{entry_id.decode()}", "", self.queue, p),

@@ -1,0 +1,71 @@
+"""Raw bytes published straight into a broker of the suite with its client library.
+
+Not through repid's `Job` or broker: the bytes arrive as another producer's (or a corrupted)
+message would. One function per broker, chosen by the suite's broker name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import aio_pika
+import redis.asyncio
+from aiokafka import AIOKafkaProducer
+
+from repid import Connection, PrioritiesT
+from tests.conformance.specs import kafka, rabbitmq
+from tests.conformance.specs import redis as redis_spec
+
+RawPublisher = Callable[[Connection, str, list[tuple[bytes, int]]], Awaitable[None]]
+"""`(connection, queue name, [(body, priority 0-2), ...])`: put each body on the queue."""
+
+
+async def _memory(conn: Connection, queue: str, bodies: list[tuple[bytes, int]]) -> None:
+    broker = conn.message_broker
+    for body, priority in bodies:
+        broker.inject_raw(queue, body, PrioritiesT(priority))
+
+
+async def _redis(conn: Connection, queue: str, bodies: list[tuple[bytes, int]]) -> None:
+    streams = conn.message_broker.keys(queue)  # one stream per priority, first
+    client = redis.asyncio.Redis.from_url(redis_spec.DSN)
+    try:
+        for body, priority in bodies:
+            await client.xadd(streams[priority], {b"m": body})
+    finally:
+        await client.aclose()
+
+
+async def _rabbitmq(conn: Connection, queue: str, bodies: list[tuple[bytes, int]]) -> None:
+    connection = await aio_pika.connect(rabbitmq.DSN)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        for body, priority in bodies:
+            message = aio_pika.Message(
+                body,
+                priority=2 - priority,  # AMQP: higher is more urgent; repid's HIGH is 0
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            )
+            await channel.default_exchange.publish(message, routing_key=rabbitmq.PREFIX + queue)
+    finally:
+        await connection.close()
+
+
+async def _kafka(conn: Connection, queue: str, bodies: list[tuple[bytes, int]]) -> None:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=kafka.BOOTSTRAP, max_request_size=conn.message_broker.max_message_size * 2
+    )
+    await producer.start()
+    try:
+        for body, _priority in bodies:
+            await producer.send_and_wait(conn.message_broker.topic(queue), body)
+    finally:
+        await producer.stop()
+
+
+PUBLISHERS: dict[str, RawPublisher] = {
+    "kafka": _kafka,
+    "memory": _memory,
+    "rabbitmq": _rabbitmq,
+    "redis": _redis,
+}
