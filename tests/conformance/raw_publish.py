@@ -6,13 +6,17 @@ message would. One function per broker, chosen by the suite's broker name.
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Awaitable, Callable
+from uuid import uuid4
 
 import aio_pika
 import redis.asyncio
 from aiokafka import AIOKafkaProducer
 
 from repid import Connection, PrioritiesT
+from repid.brokers.sqlite import _db as sqlite_db
 from tests.conformance.specs import kafka, rabbitmq
 from tests.conformance.specs import redis as redis_spec
 
@@ -63,9 +67,28 @@ async def _kafka(conn: Connection, queue: str, bodies: list[tuple[bytes, int]]) 
         await producer.stop()
 
 
+async def _sqlite(conn: Connection, queue: str, bodies: list[tuple[bytes, int]]) -> None:
+    # Another program writing rows into the shared file, as the broker's own enqueue would.
+    path = conn.message_broker.db.path
+    db = sqlite3.connect(path, timeout=30)
+    try:
+        with db:
+            for n, (body, priority) in enumerate(bodies):
+                db.execute(
+                    "INSERT INTO repid_messages (queue, id, topic, priority, state, at, ord, "
+                    "envelope) VALUES (?, ?, '', ?, 0, 0, ?, ?)",
+                    (queue, f"raw-{uuid4().hex}", priority, time.time_ns() + n, body),
+                )
+    finally:
+        db.close()
+    # Without this a worker in another process finds the rows at its next poll.
+    sqlite_db.notify(path, {queue})
+
+
 PUBLISHERS: dict[str, RawPublisher] = {
     "kafka": _kafka,
     "memory": _memory,
     "rabbitmq": _rabbitmq,
     "redis": _redis,
+    "sqlite": _sqlite,
 }

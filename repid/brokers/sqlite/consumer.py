@@ -46,6 +46,7 @@ class ConsumerBroker(Protocol):
     db: Database
     lease_duration: float
     poll_interval: float
+    max_message_size: int | None
 
 
 def decode_row(
@@ -56,10 +57,12 @@ def decode_row(
     handle: object,
     category: MessageCategory = _NORMAL,
     redelivered: bool = False,
+    max_size: int | None = None,
 ) -> Delivery:
-    """A row as a delivery (undecodable bytes become a delivery with `decode_error`)."""
+    """A row as a delivery (undecodable bytes, or more than `max_size` of them, become a
+    delivery with `decode_error`)."""
     try:
-        key, payload, params = decode_message(envelope)
+        key, payload, params = decode_message(envelope, max_size)
     except DecodeError as exc:
         placeholder = RoutingKey(f"raw-{seq}", "", queue, PrioritiesT.MEDIUM)
         return Delivery(
@@ -204,7 +207,13 @@ class SqliteConsumer(BaseConsumer):
         for seq, token, envelope, raw, redelivered in rows:
             self._buffer.append(
                 decode_row(
-                    queue, seq, envelope, raw, (seq, token, self), redelivered=bool(redelivered)
+                    queue,
+                    seq,
+                    envelope,
+                    raw,
+                    (seq, token, self),
+                    redelivered=bool(redelivered),
+                    max_size=broker.max_message_size,
                 )
             )
         if rows:
