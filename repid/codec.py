@@ -9,12 +9,11 @@ it is undecodable too, so bytes put on a queue by another client cannot exhaust 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from pydantic_core import from_json, to_json
 
-from repid.data import DelayProperties, Parameters, RoutingKey, next_tick
+from repid.data import Parameters, RoutingKey
 from repid.errors import DecodeError
 
 __all__ = ["ENVELOPE_VERSION", "decode_message", "encode_message"]
@@ -56,24 +55,4 @@ def decode_message(
         parameters = Parameters.decode(obj["m"])
     except (KeyError, TypeError, ValueError, IndexError, OverflowError, AttributeError) as exc:
         raise DecodeError(f"malformed repid envelope: {exc!r}") from exc
-    delay = parameters.delay
-    if delay.defer_by is not None or delay.cron is not None:
-        problem = _schedule_error(delay)
-        if problem is not None:
-            raise DecodeError(f"unusable recurring schedule: {problem}")
     return key, payload, parameters
-
-
-def _schedule_error(delay: DelayProperties) -> str | None:
-    """Why a recurring schedule has no next run (None: it has one).
-
-    `Job` refuses such schedules, but bytes from another producer (or a worker without
-    croniter) would otherwise be run and requeued at once, over and over.
-    """
-    if delay.defer_by is not None and delay.defer_by.total_seconds() <= 0:
-        return f"deferred_by must be positive, got {delay.defer_by.total_seconds():g}s"
-    try:
-        next_tick(delay, datetime.now(tz=UTC))
-    except Exception as exc:  # a bad cron string, croniter missing, dates out of range
-        return f"the next run time cannot be computed: {exc!r}"
-    return None

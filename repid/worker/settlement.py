@@ -265,13 +265,14 @@ class Settling(Execution):
             if self._events.active:
                 await self._event(EventKind.RETRIED, delivery, started or None, exc)
         else:
-            failure = ResultBucket(
-                "null",
+            failure = ResultBucket(  # 1.6's layout: the message as data, the class as exception
+                str(exc),
                 False,
                 started or time.time_ns(),
                 time.time_ns(),
-                exception="".join(traceback.format_exception(exc)),
+                exception=type(exc).__name__,
                 exception_type=type(exc).__name__,
+                traceback="".join(traceback.format_exception(exc)),
             )
             try:
                 await self._store_result(delivery, failure)

@@ -3,15 +3,17 @@ and settles the outcome; `run()` starts one `Runner`."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import signal
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from repid.errors import ConfigurationError
 from repid.lifecycle import HEARTBEAT_INTERVAL
 from repid.router import Router, RouterDefaults
 from repid.worker.runner import Runner
+from repid.worker.state import logger
 
 if TYPE_CHECKING:
     from repid.connection import Connection
@@ -112,23 +114,37 @@ class Worker(Router):
 
         Returns the runner, whose counters (`processed`, ...) describe what happened.
         """
-        for actor in self.actors.values():  # fail at start-up, not on the first message
-            prepare = getattr(actor.converter, "prepare", None)
-            if prepare is not None:
-                prepare()
-        connection = self.connection
-        if not connection.is_open:
-            await connection.connect()
-        if self.auto_declare:
-            await self.declare_all_queues()
-        runner = Runner(self, connection, drain=drain)
-        self._runner = runner
-        if self._stop_requested:
-            runner.request_stop()
+        loop = asyncio.get_running_loop()
+        # A stop signal during start-up (connecting, declaring) stops the run gracefully, as
+        # 1.6 did; the runner replaces these handlers with its own (no gap between the two) and
+        # removes them when it ends.
+        early = _install_handlers(loop, self.handle_signals, self.stop)
         try:
-            await runner.run()
-        finally:
-            self._stop_requested = False
+            try:
+                for actor in self.actors.values():  # fail at start-up, not on the first message
+                    prepare = getattr(actor.converter, "prepare", None)
+                    if prepare is not None:
+                        prepare()
+                connection = self.connection
+                if not connection.is_open:
+                    await connection.connect()
+                if self.auto_declare:
+                    await self.declare_all_queues()
+                runner = Runner(self, connection, drain=drain)
+                self._runner = runner
+                if self._stop_requested:
+                    runner.request_stop()
+            except BaseException:
+                for sig in early:
+                    loop.remove_signal_handler(sig)
+                raise
+            try:
+                await runner.run()
+            finally:
+                self._stop_requested = False
+        except asyncio.CancelledError:
+            logger.critical("Worker was cancelled.")
+            raise
         if runner.crashed is not None:
             raise RuntimeError("a worker lane crashed (a bug in repid)") from runner.crashed
         return runner
@@ -154,3 +170,19 @@ class Worker(Router):
         self._stop_requested = True
         if self._runner is not None:
             self._runner.request_stop()
+
+
+def _install_handlers(
+    loop: asyncio.AbstractEventLoop,
+    signals: Sequence[signal.Signals],
+    handler: Callable[[], None],
+) -> list[signal.Signals]:
+    """`handler` for each of `signals` that can be handled here (the main thread's loop)."""
+    installed = []
+    for sig in signals:
+        try:
+            loop.add_signal_handler(sig, handler)
+        except (ValueError, RuntimeError, NotImplementedError):
+            continue  # not the main thread: the runner says so once
+        installed.append(sig)
+    return installed

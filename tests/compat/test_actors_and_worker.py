@@ -1,8 +1,5 @@
 """Code written for repid 1.6 (issue 16): what actors receive, what a failure stores, and how
 `worker.run()` reacts to cancellation and signals — on every broker where a broker is involved.
-
-Rows that need a change in `repid/worker.py` (being split into a package by another engineer)
-are strict xfails naming the change; they start passing, and must lose the mark, once it lands.
 """
 
 from __future__ import annotations
@@ -96,16 +93,6 @@ async def test_var_positional_actor_gets_the_values(q: Queue) -> None:
     assert received == [(1, 2)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "needs worker: in Runner's failure path (worker.py, `failure = ResultBucket(...)`) "
-        "write ResultBucket(str(exc), False, started or time.time_ns(), time.time_ns(), "
-        "exception=type(exc).__name__, exception_type=type(exc).__name__, "
-        "traceback=''.join(traceback.format_exception(exc))) instead of data='null' and "
-        "exception=<traceback text>"
-    ),
-)
 async def test_failed_actor_result(q: Queue) -> None:
     r = Router()
 
@@ -150,13 +137,6 @@ async def test_wait_reads_a_failure_stored_as_16_did(q: Queue, conn: Connection)
     assert caught.value.details == failure.traceback
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "needs worker: Worker.run() must catch asyncio.CancelledError, log "
-        "logger.critical('Worker was cancelled.') and re-raise it"
-    ),
-)
 async def test_cancelled_worker_logs_critical(q: Queue, caplog: pytest.LogCaptureFixture) -> None:
     r = Router()
 
@@ -190,14 +170,6 @@ class _SlowConnect(Connection):
         return await self._inner.connect()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "needs worker: Worker.run() must install its signal handlers (Runner."
-        "_install_signal_handlers) as its first step, before it connects or declares queues, "
-        "and keep them until run() returns"
-    ),
-)
 async def test_sigint_right_after_run_starts_stops_gracefully(conn: Connection) -> None:
     r = Router()
 

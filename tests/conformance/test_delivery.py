@@ -255,10 +255,13 @@ async def test_result_of_a_failed_run_has_the_exception(conn, new_queue):
     result = await exploded.result
     assert result is not None
     assert result.success is False
-    assert result.exception is not None
-    assert "ValueError" in result.exception
-    assert "kaboom-42" in result.exception
-    assert result.exception_type == "ValueError"
+    assert (result.data, result.exception, result.exception_type) == (
+        "kaboom-42",
+        "ValueError",
+        "ValueError",
+    )
+    assert result.traceback is not None
+    assert "ValueError: kaboom-42" in result.traceback
 
 
 async def test_no_result_is_stored_when_not_asked(conn, new_queue):

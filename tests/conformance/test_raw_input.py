@@ -22,6 +22,7 @@ from .raw_publish import PUBLISHERS
 from .support import browse, job, make_worker, router_for, running, wait
 
 ACTOR = "known"
+RECURRING = "recurring"
 
 
 def envelope(queue: str, id_: str, topic: str = ACTOR, **changes: Any) -> dict[str, Any]:
@@ -43,8 +44,13 @@ def bad_bodies(queue: str, max_size: int | None) -> dict[str, tuple[bytes, str]]
     """Case name -> (raw body, the dead-letter reason it must end with)."""
     decode, unknown = DeadLetterReason.DECODE_ERROR.value, DeadLetterReason.UNKNOWN_ACTOR.value
 
+    schedule = DeadLetterReason.SCHEDULE_ERROR.value
+
     def env(id_: str, **changes: Any) -> bytes:
         return to_json(envelope(queue, id_, **changes))
+
+    def recurring(id_: str, delay: list[Any]) -> bytes:
+        return to_json(envelope(queue, id_, RECURRING, d=delay))
 
     cases: dict[str, tuple[bytes, str]] = {
         "not_json": (b"this is {not json", decode),
@@ -71,10 +77,14 @@ def bad_bodies(queue: str, max_size: int | None) -> dict[str, tuple[bytes, str]]
         "timestamp_nan": (env("timestamp_nan", ts="@@NAN@@").replace(b'"@@NAN@@"', b"NaN"), decode),
         "delay_until_huge": (env("delay_until_huge", d=[1e300, None, None, None]), decode),
         "timeout_huge": (env("timeout_huge", t=1e300), decode),
-        # Recurring schedules with no next run would be run and requeued at once, forever.
-        "deferred_by_zero": (env("deferred_by_zero", d=[None, 0.0, None, None]), decode),
-        "deferred_by_negative": (env("deferred_by_negative", d=[None, -5.0, None, None]), decode),
-        "cron_invalid": (env("cron_invalid", d=[None, None, "not a cron", None]), decode),
+        # Recurring schedules with no next run: run once, then dead-lettered (not requeued at
+        # once, forever).
+        "deferred_by_zero": (recurring("deferred_by_zero", [None, 0.0, None, None]), schedule),
+        "deferred_by_negative": (
+            recurring("deferred_by_negative", [None, -5.0, None, None]),
+            schedule,
+        ),
+        "cron_invalid": (recurring("cron_invalid", [None, None, "not a cron", None]), schedule),
         "actor_empty": (env("actor_empty", topic=""), unknown),
         "actor_10kB": (env("actor_10kB", topic="a" * 10_240), unknown),
         "actor_control_chars": (
@@ -121,6 +131,10 @@ async def test_raw_bad_messages_are_dead_lettered_and_the_worker_keeps_going(
     @router.actor(name=ACTOR)
     async def known() -> None:
         good_ran.set()
+
+    @router.actor(name=RECURRING)
+    async def recurring() -> None:
+        return None
 
     caplog.set_level(logging.WARNING)
     worker = make_worker(conn, router)

@@ -17,9 +17,13 @@ READY_MARKER = "repid-docs-test: SIGINT handler installed"
 
 
 class _AnnouncingLoop(asyncio.SelectorEventLoop):
+    announced = False
+
     def add_signal_handler(self, sig: int, callback: Any, *args: Any) -> None:
         super().add_signal_handler(sig, callback, *args)
-        if sig == signal.SIGINT:
+        # Once: `Worker.run()` handles SIGINT from its start, then hands over to its runner.
+        if sig == signal.SIGINT and not self.announced:
+            self.announced = True
             print(READY_MARKER, flush=True)
 
 

@@ -426,9 +426,11 @@ async def test_result_of_a_failed_job_has_the_exception(results_conn: Connection
     result = await job.result
     assert result is not None
     assert not result.success
-    assert result.exception is not None
-    assert "RuntimeError: nope" in result.exception
-    assert result.exception_type == "RuntimeError"
+    # 1.6's layout: the message as data, the class as exception; the traceback beside them.
+    assert result.data == "nope"
+    assert result.exception == result.exception_type == "RuntimeError"
+    assert result.traceback is not None
+    assert "RuntimeError: nope" in result.traceback
 
 
 # -- args bucket -----------------------------------------------------------------------------
