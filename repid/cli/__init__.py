@@ -25,6 +25,7 @@ from typing import Any
 
 from repid._redact import mask_urls
 from repid.asyncapi import build_asyncapi
+from repid.cli import db
 from repid.cli.operations import (
     enqueue,
     list_dead,
@@ -255,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--delay", type=_non_negative_float, metavar="SECONDS", help="run no earlier than this"
     )
     _add_connection_options(enqueue_parser)
+    db.add_parser(commands)
     return parser
 
 
@@ -672,6 +674,7 @@ _ASYNC_COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, in
     "workers": _command_workers,
     "dead": _command_dead,
     "enqueue": _command_enqueue,
+    "db": db.run,
 }
 
 

@@ -1,0 +1,245 @@
+"""What is specific to the PostgreSQL broker: enqueue in the caller's transaction, the schema
+and its upgrade, LISTEN/NOTIFY wake-ups and the poll fallback, errors that mask passwords."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from uuid import uuid4
+
+import asyncpg
+import pytest
+
+from repid import Connection, Queue
+from repid.brokers.postgres import PostgresMessageBroker
+from repid.brokers.postgres._schema import SCHEMA_VERSION, Names, current_version, upgrade
+from repid.cli import main
+from repid.data import Parameters, PrioritiesT, RoutingKey
+from repid.errors import BrokerUnavailableError, ConfigurationError
+from tests.brokers.postgres.conftest import DSN
+from tests.conformance.support import job, make_worker, router_for, running, wait
+
+
+def _key(queue: str, id_: str | None = None) -> RoutingKey:
+    return RoutingKey(id_ or uuid4().hex, "work", queue, PrioritiesT.MEDIUM)
+
+
+async def _queue(conn: Connection) -> Queue:
+    queue = Queue(f"q_{uuid4().hex[:8]}", _connection=conn)
+    await queue.declare()
+    return queue
+
+
+# -- enqueue inside the caller's transaction ----------------------------------------------------
+
+
+async def test_a_job_enqueued_in_a_committed_transaction_runs_and_a_rolled_back_one_never_does(
+    connect, user_conn
+):
+    conn = await connect()
+    broker = conn.message_broker
+    queue = await _queue(conn)
+    table = f"orders_{uuid4().hex[:8]}"
+    await user_conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY)")
+    try:
+        router = router_for(queue)
+        ran: list[int] = []
+        committed_ran = asyncio.Event()
+
+        @router.actor
+        async def ship(order: int) -> None:
+            ran.append(order)
+            if order == 1:
+                committed_ran.set()
+
+        async def failed_order() -> None:
+            async with user_conn.transaction():
+                await user_conn.execute(f"INSERT INTO {table} VALUES (2)")
+                with broker.transaction(user_conn):
+                    await job(conn, "ship", queue, args={"order": 2}).enqueue()
+                assert (await broker.counts(queue.name))["ready"] == 0  # not visible yet
+                raise RuntimeError("payment failed")
+
+        async with running(make_worker(conn, router)):
+            with pytest.raises(RuntimeError, match="payment failed"):
+                await failed_order()
+            async with user_conn.transaction():
+                await user_conn.execute(f"INSERT INTO {table} VALUES (1)")
+                async with broker.transaction(user_conn):
+                    await job(conn, "ship", queue, args={"order": 1}).enqueue()
+            await wait(committed_ran, "the job of the committed transaction")
+        assert ran == [1]
+        assert await user_conn.fetchval(f"SELECT count(*) FROM {table}") == 1
+        counts = await broker.counts(queue.name)
+        assert counts == {"ready": 0, "delayed": 0, "in_flight": 0, "dead": 0}
+    finally:
+        await user_conn.execute(f"DROP TABLE {table}")
+
+
+async def test_args_bucket_of_a_rolled_back_transaction_is_gone_too(connect, user_conn):
+    conn = await connect()
+    bucket_broker = conn.args_bucket_broker
+    queue = await _queue(conn)
+    transaction = user_conn.transaction()
+    await transaction.start()
+    with conn.message_broker.transaction(user_conn):
+        await job(conn, "work", queue, args={"n": 1}, use_args_bucketer=True).enqueue()
+        await bucket_broker.store_bucket("kept-only-if-committed", bucket_broker.BUCKET_CLASS("x"))
+    await transaction.rollback()
+    assert await bucket_broker.get_bucket("kept-only-if-committed") is None
+    assert (await conn.message_broker.counts(queue.name))["ready"] == 0
+
+
+async def test_enqueue_outside_the_block_uses_the_broker_pool(connect, user_conn):
+    conn = await connect()
+    queue = await _queue(conn)
+    async with user_conn.transaction():
+        with conn.message_broker.transaction(user_conn):
+            pass
+        await job(conn, "work", queue).enqueue()  # after the block: its own commit
+        assert (await conn.message_broker.counts(queue.name))["ready"] == 1
+
+
+# -- wake-ups -------------------------------------------------------------------------------------
+
+
+async def test_an_idle_consumer_is_woken_by_notify_not_by_polling(connect):
+    conn = await connect(poll_interval=30.0)
+    broker = conn.message_broker
+    queue = await _queue(conn)
+    await asyncio.wait_for(broker._listener.listening.wait(), 5)
+    consumer = broker.get_consumer(queue.name, max_unacked_messages=10)
+    await consumer.start()
+    try:
+        taking = asyncio.ensure_future(consumer.consume())
+        await asyncio.sleep(0.2)  # the consumer found nothing and sleeps (30 s poll)
+        assert not taking.done()
+        started = time.monotonic()
+        await broker.enqueue(_key(queue.name), "{}", Parameters())
+        delivery = await asyncio.wait_for(taking, 5)
+        assert time.monotonic() - started < 2.0
+        assert await broker.ack(delivery)
+    finally:
+        await consumer.finish()
+
+
+async def test_without_notifications_polling_still_delivers(connect):
+    conn = await connect(poll_interval=0.2)
+    broker = conn.message_broker
+    queue = await _queue(conn)
+    await broker._listener.stop()  # as if the LISTEN connection were gone for good
+    consumer = broker.get_consumer(queue.name, max_unacked_messages=10)
+    await consumer.start()
+    try:
+        taking = asyncio.ensure_future(consumer.consume())
+        await asyncio.sleep(0.1)
+        await broker.enqueue(_key(queue.name), "{}", Parameters())
+        delivery = await asyncio.wait_for(taking, 5)
+        assert await broker.ack(delivery)
+    finally:
+        await consumer.finish()
+
+
+async def test_an_expired_lease_is_swept_back_and_the_old_holder_is_stale(connect):
+    conn = await connect(lease_duration=0.5)
+    broker = conn.message_broker
+    queue = await _queue(conn)
+    await broker.enqueue(_key(queue.name, "orphan"), "{}", Parameters())
+    first = broker.get_consumer(queue.name, max_unacked_messages=1)
+    second = broker.get_consumer(queue.name, max_unacked_messages=1)
+    await first.start()
+    await second.start()
+    try:
+        (held,) = await first.fetch(1, 5.0)
+        assert not held.redelivered
+        (again,) = await second.fetch(1, 5.0)  # waits for the lease to run out
+        assert again.key.id_ == "orphan"
+        assert again.redelivered
+        assert not await broker.ack(held)
+        assert await broker.ack(again)
+    finally:
+        await first.finish()
+        await second.finish()
+
+
+# -- schema ---------------------------------------------------------------------------------------
+
+
+async def test_schema_upgrade_is_idempotent_and_safe_concurrently(schema):
+    names = Names(schema, "app_")
+    conns = [await asyncpg.connect(DSN) for _ in range(3)]
+    try:
+        applied = await asyncio.gather(*(upgrade(c, names) for c in conns))
+        assert sorted(applied) == [[], [], list(range(1, SCHEMA_VERSION + 1))]
+        assert await upgrade(conns[0], names) == []
+        assert await current_version(conns[0], names) == SCHEMA_VERSION
+        tables = await conns[0].fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = $1 ORDER BY 1", schema
+        )
+        assert [t[0] for t in tables] == [
+            "app_buckets",
+            "app_cancels",
+            "app_dead_letters",
+            "app_messages",
+            "app_queues",
+            "app_schema_version",
+            "app_workers",
+        ]
+    finally:
+        for c in conns:
+            await c.close()
+
+
+async def test_without_auto_upgrade_a_missing_schema_says_to_run_repid_db_upgrade(schema):
+    broker = PostgresMessageBroker(DSN, schema=schema, auto_upgrade=False)
+    with pytest.raises(ConfigurationError, match="repid db upgrade"):
+        await broker.connect()
+    await broker.disconnect()
+    assert await asyncio.to_thread(main, ["db", "upgrade", "--dsn", DSN, "--schema", schema]) == 0
+    await broker.connect()
+    await broker.disconnect()
+
+
+def test_repid_db_status_and_upgrade(schema, capsys):
+    assert main(["db", "status", "--dsn", DSN, "--schema", schema]) == 0
+    assert "database: 0" in capsys.readouterr().out
+    assert main(["db", "upgrade", "--dsn", DSN, "--schema", schema]) == 0
+    assert "applied migration(s) 1" in capsys.readouterr().out
+    assert main(["db", "upgrade", "--dsn", DSN, "--schema", schema]) == 0
+    assert "up to date" in capsys.readouterr().out
+    assert main(["db", "upgrade", "--dsn", "redis://x"]) == 1
+    assert "needs --dsn postgresql://" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("schema_name", ["Bad", "1x", "a-b", 'x"; drop'])
+def test_schema_and_prefix_names_are_checked(schema_name):
+    with pytest.raises(ConfigurationError, match="schema"):
+        PostgresMessageBroker(DSN, schema=schema_name)
+    if schema_name != "1x":  # a prefix may start with a digit (it follows nothing)
+        with pytest.raises(ConfigurationError, match="prefix"):
+            PostgresMessageBroker(DSN, prefix=schema_name)
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+_SECRET_DSN = "postgresql://postgres:hunter2secret@127.0.0.1:1/test"
+
+
+async def test_an_unreachable_server_is_a_clear_error_without_the_password(caplog):
+    broker = PostgresMessageBroker(_SECRET_DSN, connect_timeout=1.0, operation_timeout=1.0)
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailableError, match="unreachable") as info:
+        await broker.connect()
+    assert time.monotonic() - started < 5.0
+    assert "hunter2secret" not in str(info.value)
+    assert "postgres:***@127.0.0.1:1" in str(info.value)
+    assert "hunter2secret" not in repr(broker)
+    assert "hunter2secret" not in caplog.text
+    await broker.disconnect()
+
+
+def test_repid_db_against_an_unreachable_server_masks_the_password(capsys):
+    assert main(["db", "upgrade", "--dsn", _SECRET_DSN]) == 1
+    err = capsys.readouterr().err
+    assert "unreachable" in err
+    assert "hunter2secret" not in err
