@@ -64,13 +64,14 @@ from repid import (
     Queue,
     RedisMessageBroker,
 )
+from repid.brokers.postgres import PostgresMessageBroker
 from repid.brokers.rabbitmq.broker import RabbitMessageBroker
 from tests.conformance.specs import RUN_ID  # the run's id: every key, queue and topic holds it
 
 ROOT = Path(__file__).resolve().parents[2]
 """The repository root: worker processes run with it as their working directory."""
 
-BROKERS = ("redis", "rabbitmq", "kafka")
+BROKERS = ("redis", "rabbitmq", "kafka", "postgres")
 """Every real broker; each scenario runs on all of them."""
 
 FULL = os.environ.get("REPID_CHAOS", "").lower() == "full"
@@ -86,6 +87,7 @@ DEFAULT_URLS = {
     "redis": os.environ.get("REPID_REDIS_DSN", "redis://127.0.0.1:6379/0"),
     "rabbitmq": os.environ.get("REPID_RABBITMQ_DSN", "amqp://guest:guest@127.0.0.1:5672/"),
     "kafka": "kafka://" + os.environ.get("REPID_KAFKA_BOOTSTRAP", "127.0.0.1:19092"),
+    "postgres": os.environ.get("REPID_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"),
 }
 
 T = TypeVar("T")
@@ -133,6 +135,9 @@ class BrokerSettings:
             if NOIDA:
                 base["commit_on_revoke"] = False
             prefix = f"repid-{RUN_ID}-chaos-"
+        elif name == "postgres":
+            base = {"lease_duration": 2.0, "poll_interval": 0.5}
+            prefix = f"repid_test_{RUN_ID}"  # the schema; the Postgres spec's exit hook drops it
         else:
             raise ValueError(f"unknown broker {name!r}: expected one of {BROKERS}")
         base.update(options)
@@ -142,12 +147,13 @@ class BrokerSettings:
     def settle_window(self) -> float:
         """Seconds a message the worker settled may still be unacknowledged at the broker.
 
-        Redis: 0 (an acknowledgement returns once Redis applied it). RabbitMQ: 0.1 s
+        Redis and PostgreSQL: 0 (an acknowledgement returns once the server applied it; a
+        Postgres ack is committed, only its WAL flush may lag). RabbitMQ: 0.1 s
         (`basic.ack` is not confirmed: one still in the client's or the kernel's buffers dies
         with the process; measured up to ~20 ms). Kafka: offsets are committed every
         `commit_interval`, plus the commit's round trip (0.1 s).
         """
-        if self.name == "redis":
+        if self.name in {"redis", "postgres"}:
             return 0.0
         if self.name == "kafka":
             return float(self.options.get("commit_interval", 0.2)) + 0.1
@@ -163,6 +169,8 @@ class BrokerSettings:
         if self.name == "kafka":
             bootstrap = self.url.removeprefix("kafka://")
             return Connection(KafkaMessageBroker(bootstrap, topic_prefix=self.prefix, **options))
+        if self.name == "postgres":
+            return Connection(PostgresMessageBroker(self.url, schema=self.prefix, **options))
         raise ValueError(f"unknown broker {self.name!r}")
 
     def env(self) -> dict[str, str]:

@@ -5,6 +5,7 @@ broker's window, after which a broker without working renewal would hand the job
 worker. The window per broker:
 
 - Redis: the delivery's lease (`lease_duration`, 0.5 s here), renewed while the actor runs.
+- PostgreSQL: the claimed row's lease (`lease_duration`, 0.5 s here), renewed the same way.
 - RabbitMQ: there is no lease — a delivery belongs to its channel until it is acknowledged or
   the channel closes (the server's `consumer_timeout`, 30 min by default, is out of reach of a
   test). The window checked instead is the connection's heartbeat (1 s here, URL
@@ -43,7 +44,7 @@ pytestmark = pytest.mark.timeout(size(120, 600))
 
 def window(settings: BrokerSettings) -> float:
     """The broker's window (see the module docstring), in seconds."""
-    if settings.name == "redis":
+    if settings.name in {"redis", "postgres"}:
         return float(settings.options["lease_duration"])
     if settings.name == "rabbitmq":
         return HEARTBEAT
@@ -52,8 +53,8 @@ def window(settings: BrokerSettings) -> float:
 
 @pytest.fixture
 def broker_settings(broker_name: str) -> BrokerSettings:
-    if broker_name == "redis":
-        return BrokerSettings.default("redis", lease_duration=LEASE)
+    if broker_name in {"redis", "postgres"}:
+        return BrokerSettings.default(broker_name, lease_duration=LEASE)
     if broker_name == "rabbitmq":
         url = DEFAULT_URLS["rabbitmq"]
         url += ("&" if "?" in url else "?") + f"heartbeat={HEARTBEAT:g}"
