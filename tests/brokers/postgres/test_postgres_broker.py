@@ -243,3 +243,18 @@ def test_repid_db_against_an_unreachable_server_masks_the_password(capsys):
     err = capsys.readouterr().err
     assert "unreachable" in err
     assert "hunter2secret" not in err
+
+
+@pytest.mark.parametrize(("synchronous", "expected"), [(False, "off"), (True, "on")])
+async def test_settlements_commit_without_waiting_for_the_flush_unless_asked(
+    connect, synchronous, expected
+):
+    conn = await connect(synchronous_settlements=synchronous)
+    broker = conn.message_broker
+
+    async def setting(db: asyncpg.Connection) -> str:
+        value: str = await db.fetchval("SHOW synchronous_commit")
+        return value
+
+    assert await broker.settling.run("show", setting) == expected
+    assert await broker.link.run("show", setting) == "on"  # enqueues always wait for the flush
