@@ -9,7 +9,6 @@ Needs `pip install repid[postgres]`.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import time
@@ -20,6 +19,7 @@ import asyncpg
 
 from repid.brokers.base import BrokerCapabilities, ConnectionPolicy, Delivery, OutgoingMessage
 from repid.brokers.postgres import _sql as sql
+from repid.brokers.postgres._batch import Coalescer
 from repid.brokers.postgres._link import Link
 from repid.brokers.postgres._listener import Listener
 from repid.brokers.postgres._schema import SCHEMA_VERSION, Names, current_version, upgrade
@@ -53,15 +53,6 @@ def _stale(op: str, key: Delivery) -> None:
         key.key.id_,
         key.key.queue,
     )
-
-
-class _AckBatch:
-    __slots__ = ("future", "ids", "tokens")
-
-    def __init__(self, future: asyncio.Future[set[int]]) -> None:
-        self.future = future
-        self.ids: list[int] = []
-        self.tokens: list[int] = []
 
 
 class PostgresMessageBroker(StateMixin):
@@ -135,7 +126,7 @@ class PostgresMessageBroker(StateMixin):
         self.max_message_size = max_message_size
         self.sweep_interval = min(1.0, lease_duration / 4)
         self._q = {name: self.names.sql(getattr(sql, name)) for name in dir(sql) if name.isupper()}
-        self.link = Link(dsn, self.connection_policy, 2)
+        self.link = Link(dsn, self.connection_policy, 3)
         """Enqueues, queue management, state: every commit waits for the WAL flush."""
         self.settling = Link(
             dsn,
@@ -155,8 +146,8 @@ class PostgresMessageBroker(StateMixin):
         """Claims and settlements (see `synchronous_settlements`)."""
         self._listener = Listener(self.link, self.names.channel, self._wake)
         self._consumers: dict[str, set[PostgresConsumer]] = {}
-        self._acks: _AckBatch | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._acks: Coalescer[tuple[int, int], set[int]] = Coalescer(self._send_acks)
+        self._enqueues: Coalescer[tuple[Any, ...], None] = Coalescer(self._send_enqueues)
         self._next_sweep = 0.0
         self._init_state()
         self.is_connected = False
@@ -206,8 +197,8 @@ class PostgresMessageBroker(StateMixin):
 
     async def disconnect(self) -> None:
         await self._listener.stop()
-        for task in list(self._tasks):
-            await asyncio.gather(task, return_exceptions=True)
+        await self._acks.close()
+        await self._enqueues.close()
         await self.settling.close()
         await self.link.close()
         self.is_connected = False
@@ -308,10 +299,22 @@ class PostgresMessageBroker(StateMixin):
             caller = current_connection()
             if caller is not None:
                 await caller.execute(self._q["ENQUEUE"], *args)
-            else:
-                await self._execute(f"enqueue to {key.queue!r}", self._q["ENQUEUE"], *args)
+                return
+            try:
+                await self._enqueues.submit(args)
+                return
+            except asyncpg.ForeignKeyViolationError:
+                pass  # some queue of the batch is not declared: on its own, to know which
+            await self._execute(f"enqueue to {key.queue!r}", self._q["ENQUEUE"], *args)
         except asyncpg.ForeignKeyViolationError:
             raise QueueNotDeclaredError(key.queue) from None
+
+    async def _send_enqueues(self, rows: list[tuple[Any, ...]]) -> None:
+        if len(rows) == 1:
+            await self._execute("enqueue", self._q["ENQUEUE"], *rows[0])
+            return
+        columns = [list(column) for column in zip(*rows, strict=True)]
+        await self._execute("enqueue", self._q["ENQUEUE_MANY"], *columns)
 
     async def enqueue_many(self, messages: Sequence[OutgoingMessage]) -> None:
         """Publish several messages in one statement (all or none)."""
@@ -458,15 +461,8 @@ class PostgresMessageBroker(StateMixin):
         if key.category is MessageCategory.DELAYED:
             return bool(await self._fetchval("ack", self._q["DELAYED_DELETE"], key.handle[0]))
         row_id, token, consumer = key.handle
-        batch = self._acks
-        if batch is None:
-            loop = asyncio.get_running_loop()
-            batch = self._acks = _AckBatch(loop.create_future())
-            loop.call_soon(self._send_acks)
-        batch.ids.append(row_id)
-        batch.tokens.append(token)
         try:
-            acked = await asyncio.shield(batch.future)
+            acked = await self._acks.submit((row_id, token))
         finally:
             if consumer is not None:
                 consumer.settled(row_id)
@@ -475,27 +471,11 @@ class PostgresMessageBroker(StateMixin):
         _stale("ack", key)
         return False
 
-    def _send_acks(self) -> None:
-        batch, self._acks = self._acks, None
-        if batch is None:
-            return
-
-        async def send() -> None:
-            try:
-                rows = await self._fetch(
-                    "ack", self._q["ACK"], batch.ids, batch.tokens, link=self.settling
-                )
-            except BaseException as exc:
-                batch.future.set_exception(exc)
-                batch.future.exception()
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-                return
-            batch.future.set_result({row[0] for row in rows})
-
-        task = asyncio.get_running_loop().create_task(send())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    async def _send_acks(self, deliveries: list[tuple[int, int]]) -> set[int]:
+        ids = [row_id for row_id, _ in deliveries]
+        tokens = [token for _, token in deliveries]
+        rows = await self._fetch("ack", self._q["ACK"], ids, tokens, link=self.settling)
+        return {row[0] for row in rows}
 
     @staticmethod
     def _done(key: Delivery) -> None:
