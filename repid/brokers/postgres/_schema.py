@@ -73,6 +73,8 @@ _TABLES = (
     "workers",
     "buckets",
     "notify_ready",
+    "limits",
+    "limiter_acquire",
 )
 
 _EPOCH = "extract(epoch from clock_timestamp())"
@@ -146,7 +148,47 @@ CREATE TRIGGER "{{prefix}}messages_ready_notify"
     EXECUTE FUNCTION {{notify_ready}}('{{channel}}');
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1,)
+_V2 = """
+CREATE TABLE IF NOT EXISTS {limits} (
+    actor text NOT NULL,
+    token text NOT NULL,
+    kind "char" NOT NULL,
+    expires_at double precision NOT NULL,
+    PRIMARY KEY (actor, kind, token)
+);
+CREATE OR REPLACE FUNCTION {limiter_acquire}(
+    p_actor text, p_token text, p_now float8, p_max int, p_lease float8, p_rate int,
+    p_window float8
+) RETURNS float8 LANGUAGE plpgsql AS $$
+DECLARE
+    v_count int;
+    v_first float8;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtext('{schema}.{prefix}limit:' || p_actor));
+    DELETE FROM {limits} WHERE actor = p_actor AND expires_at <= p_now;
+    IF p_max > 0 THEN
+        SELECT count(*) INTO v_count FROM {limits} WHERE actor = p_actor AND kind = 's';
+        IF v_count >= p_max THEN
+            RETURN 0.02;
+        END IF;
+    END IF;
+    IF p_rate > 0 THEN
+        SELECT count(*), min(expires_at) INTO v_count, v_first
+        FROM {limits} WHERE actor = p_actor AND kind = 'r';
+        IF v_count >= p_rate THEN
+            RETURN greatest(v_first - p_now, 0.001);
+        END IF;
+        INSERT INTO {limits} VALUES (p_actor, p_token, 'r', p_now + p_window);
+    END IF;
+    IF p_max > 0 THEN
+        INSERT INTO {limits} VALUES (p_actor, p_token, 's', p_now + p_lease);
+    END IF;
+    RETURN 0;
+END
+$$;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2)
 """Migration N (1-based) brings the schema from version N-1 to N. Append, never edit."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

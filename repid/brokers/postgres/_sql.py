@@ -180,3 +180,9 @@ ON CONFLICT (kind, id) DO UPDATE SET data = EXCLUDED.data, expires_at = EXCLUDED
 """
 BUCKET_DELETE = "DELETE FROM {buckets} WHERE kind = $1 AND id = $2"
 BUCKET_PURGE = "DELETE FROM {buckets} WHERE expires_at IS NOT NULL AND expires_at <= $1"
+
+LIMITER_ACQUIRE = "SELECT {limiter_acquire}($1, $2, $3, $4, $5, $6, $7)"
+LIMITER_RELEASE = "DELETE FROM {limits} WHERE actor = $1 AND kind = 's' AND token = $2"
+LIMITER_RENEW = """
+UPDATE {limits} SET expires_at = $3 WHERE actor = $1 AND kind = 's' AND token = ANY($2::text[])
+"""

@@ -1,7 +1,7 @@
 """Cancellations, the worker registry and per-actor limits of the PostgreSQL broker.
 
-Cancel requests and live workers are rows in the broker's tables, shared by every process using
-the database. Per-actor limits are enforced per process (one limiter per broker object).
+Cancel requests, live workers and per-actor limits are rows in the broker's tables, shared by
+every process using them.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 from pydantic_core import from_json, to_json
 
+from repid.brokers.postgres._limiter import PostgresActorLimiter
 from repid.errors import QueueNotDeclaredError
 from repid.lifecycle import STALE_AFTER, ActorLimiter, RateLimit, WorkerInfo
 
@@ -43,8 +44,10 @@ class StateMixin:
     _execute: Callable[..., Awaitable[str]]
     link: Any
 
+    lease_duration: float
+
     def _init_state(self) -> None:
-        self._limiters: dict[tuple[str, int | None, RateLimit | None], ActorLimiter] = {}
+        self._limiters: dict[tuple[str, int | None, RateLimit | None], PostgresActorLimiter] = {}
 
     async def cancel(self, queue_name: str, id_: str) -> str | None:
         """Cancel job `id_`: remove it if waiting ("dequeued"), flag it if running ("requested").
@@ -82,13 +85,19 @@ class StateMixin:
     def actor_limiter(
         self, actor: str, max_concurrency: int | None, rate_limit: RateLimit | None
     ) -> ActorLimiter:
-        """The limiter of `actor`, shared by the workers of this process that use this broker
-        object (limits are not shared across processes)."""
+        """The limiter of `actor`: its slots and rate window are rows shared by every worker
+        using these tables (a slot is a lease renewed while its job runs)."""
         key = (actor, max_concurrency, rate_limit)
         limiter = self._limiters.get(key)
         if limiter is None:
-            limiter = self._limiters[key] = ActorLimiter(max_concurrency, rate_limit)
+            limiter = self._limiters[key] = PostgresActorLimiter(
+                self, actor, max_concurrency, rate_limit, self.lease_duration
+            )
         return limiter
+
+    async def _close_limiters(self) -> None:
+        for limiter in self._limiters.values():
+            await limiter.close()
 
     async def heartbeat(self, info: WorkerInfo) -> None:
         """Record that a worker is alive (called when it starts and every few seconds)."""

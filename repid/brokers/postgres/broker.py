@@ -197,6 +197,7 @@ class PostgresMessageBroker(StateMixin):
 
     async def disconnect(self) -> None:
         await self._listener.stop()
+        await self._close_limiters()
         await self._acks.close()
         await self._enqueues.close()
         await self.settling.close()

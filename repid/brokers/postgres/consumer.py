@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -17,6 +18,8 @@ from repid.data import MessageCategory
 from repid.errors import ConsumerClosedError
 
 __all__ = ["ConsumerBroker", "PostgresConsumer"]
+
+logger = logging.getLogger("repid.brokers.postgres")
 
 _NORMAL = MessageCategory.NORMAL
 _UNLIMITED_BATCH = 100
@@ -47,6 +50,8 @@ class ConsumerBroker(Protocol):
     def subscribe(self, queue: str, consumer: PostgresConsumer) -> None: ...
 
     def unsubscribe(self, queue: str, consumer: PostgresConsumer) -> None: ...
+
+    async def reject(self, key: Delivery) -> bool: ...
 
 
 class PostgresConsumer(BaseConsumer):
@@ -103,7 +108,12 @@ class PostgresConsumer(BaseConsumer):
             fut = self._waiters.popleft()
             if not fut.done():
                 fut.set_exception(error)
-        self._buffer.clear()  # claimed, never started: their leases run out (or are rejected)
+        unstarted, self._buffer = list(self._buffer), deque()
+        for delivery in unstarted:  # claimed, never handed out: back to the queue at once
+            try:
+                await self._broker.reject(delivery)
+            except Exception as exc:  # their leases run out and the sweep returns them
+                logger.warning("returning an unstarted message of %s failed: %r", self.queue, exc)
 
     # -- bookkeeping ----------------------------------------------------------------------------
 

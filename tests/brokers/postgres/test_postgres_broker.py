@@ -180,6 +180,7 @@ async def test_schema_upgrade_is_idempotent_and_safe_concurrently(schema):
             "app_buckets",
             "app_cancels",
             "app_dead_letters",
+            "app_limits",
             "app_messages",
             "app_queues",
             "app_schema_version",
@@ -204,7 +205,7 @@ def test_repid_db_status_and_upgrade(schema, capsys):
     assert main(["db", "status", "--dsn", DSN, "--schema", schema]) == 0
     assert "database: 0" in capsys.readouterr().out
     assert main(["db", "upgrade", "--dsn", DSN, "--schema", schema]) == 0
-    assert "applied migration(s) 1" in capsys.readouterr().out
+    assert "applied migration(s) 1, 2" in capsys.readouterr().out
     assert main(["db", "upgrade", "--dsn", DSN, "--schema", schema]) == 0
     assert "up to date" in capsys.readouterr().out
     assert main(["db", "upgrade", "--dsn", "redis://x"]) == 1
@@ -258,3 +259,37 @@ async def test_settlements_commit_without_waiting_for_the_flush_unless_asked(
 
     assert await broker.settling.run("show", setting) == expected
     assert await broker.link.run("show", setting) == "on"  # enqueues always wait for the flush
+
+
+async def test_an_actor_limit_holds_across_brokers_as_across_processes(connect):
+    first, second = await connect(), await connect()  # two brokers: as two worker processes
+    queue = await _queue(first)
+    running_now = 0
+    most = 0
+    done = asyncio.Event()
+    finished = 0
+
+    def router_with_limit():
+        router = router_for(queue)
+
+        @router.actor(max_concurrency=1)
+        async def limited(n: int) -> None:
+            nonlocal running_now, most, finished
+            running_now += 1
+            most = max(most, running_now)
+            await asyncio.sleep(0.05)  # holding the only slot while the other worker waits
+            running_now -= 1
+            finished += 1
+            if finished == 6:
+                done.set()
+
+        return router
+
+    for n in range(6):
+        await job(first, "limited", queue, args={"n": n}).enqueue()
+    async with (
+        running(make_worker(first, router_with_limit())),
+        running(make_worker(second, router_with_limit())),
+    ):
+        await wait(done, "six limited jobs")
+    assert most == 1
