@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import timedelta
 from uuid import uuid4
 
 import asyncpg
@@ -14,14 +15,22 @@ from repid import Connection, Queue
 from repid.brokers.postgres import PostgresMessageBroker
 from repid.brokers.postgres._schema import SCHEMA_VERSION, Names, current_version, upgrade
 from repid.cli import main
-from repid.data import Parameters, PrioritiesT, RoutingKey
-from repid.errors import BrokerUnavailableError, ConfigurationError
+from repid.data import Parameters, PrioritiesT, ResultBucket, RoutingKey
+from repid.errors import BrokerUnavailableError, ConfigurationError, QueueNotDeclaredError
 from tests.brokers.postgres.conftest import DSN
 from tests.conformance.support import job, make_worker, router_for, running, wait
 
 
 def _key(queue: str, id_: str | None = None) -> RoutingKey:
     return RoutingKey(id_ or uuid4().hex, "work", queue, PrioritiesT.MEDIUM)
+
+
+async def _idle(consumer: object) -> None:
+    """Wait until the consumer found nothing to claim and sleeps (waits for a change)."""
+    deadline = time.monotonic() + 5
+    while not consumer._changed:  # type: ignore[attr-defined]
+        assert time.monotonic() < deadline, "the consumer never went idle"
+        await asyncio.sleep(0.01)
 
 
 async def _queue(conn: Connection) -> Queue:
@@ -112,7 +121,7 @@ async def test_an_idle_consumer_is_woken_by_notify_not_by_polling(connect):
     await consumer.start()
     try:
         taking = asyncio.ensure_future(consumer.consume())
-        await asyncio.sleep(0.2)  # the consumer found nothing and sleeps (30 s poll)
+        await _idle(consumer)  # it found nothing and sleeps (30 s poll)
         assert not taking.done()
         started = time.monotonic()
         await broker.enqueue(_key(queue.name), "{}", Parameters())
@@ -132,7 +141,7 @@ async def test_without_notifications_polling_still_delivers(connect):
     await consumer.start()
     try:
         taking = asyncio.ensure_future(consumer.consume())
-        await asyncio.sleep(0.1)
+        await _idle(consumer)
         await broker.enqueue(_key(queue.name), "{}", Parameters())
         delivery = await asyncio.wait_for(taking, 5)
         assert await broker.ack(delivery)
@@ -293,3 +302,58 @@ async def test_an_actor_limit_holds_across_brokers_as_across_processes(connect):
     ):
         await wait(done, "six limited jobs")
     assert most == 1
+
+
+async def test_gathered_enqueues_share_a_statement_and_an_undeclared_queue_fails_alone(connect):
+    conn = await connect()
+    broker = conn.message_broker
+    queue = await _queue(conn)
+    results = await asyncio.gather(
+        *(broker.enqueue(_key(queue.name), "{}", Parameters()) for _ in range(20)),
+        broker.enqueue(_key("never_declared"), "{}", Parameters()),
+        return_exceptions=True,
+    )
+    assert all(result is None for result in results[:20])
+    assert isinstance(results[20], QueueNotDeclaredError)
+    assert (await broker.counts(queue.name))["ready"] == 20
+
+
+async def test_the_listen_connection_is_reopened_after_it_is_killed(connect, user_conn):
+    conn = await connect(poll_interval=30.0)
+    broker = conn.message_broker
+    queue = await _queue(conn)
+    listener = broker._listener
+    await asyncio.wait_for(listener.listening.wait(), 5)
+    old_pid = listener._conn.get_server_pid()
+    await user_conn.execute("SELECT pg_terminate_backend($1)", old_pid)
+    deadline = time.monotonic() + 10
+    while listener._conn is None or listener._conn.get_server_pid() == old_pid:
+        assert time.monotonic() < deadline, "the LISTEN connection was not reopened"
+        await asyncio.sleep(0.02)
+    await asyncio.wait_for(listener.listening.wait(), 5)
+    consumer = broker.get_consumer(queue.name, max_unacked_messages=10)
+    await consumer.start()
+    try:
+        taking = asyncio.ensure_future(consumer.consume())
+        await _idle(consumer)
+        await broker.enqueue(_key(queue.name), "{}", Parameters())
+        assert await broker.ack(await asyncio.wait_for(taking, 5))  # woken by NOTIFY, not the poll
+    finally:
+        await consumer.finish()
+
+
+async def test_buckets_expire_with_their_ttl(connect):
+    conn = await connect()
+    buckets = conn.results_bucket_broker
+    short = ResultBucket("1", True, 0, 0, ttl=timedelta(seconds=0.2))
+    kept = ResultBucket("2", True, 0, 0, ttl=None)
+    await buckets.store_bucket("short", short)
+    await buckets.store_bucket("kept", kept)
+    assert (await buckets.get_bucket("short")).data == "1"
+    deadline = time.monotonic() + 5
+    while await buckets.get_bucket("short") is not None:  # gone once its 0.2 s are over
+        assert time.monotonic() < deadline, "the bucket never expired"
+        await asyncio.sleep(0.02)
+    assert (await buckets.get_bucket("kept")).data == "2"
+    await buckets.delete_bucket("kept")
+    assert await buckets.get_bucket("kept") is None
