@@ -75,6 +75,7 @@ _TABLES = (
     "notify_ready",
     "limits",
     "limiter_acquire",
+    "archive",
 )
 
 _EPOCH = "extract(epoch from clock_timestamp())"
@@ -188,7 +189,22 @@ END
 $$;
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+_V3 = f"""
+CREATE TABLE IF NOT EXISTS {{archive}} (
+    id bigint PRIMARY KEY,
+    queue text NOT NULL,
+    job_id text NOT NULL,
+    topic text NOT NULL,
+    priority smallint NOT NULL,
+    envelope bytea NOT NULL,
+    enqueued_at double precision NOT NULL,
+    finished_at double precision NOT NULL DEFAULT {_EPOCH}
+);
+CREATE INDEX IF NOT EXISTS "{{prefix}}archive_finished" ON {{archive}} (finished_at);
+CREATE INDEX IF NOT EXISTS "{{prefix}}archive_job" ON {{archive}} (queue, job_id);
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
 """Migration N (1-based) brings the schema from version N-1 to N. Append, never edit."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -56,6 +56,23 @@ WITH done AS (
 SELECT id FROM done
 """
 
+ACK_ARCHIVE = """
+WITH done AS (
+    DELETE FROM {messages} AS m USING unnest($1::bigint[], $2::bigint[]) AS s(id, token)
+    WHERE m.id = s.id AND m.lease_token = s.token
+    RETURNING m.id, m.queue, m.job_id, m.topic, m.priority, m.envelope, m.enqueued_at
+), forgotten AS (
+    DELETE FROM {cancels} WHERE job_id IN (SELECT job_id FROM done)
+), archived AS (
+    INSERT INTO {archive} (id, queue, job_id, topic, priority, envelope, enqueued_at)
+    SELECT id, queue, job_id, topic, priority, envelope, enqueued_at FROM done
+    ON CONFLICT (id) DO NOTHING
+)
+SELECT id FROM done
+"""
+
+ARCHIVE_PURGE = "DELETE FROM {archive} WHERE finished_at < $1"
+
 NACK = """
 WITH done AS (
     DELETE FROM {messages} WHERE id = $1 AND lease_token IS NOT DISTINCT FROM $2

@@ -13,6 +13,7 @@ import logging
 import secrets
 import time
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -65,6 +66,8 @@ class PostgresMessageBroker(StateMixin):
         lease_duration: seconds a claimed row stays owned without renewal; the worker renews
             it every third of that while the actor runs. An expired row (a crashed worker's)
             is returned to the queue by the next lease sweep of any consumer.
+        retention: keep acknowledged messages in the `archive` table for this long (purged
+            by the lease sweeps); None (the default) deletes them on acknowledgement.
         poll_interval: at most this many seconds pass between two claims of an idle consumer
             when no NOTIFY arrives (the fallback of LISTEN/NOTIFY).
         auto_upgrade: apply missing schema migrations on `connect()` (else run
@@ -90,6 +93,7 @@ class PostgresMessageBroker(StateMixin):
         schema: str = "repid",
         prefix: str = "",
         lease_duration: float = 30.0,
+        retention: timedelta | None = None,
         poll_interval: float = 1.0,
         auto_upgrade: bool = True,
         pool_size: int = 6,
@@ -121,6 +125,7 @@ class PostgresMessageBroker(StateMixin):
         )
         self.names = Names(schema, prefix)
         self.lease_duration = lease_duration
+        self.retention = retention
         self.poll_interval = poll_interval
         self.auto_upgrade = auto_upgrade
         self.max_message_size = max_message_size
@@ -413,11 +418,16 @@ class PostgresMessageBroker(StateMixin):
     async def sweep(self, now: float | None = None) -> int:
         """Return rows whose lease expired (their worker died or hung) to their queues."""
         now = time.time() if now is None else now
-        self._next_sweep = now + self.sweep_interval
+        self._next_sweep = time.time() + self.sweep_interval
         rows = await self._fetch("lease sweep", self._q["REAP"], now, link=self.settling)
         for queue, job_id in rows:
             logger.warning(
                 "lease of message %s in %s expired; it is available again", job_id, queue
+            )
+        if self.retention is not None:
+            before = now - self.retention.total_seconds()
+            await self._execute(
+                "archive purge", self._q["ARCHIVE_PURGE"], before, link=self.settling
             )
         return len(rows)
 
@@ -475,7 +485,8 @@ class PostgresMessageBroker(StateMixin):
     async def _send_acks(self, deliveries: list[tuple[int, int]]) -> set[int]:
         ids = [row_id for row_id, _ in deliveries]
         tokens = [token for _, token in deliveries]
-        rows = await self._fetch("ack", self._q["ACK"], ids, tokens, link=self.settling)
+        query = self._q["ACK" if self.retention is None else "ACK_ARCHIVE"]
+        rows = await self._fetch("ack", query, ids, tokens, link=self.settling)
         return {row[0] for row in rows}
 
     @staticmethod

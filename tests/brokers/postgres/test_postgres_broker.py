@@ -186,6 +186,7 @@ async def test_schema_upgrade_is_idempotent_and_safe_concurrently(schema):
             "SELECT tablename FROM pg_tables WHERE schemaname = $1 ORDER BY 1", schema
         )
         assert [t[0] for t in tables] == [
+            "app_archive",
             "app_buckets",
             "app_cancels",
             "app_dead_letters",
@@ -214,7 +215,7 @@ def test_repid_db_status_and_upgrade(schema, capsys):
     assert main(["db", "status", "--dsn", DSN, "--schema", schema]) == 0
     assert "database: 0" in capsys.readouterr().out
     assert main(["db", "upgrade", "--dsn", DSN, "--schema", schema]) == 0
-    assert "applied migration(s) 1, 2" in capsys.readouterr().out
+    assert "applied migration(s) 1, 2, 3" in capsys.readouterr().out
     assert main(["db", "upgrade", "--dsn", DSN, "--schema", schema]) == 0
     assert "up to date" in capsys.readouterr().out
     assert main(["db", "upgrade", "--dsn", "redis://x"]) == 1
@@ -357,3 +358,26 @@ async def test_buckets_expire_with_their_ttl(connect):
     assert (await buckets.get_bucket("kept")).data == "2"
     await buckets.delete_bucket("kept")
     assert await buckets.get_bucket("kept") is None
+
+
+@pytest.mark.parametrize("retention", [None, timedelta(hours=1)])
+async def test_acknowledged_messages_are_archived_only_with_a_retention(
+    connect, user_conn, schema, retention
+):
+    conn = await connect(retention=retention)
+    broker = conn.message_broker
+    queue = await _queue(conn)
+    await broker.enqueue(_key(queue.name, "done-job"), "{}", Parameters())
+    consumer = broker.get_consumer(queue.name, max_unacked_messages=1)
+    await consumer.start()
+    try:
+        (delivery,) = await consumer.fetch(1, 5.0)
+        assert await broker.ack(delivery)
+    finally:
+        await consumer.finish()
+    archived = f'SELECT job_id FROM "{schema}".archive WHERE queue = $1'
+    rows = await user_conn.fetch(archived, queue.name)
+    assert [r[0] for r in rows] == ([] if retention is None else ["done-job"])
+    assert (await broker.counts(queue.name))["ready"] == 0
+    await broker.sweep(time.time() + 2 * 3600)  # two hours later: past the retention
+    assert await user_conn.fetch(archived, queue.name) == []
