@@ -180,6 +180,14 @@ SUITES: dict[str, Suite] = {
             Case("persist-queue", "persistqueue_sqlite.py", venv="persist-queue", concurrency=100),
         ),
     ),
+    "postgres": Suite(
+        name="postgres",
+        description="PostgreSQL 127.0.0.1:5432, database test (REPID_POSTGRES_DSN); no peers yet",
+        default_n=20_000,
+        network=True,
+        server="postgres",
+        cases=(Case("repid", "repid_postgres.py", venv=None, concurrency=100),),
+    ),
 }
 
 #: Network-suite figures: (key, column title, higher is better).
@@ -791,6 +799,9 @@ def check_server(server: str) -> None:
     url = {
         "redis": os.environ.get("REPID_REDIS_DSN", "redis://127.0.0.1:6379/0"),
         "rabbitmq": os.environ.get("REPID_RABBITMQ_DSN", "amqp://guest:guest@127.0.0.1:5672/"),
+        "postgres": os.environ.get(
+            "REPID_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
+        ),
     }[server]
     parsed = urlparse(url)
     host, port = parsed.hostname or "127.0.0.1", parsed.port or 0

@@ -152,6 +152,8 @@ _LAZY = {
     "KafkaMessageBroker": "repid.brokers.kafka",
     "SqliteMessageBroker": "repid.brokers.sqlite",
     "SqliteBucketBroker": "repid.brokers.sqlite",
+    "PostgresMessageBroker": "repid.brokers.postgres",
+    "PostgresBucketBroker": "repid.brokers.postgres",
     "HealthCheckServer": "repid.health_check_server",
     "HealthCheckServerSettings": "repid.health_check_server",
     "HealthCheckStatus": "repid.health_check_server",
@@ -172,7 +174,7 @@ def __getattr__(name: str) -> Any:
     try:
         return getattr(importlib.import_module(module), name)
     except ModuleNotFoundError as exc:
-        extra = {"redis": "redis", "rabbitmq": "rabbitmq", "kafka": "kafka"}.get(
-            module.rsplit(".", 1)[-1], "all"
-        )
+        extras = {"redis", "rabbitmq", "kafka", "postgres"}
+        extra = module.rsplit(".", 1)[-1]
+        extra = extra if extra in extras else "all"
         raise ImportError(f"{name} needs an extra: pip install 'repid[{extra}]' ({exc})") from exc

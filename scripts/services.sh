@@ -3,7 +3,7 @@
 # answers. Which servers: REPID_SERVICES (space-separated), default: those the suite uses today.
 set -euo pipefail
 
-SERVICES=${REPID_SERVICES:-redis rabbitmq kafka}
+SERVICES=${REPID_SERVICES:-redis rabbitmq kafka postgres}
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -38,6 +38,29 @@ start_rabbitmq() {
 start_kafka() {
   # A Kafka-protocol test broker (noida-db) on 127.0.0.1:19092; see scripts/kafka.sh.
   bash "$(dirname "${BASH_SOURCE[0]}")/kafka.sh" start
+}
+
+start_postgres() {
+  # The Debian cluster (PostgreSQL 15) on 127.0.0.1:5432 with trust auth and a database `test`.
+  if ! port_open 5432; then
+    echo "services: starting postgres"
+    local version
+    version=$(ls /usr/lib/postgresql | sort -n | tail -1)
+    pg_ctlcluster "$version" main start
+    wait_port postgres 5432 60
+  fi
+  local psql=(psql -h 127.0.0.1 -U postgres -d postgres -v ON_ERROR_STOP=1 -Atq)
+  local deadline=$((SECONDS + 30))
+  until "${psql[@]}" -c "SELECT 1" >/dev/null 2>&1; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      echo "services: postgres does not accept connections on 127.0.0.1:5432" >&2
+      return 1
+    fi
+    sleep 0.2
+  done
+  if [ -z "$("${psql[@]}" -c "SELECT 1 FROM pg_database WHERE datname = 'test'")" ]; then
+    "${psql[@]}" -c "CREATE DATABASE test"
+  fi
 }
 
 for service in $SERVICES; do

@@ -113,6 +113,7 @@ PROBE = -1  # the job argument of the latency phase's probe (the actor does not 
 REDIS_URL = os.environ.get("REPID_REDIS_DSN", "redis://127.0.0.1:6379/0")
 AMQP_URL = os.environ.get("REPID_RABBITMQ_DSN", "amqp://guest:guest@127.0.0.1:5672/")
 KAFKA_BOOTSTRAP = os.environ.get("REPID_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
+POSTGRES_DSN = os.environ.get("REPID_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 @dataclass

@@ -66,16 +66,17 @@ from repid import (
     RedisMessageBroker,
     SqliteMessageBroker,
 )
+from repid.brokers.postgres import PostgresMessageBroker
 from repid.brokers.rabbitmq.broker import RabbitMessageBroker
 from tests.conformance.specs import RUN_ID  # the run's id: every key, queue and topic holds it
 
 ROOT = Path(__file__).resolve().parents[2]
 """The repository root: worker processes run with it as their working directory."""
 
-BROKERS = ("redis", "rabbitmq", "kafka", "sqlite")
+BROKERS = ("redis", "rabbitmq", "kafka", "sqlite", "postgres")
 """Every real broker; each scenario runs on all of them that it applies to."""
 
-SERVER_BROKERS = ("redis", "rabbitmq", "kafka")
+SERVER_BROKERS = ("redis", "rabbitmq", "kafka", "postgres")
 """The brokers with a server: C2 (server restart) and C3 (connections dropped by a proxy) run on
 these only. SQLite has no server and no connection to drop (its processes open one file), so
 those two scenarios do not apply to it; its kill, shutdown, deferred, long-actor and poison
@@ -95,6 +96,7 @@ DEFAULT_URLS = {
     "rabbitmq": os.environ.get("REPID_RABBITMQ_DSN", "amqp://guest:guest@127.0.0.1:5672/"),
     "kafka": "kafka://" + os.environ.get("REPID_KAFKA_BOOTSTRAP", "127.0.0.1:19092"),
     "sqlite": f"sqlite:///{tempfile.gettempdir()}/repid-chaos-{RUN_ID}.db",
+    "postgres": os.environ.get("REPID_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"),
 }
 
 T = TypeVar("T")
@@ -145,6 +147,9 @@ class BrokerSettings:
         elif name == "sqlite":
             base = {"lease_duration": 2.0}  # as Redis: a killed worker's jobs return after it
             prefix = ""  # one file per run; queue names are unique per test
+        elif name == "postgres":
+            base = {"lease_duration": 2.0, "poll_interval": 0.5}
+            prefix = f"repid_test_{RUN_ID}"  # the schema; the Postgres spec's exit hook drops it
         else:
             raise ValueError(f"unknown broker {name!r}: expected one of {BROKERS}")
         base.update(options)
@@ -154,13 +159,14 @@ class BrokerSettings:
     def settle_window(self) -> float:
         """Seconds a message the worker settled may still be unacknowledged at the broker.
 
-        Redis: 0 (an acknowledgement returns once Redis applied it). RabbitMQ: 0.1 s
+        Redis and PostgreSQL: 0 (an acknowledgement returns once the server applied it; a
+        Postgres ack is committed, only its WAL flush may lag). RabbitMQ: 0.1 s
         (`basic.ack` is not confirmed: one still in the client's or the kernel's buffers dies
         with the process; measured up to ~20 ms). Kafka: offsets are committed every
         `commit_interval`, plus the commit's round trip (0.1 s).
         """
-        if self.name in ("redis", "sqlite"):
-            return 0.0  # an acknowledgement returns once it is applied (committed, for SQLite)
+        if self.name in ("redis", "sqlite", "postgres"):
+            return 0.0  # an acknowledgement returns once it is applied (committed, for SQL)
         if self.name == "kafka":
             return float(self.options.get("commit_interval", 0.2)) + 0.1
         return 0.1
@@ -177,6 +183,8 @@ class BrokerSettings:
             return Connection(KafkaMessageBroker(bootstrap, topic_prefix=self.prefix, **options))
         if self.name == "sqlite":
             return Connection(SqliteMessageBroker(self.url, **options))
+        if self.name == "postgres":
+            return Connection(PostgresMessageBroker(self.url, schema=self.prefix, **options))
         raise ValueError(f"unknown broker {self.name!r}")
 
     def env(self) -> dict[str, str]:

@@ -317,6 +317,103 @@ class KafkaServer:
         self.stop(kill=True)
 
 
+_PG_BIN = Path("/usr/lib/postgresql")
+
+
+def _pg_tool(name: str) -> str:
+    """A PostgreSQL server program of the newest Debian cluster version (else from PATH)."""
+    versions = sorted(_PG_BIN.glob("*/bin"), key=lambda p: int(p.parent.name), reverse=True)
+    for directory in versions:
+        if (directory / name).exists():
+            return str(directory / name)
+    found = shutil.which(name)
+    if found is None:
+        raise RuntimeError(f"{name} not found: install PostgreSQL (Debian: postgresql)")
+    return found
+
+
+class PostgresServer:
+    """A private PostgreSQL cluster made with `initdb`, on its own port and data directory.
+
+    The data lives in a directory of its own under the system temp dir (owned by the `postgres`
+    user when the tests run as root, since the server refuses to run as root). `stop(kill=True)`
+    SIGKILLs the whole process group (a crash: the restart replays the WAL); `stop()` is a fast
+    shutdown (SIGINT).
+    """
+
+    name = "postgres"
+
+    def __init__(self, directory: Path) -> None:
+        import pwd
+        import tempfile
+
+        self.directory = directory
+        self.port = free_port()
+        self.opened_at = 0.0
+        self.process: subprocess.Popen[bytes] | None = None
+        self._user: str | None = None
+        self.data_root = Path(tempfile.mkdtemp(prefix="repid-pg-"))
+        self.data = self.data_root / "data"
+        if os.geteuid() == 0:
+            self._user = "postgres"
+            entry = pwd.getpwnam(self._user)
+            os.chown(self.data_root, entry.pw_uid, entry.pw_gid)
+        subprocess.run(
+            [_pg_tool("initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust",
+             "-E", "UTF8", "--no-sync"],
+            check=True, capture_output=True, user=self._user, cwd=self.data_root,
+        )  # fmt: skip
+
+    @property
+    def url(self) -> str:
+        return self.url_at(self.port)
+
+    def url_at(self, port: int) -> str:
+        return f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+    def _alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self, timeout: float = 30.0) -> None:
+        log = (self.directory / "server.out").open("ab")
+        self.process = subprocess.Popen(
+            [_pg_tool("postgres"), "-D", str(self.data), "-p", str(self.port),
+             "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.data_root}",
+             "-c", "max_connections=100"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            user=self._user,
+            cwd=self.data_root,
+        )  # fmt: skip
+        log.close()
+        _poll(lambda: port_open(self.port), "postgres", timeout, self._alive)
+        self.opened_at = time.time()
+
+    def stop(self, kill: bool = False) -> None:
+        process, self.process = self.process, None
+        if process is None:
+            return
+        if kill:
+            _end(process, True, group=True, grace=10)
+            return
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGINT)  # fast shutdown (SIGTERM would wait for clients)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            _end(process, True, group=True, grace=10)
+
+    def restart(self, kill: bool = False, timeout: float = 30.0) -> None:
+        self.stop(kill)
+        self.start(timeout)
+
+    def close(self) -> None:
+        self.stop(kill=True)
+        shutil.rmtree(self.data_root, ignore_errors=True)
+
+
 # Kafka API keys whose answers carry broker addresses (host, then the port as an int32).
 _KAFKA_ADDRESS_APIS = {3, 10}  # Metadata, FindCoordinator
 
@@ -434,8 +531,11 @@ class Proxy:
         return body
 
 
-def make_server(name: str, directory: Path) -> RedisChaosServer | RabbitServer | KafkaServer:
-    """A private server of broker `name` ("redis", "rabbitmq", "kafka"), not started yet."""
+def make_server(
+    name: str, directory: Path
+) -> RedisChaosServer | RabbitServer | KafkaServer | PostgresServer:
+    """A private server of broker `name` ("redis", "rabbitmq", "kafka", "postgres"), not
+    started yet."""
     directory.mkdir(parents=True, exist_ok=True)
     if name == "redis":
         return RedisChaosServer(directory)
@@ -443,6 +543,8 @@ def make_server(name: str, directory: Path) -> RedisChaosServer | RabbitServer |
         return RabbitServer(directory)
     if name == "kafka":
         return KafkaServer(directory)
+    if name == "postgres":
+        return PostgresServer(directory)
     raise ValueError(f"unknown broker {name!r}")
 
 
@@ -456,7 +558,7 @@ def shared_port(name: str, url: str) -> int:
     from urllib.parse import urlsplit
 
     parts = urlsplit(url if "://" in url else f"kafka://{url}")
-    default = {"redis": 6379, "rabbitmq": 5672, "kafka": 9092}[name]
+    default = {"redis": 6379, "rabbitmq": 5672, "kafka": 9092, "postgres": 5432}[name]
     return parts.port or default
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import tests.conformance.specs.postgres  # its exit hook drops the run's schema
 import tests.conformance.specs.redis  # noqa: F401 - its exit hook deletes the run's Redis keys
 from tests.chaos._harness import BROKERS, DEFAULT_URLS, BrokerSettings, Chaos, record_outcome
 

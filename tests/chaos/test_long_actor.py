@@ -6,6 +6,7 @@ worker. The window per broker:
 
 - Redis and SQLite: the delivery's lease (`lease_duration`, 0.5 s here), renewed while the
   actor runs.
+- PostgreSQL: the claimed row's lease (`lease_duration`, 0.5 s here), renewed the same way.
 - RabbitMQ: there is no lease — a delivery belongs to its channel until it is acknowledged or
   the channel closes (the server's `consumer_timeout`, 30 min by default, is out of reach of a
   test). The window checked instead is the connection's heartbeat (1 s here, URL
@@ -44,7 +45,7 @@ pytestmark = pytest.mark.timeout(size(120, 600))
 
 def window(settings: BrokerSettings) -> float:
     """The broker's window (see the module docstring), in seconds."""
-    if settings.name in ("redis", "sqlite"):
+    if settings.name in ("redis", "sqlite", "postgres"):
         return float(settings.options["lease_duration"])
     if settings.name == "rabbitmq":
         return HEARTBEAT
@@ -53,7 +54,7 @@ def window(settings: BrokerSettings) -> float:
 
 @pytest.fixture
 def broker_settings(broker_name: str) -> BrokerSettings:
-    if broker_name in ("redis", "sqlite"):
+    if broker_name in ("redis", "sqlite", "postgres"):
         return BrokerSettings.default(broker_name, lease_duration=LEASE)
     if broker_name == "rabbitmq":
         url = DEFAULT_URLS["rabbitmq"]

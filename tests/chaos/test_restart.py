@@ -70,13 +70,14 @@ def server(
         instance.close()
 
 
-KILL = {"redis": True, "rabbitmq": True, "kafka": False}
+KILL = {"redis": True, "rabbitmq": True, "kafka": False, "postgres": True}
 """SIGKILL (True) or SIGTERM per broker. Redis (append-only, fsync always) and RabbitMQ
 (persistent messages are confirmed once on disk) keep what they acknowledged through a SIGKILL.
 noida-db writes to disk in the background: a SIGKILL loses its last moment of writes, even a
-topic's partitions, so the Kafka restart is a clean one (SIGTERM)."""
+topic's partitions, so the Kafka restart is a clean one (SIGTERM). PostgreSQL: the whole
+server process group is SIGKILLed (a crash; the restart replays the WAL)."""
 
-QUIET_STOP = {"redis": False, "rabbitmq": False, "kafka": True}
+QUIET_STOP = {"redis": False, "rabbitmq": False, "kafka": True, "postgres": False}
 """Hold enqueues while the server is being stopped. noida-db 0.2.3 acknowledges (acks=all)
 writes that arrive while it shuts down on SIGTERM and then does not have them after the restart
 (reproduced with a bare aiokafka producer): a server-side loss no client can prevent. Enqueues
