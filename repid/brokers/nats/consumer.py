@@ -56,6 +56,7 @@ class NatsConsumer(BaseConsumer, Holder):
         self._buffers: list[deque[tuple[Msg, float]]] = [deque() for _ in range(PRIORITY_COUNT)]
         self._requests: dict[str, asyncio.Future[None]] = {}
         self._counts: dict[str, int] = {}
+        self._open: list[list[str]] = [[] for _ in range(PRIORITY_COUNT)]
         self._req_ids = itertools.count()
         self._inbox = ""
         self._sub: Any = None
@@ -105,23 +106,29 @@ class NatsConsumer(BaseConsumer, Holder):
     # -- pulling ----------------------------------------------------------------------------
 
     async def _on_msg(self, msg: Msg) -> None:
-        reply = msg.subject
         status = msg.headers.get("Status") if msg.headers else None
         if status is not None and not msg.data:
-            if status in _END or status.startswith("4"):
-                fut = self._requests.pop(reply, None)
-                if fut is not None and not fut.done():
-                    fut.set_result(None)
+            reply = msg.subject  # a status ends the request it answers
+            fut = self._requests.pop(reply, None)
+            self._counts.pop(reply, None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
             return
-        priority = int(reply.rsplit(".", 2)[1])
+        # A delivered message keeps its stream subject (`S.<priority>.<id>`): it answers the
+        # oldest open request of its priority.
+        priority = int(msg.subject.rsplit(".", 2)[1])
         self._buffers[priority].append((msg, time.monotonic()))
-        left = self._counts.get(reply, 1) - 1
-        self._counts[reply] = left
-        if left <= 0:
+        for reply in self._open[priority]:
+            left = self._counts.get(reply, 0) - 1
+            if left > 0:
+                self._counts[reply] = left
+                break
             self._counts.pop(reply, None)
             fut = self._requests.pop(reply, None)
             if fut is not None and not fut.done():
                 fut.set_result(None)
+            break
+        self._open[priority] = [r for r in self._open[priority] if r in self._requests]
         self._wake.set()
 
     def _request(self, priority: int, batch: int, expires: float | None) -> asyncio.Future[None]:
@@ -134,6 +141,8 @@ class NatsConsumer(BaseConsumer, Holder):
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._requests[reply] = fut
         self._counts[reply] = batch
+        self._open[priority] = [r for r in self._open[priority] if r in self._requests]
+        self._open[priority].append(reply)
         subject = f"$JS.API.CONSUMER.MSG.NEXT.{self._names.stream}.{self._names.consumers[priority]}"
         task = asyncio.ensure_future(
             self._broker.link.client.publish(subject, json.dumps(body).encode(), reply=reply)
@@ -159,7 +168,6 @@ class NatsConsumer(BaseConsumer, Holder):
             fut = self._request(priority, batch, None)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(fut), op)
-            self._requests.pop(fut_reply(self._requests, fut), None)
             got = len(self._buffers[priority])
             if got >= batch:
                 return
@@ -293,13 +301,6 @@ class NatsConsumer(BaseConsumer, Holder):
                 continue
             out.append(delivery)
         return out
-
-
-def fut_reply(requests: dict[str, asyncio.Future[None]], fut: asyncio.Future[None]) -> str:
-    for reply, candidate in requests.items():
-        if candidate is fut:
-            return reply
-    return ""
 
 
 def _ignore(task: asyncio.Future[Any]) -> None:
