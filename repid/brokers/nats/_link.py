@@ -55,6 +55,7 @@ class NatsLink:
         self.options = options
         self.nc: Client | None = None
         self._js: JetStreamContext | None = None
+        self._closing = False
 
     @property
     def where(self) -> str:
@@ -68,6 +69,7 @@ class NatsLink:
     async def connect(self) -> None:
         if self.nc is not None and not self.nc.is_closed:
             return
+        self._closing = False
         backoff = self.policy.reconnect_backoff
         try:
             self.nc = await asyncio.wait_for(
@@ -90,6 +92,7 @@ class NatsLink:
 
     async def close(self) -> None:
         nc, self.nc, self._js = self.nc, None, None
+        self._closing = True
         if nc is not None and not nc.is_closed:
             try:
                 await asyncio.wait_for(nc.drain(), self.policy.operation_timeout)
@@ -132,7 +135,8 @@ class NatsLink:
         logger.debug("NATS connection error: %s", mask_urls(str(exc)))
 
     async def _on_disconnect(self) -> None:
-        logger.warning("NATS connection to %s lost; reconnecting", self.where)
+        if not self._closing:
+            logger.warning("NATS connection to %s lost; reconnecting", self.where)
 
     async def _on_reconnect(self) -> None:
         logger.info("NATS connection to %s re-established", self.where)

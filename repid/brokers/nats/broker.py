@@ -113,6 +113,9 @@ class NatsMessageBroker(KvState):
         self._declared: set[str] = set()
         self._owned: dict[tuple[str, int], Handle] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
+        self.publishing: dict[tuple[str, str], asyncio.Event] = {}
+        """(queue, id) of the enqueue/requeue calls of this process that have not returned: a
+        delivery of that message waits for it (`enqueued`/`retried` come before `started`)."""
         self._msg_ids = itertools.count()
         self._token = os.urandom(6).hex()
         self._init_kv_state(safe(prefix), shared_state)
@@ -272,15 +275,24 @@ class NatsMessageBroker(KvState):
             raise MessageTooLargeError(len(body), limit)
         return body
 
-    async def _publish(self, subject: str, body: bytes, headers: dict[str, str]) -> bool:
+    async def _publish(
+        self, subject: str, body: bytes, headers: dict[str, str], slot: tuple[str, str] | None = None
+    ) -> bool:
         """Publish durably; False when the server refused it as already pending."""
         js = self.link.js
+        done = None
+        if slot is not None and slot not in self.publishing:
+            done = self.publishing[slot] = asyncio.Event()
         try:
             await self.link.call("publish", lambda: js.publish(subject, body, headers=headers))
         except nats.js.errors.APIError as exc:
             if exc.err_code == _WRONG_LAST_SEQUENCE:
                 return False
             raise BrokerError(f"NATS refused the message: {exc.description}") from None
+        finally:
+            if done is not None:
+                del self.publishing[slot]  # type: ignore[arg-type]
+                done.set()
         return True
 
     async def enqueue(
@@ -291,7 +303,8 @@ class NatsMessageBroker(KvState):
         await self.ensure_declared(names)
         body = self._body(key, payload, params)
         headers = self._headers(params, unique=not generated_here(key.id_))
-        if not await self._publish(names.subject(key.priority, key.id_), body, headers):
+        subject = names.subject(key.priority, key.id_)
+        if not await self._publish(subject, body, headers, (key.queue, key.id_)):
             logger.debug("message %s is already pending in %s; not added again", key.id_, key.queue)
 
     async def enqueue_many(self, messages: Sequence[OutgoingMessage]) -> None:
@@ -390,6 +403,7 @@ class NatsMessageBroker(KvState):
             names.subject(key.key.priority, key.key.id_),
             body,
             self._headers(new_params, unique=False),
+            (key.key.queue, key.key.id_),
         )
         if key.category is MessageCategory.NORMAL:
             await self._ack_msg(handle)

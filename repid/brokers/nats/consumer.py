@@ -233,6 +233,7 @@ class NatsConsumer(BaseConsumer, Holder):
             delivery = self._pop()
             if delivery is not None:
                 self._outstanding += 1
+                await self._published(delivery)
                 return delivery
             async with self._pull_lock:
                 if any(self._buffers) or self._closed:
@@ -240,6 +241,17 @@ class NatsConsumer(BaseConsumer, Holder):
                 await self._probe(max(1, min(self._capacity(), 256)))
                 if not any(self._buffers) and not self._closed:
                     await self._linger(self._broker.poll_interval)
+
+    async def _published(self, delivery: Delivery) -> None:
+        """Wait until the enqueue/requeue of this process that sent `delivery` has returned."""
+        done = self._broker.publishing.get((delivery.key.queue, delivery.key.id_))
+        if done is None:
+            return
+        try:
+            await done.wait()
+        except asyncio.CancelledError:
+            self._broker.spawn(self._broker.reject(delivery))
+            raise
 
     async def fetch(self, max_count: int, timeout: float = 0.0) -> list[Delivery]:
         if self._category is not MessageCategory.NORMAL:
@@ -250,6 +262,7 @@ class NatsConsumer(BaseConsumer, Holder):
             delivery = self._pop()
             if delivery is not None:
                 self._outstanding += 1
+                await self._published(delivery)
                 out.append(delivery)
                 continue
             if out:
