@@ -112,6 +112,7 @@ class NatsMessageBroker(KvState):
         self._names: dict[str, QueueNames] = {}
         self._declared: set[str] = set()
         self._owned: dict[tuple[str, int], Handle] = {}
+        self._naks: list[Handle] = []
         self._tasks: set[asyncio.Future[Any]] = set()
         self.publishing: dict[tuple[str, str], asyncio.Event] = {}
         """(queue, id) of the enqueue/requeue calls of this process that have not returned: a
@@ -385,8 +386,21 @@ class NatsMessageBroker(KvState):
         handle = self._release(key)
         if handle is None:
             return False
-        await handle.msg.nak()
+        # Given back in stream order, whatever the order of the calls (JetStream redelivers
+        # NAKed messages first come, first served): sent on the next pull or within 2 ms.
+        if not self._naks:
+            asyncio.get_running_loop().call_later(0.002, lambda: self.spawn(self.flush_naks()))
+        self._naks.append(handle)
         return True
+
+    async def flush_naks(self) -> None:
+        """Send the NAKs of rejected deliveries, in stream order."""
+        naks, self._naks = self._naks, []
+        for handle in sorted(naks, key=lambda h: h.seq):
+            try:
+                await handle.msg.nak()
+            except Exception as exc:  # noqa: BLE001 - redelivered after AckWait anyway
+                logger.debug("NAK of message %s failed: %r", handle.seq, exc)
 
     async def requeue(
         self, key: Delivery, payload: str | None = None, params: Parameters | None = None

@@ -82,6 +82,7 @@ class NatsConsumer(BaseConsumer, Holder):
         self._unpaused.set()
 
     async def finish(self) -> None:
+        await self._broker.flush_naks()
         self._closed = True
         self._wake.set()
         self._unpaused.set()
@@ -162,6 +163,7 @@ class NatsConsumer(BaseConsumer, Holder):
     async def _probe(self, batch: int) -> None:
         """Take what is ready now, HIGH first (one no-wait pull per priority, in order)."""
         op = self._broker.link.policy.operation_timeout
+        await self._broker.flush_naks()
         for priority in range(PRIORITY_COUNT):
             if self._closed:
                 return
