@@ -123,7 +123,8 @@ class NatsLink:
         while True:
             remaining = deadline - loop.time()
             try:
-                return await asyncio.wait_for(operation(), max(remaining, 0.05))
+                async with asyncio.timeout(max(remaining, 0.05)):
+                    return await operation()
             except TRANSIENT as exc:
                 if loop.time() + pause >= deadline:
                     raise self.unreachable(exc, doing) from None

@@ -338,10 +338,8 @@ class NatsMessageBroker(KvState):
 
     async def _ack_msg(self, handle: Handle) -> bool:
         try:
-            await asyncio.wait_for(
-                handle.msg.ack_sync(timeout=self.connection_policy.operation_timeout),
-                self.connection_policy.operation_timeout + 1,
-            )
+            async with asyncio.timeout(self.connection_policy.operation_timeout + 1):
+                await handle.msg.ack_sync(timeout=self.connection_policy.operation_timeout)
         except Exception as exc:  # noqa: BLE001 - the server redelivers an unacked message
             logger.warning("ack of message %s failed (%r); it will be redelivered", handle.seq, exc)
             return False

@@ -168,8 +168,9 @@ class NatsConsumer(BaseConsumer, Holder):
             if self._closed:
                 return
             fut = self._request(priority, batch, None)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(fut), op)
+            # asyncio.wait, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+            # that races with the answer.
+            await asyncio.wait({fut}, timeout=op)
             got = len(self._buffers[priority])
             if got >= batch:
                 return
