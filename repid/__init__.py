@@ -143,6 +143,8 @@ _LAZY = {
     "RedisSharedState": "repid.state.redis",
     "RabbitMessageBroker": "repid.brokers.rabbitmq",
     "KafkaMessageBroker": "repid.brokers.kafka",
+    "NatsMessageBroker": "repid.brokers.nats",
+    "NatsBucketBroker": "repid.brokers.nats",
     "HealthCheckServer": "repid.health_check_server",
     "HealthCheckServerSettings": "repid.health_check_server",
     "HealthCheckStatus": "repid.health_check_server",
@@ -160,7 +162,7 @@ def __getattr__(name: str) -> Any:
     try:
         return getattr(importlib.import_module(module), name)
     except ModuleNotFoundError as exc:
-        extra = {"redis": "redis", "rabbitmq": "rabbitmq", "kafka": "kafka"}.get(
+        extra = {"redis": "redis", "rabbitmq": "rabbitmq", "kafka": "kafka", "nats": "nats"}.get(
             module.rsplit(".", 1)[-1], "all"
         )
         raise ImportError(f"{name} needs an extra: pip install 'repid[{extra}]' ({exc})") from exc

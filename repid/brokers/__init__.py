@@ -37,6 +37,8 @@ _LAZY = {
     "RedisSharedState": "repid.state.redis",
     "RabbitMessageBroker": "repid.brokers.rabbitmq",
     "KafkaMessageBroker": "repid.brokers.kafka",
+    "NatsMessageBroker": "repid.brokers.nats",
+    "NatsBucketBroker": "repid.brokers.nats",
 }
 
 

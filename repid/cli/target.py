@@ -43,6 +43,8 @@ _NETWORK_SCHEMES = {
     "amqp": ("RabbitMQ", "rabbitmq"),
     "amqps": ("RabbitMQ", "rabbitmq"),
     "kafka": ("Kafka", "kafka"),
+    "nats": ("NATS", "nats"),
+    "tls": ("NATS", "nats"),
 }
 
 
@@ -97,6 +99,8 @@ def connection_from_url(
     - `amqp://...` / `amqps://...`: `RabbitMessageBroker`.
     - `kafka://[user:password@]host:port[,host:port...]`: `KafkaMessageBroker` with those
       bootstrap servers (and SASL credentials, see `kafka_options`).
+    - `nats://...` / `tls://...`: `NatsMessageBroker`, and `NatsBucketBroker` for results on
+      the same server (JetStream key-value).
 
     Args:
         url: The broker URL.
@@ -126,7 +130,7 @@ def connection_from_url(
     if scheme not in _NETWORK_SCHEMES:
         raise CLIError(
             f"unknown broker URL {mask_url(url)!r}: expected memory://, redis://, rediss://, "
-            "amqp://, amqps:// or kafka://"
+            "amqp://, amqps://, kafka://, nats:// or tls://"
         )
     if results_url is not None and urlsplit(results_url).scheme.lower() not in {"redis", "rediss"}:
         raise CLIError(f"results URL {mask_url(results_url)!r}: expected redis:// or rediss://")
@@ -140,6 +144,11 @@ def connection_from_url(
                 results_bucket_broker=brokers.RedisBucketBroker(
                     results_url or url, use_result_bucket=True
                 ),
+            )
+        if scheme in {"nats", "tls"}:
+            return Connection(
+                brokers.NatsMessageBroker(url),
+                results_bucket_broker=brokers.NatsBucketBroker(url, use_result_bucket=True),
             )
         state = None if state_url is None else _shared_state(state_url)
         if scheme in {"amqp", "amqps"}:

@@ -37,6 +37,8 @@ TRANSIENT: tuple[type[BaseException], ...] = (
 )
 """Errors after which an operation is tried again until its timeout."""
 
+CONNECT_ERRORS: tuple[type[BaseException], ...] = (nats.errors.Error, *TRANSIENT)
+
 
 def servers_of(servers: str | list[str]) -> list[str]:
     return [s.strip() for s in servers.split(",")] if isinstance(servers, str) else list(servers)
@@ -86,7 +88,7 @@ class NatsLink:
                 ),
                 self.policy.connect_timeout + 1.0,
             )
-        except (*TRANSIENT, nats.errors.Error) as exc:
+        except CONNECT_ERRORS as exc:
             raise self.unreachable(exc, "connect") from None
         self._js = self.nc.jetstream(timeout=self.policy.operation_timeout)
 
@@ -96,7 +98,7 @@ class NatsLink:
         if nc is not None and not nc.is_closed:
             try:
                 await asyncio.wait_for(nc.drain(), self.policy.operation_timeout)
-            except Exception:  # noqa: BLE001 - closing anyway
+            except Exception:
                 await nc.close()
 
     @property

@@ -11,6 +11,7 @@ import re
 import time
 from collections.abc import Iterable
 from dataclasses import asdict
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import nats.js.errors
@@ -125,20 +126,22 @@ class KvState:
             )
         except nats.js.errors.NotFoundError:
             return None
-        if (names.stream, raw.seq) not in self._owned:
+        seq = raw.seq or 0
+        if (names.stream, seq) not in self._owned:
             due = due_of(raw.headers)
             waiting = due is not None and due > time.time()
             if not waiting:
-                priority = int(raw.subject.rsplit(".", 2)[1])
+                priority = int((raw.subject or "").rsplit(".", 2)[1])
                 info = await self.link.call(
                     "consumer info",
                     lambda: js.consumer_info(names.stream, names.consumers[priority]),
                 )
-                waiting = info.delivered.stream_seq is None or info.delivered.stream_seq < raw.seq
+                delivered = info.delivered.stream_seq if info.delivered else None
+                waiting = delivered is None or delivered < seq
             if waiting:
                 try:
                     await self.link.call(
-                        "delete a message", lambda: js.delete_msg(names.stream, raw.seq)
+                        "delete a message", lambda: js.delete_msg(names.stream, seq)
                     )
                     return "dequeued"
                 except nats.js.errors.APIError:
@@ -189,7 +192,7 @@ class KvState:
         workers: list[WorkerInfo] = []
         for key in keys:
             try:
-                entry = await self.link.call("read a worker", lambda k=key: kv.get(k))
+                entry = await self.link.call("read a worker", partial(kv.get, key))
             except nats.js.errors.KeyNotFoundError:
                 continue
             if not entry.value:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import logging
 import os
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import nats.js.errors
@@ -25,7 +27,7 @@ from nats.js.api import (
 )
 
 from repid.brokers.base import BrokerCapabilities, ConnectionPolicy, Delivery, OutgoingMessage
-from repid.brokers.nats._handles import RAW_HEADER, Browsed, Handle
+from repid.brokers.nats._handles import RAW_HEADER, Browsed, Handle, due_of
 from repid.brokers.nats._link import NatsLink, safe_servers
 from repid.brokers.nats._names import DUE_HEADER, QueueNames, safe, unsafe
 from repid.brokers.nats._state import KvState
@@ -43,7 +45,9 @@ __all__ = ["NatsMessageBroker"]
 logger = logging.getLogger("repid.brokers.nats")
 
 _WRONG_LAST_SEQUENCE = 10071
-_DEFAULT_POLICY = ConnectionPolicy(connect_timeout=5.0, operation_timeout=10.0, reconnect_backoff=0.5)
+_DEFAULT_POLICY = ConnectionPolicy(
+    connect_timeout=5.0, operation_timeout=10.0, reconnect_backoff=0.5
+)
 
 
 class NatsMessageBroker(KvState):
@@ -91,6 +95,7 @@ class NatsMessageBroker(KvState):
         self.max_message_size = max_message_size
         self.poll_interval = poll_interval
         self.max_ack_pending = max_ack_pending
+        self.scan_limit = 10_000
         self.connection_policy = ConnectionPolicy.resolve(
             connect_timeout, operation_timeout, reconnect_backoff, defaults=_DEFAULT_POLICY
         )
@@ -190,7 +195,7 @@ class NatsMessageBroker(KvState):
                 max_waiting=4096,
             )
             await self.link.call(
-                "declare a consumer", lambda c=config: js.add_consumer(names.stream, c)
+                "declare a consumer", partial(js.add_consumer, names.stream, config)
             )
         self._declared.add(queue_name)
 
@@ -209,17 +214,15 @@ class NatsMessageBroker(KvState):
         await self.ensure_declared(names)
         js = self.link.js
         for stream in (names.stream, names.dead_stream):
-            await self.link.call("purge a stream", lambda s=stream: js.purge_stream(s))
+            await self.link.call("purge a stream", partial(js.purge_stream, stream))
         self._drop_owned(names.stream)
 
     async def queue_delete(self, queue_name: str) -> None:
         names = self.names(queue_name)
         js = self.link.js
         for stream in (names.stream, names.dead_stream):
-            try:
-                await self.link.call("delete a stream", lambda s=stream: js.delete_stream(s))
-            except nats.js.errors.NotFoundError:
-                pass
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await self.link.call("delete a stream", partial(js.delete_stream, stream))
         self._declared.discard(queue_name)
         self._drop_owned(names.stream)
 
@@ -243,20 +246,47 @@ class NatsMessageBroker(KvState):
         )
 
     async def counts(self, queue_name: str) -> dict[str, int]:
-        """Messages per part: ready (not yet delivered), in_flight (delivered and not settled,
-        including delayed messages the server holds back), dead."""
+        """Messages per part: ready, delayed (due later), in_flight (delivered, not settled),
+        dead. The delayed ones are found by reading the queue's stream (at most `scan_limit`
+        messages; past that the delayed count is a lower bound)."""
         names = self.names(queue_name)
         await self.ensure_declared(names)
         js = self.link.js
         ready = in_flight = 0
+        delivered: list[int] = []
         for consumer in names.consumers:
             info = await self.link.call(
-                "consumer info", lambda c=consumer: js.consumer_info(names.stream, c)
+                "consumer info", partial(js.consumer_info, names.stream, consumer)
             )
             ready += info.num_pending or 0
             in_flight += info.num_ack_pending or 0
-        dead = await self.link.call("stream info", lambda: js.stream_info(names.dead_stream))
-        return {"ready": ready, "in_flight": in_flight, "dead": dead.state.messages}
+            delivered.append((info.delivered.stream_seq or 0) if info.delivered else 0)
+        delayed_ready = delayed_taken = 0
+        now = time.time()
+        seq = 1
+        for _ in range(self.scan_limit):
+            try:
+                raw = await self.link.call(
+                    "read a message",
+                    partial(js.get_msg, names.stream, seq, f"{names.stream}.*.*", next=True),
+                )
+            except nats.js.errors.NotFoundError:
+                break
+            seq = (raw.seq or seq) + 1
+            due = due_of(raw.headers)
+            if due is not None and due > now:
+                priority = int((raw.subject or "").rsplit(".", 2)[1])
+                if (raw.seq or 0) <= delivered[priority]:
+                    delayed_taken += 1
+                else:
+                    delayed_ready += 1
+        dead = await self.link.call("stream info", partial(js.stream_info, names.dead_stream))
+        return {
+            "ready": max(0, ready - delayed_ready),
+            "delayed": delayed_ready + delayed_taken,
+            "in_flight": max(0, in_flight - delayed_taken),
+            "dead": dead.state.messages,
+        }
 
     # -- publishing ------------------------------------------------------------------------
 
@@ -277,7 +307,11 @@ class NatsMessageBroker(KvState):
         return body
 
     async def _publish(
-        self, subject: str, body: bytes, headers: dict[str, str], slot: tuple[str, str] | None = None
+        self,
+        subject: str,
+        body: bytes,
+        headers: dict[str, str],
+        slot: tuple[str, str] | None = None,
     ) -> bool:
         """Publish durably; False when the server refused it as already pending."""
         js = self.link.js
@@ -340,7 +374,7 @@ class NatsMessageBroker(KvState):
         try:
             async with asyncio.timeout(self.connection_policy.operation_timeout + 1):
                 await handle.msg.ack_sync(timeout=self.connection_policy.operation_timeout)
-        except Exception as exc:  # noqa: BLE001 - the server redelivers an unacked message
+        except Exception as exc:
             logger.warning("ack of message %s failed (%r); it will be redelivered", handle.seq, exc)
             return False
         return True
@@ -397,7 +431,7 @@ class NatsMessageBroker(KvState):
         for handle in sorted(naks, key=lambda h: h.seq):
             try:
                 await handle.msg.nak()
-            except Exception as exc:  # noqa: BLE001 - redelivered after AckWait anyway
+            except Exception as exc:
                 logger.debug("NAK of message %s failed: %r", handle.seq, exc)
 
     async def requeue(
@@ -406,9 +440,8 @@ class NatsMessageBroker(KvState):
         new_payload = key.payload if payload is None else payload
         new_params = key.parameters if params is None else params
         handle: Any = key.handle
-        if key.category is MessageCategory.NORMAL:
-            if self._release(key) is None:
-                return False
+        if key.category is MessageCategory.NORMAL and self._release(key) is None:
+            return False
         names: QueueNames = handle.names
         body = self._body(key.key, new_payload, new_params)
         await self._publish(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from datetime import timedelta
 
@@ -107,10 +108,8 @@ class NatsBucketBroker:
 
     async def delete_bucket(self, id_: str) -> None:
         kv = self.kv
-        try:
+        with contextlib.suppress(nats.js.errors.KeyNotFoundError):
             await self.link.call("delete a bucket", lambda: kv.delete(safe(id_)))
-        except nats.js.errors.KeyNotFoundError:
-            pass
 
     async def wait_bucket(self, id_: str, timeout: float | None) -> BucketT | None:
         """Return the bucket once stored, or None after `timeout` seconds (polls, 2-50 ms)."""

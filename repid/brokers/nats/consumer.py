@@ -11,7 +11,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import nats.js.errors
 from nats.aio.msg import Msg
@@ -23,7 +23,30 @@ from repid.data import PRIORITY_COUNT, MessageCategory
 from repid.errors import ConsumerClosedError
 
 if TYPE_CHECKING:
-    from repid.brokers.nats.broker import NatsMessageBroker
+    from collections.abc import Awaitable
+
+    from repid.brokers.nats._link import NatsLink
+
+
+class Source(Protocol):
+    """What the consumer uses of `NatsMessageBroker`."""
+
+    link: NatsLink
+    lease_duration: float
+    poll_interval: float
+    publishing: dict[tuple[str, str], asyncio.Event]
+
+    def names(self, queue: str) -> QueueNames: ...
+
+    async def ensure_declared(self, names: QueueNames) -> None: ...
+
+    def spawn(self, operation: Awaitable[Any]) -> None: ...
+
+    def own(self, handle: Handle) -> None: ...
+
+    async def flush_naks(self) -> None: ...
+
+    async def reject(self, key: Delivery) -> bool: ...
 
 logger = logging.getLogger("repid.brokers.nats")
 
@@ -36,7 +59,7 @@ class NatsConsumer(BaseConsumer, Holder):
 
     def __init__(
         self,
-        broker: NatsMessageBroker,
+        broker: Source,
         queue: str,
         topics: Sequence[str] | None,
         max_unacked_messages: int | None,
@@ -144,7 +167,9 @@ class NatsConsumer(BaseConsumer, Holder):
         self._counts[reply] = batch
         self._open[priority] = [r for r in self._open[priority] if r in self._requests]
         self._open[priority].append(reply)
-        subject = f"$JS.API.CONSUMER.MSG.NEXT.{self._names.stream}.{self._names.consumers[priority]}"
+        subject = (
+            f"$JS.API.CONSUMER.MSG.NEXT.{self._names.stream}.{self._names.consumers[priority]}"
+        )
         task = asyncio.ensure_future(
             self._broker.link.client.publish(subject, json.dumps(body).encode(), reply=reply)
         )
@@ -154,9 +179,10 @@ class NatsConsumer(BaseConsumer, Holder):
     async def _wait_requests(self, futs: list[asyncio.Future[None]], timeout: float) -> None:
         """Wait until the requests end or a message arrives (whichever first), at most `timeout`."""
         self._wake.clear()
-        waiter = asyncio.ensure_future(self._wake.wait())
+        waiter: asyncio.Future[Any] = asyncio.ensure_future(self._wake.wait())
+        pending: list[asyncio.Future[Any]] = [*futs, waiter]
         try:
-            await asyncio.wait([*futs, waiter], timeout=timeout, return_when="FIRST_COMPLETED")
+            await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             waiter.cancel()
 
