@@ -18,7 +18,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     outcome = yield
     report = outcome.get_result()
     needs_broker = item.get_closest_marker("broker") is not None or any(
-        name in item.nodeid for name in ("[redis", "[rabbitmq", "[kafka")
+        name in item.nodeid for name in ("[redis", "[rabbitmq", "[kafka", "[nats")
     )
     # A skip because the broker *declares* it lacks a capability (`require()` in the
     # conformance suite) is a documented behaviour, not a missing server.

@@ -48,6 +48,7 @@ class Source(Protocol):
 
     async def reject(self, key: Delivery) -> bool: ...
 
+
 logger = logging.getLogger("repid.brokers.nats")
 
 _END = frozenset({"404", "408", "409"})
