@@ -70,7 +70,7 @@ from tests.conformance.specs import RUN_ID  # the run's id: every key, queue and
 ROOT = Path(__file__).resolve().parents[2]
 """The repository root: worker processes run with it as their working directory."""
 
-BROKERS = ("redis", "rabbitmq", "kafka")
+BROKERS = ("redis", "rabbitmq", "kafka", "nats")
 """Every real broker; each scenario runs on all of them."""
 
 FULL = os.environ.get("REPID_CHAOS", "").lower() == "full"
@@ -86,6 +86,7 @@ DEFAULT_URLS = {
     "redis": os.environ.get("REPID_REDIS_DSN", "redis://127.0.0.1:6379/0"),
     "rabbitmq": os.environ.get("REPID_RABBITMQ_DSN", "amqp://guest:guest@127.0.0.1:5672/"),
     "kafka": "kafka://" + os.environ.get("REPID_KAFKA_BOOTSTRAP", "127.0.0.1:19092"),
+    "nats": os.environ.get("REPID_NATS_SERVERS", "nats://127.0.0.1:4222"),
 }
 
 T = TypeVar("T")
@@ -133,6 +134,9 @@ class BrokerSettings:
             if NOIDA:
                 base["commit_on_revoke"] = False
             prefix = f"repid-{RUN_ID}-chaos-"
+        elif name == "nats":
+            base = {"lease_duration": 2.0, "operation_timeout": 10.0}
+            prefix = f"repid-test-{RUN_ID}-chaos-"  # the NATS spec's clean-up deletes these
         else:
             raise ValueError(f"unknown broker {name!r}: expected one of {BROKERS}")
         base.update(options)
@@ -147,7 +151,7 @@ class BrokerSettings:
         with the process; measured up to ~20 ms). Kafka: offsets are committed every
         `commit_interval`, plus the commit's round trip (0.1 s).
         """
-        if self.name == "redis":
+        if self.name in {"redis", "nats"}:  # NATS: acks wait for the server's confirmation
             return 0.0
         if self.name == "kafka":
             return float(self.options.get("commit_interval", 0.2)) + 0.1
@@ -163,6 +167,10 @@ class BrokerSettings:
         if self.name == "kafka":
             bootstrap = self.url.removeprefix("kafka://")
             return Connection(KafkaMessageBroker(bootstrap, topic_prefix=self.prefix, **options))
+        if self.name == "nats":
+            from repid.brokers.nats import NatsMessageBroker
+
+            return Connection(NatsMessageBroker(self.url, prefix=self.prefix, **options))
         raise ValueError(f"unknown broker {self.name!r}")
 
     def env(self) -> dict[str, str]:

@@ -43,7 +43,7 @@ pytestmark = pytest.mark.timeout(size(120, 600))
 
 def window(settings: BrokerSettings) -> float:
     """The broker's window (see the module docstring), in seconds."""
-    if settings.name == "redis":
+    if settings.name in {"redis", "nats"}:
         return float(settings.options["lease_duration"])
     if settings.name == "rabbitmq":
         return HEARTBEAT
@@ -52,8 +52,8 @@ def window(settings: BrokerSettings) -> float:
 
 @pytest.fixture
 def broker_settings(broker_name: str) -> BrokerSettings:
-    if broker_name == "redis":
-        return BrokerSettings.default("redis", lease_duration=LEASE)
+    if broker_name in {"redis", "nats"}:
+        return BrokerSettings.default(broker_name, lease_duration=LEASE)
     if broker_name == "rabbitmq":
         url = DEFAULT_URLS["rabbitmq"]
         url += ("&" if "?" in url else "?") + f"heartbeat={HEARTBEAT:g}"
