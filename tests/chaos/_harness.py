@@ -149,9 +149,10 @@ class BrokerSettings:
         Redis: 0 (an acknowledgement returns once Redis applied it). RabbitMQ: 0.1 s
         (`basic.ack` is not confirmed: one still in the client's or the kernel's buffers dies
         with the process; measured up to ~20 ms). Kafka: offsets are committed every
-        `commit_interval`, plus the commit's round trip (0.1 s).
+        `commit_interval`, plus the commit's round trip (0.1 s). NATS: 0.1 s (an ack is not
+        confirmed, as on RabbitMQ).
         """
-        if self.name in {"redis", "nats"}:  # NATS: acks wait for the server's confirmation
+        if self.name == "redis":
             return 0.0
         if self.name == "kafka":
             return float(self.options.get("commit_interval", 0.2)) + 0.1

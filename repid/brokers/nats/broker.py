@@ -290,13 +290,22 @@ class NatsMessageBroker(KvState):
 
     # -- publishing ------------------------------------------------------------------------
 
-    def _headers(self, params: Parameters, *, unique: bool) -> dict[str, str]:
-        headers = {"Nats-Msg-Id": f"{self._token}-{next(self._msg_ids)}"}
+    def _headers(self, params: Parameters, expect: int | None) -> dict[str, str]:
+        """The headers of a message: its due time, and the sequence its subject must be at.
+
+        `expect` makes the publish conditional (`Nats-Expected-Last-Subject-Sequence`): 0 for a
+        new message (its subject `S.<priority>.<id>` must hold nothing: unique ids, and a
+        publish retried after a lost answer is not stored twice), the old message's sequence
+        for its replacement. None: a message id for the server's duplicate window instead.
+        """
+        headers: dict[str, str] = {}
+        if expect is None:
+            headers["Nats-Msg-Id"] = f"{self._token}-{next(self._msg_ids)}"
+        else:
+            headers["Nats-Expected-Last-Subject-Sequence"] = str(expect)
         due = params.not_before
         if due is not None and due > time.time():
             headers[DUE_HEADER] = repr(due)
-        if unique:
-            headers["Nats-Expected-Last-Subject-Sequence"] = "0"
         return headers
 
     def _body(self, key: RoutingKey, payload: str, params: Parameters) -> bytes:
@@ -337,7 +346,7 @@ class NatsMessageBroker(KvState):
         names = self.names(key.queue)
         await self.ensure_declared(names)
         body = self._body(key, payload, params)
-        headers = self._headers(params, unique=not generated_here(key.id_))
+        headers = self._headers(params, 0)
         subject = names.subject(key.priority, key.id_)
         if not await self._publish(subject, body, headers, (key.queue, key.id_)):
             logger.debug("message %s is already pending in %s; not added again", key.id_, key.queue)
@@ -370,10 +379,17 @@ class NatsMessageBroker(KvState):
         )
         return None
 
-    async def _ack_msg(self, handle: Handle) -> bool:
+    async def _ack_msg(self, handle: Handle, id_: str) -> bool:
+        """Acknowledge one delivery. For an id the user gave, wait for the server to have
+        removed the message (a new job with that id may be enqueued right after); generated
+        ids are never reused, so their acknowledgement is not waited for."""
         try:
-            async with asyncio.timeout(self.connection_policy.operation_timeout + 1):
-                await handle.msg.ack_sync(timeout=self.connection_policy.operation_timeout)
+            if generated_here(id_):
+                await handle.msg.ack()
+            else:
+                timeout = self.connection_policy.operation_timeout
+                async with asyncio.timeout(timeout + 1):
+                    await handle.msg.ack_sync(timeout=timeout)
         except Exception as exc:
             logger.warning("ack of message %s failed (%r); it will be redelivered", handle.seq, exc)
             return False
@@ -385,7 +401,7 @@ class NatsMessageBroker(KvState):
         handle = self._release(key)
         if handle is None:
             return False
-        ok = await self._ack_msg(handle)
+        ok = await self._ack_msg(handle, key.key.id_)
         await self._job_over(key.key.id_)
         return ok
 
@@ -408,7 +424,7 @@ class NatsMessageBroker(KvState):
         if handle is None:
             return False
         await self._to_dead(handle.names, key, params)
-        await self._ack_msg(handle)
+        await self._ack_msg(handle, key.key.id_)
         await self._job_over(key.key.id_)
         return True
 
@@ -444,16 +460,32 @@ class NatsMessageBroker(KvState):
             return False
         names: QueueNames = handle.names
         body = self._body(key.key, new_payload, new_params)
-        await self._publish(
-            names.subject(key.key.priority, key.key.id_),
-            body,
-            self._headers(new_params, unique=False),
-            (key.key.queue, key.key.id_),
-        )
+        subject = names.subject(key.key.priority, key.key.id_)
+        slot = (key.key.queue, key.key.id_)
+        # The replacement waits for the old message to be the last of its subject (a retried
+        # publish whose first try was stored is refused); a dead letter sent back has no old
+        # message in the queue's stream.
+        expect = None if key.category is MessageCategory.DEAD else handle.seq
+        headers = self._headers(new_params, expect)
+        if not await self._publish(subject, body, headers, slot) and not await self._last_is(
+            names, subject, body
+        ):
+            await self._publish(subject, body, self._headers(new_params, None), slot)
         if key.category is MessageCategory.NORMAL:
-            await self._ack_msg(handle)
+            await self._ack_msg(handle, key.key.id_)
             return True
         return await self._delete_browsed(key)
+
+    async def _last_is(self, names: QueueNames, subject: str, body: bytes) -> bool:
+        """Whether the last message of `subject` is `body` (a retried publish was stored)."""
+        js = self.link.js
+        try:
+            raw = await self.link.call(
+                "read a message", partial(js.get_msg, names.stream, subject=subject)
+            )
+        except nats.js.errors.NotFoundError:
+            return False
+        return raw.data == body
 
     async def renew(self, deliveries: Sequence[Delivery]) -> None:
         deadline = time.monotonic() + self.lease_duration
