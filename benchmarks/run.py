@@ -1,6 +1,6 @@
 """End-to-end throughput benchmarks: repid against peer job-queue frameworks.
 
-    python benchmarks/run.py {inmemory,redis,rabbitmq,kafka} [--n N] [--rounds R] [--json PATH]
+    python benchmarks/run.py {inmemory,redis,rabbitmq,kafka,nats} [--n N] [--rounds R] [--json PATH]
                              [--cases a,b] [--timeout S]
 
 Each case is a standalone script under `benchmarks/cases/` that runs one framework once and
@@ -68,6 +68,8 @@ PEER_REQUIREMENTS: dict[str, tuple[str, ...]] = {
     "taskiq-aio-pika": ("taskiq-aio-pika==0.6.1", "taskiq==0.13.0"),
     "aiokafka": ("aiokafka==0.14.0",),
     "aio-pika": ("aio-pika==10.2.1",),
+    "faststream-nats": ("faststream[nats]==0.7.8",),
+    "nats-py": ("nats-py==2.16.0",),
 }
 
 
@@ -165,6 +167,18 @@ SUITES: dict[str, Suite] = {
             Case("repid", "repid_kafka.py", venv=None, concurrency=100),
             Case("faststream", "faststream_kafka.py", venv="faststream", concurrency=100),
             Case("aiokafka-raw", "aiokafka_raw.py", venv="aiokafka", concurrency=100),
+        ),
+    ),
+    "nats": Suite(
+        name="nats",
+        description="NATS JetStream 127.0.0.1:4222 (REPID_NATS_SERVERS)",
+        default_n=20_000,
+        network=True,
+        server="nats",
+        cases=(
+            Case("repid", "repid_nats.py", venv=None, concurrency=100),
+            Case("faststream", "faststream_nats.py", venv="faststream-nats", concurrency=100),
+            Case("nats-py-raw", "nats_raw.py", venv="nats-py", concurrency=100, reference=True),
         ),
     ),
 }
@@ -778,6 +792,7 @@ def check_server(server: str) -> None:
     url = {
         "redis": os.environ.get("REPID_REDIS_DSN", "redis://127.0.0.1:6379/0"),
         "rabbitmq": os.environ.get("REPID_RABBITMQ_DSN", "amqp://guest:guest@127.0.0.1:5672/"),
+        "nats": os.environ.get("REPID_NATS_SERVERS", "nats://127.0.0.1:4222").split(",")[0],
     }[server]
     parsed = urlparse(url)
     host, port = parsed.hostname or "127.0.0.1", parsed.port or 0

@@ -112,6 +112,7 @@ PROBE = -1  # the job argument of the latency phase's probe (the actor does not 
 REDIS_URL = os.environ.get("REPID_REDIS_DSN", "redis://127.0.0.1:6379/0")
 AMQP_URL = os.environ.get("REPID_RABBITMQ_DSN", "amqp://guest:guest@127.0.0.1:5672/")
 KAFKA_BOOTSTRAP = os.environ.get("REPID_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
+NATS_URL = os.environ.get("REPID_NATS_SERVERS", "nats://127.0.0.1:4222")
 
 
 @dataclass
@@ -558,6 +559,22 @@ async def kafka_delete_topics(topics: list[str], bootstrap: str = KAFKA_BOOTSTRA
             await admin.delete_topics(doomed)
     finally:
         await admin.close()
+
+
+async def nats_delete_streams(prefixes: Sequence[str], url: str = NATS_URL) -> None:
+    """Delete the streams whose names start with one of `prefixes` (nats-py is in every NATS
+    case's environment)."""
+    import nats
+
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        for info in await js.streams_info():
+            name = info.config.name or ""
+            if name.startswith(tuple(prefixes)):
+                await js.delete_stream(name)
+    finally:
+        await nc.close()
 
 
 async def rabbitmq_delete(queues: Sequence[str], exchanges: Sequence[str] = ()) -> None:

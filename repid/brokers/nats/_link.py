@@ -118,21 +118,29 @@ class NatsLink:
         return None if self.nc is None else self.nc.max_payload
 
     async def call(self, doing: str, operation: Callable[[], Awaitable[T]]) -> T:
-        """Run `operation`, retrying transient failures until `operation_timeout` has passed."""
+        """Run `operation`, retrying transient failures until `operation_timeout` has passed.
+
+        The first try runs bare (nats-py bounds every request by the same timeout); the retries
+        are bounded by what is left of `operation_timeout`.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.policy.operation_timeout
+        try:
+            return await operation()
+        except TRANSIENT as exc:
+            error: BaseException = exc
         pause = max(0.01, min(self.policy.reconnect_backoff, 0.1))
         while True:
-            remaining = deadline - loop.time()
-            try:
-                async with asyncio.timeout(max(remaining, 0.05)):
-                    return await operation()
-            except TRANSIENT as exc:
-                if loop.time() + pause >= deadline:
-                    raise self.unreachable(exc, doing) from None
-                logger.debug("NATS %s failed (%s); retrying", doing, type(exc).__name__)
+            if loop.time() + pause >= deadline:
+                raise self.unreachable(error, doing) from None
+            logger.debug("NATS %s failed (%s); retrying", doing, type(error).__name__)
             await asyncio.sleep(pause)
             pause = min(pause * 2, 1.0)
+            try:
+                async with asyncio.timeout(max(deadline - loop.time(), 0.05)):
+                    return await operation()
+            except TRANSIENT as exc:
+                error = exc
 
     async def _on_error(self, exc: Exception) -> None:
         logger.debug("NATS connection error: %s", mask_urls(str(exc)))
