@@ -70,6 +70,7 @@ PEER_REQUIREMENTS: dict[str, tuple[str, ...]] = {
     "aio-pika": ("aio-pika==10.2.1",),
     "faststream-nats": ("faststream[nats]==0.7.8",),
     "nats-py": ("nats-py==2.16.0",),
+    "taskiq-nats": ("taskiq-nats==0.7.0", "taskiq==0.13.0"),
 }
 
 
@@ -178,6 +179,7 @@ SUITES: dict[str, Suite] = {
         cases=(
             Case("repid", "repid_nats.py", venv=None, concurrency=100),
             Case("faststream", "faststream_nats.py", venv="faststream-nats", concurrency=100),
+            Case("taskiq-nats", "taskiq_nats.py", venv="taskiq-nats", concurrency=100),
             Case("nats-py-raw", "nats_raw.py", venv="nats-py", concurrency=100, reference=True),
         ),
     ),

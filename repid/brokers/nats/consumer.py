@@ -85,6 +85,8 @@ class NatsConsumer(BaseConsumer, Holder):
         self._inbox = ""
         self._sub: Any = None
         self._pull_lock = asyncio.Lock()
+        self._lingers: list[asyncio.Future[None]] = []
+        self._linger_until = 0.0
         self._next_seq = 1
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -110,6 +112,11 @@ class NatsConsumer(BaseConsumer, Holder):
         self._closed = True
         self._wake.set()
         self._unpaused.set()
+        # Waiting pull requests cannot be withdrawn: until they expire (`poll_interval`), what
+        # they deliver is given back at once instead of waiting out `AckWait` in a dead inbox.
+        pending = [f for f in self._requests.values() if not f.done()]
+        if pending and self._sub is not None:
+            await asyncio.wait(pending, timeout=self._broker.poll_interval + 0.2)
         sub, self._sub = self._sub, None
         if sub is not None:
             with contextlib.suppress(Exception):
@@ -142,7 +149,10 @@ class NatsConsumer(BaseConsumer, Holder):
         # A delivered message keeps its stream subject (`S.<priority>.<id>`): it answers the
         # oldest open request of its priority.
         priority = int(msg.subject.rsplit(".", 2)[1])
-        self._buffers[priority].append((msg, time.monotonic()))
+        if self._closed:
+            self._broker.spawn(msg.nak())
+        else:
+            self._buffers[priority].append((msg, time.monotonic()))
         for reply in self._open[priority]:
             left = self._counts.get(reply, 0) - 1
             if left > 0:
@@ -202,6 +212,22 @@ class NatsConsumer(BaseConsumer, Holder):
             if got >= batch:
                 return
             batch -= got
+
+    async def _await_more(self) -> None:
+        """Take what is ready (HIGH first); when nothing is, keep one waiting pull request per
+        priority open (`poll_interval` seconds, up to the free capacity each) and wait for
+        what they deliver. Open requests are reused while all three last."""
+        now = time.monotonic()
+        lingers = self._lingers
+        if not lingers or any(f.done() for f in lingers) or now >= self._linger_until:
+            batch = max(1, min(self._capacity(), 256))
+            await self._probe(batch)
+            if any(self._buffers) or self._closed:
+                return
+            expires = self._broker.poll_interval
+            self._lingers = [self._request(p, batch, expires) for p in range(PRIORITY_COUNT)]
+            self._linger_until = now + expires
+        await self._wait_requests(self._lingers, max(0.01, self._linger_until - now) + 0.5)
 
     async def _linger(self, expires: float) -> None:
         """Wait (at most `expires` seconds) for the next message of any priority."""
@@ -268,9 +294,7 @@ class NatsConsumer(BaseConsumer, Holder):
             async with self._pull_lock:
                 if any(self._buffers) or self._closed:
                     continue
-                await self._probe(max(1, min(self._capacity(), 256)))
-                if not any(self._buffers) and not self._closed:
-                    await self._linger(self._broker.poll_interval)
+                await self._await_more()
 
     async def _published(self, delivery: Delivery) -> None:
         """Wait until the enqueue/requeue of this process that sent `delivery` has returned."""
