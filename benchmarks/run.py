@@ -179,7 +179,7 @@ SUITES: dict[str, Suite] = {
         cases=(
             Case("repid", "repid_nats.py", venv=None, concurrency=100),
             Case("faststream", "faststream_nats.py", venv="faststream-nats", concurrency=100),
-            Case("taskiq-nats", "taskiq_nats.py", venv="taskiq-nats", concurrency=100),
+            Case("taskiq-nats", "taskiq_nats_jetstream.py", venv="taskiq-nats", concurrency=100),
             Case("nats-py-raw", "nats_raw.py", venv="nats-py", concurrency=100, reference=True),
         ),
     ),

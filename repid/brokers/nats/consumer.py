@@ -80,13 +80,13 @@ class NatsConsumer(BaseConsumer, Holder):
         self._buffers: list[deque[tuple[Msg, float]]] = [deque() for _ in range(PRIORITY_COUNT)]
         self._requests: dict[str, asyncio.Future[None]] = {}
         self._counts: dict[str, int] = {}
-        self._open: list[list[str]] = [[] for _ in range(PRIORITY_COUNT)]
         self._req_ids = itertools.count()
         self._inbox = ""
         self._sub: Any = None
         self._pull_lock = asyncio.Lock()
-        self._lingers: list[asyncio.Future[None]] = []
-        self._linger_until = 0.0
+        self._current: list[str | None] = [None] * PRIORITY_COUNT
+        """The open pull request of each priority (its reply subject)."""
+        self._until: list[float] = [0.0] * PRIORITY_COUNT
         self._next_seq = 1
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -140,33 +140,35 @@ class NatsConsumer(BaseConsumer, Holder):
     async def _on_msg(self, msg: Msg) -> None:
         status = msg.headers.get("Status") if msg.headers else None
         if status is not None and not msg.data:
-            reply = msg.subject  # a status ends the request it answers
-            fut = self._requests.pop(reply, None)
-            self._counts.pop(reply, None)
-            if fut is not None and not fut.done():
-                fut.set_result(None)
+            self._end(msg.subject)  # a status ends the request it answers
             return
-        # A delivered message keeps its stream subject (`S.<priority>.<id>`): it answers the
-        # oldest open request of its priority.
+        # A delivered message keeps its stream subject (`S.<priority>.<id>`); at most one
+        # request per priority is open, so it answers that one.
         priority = int(msg.subject.rsplit(".", 2)[1])
         if self._closed:
             self._broker.spawn(msg.nak())
         else:
             self._buffers[priority].append((msg, time.monotonic()))
-        for reply in self._open[priority]:
-            left = self._counts.get(reply, 0) - 1
-            if left > 0:
-                self._counts[reply] = left
-                break
-            self._counts.pop(reply, None)
-            fut = self._requests.pop(reply, None)
-            if fut is not None and not fut.done():
-                fut.set_result(None)
-            break
-        self._open[priority] = [r for r in self._open[priority] if r in self._requests]
+        reply = self._current[priority]
+        if reply is not None:
+            left = self._counts.get(reply, 1) - 1
+            self._counts[reply] = left
+            if left <= 0:
+                self._end(reply)
         self._wake.set()
 
+    def _end(self, reply: str) -> None:
+        fut = self._requests.pop(reply, None)
+        self._counts.pop(reply, None)
+        priority = int(reply.rsplit(".", 2)[1])
+        if self._current[priority] == reply:
+            self._current[priority] = None
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
     def _request(self, priority: int, batch: int, expires: float | None) -> asyncio.Future[None]:
+        """Ask the priority's consumer for up to `batch` messages (`expires` None: only those
+        ready now). At most one request per priority is open at a time."""
         reply = f"{self._inbox}.{priority}.{next(self._req_ids)}"
         body: dict[str, Any] = {"batch": batch}
         if expires is None:
@@ -176,16 +178,26 @@ class NatsConsumer(BaseConsumer, Holder):
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._requests[reply] = fut
         self._counts[reply] = batch
-        self._open[priority] = [r for r in self._open[priority] if r in self._requests]
-        self._open[priority].append(reply)
-        subject = (
-            f"$JS.API.CONSUMER.MSG.NEXT.{self._names.stream}.{self._names.consumers[priority]}"
-        )
+        self._current[priority] = reply
+        # A request whose answer was lost (a reconnection) is given up after its time.
+        wait = expires if expires is not None else self._broker.link.policy.operation_timeout
+        self._until[priority] = time.monotonic() + wait + 1.0
+        names = self._names
+        subject = f"$JS.API.CONSUMER.MSG.NEXT.{names.stream}.{names.consumers[priority]}"
         task = asyncio.ensure_future(
             self._broker.link.client.publish(subject, json.dumps(body).encode(), reply=reply)
         )
         task.add_done_callback(_ignore)
         return fut
+
+    def _open(self, priority: int) -> asyncio.Future[None] | None:
+        reply = self._current[priority]
+        if reply is None:
+            return None
+        if time.monotonic() > self._until[priority]:
+            self._end(reply)
+            return None
+        return self._requests.get(reply)
 
     async def _wait_requests(self, futs: list[asyncio.Future[None]], timeout: float) -> None:
         """Wait until the requests end or a message arrives (whichever first), at most `timeout`."""
@@ -204,10 +216,13 @@ class NatsConsumer(BaseConsumer, Holder):
         for priority in range(PRIORITY_COUNT):
             if self._closed:
                 return
+            if self._open(priority) is not None:
+                continue  # a waiting request hands over what is ready anyway
             fut = self._request(priority, batch, None)
             # asyncio.wait, not wait_for: on Python 3.11 wait_for can swallow a cancellation
             # that races with the answer.
             await asyncio.wait({fut}, timeout=op)
+            self._open(priority)  # given up if it was not answered in time
             got = len(self._buffers[priority])
             if got >= batch:
                 return
@@ -216,22 +231,19 @@ class NatsConsumer(BaseConsumer, Holder):
     async def _await_more(self) -> None:
         """Take what is ready (HIGH first); when nothing is, keep one waiting pull request per
         priority open (`poll_interval` seconds, up to the free capacity each) and wait for
-        what they deliver. Open requests are reused while all three last."""
-        now = time.monotonic()
-        lingers = self._lingers
-        if not lingers or any(f.done() for f in lingers) or now >= self._linger_until:
-            batch = max(1, min(self._capacity(), 256))
-            await self._probe(batch)
-            if any(self._buffers) or self._closed:
-                return
-            expires = self._broker.poll_interval
-            self._lingers = [self._request(p, batch, expires) for p in range(PRIORITY_COUNT)]
-            self._linger_until = now + expires
-        await self._wait_requests(self._lingers, max(0.01, self._linger_until - now) + 0.5)
+        what they deliver."""
+        batch = max(1, min(self._capacity(), 256))
+        await self._probe(batch)
+        if any(self._buffers) or self._closed:
+            return
+        await self._linger(self._broker.poll_interval, batch)
 
-    async def _linger(self, expires: float) -> None:
+    async def _linger(self, expires: float, batch: int = 1) -> None:
         """Wait (at most `expires` seconds) for the next message of any priority."""
-        futs = [self._request(p, 1, expires) for p in range(PRIORITY_COUNT)]
+        futs = []
+        for priority in range(PRIORITY_COUNT):
+            fut = self._open(priority)
+            futs.append(fut if fut is not None else self._request(priority, batch, expires))
         await self._wait_requests(futs, expires + 0.5)
 
     def _pop(self) -> Delivery | None:
