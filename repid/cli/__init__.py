@@ -103,8 +103,8 @@ def _add_connection_options(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         default=os.environ.get("REPID_BROKER_URL"),
         help=(
-            "broker URL: memory://, redis://host:port/db, amqp://user:pass@host/vhost or "
-            "kafka://host:port (env REPID_BROKER_URL)"
+            "broker URL: memory://, redis://host:port/db, amqp://user:pass@host/vhost, "
+            "kafka://host:port or nats://host:port (env REPID_BROKER_URL)"
         ),
     )
     group.add_argument(
