@@ -64,7 +64,11 @@ async def main() -> None:
             ).enqueue()
             later = datetime.now().astimezone() + timedelta(seconds=0.5)
             await Job(
-                "work", queue=QUEUE, args={"label": "deferred"}, deferred_until=later
+                "work",
+                queue=QUEUE,
+                args={"label": "deferred"},
+                deferred_until=later,
+                priority=PrioritiesT.LOW,  # behind "low" once due, whatever the timing
             ).enqueue()
             await Job("charge", queue=QUEUE, args={"order": 7}).enqueue()
             print(await app.connection.message_broker.counts(QUEUE))
