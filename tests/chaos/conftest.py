@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import tests.conformance.specs.redis  # noqa: F401 - its exit hook deletes the run's Redis keys
+import tests.conformance.specs.nats  # noqa: F401 - its exit hook deletes the run's NATS streams
 from tests.chaos._harness import BROKERS, BrokerSettings, Chaos, record_outcome
 
 

@@ -83,6 +83,14 @@ class KvState:
         if self._shared is not None:
             await self._shared.connect()
 
+    async def delete_state(self) -> None:
+        """Delete this prefix's `state` and `workers` buckets (cancellation requests, live
+        workers) from the server; the next `connect()` creates them again."""
+        js = self.link.js
+        for bucket in (self.state_bucket, self.workers_bucket):
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await self.link.call("delete a bucket", partial(js.delete_key_value, bucket))
+
     async def _disconnect_state(self) -> None:
         task, self._watch_task = self._watch_task, None
         if task is not None:
