@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-import tests.conformance.specs.redis  # noqa: F401 - its exit hook deletes the run's Redis keys
-import tests.conformance.specs.nats  # noqa: F401 - its exit hook deletes the run's NATS streams
+# Their exit hooks delete the run's Redis keys and NATS streams and buckets.
+import tests.conformance.specs.nats
+import tests.conformance.specs.redis  # noqa: F401
 from tests.chaos._harness import BROKERS, BrokerSettings, Chaos, record_outcome
 
 
