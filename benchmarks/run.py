@@ -1,7 +1,7 @@
 """End-to-end throughput benchmarks: repid against peer job-queue frameworks.
 
-    python benchmarks/run.py {inmemory,redis,rabbitmq,kafka,sqlite} [--n N] [--rounds R]
-                             [--json PATH] [--cases a,b] [--timeout S]
+    python benchmarks/run.py {inmemory,redis,rabbitmq,kafka,nats,postgres,sqlite} [--n N]
+                             [--rounds R] [--json PATH] [--cases a,b] [--timeout S]
 
 Each case is a standalone script under `benchmarks/cases/` that runs one framework once and
 prints one JSON line (`cases/_common.py: CaseResult`, or `NetCaseResult` for the network suites,
@@ -70,6 +70,9 @@ PEER_REQUIREMENTS: dict[str, tuple[str, ...]] = {
     "aio-pika": ("aio-pika==10.2.1",),
     "huey": ("huey==3.5.4",),
     "persist-queue": ("persist-queue==1.1.0",),
+    "faststream-nats": ("faststream[nats]==0.7.8",),
+    "nats-py": ("nats-py==2.16.0",),
+    "taskiq-nats": ("taskiq-nats==0.7.0", "taskiq==0.13.0"),
 }
 
 
@@ -187,6 +190,19 @@ SUITES: dict[str, Suite] = {
         network=True,
         server="postgres",
         cases=(Case("repid", "repid_postgres.py", venv=None, concurrency=100),),
+    ),
+    "nats": Suite(
+        name="nats",
+        description="NATS JetStream 127.0.0.1:4222 (REPID_NATS_SERVERS)",
+        default_n=20_000,
+        network=True,
+        server="nats",
+        cases=(
+            Case("repid", "repid_nats.py", venv=None, concurrency=100),
+            Case("faststream", "faststream_nats.py", venv="faststream-nats", concurrency=100),
+            Case("taskiq-nats", "taskiq_nats_jetstream.py", venv="taskiq-nats", concurrency=100),
+            Case("nats-py-raw", "nats_raw.py", venv="nats-py", concurrency=100, reference=True),
+        ),
     ),
 }
 
@@ -802,6 +818,7 @@ def check_server(server: str) -> None:
         "postgres": os.environ.get(
             "REPID_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
         ),
+        "nats": os.environ.get("REPID_NATS_SERVERS", "nats://127.0.0.1:4222").split(",")[0],
     }[server]
     parsed = urlparse(url)
     host, port = parsed.hostname or "127.0.0.1", parsed.port or 0

@@ -154,6 +154,8 @@ _LAZY = {
     "SqliteBucketBroker": "repid.brokers.sqlite",
     "PostgresMessageBroker": "repid.brokers.postgres",
     "PostgresBucketBroker": "repid.brokers.postgres",
+    "NatsMessageBroker": "repid.brokers.nats",
+    "NatsBucketBroker": "repid.brokers.nats",
     "HealthCheckServer": "repid.health_check_server",
     "HealthCheckServerSettings": "repid.health_check_server",
     "HealthCheckStatus": "repid.health_check_server",
@@ -174,7 +176,7 @@ def __getattr__(name: str) -> Any:
     try:
         return getattr(importlib.import_module(module), name)
     except ModuleNotFoundError as exc:
-        extras = {"redis", "rabbitmq", "kafka", "postgres"}
+        extras = {"redis", "rabbitmq", "kafka", "postgres", "nats"}
         extra = module.rsplit(".", 1)[-1]
         extra = extra if extra in extras else "all"
         raise ImportError(f"{name} needs an extra: pip install 'repid[{extra}]' ({exc})") from exc

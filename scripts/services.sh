@@ -3,7 +3,7 @@
 # answers. Which servers: REPID_SERVICES (space-separated), default: those the suite uses today.
 set -euo pipefail
 
-SERVICES=${REPID_SERVICES:-redis rabbitmq kafka postgres}
+SERVICES=${REPID_SERVICES:-redis rabbitmq kafka postgres nats}
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -61,6 +61,22 @@ start_postgres() {
   if [ -z "$("${psql[@]}" -c "SELECT 1 FROM pg_database WHERE datname = 'test'")" ]; then
     "${psql[@]}" -c "CREATE DATABASE test"
   fi
+}
+
+start_nats() {
+  # nats-server from the Debian package (nats-server), JetStream on, file storage.
+  port_open 4222 && return 0
+  echo "services: starting nats-server -js"
+  local bin
+  bin=$(command -v nats-server || echo /usr/sbin/nats-server)
+  if [ ! -x "$bin" ]; then
+    echo "services: nats-server is not installed (apt-get install nats-server)" >&2
+    return 1
+  fi
+  mkdir -p /var/lib/repid-nats /var/log/repid-nats
+  nohup "$bin" -js -a 127.0.0.1 -p 4222 -sd /var/lib/repid-nats \
+    >>/var/log/repid-nats/nats.log 2>&1 &
+  wait_port nats 4222 30
 }
 
 for service in $SERVICES; do

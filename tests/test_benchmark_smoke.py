@@ -100,6 +100,12 @@ def test_repid_kafka_case_runs_and_reports() -> None:
     _check_network_figures(figures, 200, 50)
 
 
+@pytest.mark.broker("nats")
+def test_repid_nats_case_runs_and_reports() -> None:
+    figures = _run_case("repid_nats.py", "--n", "200", "--latency-jobs", "50", "--timeout", "60")
+    _check_network_figures(figures, 200, 50)
+
+
 # ------------------------------------------------------------------------------------------
 # the orchestrator, on fake cases (no server, no peer virtualenv)
 

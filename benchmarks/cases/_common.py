@@ -114,6 +114,7 @@ REDIS_URL = os.environ.get("REPID_REDIS_DSN", "redis://127.0.0.1:6379/0")
 AMQP_URL = os.environ.get("REPID_RABBITMQ_DSN", "amqp://guest:guest@127.0.0.1:5672/")
 KAFKA_BOOTSTRAP = os.environ.get("REPID_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
 POSTGRES_DSN = os.environ.get("REPID_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+NATS_URL = os.environ.get("REPID_NATS_SERVERS", "nats://127.0.0.1:4222")
 
 
 @dataclass
@@ -560,6 +561,22 @@ async def kafka_delete_topics(topics: list[str], bootstrap: str = KAFKA_BOOTSTRA
             await admin.delete_topics(doomed)
     finally:
         await admin.close()
+
+
+async def nats_delete_streams(prefixes: Sequence[str], url: str = NATS_URL) -> None:
+    """Delete the streams whose names start with one of `prefixes` (nats-py is in every NATS
+    case's environment)."""
+    import nats
+
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        for info in await js.streams_info():
+            name = info.config.name or ""
+            if name.startswith(tuple(prefixes)):
+                await js.delete_stream(name)
+    finally:
+        await nc.close()
 
 
 async def rabbitmq_delete(queues: Sequence[str], exchanges: Sequence[str] = ()) -> None:

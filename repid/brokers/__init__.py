@@ -39,6 +39,8 @@ _LAZY = {
     "KafkaMessageBroker": "repid.brokers.kafka",
     "SqliteMessageBroker": "repid.brokers.sqlite",
     "SqliteBucketBroker": "repid.brokers.sqlite",
+    "NatsMessageBroker": "repid.brokers.nats",
+    "NatsBucketBroker": "repid.brokers.nats",
 }
 
 

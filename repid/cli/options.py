@@ -60,9 +60,10 @@ passwords: the environment is readable only by the same user, a command line by 
 
 _URL_HELP = {
     "broker": "broker URL: memory://, sqlite:///file.db, redis://host:port/db, "
-    "amqp://user:pass@host/vhost or kafka://host:port (env {env})",
+    "amqp://user:pass@host/vhost, kafka://host:port, nats://host:port or "
+    "postgresql://user@host/db (env {env})",
     "results": "redis:// URL of the results bucket for --broker amqp:// or kafka:// "
-    "(env {env}; redis:// and sqlite:// brokers use their own)",
+    "(env {env}; the other brokers keep results themselves)",
     "state": "redis:// URL of the shared state for --broker amqp:// or kafka:// (unique ids, "
     "cancellations, limits, live workers across processes; ?prefix=... sets the key "
     "prefix; env {env})",

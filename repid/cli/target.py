@@ -43,6 +43,10 @@ _NETWORK_SCHEMES = {
     "amqp": ("RabbitMQ", "rabbitmq"),
     "amqps": ("RabbitMQ", "rabbitmq"),
     "kafka": ("Kafka", "kafka"),
+    "nats": ("NATS", "nats"),
+    "tls": ("NATS", "nats"),
+    "postgresql": ("PostgreSQL", "postgres"),
+    "postgres": ("PostgreSQL", "postgres"),
 }
 
 
@@ -100,6 +104,10 @@ def connection_from_url(
     - `amqp://...` / `amqps://...`: `RabbitMessageBroker`.
     - `kafka://[user:password@]host:port[,host:port...]`: `KafkaMessageBroker` with those
       bootstrap servers (and SASL credentials, see `kafka_options`).
+    - `nats://...` / `tls://...`: `NatsMessageBroker`, and `NatsBucketBroker` for results on
+      the same server (JetStream key-value).
+    - `postgresql://...` / `postgres://...`: `PostgresMessageBroker`, and
+      `PostgresBucketBroker` for results in the same database (schema `repid`).
 
     Args:
         url: The broker URL.
@@ -131,7 +139,7 @@ def connection_from_url(
     if scheme not in _NETWORK_SCHEMES:
         raise CLIError(
             f"unknown broker URL {mask_url(url)!r}: expected memory://, sqlite://, redis://, "
-            "rediss://, amqp://, amqps:// or kafka://"
+            "rediss://, amqp://, amqps://, kafka://, nats://, tls:// or postgresql://"
         )
     if results_url is not None and urlsplit(results_url).scheme.lower() not in {"redis", "rediss"}:
         raise CLIError(f"results URL {mask_url(results_url)!r}: expected redis:// or rediss://")
@@ -145,6 +153,18 @@ def connection_from_url(
                 results_bucket_broker=brokers.RedisBucketBroker(
                     results_url or url, use_result_bucket=True
                 ),
+            )
+        if scheme in {"postgresql", "postgres"}:
+            from repid.brokers.postgres import PostgresBucketBroker, PostgresMessageBroker
+
+            return Connection(
+                PostgresMessageBroker(url),
+                results_bucket_broker=PostgresBucketBroker(url, use_result_bucket=True),
+            )
+        if scheme in {"nats", "tls"}:
+            return Connection(
+                brokers.NatsMessageBroker(url),
+                results_bucket_broker=brokers.NatsBucketBroker(url, use_result_bucket=True),
             )
         state = None if state_url is None else _shared_state(state_url)
         if scheme in {"amqp", "amqps"}:

@@ -73,10 +73,10 @@ from tests.conformance.specs import RUN_ID  # the run's id: every key, queue and
 ROOT = Path(__file__).resolve().parents[2]
 """The repository root: worker processes run with it as their working directory."""
 
-BROKERS = ("redis", "rabbitmq", "kafka", "sqlite", "postgres")
+BROKERS = ("redis", "rabbitmq", "kafka", "nats", "postgres", "sqlite")
 """Every real broker; each scenario runs on all of them that it applies to."""
 
-SERVER_BROKERS = ("redis", "rabbitmq", "kafka", "postgres")
+SERVER_BROKERS = ("redis", "rabbitmq", "kafka", "nats", "postgres")
 """The brokers with a server: C2 (server restart) and C3 (connections dropped by a proxy) run on
 these only. SQLite has no server and no connection to drop (its processes open one file), so
 those two scenarios do not apply to it; its kill, shutdown, deferred, long-actor and poison
@@ -97,6 +97,7 @@ DEFAULT_URLS = {
     "kafka": "kafka://" + os.environ.get("REPID_KAFKA_BOOTSTRAP", "127.0.0.1:19092"),
     "sqlite": f"sqlite:///{tempfile.gettempdir()}/repid-chaos-{RUN_ID}.db",
     "postgres": os.environ.get("REPID_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"),
+    "nats": os.environ.get("REPID_NATS_SERVERS", "nats://127.0.0.1:4222"),
 }
 
 T = TypeVar("T")
@@ -150,6 +151,9 @@ class BrokerSettings:
         elif name == "postgres":
             base = {"lease_duration": 2.0, "poll_interval": 0.5}
             prefix = f"repid_test_{RUN_ID}"  # the schema; the Postgres spec's exit hook drops it
+        elif name == "nats":
+            base = {"lease_duration": 2.0, "operation_timeout": 10.0}
+            prefix = f"repid-test-{RUN_ID}-chaos-"  # the NATS spec's clean-up deletes these
         else:
             raise ValueError(f"unknown broker {name!r}: expected one of {BROKERS}")
         base.update(options)
@@ -163,7 +167,8 @@ class BrokerSettings:
         Postgres ack is committed, only its WAL flush may lag). RabbitMQ: 0.1 s
         (`basic.ack` is not confirmed: one still in the client's or the kernel's buffers dies
         with the process; measured up to ~20 ms). Kafka: offsets are committed every
-        `commit_interval`, plus the commit's round trip (0.1 s).
+        `commit_interval`, plus the commit's round trip (0.1 s). NATS: 0.1 s (an ack is not
+        confirmed, as on RabbitMQ).
         """
         if self.name in ("redis", "sqlite", "postgres"):
             return 0.0  # an acknowledgement returns once it is applied (committed, for SQL)
@@ -185,6 +190,10 @@ class BrokerSettings:
             return Connection(SqliteMessageBroker(self.url, **options))
         if self.name == "postgres":
             return Connection(PostgresMessageBroker(self.url, schema=self.prefix, **options))
+        if self.name == "nats":
+            from repid.brokers.nats import NatsMessageBroker
+
+            return Connection(NatsMessageBroker(self.url, prefix=self.prefix, **options))
         raise ValueError(f"unknown broker {self.name!r}")
 
     def env(self) -> dict[str, str]:

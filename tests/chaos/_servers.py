@@ -35,6 +35,7 @@ from tests.brokers.redis.redis_test_support import RedisServer
 __all__ = [
     "ChaosServer",
     "KafkaServer",
+    "NatsServer",
     "Proxy",
     "RabbitServer",
     "RedisChaosServer",
@@ -414,6 +415,58 @@ class PostgresServer:
         shutil.rmtree(self.data_root, ignore_errors=True)
 
 
+class NatsServer:
+    """A private `nats-server -js` with file storage in its own directory."""
+
+    name = "nats"
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.opened_at = 0.0
+        self.process: subprocess.Popen[bytes] | None = None
+        (directory / "store").mkdir(parents=True, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        return self.url_at(self.port)
+
+    def url_at(self, port: int) -> str:
+        return f"nats://127.0.0.1:{port}"
+
+    def _alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self, timeout: float = 30.0) -> None:
+        binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
+        log = (self.directory / "server.out").open("ab")
+        self.process = subprocess.Popen(
+            [binary, "-js", "-a", "127.0.0.1", "-p", str(self.port),
+             "-sd", str(self.directory / "store")],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        log.close()
+        _poll(lambda: port_open(self.port), "nats-server", timeout, self._alive)
+        self.opened_at = time.time()
+
+    def stop(self, kill: bool = False) -> None:
+        if self.process is not None:
+            _end(self.process, kill, group=False, grace=15)
+            self.process = None
+
+    def restart(self, kill: bool = False, timeout: float = 30.0) -> None:
+        self.stop(kill)
+        self.start(timeout)
+
+    def close(self) -> None:
+        self.stop(kill=True)
+
+
+# Kafka API keys whose answers carry broker addresses (host, then the port as an int32).
+
+
 # Kafka API keys whose answers carry broker addresses (host, then the port as an int32).
 _KAFKA_ADDRESS_APIS = {3, 10}  # Metadata, FindCoordinator
 
@@ -533,8 +586,8 @@ class Proxy:
 
 def make_server(
     name: str, directory: Path
-) -> RedisChaosServer | RabbitServer | KafkaServer | PostgresServer:
-    """A private server of broker `name` ("redis", "rabbitmq", "kafka", "postgres"), not
+) -> RedisChaosServer | RabbitServer | KafkaServer | PostgresServer | NatsServer:
+    """A private server of broker `name` ("redis", "rabbitmq", "kafka", "postgres", "nats"), not
     started yet."""
     directory.mkdir(parents=True, exist_ok=True)
     if name == "redis":
@@ -545,6 +598,8 @@ def make_server(
         return KafkaServer(directory)
     if name == "postgres":
         return PostgresServer(directory)
+    if name == "nats":
+        return NatsServer(directory)
     raise ValueError(f"unknown broker {name!r}")
 
 
@@ -558,7 +613,7 @@ def shared_port(name: str, url: str) -> int:
     from urllib.parse import urlsplit
 
     parts = urlsplit(url if "://" in url else f"kafka://{url}")
-    default = {"redis": 6379, "rabbitmq": 5672, "kafka": 9092, "postgres": 5432}[name]
+    default = {"redis": 6379, "rabbitmq": 5672, "kafka": 9092, "postgres": 5432, "nats": 4222}[name]
     return parts.port or default
 
 

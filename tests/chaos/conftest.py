@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-import tests.conformance.specs.postgres  # its exit hook drops the run's schema
-import tests.conformance.specs.redis  # noqa: F401 - its exit hook deletes the run's Redis keys
+# Their exit hooks drop the run's PostgreSQL schema, Redis keys and NATS streams and buckets.
+import tests.conformance.specs.nats
+import tests.conformance.specs.postgres
+import tests.conformance.specs.redis  # noqa: F401
 from tests.chaos._harness import BROKERS, DEFAULT_URLS, BrokerSettings, Chaos, record_outcome
 
 

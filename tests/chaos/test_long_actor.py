@@ -45,7 +45,7 @@ pytestmark = pytest.mark.timeout(size(120, 600))
 
 def window(settings: BrokerSettings) -> float:
     """The broker's window (see the module docstring), in seconds."""
-    if settings.name in ("redis", "sqlite", "postgres"):
+    if settings.name in ("redis", "sqlite", "postgres", "nats"):
         return float(settings.options["lease_duration"])
     if settings.name == "rabbitmq":
         return HEARTBEAT
@@ -54,7 +54,7 @@ def window(settings: BrokerSettings) -> float:
 
 @pytest.fixture
 def broker_settings(broker_name: str) -> BrokerSettings:
-    if broker_name in ("redis", "sqlite", "postgres"):
+    if broker_name in ("redis", "sqlite", "postgres", "nats"):
         return BrokerSettings.default(broker_name, lease_duration=LEASE)
     if broker_name == "rabbitmq":
         url = DEFAULT_URLS["rabbitmq"]

@@ -40,6 +40,7 @@ from tests.chaos._harness import (
 )
 from tests.chaos._servers import (
     KafkaServer,
+    NatsServer,
     RabbitServer,
     RedisChaosServer,
     fatal_excerpts,
@@ -59,7 +60,7 @@ pytestmark = pytest.mark.timeout(size(150, 1500))
 @pytest.fixture(scope="module", params=SERVER_BROKERS)  # SQLite has no server
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RedisChaosServer | RabbitServer | KafkaServer]:
+) -> Iterator[RedisChaosServer | RabbitServer | KafkaServer | NatsServer]:
     """A private server per broker, shared by this module's tests (RabbitMQ starts slowly)."""
     name: str = request.param
     instance = make_server(name, tmp_path_factory.mktemp(f"{name}-server"))
@@ -70,14 +71,14 @@ def server(
         instance.close()
 
 
-KILL = {"redis": True, "rabbitmq": True, "kafka": False, "postgres": True}
+KILL = {"redis": True, "rabbitmq": True, "kafka": False, "postgres": True, "nats": True}
 """SIGKILL (True) or SIGTERM per broker. Redis (append-only, fsync always) and RabbitMQ
 (persistent messages are confirmed once on disk) keep what they acknowledged through a SIGKILL.
 noida-db writes to disk in the background: a SIGKILL loses its last moment of writes, even a
 topic's partitions, so the Kafka restart is a clean one (SIGTERM). PostgreSQL: the whole
 server process group is SIGKILLed (a crash; the restart replays the WAL)."""
 
-QUIET_STOP = {"redis": False, "rabbitmq": False, "kafka": True, "postgres": False}
+QUIET_STOP = {"redis": False, "rabbitmq": False, "kafka": True, "postgres": False, "nats": False}
 """Hold enqueues while the server is being stopped. noida-db 0.2.3 acknowledges (acks=all)
 writes that arrive while it shuts down on SIGTERM and then does not have them after the restart
 (reproduced with a bare aiokafka producer): a server-side loss no client can prevent. Enqueues
@@ -86,7 +87,7 @@ server is always noida-db (`REPID_KAFKA_BOOTSTRAP` does not apply to C2)."""
 
 
 async def _restart(
-    server: RedisChaosServer | RabbitServer | KafkaServer, gate: asyncio.Lock
+    server: RedisChaosServer | RabbitServer | KafkaServer | NatsServer, gate: asyncio.Lock
 ) -> tuple[float, float]:
     """Stop (see `KILL`) and start again; (time it went down, time its port opened again)."""
     async with gate if QUIET_STOP[server.name] else contextlib.nullcontext():
@@ -116,7 +117,7 @@ async def _enqueue_through(chaos: Chaos, count: int, gate: asyncio.Lock) -> tupl
 
 
 async def test_c2_broker_restart_loses_nothing_and_consumption_resumes(
-    server: RedisChaosServer | RabbitServer | KafkaServer, tmp_path: Path
+    server: RedisChaosServer | RabbitServer | KafkaServer | NatsServer, tmp_path: Path
 ) -> None:
     settings = BrokerSettings.default(server.name, url=settings_url(server.name, server.url))
     async with Chaos.open(settings, tmp_path) as chaos:

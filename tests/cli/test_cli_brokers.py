@@ -21,6 +21,7 @@ URLS = {
     "redis": os.environ.get("REPID_REDIS_DSN", "redis://127.0.0.1:6379/0"),
     "rabbitmq": os.environ.get("REPID_RABBITMQ_DSN", "amqp://guest:guest@127.0.0.1:5672/"),
     "kafka": "kafka://" + os.environ.get("REPID_KAFKA_BOOTSTRAP", "127.0.0.1:19092"),
+    "nats": os.environ.get("REPID_NATS_SERVERS", "nats://127.0.0.1:4222"),
 }
 TIMEOUT = 60
 APP = "cli_broker_app:router"

@@ -61,7 +61,7 @@ def test_help_via_module(cli_env, tmp_path) -> None:
         (["queues", "cli_shop_app:nope"], "has no attribute 'nope'"),
         (["queues", "cli_shop_app:Currency"], "is a EnumType; expected a Worker"),
         (["queues", "cli_shop_app:orders", "--broker", "mongodb://x"], "unknown broker URL"),
-        (["run", "cli_shop_app:orders", "--broker", "nats://x", "--burst"], "unknown broker URL"),
+        (["run", "cli_shop_app:orders", "--broker", "mqtt://x", "--burst"], "unknown broker URL"),
         (["queues", "cli_shop_app:orders", "--broker", "amqp://x", "--results", "x://"], "results"),
         (["run", "cli_shop_app:orders", "--queues", "nope", "--burst"], "no actor listens"),
         (["enqueue", "place_order", "--args", "[1]", "--app", "cli_shop_app:app"], "JSON object"),

@@ -74,6 +74,14 @@ EXPECTED: dict[str, list[str]] = {
         r"dead letter: charge exception ValueError",
         r"add: 42",
     ],
+    "brokers_nats.py": [
+        r"\{'ready': 3, 'delayed': 1, 'in_flight': 0, 'dead': 0\}",
+        r"ran high after \d+\.\ds",
+        r"ran low after \d+\.\ds",
+        r"ran deferred after (0\.[5-9]|[1-9]\d*\.\d)s",  # never before its time
+        r"dead letter: charge exception ValueError",
+        r"add: 42",
+    ],
     "brokers_shared_state.py": [
         r"shared_state: True",
         r"cancelled from another process: dequeued doomed",
