@@ -12,12 +12,16 @@ from collections.abc import Awaitable, Callable
 from uuid import uuid4
 
 import aio_pika
+import asyncpg
+import nats
 import redis.asyncio
 from aiokafka import AIOKafkaProducer
 
 from repid import Connection, PrioritiesT
 from repid.brokers.sqlite import _db as sqlite_db
 from tests.conformance.specs import kafka, rabbitmq
+from tests.conformance.specs import nats as nats_spec
+from tests.conformance.specs import postgres as postgres_spec
 from tests.conformance.specs import redis as redis_spec
 
 RawPublisher = Callable[[Connection, str, list[tuple[bytes, int]]], Awaitable[None]]
@@ -85,9 +89,39 @@ async def _sqlite(conn: Connection, queue: str, bodies: list[tuple[bytes, int]])
     sqlite_db.notify(path, {queue})
 
 
+async def _postgres(conn: Connection, queue: str, bodies: list[tuple[bytes, int]]) -> None:
+    # Rows written by another program (a trigger, a SQL script), as the broker's enqueue would.
+    broker = conn.message_broker
+    db = await asyncpg.connect(postgres_spec.DSN, timeout=10)
+    try:
+        insert = broker.names.sql(
+            "INSERT INTO {messages} (queue, job_id, topic, priority, envelope, due_at) "
+            "VALUES ($1, $2, '', $3, $4, 0)"
+        )
+        async with db.transaction():
+            for body, priority in bodies:
+                await db.execute(insert, queue, f"raw-{uuid4().hex}", priority, body)
+            await db.execute("SELECT pg_notify($1, $2)", broker.names.channel, queue)
+    finally:
+        await db.close()
+
+
+async def _nats(conn: Connection, queue: str, bodies: list[tuple[bytes, int]]) -> None:
+    names = conn.message_broker.names(queue)
+    client = await nats.connect(nats_spec.SERVERS)
+    try:
+        js = client.jetstream()
+        for body, priority in bodies:
+            await js.publish(names.subject(priority, f"raw-{uuid4().hex}"), body)
+    finally:
+        await client.close()
+
+
 PUBLISHERS: dict[str, RawPublisher] = {
     "kafka": _kafka,
     "memory": _memory,
+    "nats": _nats,
+    "postgres": _postgres,
     "rabbitmq": _rabbitmq,
     "redis": _redis,
     "sqlite": _sqlite,

@@ -67,10 +67,11 @@ def to_delivery(
     *,
     category: MessageCategory = MessageCategory.NORMAL,
     redelivered: bool = False,
+    max_size: int | None = None,
 ) -> Delivery:
     raw_header = None if not headers else headers.get(RAW_HEADER)
     try:
-        key, payload, params = decode_message(data)
+        key, payload, params = decode_message(data, max_size)
     except DecodeError as exc:
         seq = handle.seq
         return Delivery(

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import nats.js.errors
 from nats.aio.msg import Msg
 
-from repid.brokers.base import BaseConsumer, Delivery
+from repid.brokers.base import BaseConsumer, BrokerCapabilities, Delivery
 from repid.brokers.nats._handles import Browsed, Handle, Holder, due_of, to_delivery
 from repid.brokers.nats._names import QueueNames
 from repid.data import PRIORITY_COUNT, MessageCategory
@@ -35,6 +35,7 @@ class Source(Protocol):
     lease_duration: float
     poll_interval: float
     publishing: dict[tuple[str, str], asyncio.Event]
+    capabilities: BrokerCapabilities
 
     def names(self, queue: str) -> QueueNames: ...
 
@@ -270,6 +271,7 @@ class NatsConsumer(BaseConsumer, Holder):
                     priority,
                     handle,
                     redelivered=meta.num_delivered > 1 and due is None,
+                    max_size=self._broker.capabilities.max_message_size,
                 )
                 if self._topics is not None and delivery.key.topic not in self._topics:
                     broker.spawn(msg.nak(delay=0.05))

@@ -389,7 +389,7 @@ class PostgresMessageBroker(StateMixin):
         row_id, envelope, redelivered, priority, _, job_id, topic = row
         handle = (row_id, token, consumer)
         try:
-            key, payload, params = decode_message(envelope)
+            key, payload, params = decode_message(envelope, self.max_message_size)
         except DecodeError as exc:
             key = RoutingKey(
                 job_id, topic, consumer.queue if consumer else "", PrioritiesT(priority)
@@ -446,7 +446,7 @@ class PostgresMessageBroker(StateMixin):
         for row_id, envelope, extra in rows:
             raw = bytes(extra) if category is MessageCategory.DEAD and extra is not None else None
             try:
-                key, payload, params = decode_message(envelope)
+                key, payload, params = decode_message(envelope, self.max_message_size)
             except DecodeError as exc:
                 key = RoutingKey(f"row-{row_id}", "", queue, PrioritiesT.MEDIUM)
                 out.append(
