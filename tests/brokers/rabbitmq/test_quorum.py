@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import subprocess
@@ -98,6 +99,11 @@ async def test_delivery_limit_dead_letters_a_message_that_keeps_coming_back() ->
         dead = await browse(queue, MessageCategory.DEAD)
         assert [m.key.id_ for m in dead] == ["poison"]
         assert await browse(queue) == []
+        async with contextlib.aclosing(queue.get_messages(category=MessageCategory.DEAD)) as it:
+            async for message in it:
+                await message.retry()  # back to work, as any dead letter
+        assert [m.key.id_ for m in await browse(queue)] == ["poison"]
+        assert await browse(queue, MessageCategory.DEAD) == []
     finally:
         await broker.queue_delete(queue.name)
         await broker.disconnect()
