@@ -20,6 +20,7 @@ from yarl import URL
 from repid.brokers.base import ConnectionPolicy
 from repid.brokers.rabbitmq import _compat
 from repid.brokers.rabbitmq._frames import FrameReader, InlineConsumers
+from repid.brokers.rabbitmq._nodes import Failover, connect_first, masked, split_nodes
 from repid.brokers.rabbitmq._publisher import PublishBatcher
 from repid.brokers.rabbitmq.channel_state import CHANNEL_ERRORS
 from repid.errors import BrokerError, BrokerUnavailableError, ErrorMap, map_broker_errors
@@ -61,21 +62,27 @@ class AmqpLink:
         """Consumers whose whole deliveries the frame readers hand over (by consumer tag)."""
         self.readers: dict[int, tuple[Any, FrameReader]] = {}
         """id(aiormq connection) -> (that connection, its frame reader)."""
+        self.failover: Failover | None = None
 
     async def connect(self) -> None:
         if self.connection is not None and not self.connection.is_closed:
             return
-        with map_broker_errors(_UNREACHABLE, f"connecting to RabbitMQ at {safe_dsn(self.dsn)}"):
-            self.connection = await aio_pika.connect_robust(
-                self.dsn,
+        nodes = split_nodes(self.dsn)  # one node, or a cluster's: the first that answers
+        with map_broker_errors(_UNREACHABLE, f"connecting to RabbitMQ at {masked(nodes)}"):
+            self.connection, current = await connect_first(
+                nodes,
                 timeout=self.policy.connect_timeout,
                 reconnect_interval=self.policy.reconnect_backoff,
             )
+        self.failover = Failover(self.connection, nodes, current, self.policy.reconnect_backoff)
 
     async def close(self) -> None:
         for batcher in self.batchers.values():
             await batcher.drain()  # unconfirmed publishes still buffered leave first
         connection, self.connection = self.connection, None
+        failover, self.failover = self.failover, None
+        if failover is not None:
+            await failover.close()
         self.channels.clear()
         for _, reader in self.readers.values():
             reader.unbind()

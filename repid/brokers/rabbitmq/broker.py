@@ -21,7 +21,8 @@ from pydantic_core import to_json
 from repid.brokers.base import BrokerCapabilities, ConnectionPolicy, Delivery, OutgoingMessage
 from repid.brokers.rabbitmq import _compat
 from repid.brokers.rabbitmq._control import Control
-from repid.brokers.rabbitmq._link import AmqpLink, safe_dsn
+from repid.brokers.rabbitmq._link import AmqpLink
+from repid.brokers.rabbitmq._nodes import masked, split_nodes
 from repid.brokers.rabbitmq._state import ProcessState
 from repid.brokers.rabbitmq._topology import MAX_PRIORITY, Topology
 from repid.brokers.rabbitmq.channel_state import (
@@ -57,7 +58,10 @@ class RabbitMessageBroker(ProcessState):
     """A message broker on RabbitMQ, through aio-pika's robust (auto-reconnecting) connection.
 
     Args:
-        dsn: AMQP URL of the server.
+        dsn: AMQP URL of the server; for a cluster, a list of the nodes' URLs or one string
+            of them separated by commas (`amqp://user:pass@n1,n2:5673,n3/vhost` shares the
+            user, password and vhost). The broker connects to the first node that answers and,
+            when its connection is lost, moves on to the next node at each reconnection attempt.
         prefix: prepended to every RabbitMQ queue and exchange name repid creates.
         fast_queues: queues whose messages are transient (not written to disk) and whose
             `enqueue()` does not wait for the publisher confirm: faster, but a message can be
@@ -92,7 +96,7 @@ class RabbitMessageBroker(ProcessState):
 
     def __init__(
         self,
-        dsn: str = "amqp://guest:guest@127.0.0.1:5672/",
+        dsn: str | Sequence[str] = "amqp://guest:guest@127.0.0.1:5672/",
         *,
         prefix: str = "",
         fast_queues: Collection[str] = (),
@@ -108,7 +112,8 @@ class RabbitMessageBroker(ProcessState):
         queue_type: str = "classic",
         delivery_limit: int | None = 20,
     ) -> None:
-        self.dsn = dsn
+        self.dsn = dsn if isinstance(dsn, str) else ",".join(dsn)
+        split_nodes(self.dsn)  # an empty address list fails here, not at connect()
         self.prefix = prefix
         self.fast_queues = frozenset(fast_queues)
         self.connection_policy = ConnectionPolicy.resolve(
@@ -136,7 +141,7 @@ class RabbitMessageBroker(ProcessState):
             inspection=True,
         )
         self._link = AmqpLink(
-            dsn,
+            self.dsn,
             self.connection_policy,
             fast_path=_compat.fast_path_default() if fast_path is None else fast_path,
         )
@@ -168,11 +173,11 @@ class RabbitMessageBroker(ProcessState):
         }
 
     def __repr__(self) -> str:
+        dsn = masked(split_nodes(self.dsn))
         if self.queue_type == "classic":
-            return f"RabbitMessageBroker({safe_dsn(self.dsn)!r}, prefix={self.prefix!r})"
+            return f"RabbitMessageBroker({dsn!r}, prefix={self.prefix!r})"
         return (
-            f"RabbitMessageBroker({safe_dsn(self.dsn)!r}, prefix={self.prefix!r},"
-            f" queue_type={self.queue_type!r})"
+            f"RabbitMessageBroker({dsn!r}, prefix={self.prefix!r}, queue_type={self.queue_type!r})"
         )
 
     @property
