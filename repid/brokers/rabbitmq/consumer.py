@@ -177,7 +177,6 @@ class RabbitConsumer(BaseConsumer):
         self._resubscribe = asyncio.Event()
         self._get_lock = asyncio.Lock()
         self._pull_lock = asyncio.Lock()
-        self._pull_state: ChannelState | None = None
         self._empty_at = 0.0
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -216,11 +215,9 @@ class RabbitConsumer(BaseConsumer):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         self._wake_all()
-        async with self._pull_lock:
-            pulled, self._pull_state = self._pull_state, None
-        for state in (self._state, pulled):
-            if state is not None:
-                await self._close_state(state)
+        async with self._pull_lock:  # no basic.get left on the channel
+            if self._state is not None:
+                await self._close_state(self._state)
         self._ready.clear()
 
     async def _close_state(self, state: ChannelState) -> None:
@@ -472,7 +469,7 @@ class RabbitConsumer(BaseConsumer):
     async def _pull_higher(self, ready: Bands) -> None:
         """Quorum queues: before a MEDIUM or LOW delivery is handed out, take a ready message
         of a higher priority from its queue if there is one (its consumer may not have got it
-        yet: its prefetch was full). On a channel of its own, one lane at a time."""
+        yet: its prefetch was full). One lane at a time."""
         best = ready.best()
         if not best:
             return
@@ -480,11 +477,12 @@ class RabbitConsumer(BaseConsumer):
             best = ready.best()
             if not best or self._closed:
                 return
-            state = self._pull_state
+            # On the subscription's own channel: a message pushed to it before the reply is
+            # already in `ready` when the reply arrives (one channel's frames are ordered).
+            state = self._state
+            if state is None or not state.alive or state.channel.is_closed:
+                return
             try:
-                if state is None or not state.alive or state.channel.is_closed:
-                    channel = await self._broker._new_channel(confirms=False)
-                    self._pull_state = state = ChannelState(channel)
                 for band in range(best):
                     message = await state.channel.basic_get(self._sources[band], no_ack=False)
                     if isinstance(message.delivery, spec.Basic.GetOk):
