@@ -16,8 +16,10 @@ import pytest
 
 from repid import Connection, Job, Queue, Router, Worker
 from repid.brokers.rabbitmq.broker import RabbitMessageBroker
-from tests.brokers.rabbitmq._cluster import RabbitCluster
-from tests.brokers.rabbitmq._cluster import rabbit_cluster_fixture  # noqa: F401
+from tests.brokers.rabbitmq._cluster import (
+    RabbitCluster,
+    rabbit_cluster_fixture,  # noqa: F401
+)
 from tests.conformance.support import running, wait_until
 
 pytestmark = pytest.mark.broker("rabbitmq")

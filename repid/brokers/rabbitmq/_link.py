@@ -188,8 +188,32 @@ class AmqpLink:
         mandatory: bool,
     ) -> None:
         """Publish one message on the shared channel `kind`; on "confirm" return once RabbitMQ
-        confirmed it."""
+        confirmed it. A nack closes the channel: the retry gets a fresh one (a channel that
+        published to a quorum queue whose leader died can keep getting nacks)."""
         channel = await self.channel(kind)
+        try:
+            await self._publish_on(
+                channel, kind, exchange, routing_key, body, properties, mandatory
+            )
+        except aiormq.exceptions.PublishError:
+            raise  # returned (no such queue): the channel is fine
+        except aiormq.exceptions.DeliveryError:
+            if self.channels.get(kind) is channel:
+                del self.channels[kind]
+            with contextlib.suppress(*CHANNEL_ERRORS, asyncio.CancelledError):
+                await channel.close()
+            raise
+
+    async def _publish_on(
+        self,
+        channel: aiormq.abc.AbstractChannel,
+        kind: str,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: spec.Basic.Properties,
+        mandatory: bool,
+    ) -> None:
         if self.fast_path and _compat.publish_internals(channel):
             try:
                 await self.batchers[kind].publish(
