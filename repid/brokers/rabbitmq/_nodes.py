@@ -32,28 +32,16 @@ def split_nodes(dsn: str | Sequence[str]) -> list[str]:
         pieces = [p.strip() for p in part.split(",") if p.strip()]
         if not pieces:
             continue
-        if all("://" in piece for piece in pieces):
+        if len(pieces) == 1 or all("://" in piece for piece in pieces):
             nodes.extend(pieces)
             continue
-        first, last = pieces[0], pieces[-1]
-        scheme, _, rest = first.partition("://")
+        scheme, _, rest = pieces[0].partition("://")
         userinfo, at, first_host = rest.rpartition("@")
-        prefix = f"{scheme}://{userinfo}{at}"
-        tail = ""
-        slash = last.find("/")
-        question = last.find("?")
-        cut = min(i for i in (slash, question, len(last)) if i >= 0)
-        if len(pieces) > 1:
-            tail = last[cut:]
-            pieces[-1] = last[:cut]
-        else:
-            tail = ""
-        hosts = [first_host, *pieces[1:]]
-        if len(pieces) == 1:
-            nodes.append(first)
-            continue
-        hosts[0] = hosts[0].split("/", 1)[0].split("?", 1)[0]
-        nodes.extend(f"{prefix}{host}{tail}" for host in hosts)
+        last = pieces[-1]
+        cut = min((i for i in (last.find("/"), last.find("?")) if i >= 0), default=len(last))
+        tail = last[cut:]  # the vhost and query, shared by every host
+        hosts = [first_host.split("/", 1)[0].split("?", 1)[0], *pieces[1:-1], last[:cut]]
+        nodes.extend(f"{scheme}://{userinfo}{at}{host}{tail}" for host in hosts)
     if not nodes:
         raise ValueError("no RabbitMQ address given")
     return nodes
