@@ -20,6 +20,7 @@ from repid._redact import mask_url, mask_urls
 from repid.brokers.base import ConnectionPolicy
 from repid.brokers.rabbitmq import _compat
 from repid.brokers.rabbitmq._frames import FrameReader, InlineConsumers
+from repid.brokers.rabbitmq._nodes import Failover, connect_first, masked, split_nodes
 from repid.brokers.rabbitmq._publisher import PublishBatcher
 from repid.brokers.rabbitmq.channel_state import CHANNEL_ERRORS
 from repid.errors import (
@@ -64,14 +65,16 @@ class AmqpLink:
         """Consumers whose whole deliveries the frame readers hand over (by consumer tag)."""
         self.readers: dict[int, tuple[Any, FrameReader]] = {}
         """id(aiormq connection) -> (that connection, its frame reader)."""
+        self.failover: Failover | None = None
 
     async def connect(self) -> None:
         if self.connection is not None and not self.connection.is_closed:
             return
         try:
-            with map_broker_errors(_UNREACHABLE, f"connecting to RabbitMQ at {safe_dsn(self.dsn)}"):
-                self.connection = await aio_pika.connect_robust(
-                    self.dsn,
+            nodes = split_nodes(self.dsn)  # one node, or a cluster's: the first that answers
+            with map_broker_errors(_UNREACHABLE, f"connecting to RabbitMQ at {masked(nodes)}"):
+                self.connection, current = await connect_first(
+                    nodes,
                     timeout=self.policy.connect_timeout,
                     reconnect_interval=self.policy.reconnect_backoff,
                 )
@@ -82,11 +85,15 @@ class AmqpLink:
                 f"RabbitMQ DSN is not a valid AMQP URL (percent-encode '/', '@', ':' in a "
                 f"password): {safe_dsn(self.dsn)!r}: {mask_urls(str(exc))}"
             ) from None
+        self.failover = Failover(self.connection, nodes, current, self.policy.reconnect_backoff)
 
     async def close(self) -> None:
         for batcher in self.batchers.values():
             await batcher.drain()  # unconfirmed publishes still buffered leave first
         connection, self.connection = self.connection, None
+        failover, self.failover = self.failover, None
+        if failover is not None:
+            await failover.close()
         self.channels.clear()
         for _, reader in self.readers.values():
             reader.unbind()
@@ -191,8 +198,32 @@ class AmqpLink:
         mandatory: bool,
     ) -> None:
         """Publish one message on the shared channel `kind`; on "confirm" return once RabbitMQ
-        confirmed it."""
+        confirmed it. A nack closes the channel: the retry gets a fresh one (a channel that
+        published to a quorum queue whose leader died can keep getting nacks)."""
         channel = await self.channel(kind)
+        try:
+            await self._publish_on(
+                channel, kind, exchange, routing_key, body, properties, mandatory
+            )
+        except aiormq.exceptions.PublishError:
+            raise  # returned (no such queue): the channel is fine
+        except aiormq.exceptions.DeliveryError:
+            if self.channels.get(kind) is channel:
+                del self.channels[kind]
+            with contextlib.suppress(*CHANNEL_ERRORS, asyncio.CancelledError):
+                await channel.close()
+            raise
+
+    async def _publish_on(
+        self,
+        channel: aiormq.abc.AbstractChannel,
+        kind: str,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: spec.Basic.Properties,
+        mandatory: bool,
+    ) -> None:
         if self.fast_path and _compat.publish_internals(channel):
             try:
                 await self.batchers[kind].publish(

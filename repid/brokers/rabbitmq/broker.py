@@ -21,7 +21,8 @@ from pydantic_core import to_json
 from repid.brokers.base import BrokerCapabilities, ConnectionPolicy, Delivery, OutgoingMessage
 from repid.brokers.rabbitmq import _compat
 from repid.brokers.rabbitmq._control import Control
-from repid.brokers.rabbitmq._link import AmqpLink, safe_dsn
+from repid.brokers.rabbitmq._link import AmqpLink
+from repid.brokers.rabbitmq._nodes import masked, split_nodes
 from repid.brokers.rabbitmq._state import ProcessState
 from repid.brokers.rabbitmq._topology import MAX_PRIORITY, Topology
 from repid.brokers.rabbitmq.channel_state import (
@@ -57,7 +58,10 @@ class RabbitMessageBroker(ProcessState):
     """A message broker on RabbitMQ, through aio-pika's robust (auto-reconnecting) connection.
 
     Args:
-        dsn: AMQP URL of the server.
+        dsn: AMQP URL of the server; for a cluster, a list of the nodes' URLs or one string
+            of them separated by commas (`amqp://user:pass@n1,n2:5673,n3/vhost` shares the
+            user, password and vhost). The broker connects to the first node that answers and,
+            when its connection is lost, moves on to the next node at each reconnection attempt.
         prefix: prepended to every RabbitMQ queue and exchange name repid creates.
         fast_queues: queues whose messages are transient (not written to disk) and whose
             `enqueue()` does not wait for the publisher confirm: faster, but a message can be
@@ -82,11 +86,17 @@ class RabbitMessageBroker(ProcessState):
             API, on this broker's own connection only (see the docs page, "Internals").
             Default: on, unless the environment has `REPID_FAST_PATH=0` when the broker is
             built. `False` keeps every call on aio-pika's and aiormq's public path.
+        queue_type: `"classic"` (the default) or `"quorum"`: replicated quorum queues, one
+            per priority (quorum queues have no priorities in RabbitMQ 3.x), consumed highest
+            first; see the docs page, "Quorum queues".
+        delivery_limit: quorum queues only: RabbitMQ dead-letters a message delivered this
+            many times without being settled (a worker crashing on it each time); `None`
+            turns the backstop off. repid's own retries publish a new message and do not count.
     """
 
     def __init__(
         self,
-        dsn: str = "amqp://guest:guest@127.0.0.1:5672/",
+        dsn: str | Sequence[str] = "amqp://guest:guest@127.0.0.1:5672/",
         *,
         prefix: str = "",
         fast_queues: Collection[str] = (),
@@ -99,8 +109,11 @@ class RabbitMessageBroker(ProcessState):
         unique_window: float = 600.0,
         shared_state: RedisSharedState | None = None,
         fast_path: bool | None = None,
+        queue_type: str = "classic",
+        delivery_limit: int | None = 20,
     ) -> None:
-        self.dsn = dsn
+        self.dsn = dsn if isinstance(dsn, str) else ",".join(dsn)
+        split_nodes(self.dsn)  # an empty address list fails here, not at connect()
         self.prefix = prefix
         self.fast_queues = frozenset(fast_queues)
         self.connection_policy = ConnectionPolicy.resolve(
@@ -128,17 +141,27 @@ class RabbitMessageBroker(ProcessState):
             inspection=True,
         )
         self._link = AmqpLink(
-            dsn,
+            self.dsn,
             self.connection_policy,
             fast_path=_compat.fast_path_default() if fast_path is None else fast_path,
         )
-        self._topology = Topology(self._admin, prefix, HOLD_LOCALLY)
+        self._topology = Topology(
+            self._admin,
+            prefix,
+            HOLD_LOCALLY,
+            queue_type=queue_type,
+            delivery_limit=delivery_limit,
+        )
+        self.queue_type = queue_type
+        self.delivery_limit = delivery_limit
         self._msg_ids = itertools.count()
         self._control = Control(self, prefix)
         ProcessState.__init__(self, shared_state)
         # A message delivered while the enqueue/requeue that sent it is still returning is
         # handed out only once that call has returned (`enqueued`/`retried` come before `started`).
         self._requeuing: dict[tuple[str, str], list[tuple[RabbitConsumer, Delivery]]] = {}
+        self._returns: dict[ChannelState, list[int]] = {}
+        self._flushes: set[asyncio.Task[None]] = set()
         self._props: dict[tuple[bool, int], dict[str, Any]] = {
             (persistent, priority): {
                 "delivery_mode": 2 if persistent else 1,
@@ -150,7 +173,12 @@ class RabbitMessageBroker(ProcessState):
         }
 
     def __repr__(self) -> str:
-        return f"RabbitMessageBroker({safe_dsn(self.dsn)!r}, prefix={self.prefix!r})"
+        dsn = masked(split_nodes(self.dsn))
+        if self.queue_type == "classic":
+            return f"RabbitMessageBroker({dsn!r}, prefix={self.prefix!r})"
+        return (
+            f"RabbitMessageBroker({dsn!r}, prefix={self.prefix!r}, queue_type={self.queue_type!r})"
+        )
 
     @property
     def fast_path(self) -> bool:
@@ -210,6 +238,10 @@ class RabbitMessageBroker(ProcessState):
     def _name(self, queue: str) -> str:
         return self.prefix + queue
 
+    def _sources(self, queue: str) -> list[str]:
+        """The server queues a worker consumes for `queue`, highest priority first."""
+        return self._topology.sources(queue)
+
     async def queue_declare(self, queue_name: str) -> None:
         await self._topology.declare(queue_name)
 
@@ -266,7 +298,7 @@ class RabbitMessageBroker(ProcessState):
         level: int | None = None
         topology = self._topology
         if routing_key is None:
-            routing_key, level = topology.route(queue_name, params)
+            routing_key, level = topology.route(queue_name, params, key.priority)
             if level is not None and (queue_name, level) not in topology.delay_declared:
                 await topology.declare_delay(queue_name, level)
         fast = queue_name in self.fast_queues
@@ -423,7 +455,31 @@ class RabbitMessageBroker(ProcessState):
             return True  # a browsed dead/delayed message stays where it is
         handle: Handle = key.handle
         self._leave_flight(key)
+        if self.queue_type == "quorum":
+            self._return_in_order(handle)
+            return True
         return await handle.state.settle_now(handle.tag, requeue=True)
+
+    def _return_in_order(self, handle: Handle) -> None:
+        """Quorum queues put returned messages back in the order they are returned (classic
+        queues: at their old place). Returns of one event-loop step are sent oldest first, so a
+        batch given back newest first (as `Queue.get_messages` does) keeps the queue's order."""
+        state = handle.state
+        pending = self._returns.get(state)
+        if pending is None:
+            pending = self._returns[state] = []
+
+            async def flush() -> None:
+                # A task's first step runs after the current one: the other returns are in.
+                tags = sorted(self._returns.pop(state, ()))
+                for tag in tags:
+                    if tag in state.unsettled:
+                        await state.settle_now(tag, requeue=True)
+
+            task = asyncio.ensure_future(flush())
+            self._flushes.add(task)
+            task.add_done_callback(self._flushes.discard)
+        pending.append(handle.tag)
 
     async def requeue(
         self, key: Delivery, payload: str | None = None, params: Parameters | None = None

@@ -50,6 +50,8 @@ class ConsumerHost(Protocol):
 
     def _name(self, queue: str) -> str: ...
 
+    def _sources(self, queue: str) -> list[str]: ...
+
     async def _check_queue(self, queue_name: str) -> None: ...
 
     async def _new_channel(self, *, confirms: bool) -> aiormq.abc.AbstractChannel: ...
@@ -107,6 +109,48 @@ def deliver_inline(
     _compat.set_deliver_hook(channel, on_deliver_frame)
 
 
+class Bands:
+    """Deliveries waiting in a consumer, one FIFO per priority (quorum queues: the messages of
+    the three priority queues arrive side by side; the highest priority is handed out first)."""
+
+    __slots__ = ("_bands",)
+
+    def __init__(self) -> None:
+        self._bands: tuple[deque[Delivery], ...] = (deque(), deque(), deque())
+
+    def _band(self, delivery: Delivery) -> deque[Delivery]:
+        return self._bands[min(max(delivery.key.priority, 0), 2)]
+
+    def append(self, delivery: Delivery) -> None:
+        self._band(delivery).append(delivery)
+
+    def appendleft(self, delivery: Delivery) -> None:
+        self._band(delivery).appendleft(delivery)
+
+    def popleft(self) -> Delivery:
+        for band in self._bands:
+            if band:
+                return band.popleft()
+        raise IndexError("pop from an empty Bands")
+
+    def clear(self) -> None:
+        for band in self._bands:
+            band.clear()
+
+    def best(self) -> int | None:
+        """The highest priority (0 = HIGH) waiting here, None if nothing waits."""
+        for number, band in enumerate(self._bands):
+            if band:
+                return number
+        return None
+
+    def __bool__(self) -> bool:
+        return any(self._bands)
+
+    def __len__(self) -> int:
+        return sum(len(band) for band in self._bands)
+
+
 class RabbitConsumer(BaseConsumer):
     """Hands out the deliveries of one queue (NORMAL) to a worker, or browses a part of it."""
 
@@ -123,7 +167,8 @@ class RabbitConsumer(BaseConsumer):
         self._topics = frozenset(topics) if topics is not None else None
         self.max_unacked_messages = max_unacked_messages
         self._category = category
-        self._ready: deque[Delivery] = deque()
+        self._sources = broker._sources(queue)
+        self._ready: deque[Delivery] | Bands = deque() if len(self._sources) == 1 else Bands()
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._state: ChannelState | None = None
         self._supervisor: asyncio.Task[None] | None = None
@@ -133,6 +178,9 @@ class RabbitConsumer(BaseConsumer):
         self._paused = False
         self._subscribed = False
         self._resubscribe = asyncio.Event()
+        self._get_lock = asyncio.Lock()
+        self._pull_lock = asyncio.Lock()
+        self._empty_at = 0.0
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -170,14 +218,22 @@ class RabbitConsumer(BaseConsumer):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         self._wake_all()
-        state = self._state
-        if state is not None:
-            await state.drain()
-            # Unsettled deliveries go back to the queue when the channel closes.
-            self._broker._release_state(state)
-            with contextlib.suppress(*CHANNEL_ERRORS, asyncio.CancelledError):
-                await state.channel.close()
+        async with self._pull_lock:  # no basic.get left on the channel
+            if self._state is not None:
+                await self._close_state(self._state)
         self._ready.clear()
+
+    async def _close_state(self, state: ChannelState) -> None:
+        await state.drain()
+        if len(self._sources) > 1 and state.alive:
+            # A quorum queue puts back what a closed channel held in no particular order:
+            # return them one by one, in the order they came, so the queue keeps its order.
+            for tag in sorted(state.unsettled):
+                await state.settle_now(tag, requeue=True)
+        # Unsettled deliveries go back to the queue when the channel closes.
+        self._broker._release_state(state)
+        with contextlib.suppress(*CHANNEL_ERRORS, asyncio.CancelledError):
+            await state.channel.close()
 
     def _wake_all(self) -> None:
         while self._waiters:
@@ -223,30 +279,37 @@ class RabbitConsumer(BaseConsumer):
                         fut.set_result(None)
 
                 channel.on_consumer_cancel_callbacks.add(on_cancel)
-                tag: str | None = None
+                tags: list[str] = []
                 try:
                     try:  # before any job can start here: cancel requests of other processes
                         await self._broker.listen_for_cancels()
                     except Exception as exc:
                         logger.warning("listening for cancel requests failed: %r", exc)
-                    on_message = self._on_message_for(state)
-                    tag = f"repid.{channel.number}.{os.urandom(8).hex()}"
-                    if self._broker.fast_path:
-                        # Registered before the subscription: no delivery of it ever takes
-                        # aiormq's per-frame path (see `_frames.FrameReader`).
-                        self._broker.register_inline(tag, channel, on_message)
-                        deliver_inline(channel, tag, on_message)
-                    await channel.basic_consume(
-                        self._broker._name(self._queue), on_message, no_ack=False, consumer_tag=tag
-                    )
+                    for band, source in enumerate(self._sources):  # quorum: HIGH first
+                        on_message = self._on_message_for(state, band)
+                        tag = f"repid.{channel.number}.{os.urandom(8).hex()}"
+                        tags.append(tag)
+                        if self._broker.fast_path:
+                            # Registered before the subscription: no delivery of it ever takes
+                            # aiormq's per-frame path (see `_frames.FrameReader`).
+                            self._broker.register_inline(tag, channel, on_message)
+                            deliver_inline(channel, tag, on_message)
+                        await channel.basic_consume(
+                            source, on_message, no_ack=False, consumer_tag=tag
+                        )
                     backoff = 0.1
                     await asyncio.wait(
                         {cancelled, channel.closing}, return_when=asyncio.FIRST_COMPLETED
                     )
                 finally:
                     channel.on_consumer_cancel_callbacks.discard(on_cancel)
-                    if tag is not None:
+                    for tag in tags:
                         self._broker.unregister_inline(tag)
+                    if len(tags) > 1 and cancelled.done() and not channel.is_closed:
+                        # One of several was cancelled: end the others before subscribing again.
+                        for tag in tags:
+                            with contextlib.suppress(*CHANNEL_ERRORS):
+                                await channel.basic_cancel(tag)
                 if cancelled.done() and not channel.is_closed:
                     logger.warning(
                         "RabbitMQ cancelled the consumer of %r; subscribing again", self._queue
@@ -266,23 +329,30 @@ class RabbitConsumer(BaseConsumer):
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
-    def _on_message_for(self, state: ChannelState) -> Any:
+    def _band(self, index: int) -> int | None:
+        """The priority of the messages of source `index` (None: one queue for all)."""
+        return index if len(self._sources) > 1 else None
+
+    def _on_message_for(self, state: ChannelState, index: int = 0) -> Any:
         queue = self._queue
         ready = self._ready
         max_size = self._broker.max_message_size
+        band = self._band(index)
 
         def on_message(message: DeliveredMessage) -> None:
             tag: int = message.delivery.delivery_tag  # type: ignore[union-attr, assignment]
             state.unsettled.add(tag)
             delivery = to_delivery(message, state, queue, max_size=max_size)
-            if self._admit(delivery):
+            if self._admit(delivery, band):
                 ready.append(delivery)
                 self._wake_one()
 
         return on_message
 
-    def _admit(self, delivery: Delivery) -> bool:
-        """False if the delivery is not for a worker now: cancelled, early, or another topic."""
+    def _admit(self, delivery: Delivery, band: int | None = None) -> bool:
+        """False if the delivery is not for a worker now: cancelled, early, or (quorum queues)
+        in the queue of another priority: a delayed message comes back through the MEDIUM
+        queue, and is sent on to the queue of its priority."""
         broker = self._broker
         handle: Handle = delivery.handle
         if broker._tombstones and broker._is_tombstoned(delivery):
@@ -300,6 +370,9 @@ class RabbitConsumer(BaseConsumer):
                 )
                 self._timers.add(timer)
                 return False
+        if band is not None and delivery.raw is None and delivery.key.priority != band:
+            self._spawn(broker._delay_again(delivery))
+            return False
         return True
 
     def _release_held(self, delivery: Delivery) -> None:
@@ -355,6 +428,8 @@ class RabbitConsumer(BaseConsumer):
             if self._closed:
                 raise ConsumerClosedError(f"consumer of {self._queue!r} has finished")
             if not self._paused:
+                if type(self._ready) is Bands:
+                    await self._pull_higher(self._ready)
                 delivery = self._take()
                 if delivery is not None:
                     return delivery
@@ -372,6 +447,8 @@ class RabbitConsumer(BaseConsumer):
             return await self._browse(max_count)
         out: list[Delivery] = []
         while len(out) < max_count:
+            if type(self._ready) is Bands:
+                await self._pull_higher(self._ready)
             delivery = self._take()
             if delivery is None:
                 break
@@ -393,17 +470,57 @@ class RabbitConsumer(BaseConsumer):
                 out.append(got)
         return out
 
+    async def _pull_higher(self, ready: Bands) -> None:
+        """Quorum queues: before a MEDIUM or LOW delivery is handed out, take a ready message
+        of a higher priority from its queue if there is one (its consumer may not have got it
+        yet: its prefetch was full). One lane at a time."""
+        best = ready.best()
+        if not best:
+            return
+        async with self._pull_lock:
+            best = ready.best()
+            if not best or self._closed:
+                return
+            # On the subscription's own channel: a message pushed to it before the reply is
+            # already in `ready` when the reply arrives (one channel's frames are ordered).
+            state = self._state
+            if state is None or not state.alive or state.channel.is_closed:
+                return
+            try:
+                for band in range(best):
+                    message = await state.channel.basic_get(self._sources[band], no_ack=False)
+                    if isinstance(message.delivery, spec.Basic.GetOk):
+                        delivery = to_delivery(message, state, self._queue)
+                        state.unsettled.add(delivery.handle.tag)
+                        if self._admit(delivery, band):
+                            ready.appendleft(delivery)
+                        return
+            except CHANNEL_ERRORS as exc:
+                logger.debug("taking a higher priority message failed: %r", exc)
+
     async def _get_one(self) -> tuple[bool, Delivery | None]:
-        """basic.get one message: (queue was empty, the delivery unless it was not admitted)."""
-        state = self._state
-        if state is None or not state.alive:
-            raise ConsumerClosedError(f"consumer of {self._queue!r} has finished")
-        message = await state.channel.basic_get(self._broker._name(self._queue), no_ack=False)
-        if not isinstance(message.delivery, spec.Basic.GetOk):
-            return True, None
+        """basic.get one message (of the highest priority queue that has one, for quorum
+        queues): (queues were empty, the delivery unless it was not admitted)."""
+        asked = time.monotonic()
+        async with self._get_lock:
+            if self._empty_at >= asked:
+                return True, None  # another lane found them empty meanwhile: no more round trips
+            state = self._state
+            if state is None or not state.alive:
+                raise ConsumerClosedError(f"consumer of {self._queue!r} has finished")
+            found = None
+            for index, source in enumerate(self._sources):
+                message = await state.channel.basic_get(source, no_ack=False)
+                if isinstance(message.delivery, spec.Basic.GetOk):
+                    found = index
+                    break
+            if found is None:
+                self._empty_at = time.monotonic()
+                return True, None
+        index = found
         delivery = to_delivery(message, state, self._queue, max_size=self._broker.max_message_size)
         state.unsettled.add(delivery.handle.tag)
-        if not self._admit(delivery):
+        if not self._admit(delivery, self._band(index)):
             return False, None
         if self._topics is not None and delivery.key.topic not in self._topics:
             await state.settle_now(delivery.handle.tag, requeue=True)
