@@ -75,7 +75,9 @@ async def main() -> None:
             # Strict priorities: the HIGH message runs first although it was sent second.
             await Worker(routers=[router], messages_limit=4, tasks_limit=1).run()
 
-            async for dead in queue.get_messages(category=MessageCategory.DEAD):
+            async for dead in queue.get_messages(
+                category=MessageCategory.DEAD, stop_when_empty=True
+            ):
                 info = dead.dead_letter
                 print(f"dead letter: {dead.key.topic} {info.reason} {info.error_type}")
 

@@ -29,6 +29,21 @@ app = Repid(
 )
 # --8<-- [end:connection]
 
+
+def cluster_brokers() -> list[RabbitMessageBroker]:
+    """Brokers for a 3-node cluster (built, not connected: the nodes are made up)."""
+    # --8<-- [start:cluster]
+    listed = RabbitMessageBroker(
+        ["amqp://app:secret@n1:5672/", "amqp://app:secret@n2:5672/", "amqp://app:secret@n3:5672/"],
+        queue_type="quorum",
+    )
+    one_string = RabbitMessageBroker(
+        "amqp://app:secret@n1:5672,n2:5672,n3:5672/", queue_type="quorum"
+    )
+    # --8<-- [end:cluster]
+    return [listed, one_string]
+
+
 QUEUE = f"docs_example_{uuid4().hex[:8]}"  # a fresh queue, deleted at the end
 router = Router()
 started = 0.0
@@ -83,4 +98,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    assert all("secret" not in repr(broker) for broker in cluster_brokers())
     asyncio.run(main())

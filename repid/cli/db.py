@@ -21,6 +21,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description="Create or migrate the tables of a PostgresMessageBroker (and its bucket "
         "brokers) in one schema and table prefix.",
     )
+    db.set_defaults(handler=run)
     actions = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
     for name, text in (
         ("upgrade", "apply the missing schema migrations (idempotent, safe to run concurrently)"),
@@ -35,7 +36,6 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         )
         action.add_argument("--schema", default="repid", help="schema of the tables (repid)")
         action.add_argument("--prefix", default="", help="prefix of the table names (none)")
-        action.set_defaults(handler=run)
 
 
 async def run(args: argparse.Namespace) -> int:

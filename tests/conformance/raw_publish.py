@@ -54,7 +54,9 @@ async def _rabbitmq(conn: Connection, queue: str, bodies: list[tuple[bytes, int]
                 priority=2 - priority,  # AMQP: higher is more urgent; repid's HIGH is 0
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             )
-            await channel.default_exchange.publish(message, routing_key=rabbitmq.PREFIX + queue)
+            sources = conn.message_broker._sources(queue)  # quorum: one queue per priority
+            target = sources[priority] if len(sources) > 1 else sources[0]
+            await channel.default_exchange.publish(message, routing_key=target)
     finally:
         await connection.close()
 
@@ -123,6 +125,7 @@ PUBLISHERS: dict[str, RawPublisher] = {
     "nats": _nats,
     "postgres": _postgres,
     "rabbitmq": _rabbitmq,
+    "rabbitmq_quorum": _rabbitmq,
     "redis": _redis,
     "sqlite": _sqlite,
 }

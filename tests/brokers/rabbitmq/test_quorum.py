@@ -107,9 +107,10 @@ async def test_delivery_limit_dead_letters_a_message_that_keeps_coming_back() ->
         dead = await browse(queue, MessageCategory.DEAD)
         assert [m.key.id_ for m in dead] == ["poison"]
         assert await browse(queue) == []
-        async with contextlib.aclosing(queue.get_messages(category=MessageCategory.DEAD)) as it:
+        dead_part = queue.get_messages(category=MessageCategory.DEAD, stop_when_empty=True)
+        async with contextlib.aclosing(dead_part) as it:
             async for message in it:
-                await message.retry()  # back to work, as any dead letter
+                await message.retry(revive=True)  # back to work, as any dead letter
         assert [m.key.id_ for m in await browse(queue)] == ["poison"]
         assert await browse(queue, MessageCategory.DEAD) == []
     finally:

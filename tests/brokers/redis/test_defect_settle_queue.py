@@ -58,7 +58,7 @@ async def _pending(conn: Connection, queue: Queue) -> int:
 
 async def _dead(queue: Queue) -> list[Any]:
     out = []
-    async for message in queue.get_messages(category=MessageCategory.DEAD):
+    async for message in queue.get_messages(category=MessageCategory.DEAD, stop_when_empty=True):
         out.append(message)
     return out
 
