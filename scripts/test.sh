@@ -22,11 +22,11 @@ mypy --strict
 echo "== mkdocs build --strict"
 export NO_MKDOCS_2_WARNING=1
 mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
-# The suite runs as two pytest processes side by side: the "slow" part (the chaos suite and
-# the multi-process tests, which mostly wait on child processes and private servers) and the
+# The suite runs as two pytest processes side by side: the "slow" part (the chaos suite, the
+# multi-process and CLI tests, which mostly wait on child processes and servers) and the
 # rest. `--fast` runs only the rest, the quick default while developing. Other arguments go to
 # both pytest runs.
-SLOW=(tests/chaos tests/brokers/shared)
+SLOW=(tests/chaos tests/brokers/shared tests/cli)
 FAST_ONLY=0
 if [ "${1:-}" = "--fast" ]; then
   FAST_ONLY=1

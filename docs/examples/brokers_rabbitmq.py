@@ -31,7 +31,11 @@ app = Repid(
 
 
 def cluster_brokers() -> list[RabbitMessageBroker]:
-    """Brokers for a 3-node cluster (built, not connected: the nodes are made up)."""
+    """Brokers on quorum queues, of one node and of a 3-node cluster (built, not connected:
+    the cluster's nodes are made up)."""
+    # --8<-- [start:quorum]
+    broker = RabbitMessageBroker("amqp://guest:guest@127.0.0.1:5672/", queue_type="quorum")
+    # --8<-- [end:quorum]
     # --8<-- [start:cluster]
     listed = RabbitMessageBroker(
         ["amqp://app:secret@n1:5672/", "amqp://app:secret@n2:5672/", "amqp://app:secret@n3:5672/"],
@@ -41,7 +45,7 @@ def cluster_brokers() -> list[RabbitMessageBroker]:
         "amqp://app:secret@n1:5672,n2:5672,n3:5672/", queue_type="quorum"
     )
     # --8<-- [end:cluster]
-    return [listed, one_string]
+    return [broker, listed, one_string]
 
 
 QUEUE = f"docs_example_{uuid4().hex[:8]}"  # a fresh queue, deleted at the end

@@ -159,9 +159,15 @@ async def test_raw_bad_messages_are_dead_lettered_and_the_worker_keeps_going(
 
         deadline = asyncio.get_running_loop().time() + 30.0
         while not await all_dead():
-            assert asyncio.get_running_loop().time() < deadline, (
-                f"{dead_count} of {len(bodies)} bad messages dead-lettered after 30s"
-            )
+            if asyncio.get_running_loop().time() > deadline:
+                dead = await browse(queue, MessageCategory.DEAD)
+                found = {case_of(m.key.id_, m.delivery.raw, bodies) for m in dead}
+                missing = sorted(set(bodies) - found)
+                raise AssertionError(
+                    f"{dead_count} of {len(bodies)} bad messages dead-lettered after 30s; "
+                    f"missing: {missing}; still queued: {len(await browse(queue))}, delayed: "
+                    f"{len(await browse(queue, MessageCategory.DELAYED))}"
+                )
             await asyncio.sleep(0.05)
         # And after every bad message was handled, the same worker still runs good jobs.
         good_ran.clear()
