@@ -143,7 +143,32 @@ class InMemoryMessageBroker:
     async def enqueue(
         self, key: RoutingKey, payload: str = "", params: Parameters | None = None
     ) -> None:
-        self._put(self._queue(key.queue), key, payload, params or Parameters(), check_unique=True)
+        # `_put` inlined for the common case (an immediate message; `_place` stays a hook).
+        q = self._queues.get(key.queue)
+        if q is None:
+            raise QueueNotDeclaredError(key.queue)
+        if params is None:
+            params = Parameters()
+        delay = params.delay
+        if delay.next_execution_time is not None or delay.delay_until is not None:
+            self._put(q, key, payload, params, check_unique=True)
+            return
+        limit = self.max_message_size
+        if limit is not None and len(payload) * 4 > limit:
+            size = len(payload.encode())
+            if size > limit:
+                raise MessageTooLargeError(size, limit)
+        id_ = key.id_
+        ids = q.pending_ids
+        if id_ in ids:
+            logger.debug("message %s is already pending in %s; not added again", id_, q.name)
+            return
+        ids[id_] = 1
+        entry = tuple.__new__(
+            Delivery,
+            (key, payload, params, next(self._seq), MessageCategory.NORMAL, None, None, False),
+        )
+        self._place(q, entry)
 
     async def enqueue_many(self, messages: Sequence[OutgoingMessage]) -> None:
         queues = [self._queue(key.queue) for key, _, _ in messages]  # validate before any put
@@ -199,8 +224,7 @@ class InMemoryMessageBroker:
         self._place(q, _entry(key, payload, params, next(self._seq)))
 
     def _place(self, q: _MemoryQueue, entry: _Entry) -> None:
-        params = entry.parameters
-        delay = params.delay
+        delay = entry.parameters.delay
         when = delay.next_execution_time or delay.delay_until
         if when is not None:
             due = when.timestamp()
