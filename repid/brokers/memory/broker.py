@@ -419,10 +419,23 @@ class InMemoryMessageBroker:
     async def ack(self, key: Delivery) -> bool:
         if key.category is not MessageCategory.NORMAL:
             return self._settle_browsed(key, remove=True)
-        released = self._release(key)
-        if released is None:
+        # `_release` and `_forget_id` inlined (the per-message path).
+        routing = key.key
+        q = self._queues.get(routing.queue)
+        if q is None:
             return False
-        self._forget_id(released[0], key.key.id_)
+        lease = q.inflight.pop(key.handle, None)
+        if lease is None:
+            logger.warning("stale settlement of message %s in %s ignored", routing.id_, q.name)
+            return False
+        if lease.consumer is not None:
+            lease.consumer._settled()
+        id_ = routing.id_
+        if self._cancel_requests:
+            self._cancel_requests.discard(id_)
+        count = q.pending_ids.pop(id_, 0)
+        if count > 1:
+            q.pending_ids[id_] = count - 1
         return True
 
     async def nack(self, key: Delivery, parameters: Parameters | None = None) -> bool:
