@@ -165,7 +165,11 @@ class Job:
     ) -> None:
         self._created = time.time()
         self.name = validate_name(name, "job name")
-        self.queue = queue if isinstance(queue, Queue) else _queue(queue, _connection)
+        if isinstance(queue, Queue):
+            self.queue = queue
+        else:
+            cached = _QUEUES.get(queue) if _connection is None and type(queue) is str else None
+            self.queue = cached if cached is not None else _queue(queue, _connection)
         self.priority = priority if type(priority) is PrioritiesT else PrioritiesT(priority)
         self._priority = int(self.priority)
         self.id_ = None if id_ is None else _validate_id(id_, "job id")

@@ -41,6 +41,11 @@ def serialize_args(args: Any, serializer: SerializerT = default_serializer) -> s
     fields are the keyword arguments (repid 1.6).
     """
     if type(args) is dict:  # the common case: no model check needed
+        if serializer is default_serializer:
+            try:
+                return to_json(args).decode()  # `default_serializer` inlined
+            except PydanticSerializationError:
+                pass  # the general path below raises the explained error
         try:
             return serializer(args)
         except (SerializationError, TypeError, ValueError) as exc:
