@@ -37,6 +37,7 @@ from repid.lifecycle import STALE_AFTER, ActorLimiter, RateLimit, WorkerInfo
 __all__ = ["ConsumerClosedError", "InMemoryBucketBroker", "InMemoryMessageBroker"]
 
 logger = logging.getLogger("repid.brokers.in_memory")
+_new_lease = object.__new__
 
 
 class InMemoryMessageBroker:
@@ -299,7 +300,11 @@ class InMemoryMessageBroker:
             entry = self._take_topic(q, topics)
         if entry is None:
             return None
-        q.inflight[entry.handle] = _Lease(entry, now + self.lease_duration, consumer)
+        lease = _new_lease(_Lease)  # `_Lease.__init__` inlined (the per-message path)
+        lease.entry = entry
+        lease.deadline = now + self.lease_duration
+        lease.consumer = consumer
+        q.inflight[entry.handle] = lease
         return entry
 
     @staticmethod
