@@ -165,7 +165,11 @@ class Job:
     ) -> None:
         self._created = time.time()
         self.name = validate_name(name, "job name")
-        self.queue = queue if isinstance(queue, Queue) else _queue(queue, _connection)
+        if isinstance(queue, Queue):
+            self.queue = queue
+        else:
+            cached = _QUEUES.get(queue) if _connection is None and type(queue) is str else None
+            self.queue = cached if cached is not None else _queue(queue, _connection)
         self.priority = priority if type(priority) is PrioritiesT else PrioritiesT(priority)
         self._priority = int(self.priority)
         self.id_ = None if id_ is None else _validate_id(id_, "job id")
@@ -260,7 +264,9 @@ class Job:
     # -- sending ------------------------------------------------------------------------------
 
     def _build(self, connection: Connection) -> tuple[RoutingKey, str, Parameters]:
-        payload = self.payload
+        payload = self._args_payload
+        if payload is None:
+            payload = self.payload
         now = datetime.now(tz=UTC)
         delay = _NO_DELAY
         if self.deferred_until is not None or self.deferred_by is not None or self.cron is not None:
@@ -311,7 +317,7 @@ class Job:
             MessageTooLargeError: the message exceeds the broker's limit; nothing sent.
             BrokerUnavailableError: the broker stayed unreachable past its timeout.
         """
-        connection = self.connection
+        connection = self._connection or Repid._magic_connection or self.connection
         key, payload, params = self._build(connection)
         use_bucket = self.use_args_bucketer
         if use_bucket is None:
@@ -329,7 +335,7 @@ class Job:
             payload = ""
         await connection.message_broker.enqueue(key, payload, params)
         self._last_id = key.id_
-        if connection.events:
+        if connection.events.active:
             await connection.events.emit(
                 JobEvent(EventKind.ENQUEUED, key.id_, key.topic, key.queue, 1, time.time())
             )

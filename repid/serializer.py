@@ -40,6 +40,16 @@ def serialize_args(args: Any, serializer: SerializerT = default_serializer) -> s
     `args` is a mapping of keyword arguments, or a pydantic model or dataclass instance whose
     fields are the keyword arguments (repid 1.6).
     """
+    if type(args) is dict:  # the common case: no model check needed
+        if serializer is default_serializer:
+            try:
+                return to_json(args).decode()  # `default_serializer` inlined
+            except PydanticSerializationError:
+                pass  # the general path below raises the explained error
+        try:
+            return serializer(args)
+        except (SerializationError, TypeError, ValueError) as exc:
+            raise _explained(args, serializer, exc) from exc
     if is_args_model(args):
         text = serializer(args)
         if not text.startswith("{"):
@@ -55,19 +65,21 @@ def serialize_args(args: Any, serializer: SerializerT = default_serializer) -> s
     try:
         return serializer(args)
     except (SerializationError, TypeError, ValueError) as exc:
-        for name, value in args.items():
-            if not isinstance(name, str):
-                raise SerializationError(
-                    f"job argument names must be strings, got {name!r}"
-                ) from exc
-            try:
-                serializer(value)
-            except (SerializationError, TypeError, ValueError):
-                raise SerializationError(
-                    f"job argument {name!r} of type {type(value).__name__} cannot be serialised "
-                    "to JSON"
-                ) from exc
-        raise SerializationError(f"job args cannot be serialised: {exc}") from exc
+        raise _explained(args, serializer, exc) from exc
+
+
+def _explained(args: Mapping[Any, Any], serializer: SerializerT, exc: Exception) -> Exception:
+    """The error naming the argument of `args` that `serializer` cannot serialise."""
+    for name, value in args.items():
+        if not isinstance(name, str):
+            return SerializationError(f"job argument names must be strings, got {name!r}")
+        try:
+            serializer(value)
+        except (SerializationError, TypeError, ValueError):
+            return SerializationError(
+                f"job argument {name!r} of type {type(value).__name__} cannot be serialised to JSON"
+            )
+    return SerializationError(f"job args cannot be serialised: {exc}")
 
 
 class Config:

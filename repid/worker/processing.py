@@ -177,7 +177,13 @@ class Processing(Settling):
                 delivery, actor, exception, DeadLetterReason.EXCEPTION, started, message
             )
             return
-        if params.result is None and message is None and not params.delay.is_recurring:
+        delay = params.delay
+        if (
+            params.result is None
+            and message is None
+            and delay.defer_by is None
+            and delay.cron is None  # not recurring (`DelayProperties.is_recurring`, inlined)
+        ):
             # The common case: nothing to store, just acknowledge.
             self.succeeded += 1
             self._settled.add(id(delivery))

@@ -37,6 +37,7 @@ from repid.lifecycle import STALE_AFTER, ActorLimiter, RateLimit, WorkerInfo
 __all__ = ["ConsumerClosedError", "InMemoryBucketBroker", "InMemoryMessageBroker"]
 
 logger = logging.getLogger("repid.brokers.in_memory")
+_new_lease = object.__new__
 
 
 class InMemoryMessageBroker:
@@ -143,7 +144,32 @@ class InMemoryMessageBroker:
     async def enqueue(
         self, key: RoutingKey, payload: str = "", params: Parameters | None = None
     ) -> None:
-        self._put(self._queue(key.queue), key, payload, params or Parameters(), check_unique=True)
+        # `_put` inlined for the common case (an immediate message; `_place` stays a hook).
+        q = self._queues.get(key.queue)
+        if q is None:
+            raise QueueNotDeclaredError(key.queue)
+        if params is None:
+            params = Parameters()
+        delay = params.delay
+        if delay.next_execution_time is not None or delay.delay_until is not None:
+            self._put(q, key, payload, params, check_unique=True)
+            return
+        limit = self.max_message_size
+        if limit is not None and len(payload) * 4 > limit:
+            size = len(payload.encode())
+            if size > limit:
+                raise MessageTooLargeError(size, limit)
+        id_ = key.id_
+        ids = q.pending_ids
+        if id_ in ids:
+            logger.debug("message %s is already pending in %s; not added again", id_, q.name)
+            return
+        ids[id_] = 1
+        entry = tuple.__new__(
+            Delivery,
+            (key, payload, params, next(self._seq), MessageCategory.NORMAL, None, None, False),
+        )
+        self._place(q, entry)
 
     async def enqueue_many(self, messages: Sequence[OutgoingMessage]) -> None:
         queues = [self._queue(key.queue) for key, _, _ in messages]  # validate before any put
@@ -199,8 +225,7 @@ class InMemoryMessageBroker:
         self._place(q, _entry(key, payload, params, next(self._seq)))
 
     def _place(self, q: _MemoryQueue, entry: _Entry) -> None:
-        params = entry.parameters
-        delay = params.delay
+        delay = entry.parameters.delay
         when = delay.next_execution_time or delay.delay_until
         if when is not None:
             due = when.timestamp()
@@ -275,7 +300,11 @@ class InMemoryMessageBroker:
             entry = self._take_topic(q, topics)
         if entry is None:
             return None
-        q.inflight[entry.handle] = _Lease(entry, now + self.lease_duration, consumer)
+        lease = _new_lease(_Lease)  # `_Lease.__init__` inlined (the per-message path)
+        lease.entry = entry
+        lease.deadline = now + self.lease_duration
+        lease.consumer = consumer
+        q.inflight[entry.handle] = lease
         return entry
 
     @staticmethod
@@ -395,10 +424,23 @@ class InMemoryMessageBroker:
     async def ack(self, key: Delivery) -> bool:
         if key.category is not MessageCategory.NORMAL:
             return self._settle_browsed(key, remove=True)
-        released = self._release(key)
-        if released is None:
+        # `_release` and `_forget_id` inlined (the per-message path).
+        routing = key.key
+        q = self._queues.get(routing.queue)
+        if q is None:
             return False
-        self._forget_id(released[0], key.key.id_)
+        lease = q.inflight.pop(key.handle, None)
+        if lease is None:
+            logger.warning("stale settlement of message %s in %s ignored", routing.id_, q.name)
+            return False
+        if lease.consumer is not None:
+            lease.consumer._settled()
+        id_ = routing.id_
+        if self._cancel_requests:
+            self._cancel_requests.discard(id_)
+        count = q.pending_ids.pop(id_, 0)
+        if count > 1:
+            q.pending_ids[id_] = count - 1
         return True
 
     async def nack(self, key: Delivery, parameters: Parameters | None = None) -> bool:

@@ -113,7 +113,7 @@ class InMemoryConsumer(BaseConsumer):
                 self._capacity_waiter = asyncio.get_running_loop().create_future()
                 await self._capacity_waiter
                 continue
-            q = broker._queue(self._queue_name)
+            q = broker._queues.get(self._queue_name) or broker._queue(self._queue_name)
             delivery = broker._take(q, self, self._topics)
             if delivery is not None:
                 self._outstanding += 1
