@@ -6,6 +6,7 @@ which is the only way they are meaningful with the in-memory broker.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import sys
 import time
@@ -29,11 +30,13 @@ __all__ = [
     "DeadLetter",
     "Progress",
     "QueueSizes",
+    "did_you_mean",
     "enqueue",
     "list_dead",
     "purge_dead",
     "queue_sizes",
     "requeue_dead",
+    "unknown_actor_message",
 ]
 
 
@@ -228,12 +231,16 @@ async def enqueue(
     """Enqueue one job for `actor_name`; returns its message id.
 
     When the actor is among `actors`, its queue is the default and `args` are validated with
-    its converter first, so a typo fails here rather than dead-letters later.
+    its converter first, so a typo fails here rather than dead-letters later. A name that is
+    not among non-empty `actors` is refused (naming the close match) unless `queue` is given:
+    the job may then be for an actor of another program.
     """
     from repid.cli.target import CLIError
 
     validate_name(actor_name, "actor name")
     actor = (actors or {}).get(actor_name)
+    if actor is None and actors and queue is None:
+        raise CLIError(unknown_actor_message(actor_name, actors))
     if actor is not None:
         try:
             actor.converter.convert_inputs(Job(actor_name, args=args).payload)
@@ -253,6 +260,27 @@ async def enqueue(
         args=args or None,
         _connection=connection,
     )
-    await job.enqueue()
+    try:
+        await job.enqueue()
+    except QueueNotDeclaredError as exc:
+        raise CLIError(
+            f"queue {exc.queue_name!r} is not declared on the broker: start a worker for it, "
+            "or run `repid declare TARGET` first"
+        ) from exc
     assert job.last_id is not None
     return job.last_id
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """` (did you mean 'x'?)` for the closest of `choices` to `name`, or `""`."""
+    close = difflib.get_close_matches(name, sorted(set(choices)), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def unknown_actor_message(actor_name: str, actors: dict[str, ActorData]) -> str:
+    """The one-line error for an actor name the app does not define, with the close match."""
+    known = ", ".join(sorted(actors)[:10]) + (", ..." if len(actors) > 10 else "")
+    return (
+        f"unknown actor {actor_name!r}{did_you_mean(actor_name, actors)}; the app's actors: "
+        f"{known} (give --queue to enqueue for an actor the app does not define)"
+    )
