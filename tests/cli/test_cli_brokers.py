@@ -112,3 +112,37 @@ async def main():
 
 asyncio.run(main())
 """
+
+
+def test_dead_requeue_and_purge_select_by_id_reason_and_limit(cli_env: dict[str, str]) -> None:
+    """`--id`, `--reason`, `--limit` on a real broker (Redis: the CLI runs in new processes)."""
+    url = URLS["redis"]
+    queue = f"cli_{RUN_ID}_{uuid4().hex[:8]}"
+    env = {**cli_env, "REPID_BROKER_URL": url, "REPID_TEST_QUEUE": queue}
+    try:
+        ok(repid(env, "declare", APP))
+        for n in range(3):
+            ok(repid(env, "enqueue", "fail", "--args", json.dumps({"n": n}), "--queue", queue))
+        ok(repid(env, "run", APP, "--burst"))
+        out = ok(repid(env, "dead", "list", queue, APP, "--json"))
+        ids = [json.loads(line)["id_"] for line in out.splitlines()]
+        assert len(ids) == 3
+
+        requeued = ok(repid(env, "dead", "requeue", queue, APP, "--id", ids[0]))
+        assert requeued == f"requeued 1 dead message(s) of {queue!r}\n"
+        out = ok(repid(env, "dead", "list", queue, APP, "--json"))
+        assert sorted(json.loads(line)["id_"] for line in out.splitlines()) == sorted(ids[1:])
+        assert sizes(env, queue)["ready"] == 1
+
+        none = ok(repid(env, "dead", "purge", queue, APP, "--reason", "timeout"))
+        assert none == f"purged 0 dead message(s) of {queue!r}\n"
+        one = ok(repid(env, "dead", "purge", queue, APP, "--reason", "exception", "--limit", "1"))
+        assert one == f"purged 1 dead message(s) of {queue!r}\n"
+        assert len(dead(env, queue)) == 1
+        bad = repid(env, "dead", "purge", queue, APP, "--reason", "nope")
+        assert bad.returncode == 2
+        assert "invalid choice: 'nope'" in bad.stderr
+    finally:
+        subprocess.run(
+            [sys.executable, "-c", _DELETE, url, queue], env=env, timeout=TIMEOUT, check=True
+        )
