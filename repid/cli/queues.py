@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import asdict
 
@@ -11,6 +12,7 @@ from repid.cli.operations import queue_sizes
 from repid.cli.options import TARGET_HELP, add_connection_options
 from repid.cli.session import actors_of, connect
 from repid.cli.target import CLIError
+from repid.connection import Connection
 from repid.errors import BrokerError
 from repid.queue import Queue
 
@@ -89,6 +91,9 @@ async def command_workers(args: argparse.Namespace) -> int:
         workers = await connection.live_workers()
     except BrokerError as exc:
         raise CLIError(str(exc)) from exc
+    note = _process_local_note(connection)
+    if note is not None:
+        print(note, file=sys.stderr)
     if args.json:
         print(json.dumps([asdict(w) for w in workers]))
         return 0
@@ -108,3 +113,22 @@ async def command_workers(args: argparse.Namespace) -> int:
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
     return 0
+
+
+def _process_local_note(connection: Connection) -> str | None:
+    """Why the list may miss workers: the broker keeps its registry in each process."""
+    broker = connection.raw_message_broker
+    capabilities = getattr(broker, "capabilities", None)
+    if capabilities is None or getattr(capabilities, "shared_state", True):
+        return None
+    kind = type(broker).__name__
+    if kind == "InMemoryMessageBroker":
+        return (
+            "note: the in-memory broker lives in one process: only workers of this command's "
+            "own process are listed"
+        )
+    return (
+        f"note: {kind} has no shared state here, so each process keeps its own worker registry "
+        "and workers of other processes are not listed; pass --state redis://... (the state "
+        "URL the workers use) to see them"
+    )
