@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 import time
@@ -10,13 +11,19 @@ from dataclasses import asdict
 
 from repid.cli.operations import queue_sizes
 from repid.cli.options import TARGET_HELP, add_connection_options
-from repid.cli.session import actors_of, connect
+from repid.cli.session import actors_of, connect, explicit_connection, open_connection
 from repid.cli.target import CLIError
 from repid.connection import Connection
-from repid.errors import BrokerError
+from repid.errors import BrokerError, QueueNotDeclaredError
 from repid.queue import Queue
 
-__all__ = ["add_parser", "command_declare", "command_queues", "command_workers"]
+__all__ = [
+    "add_parser",
+    "command_declare",
+    "command_queue",
+    "command_queues",
+    "command_workers",
+]
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -51,6 +58,25 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     workers.add_argument("--json", action="store_true", help="print JSON")
     add_connection_options(workers)
     workers.set_defaults(handler=command_workers)
+
+    queue = subparsers.add_parser(
+        "queue",
+        help="flush or delete one queue",
+        description="Flush (drop every message, keep the queue) or delete one queue, with its "
+        "delayed and dead parts.",
+    )
+    queue.set_defaults(handler=command_queue)
+    actions = queue.add_subparsers(dest="queue_command", metavar="ACTION", required=True)
+    for name, text in (
+        ("flush", "drop every message of QUEUE (ready, delayed and dead); keep the queue"),
+        ("delete", "delete QUEUE and its messages"),
+    ):
+        sub = actions.add_parser(name, help=text, description=text[0].upper() + text[1:])
+        sub.add_argument("queue", metavar="QUEUE")
+        sub.add_argument(
+            "--yes", action="store_true", help="do it without asking (needed off a terminal)"
+        )
+        add_connection_options(sub)
 
 
 async def command_queues(args: argparse.Namespace) -> int:
@@ -132,3 +158,27 @@ def _process_local_note(connection: Connection) -> str | None:
         "and workers of other processes are not listed; pass --state redis://... (the state "
         "URL the workers use) to see them"
     )
+
+
+async def command_queue(args: argparse.Namespace) -> int:
+    """Flush or delete `args.queue` on the `--broker` / `--app` connection."""
+    action = args.queue_command
+    connection = explicit_connection(args)
+    if connection is None:
+        raise CLIError(f"queue {action} needs --broker URL (or --app MODULE:APP)")
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise CLIError(f"queue {action} {args.queue!r} drops messages: pass --yes to confirm")
+        question = f"{action} queue {args.queue!r} and drop its messages? [y/N] "
+        answer = await asyncio.to_thread(input, question)
+        if answer.strip().lower() not in {"y", "yes"}:
+            print("nothing done", file=sys.stderr)
+            return 1
+    await open_connection(connection)
+    queue = Queue(args.queue, _connection=connection)
+    try:
+        await (queue.flush() if action == "flush" else queue.delete())
+    except QueueNotDeclaredError as exc:
+        raise CLIError(f"queue {args.queue!r} is not declared on the broker") from exc
+    print(f"{'flushed' if action == 'flush' else 'deleted'} {args.queue}")
+    return 0

@@ -24,6 +24,9 @@ SUBCOMMANDS = [
     ["dead", "requeue"],
     ["dead", "purge"],
     ["enqueue"],
+    ["queue"],
+    ["queue", "flush"],
+    ["queue", "delete"],
 ]
 
 
@@ -67,6 +70,7 @@ def test_help_via_module(cli_env, tmp_path) -> None:
         (["enqueue", "place_order", "--args", "[1]", "--app", "cli_shop_app:app"], "JSON object"),
         (["enqueue", "place_order", "--args", "{}", "--app", "cli_shop_app:app"], "do not fit"),
         (["enqueue", "place_order"], "needs --app"),
+        (["queue", "flush", "orders", "--yes"], "queue flush needs --broker URL"),
         (["enqueue", "x", "--app", "cli_shop_app:orders"], "not a Repid app"),
         (["asyncapi", "cli_shop_app:orders", "-o", "/no/such/dir/x.json"], "cannot write"),
     ],
