@@ -21,6 +21,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description="Create or migrate the tables of a PostgresMessageBroker (and its bucket "
         "brokers) in one schema and table prefix.",
     )
+    db.set_defaults(handler=run)
     actions = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
     for name, text in (
         ("upgrade", "apply the missing schema migrations (idempotent, safe to run concurrently)"),
