@@ -5,18 +5,20 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, overload
+from typing import Any, ParamSpec, TypeVar, overload
 
 from repid.converter import ConverterT, DefaultConverter
 from repid.dependencies import Depends, find_injected_parameters
 from repid.errors import ConfigurationError
+from repid.handle import ActorFunction, ActorHandle, attach
 from repid.lifecycle import RateLimit
 from repid.queue import validate_name
 from repid.retry_policy import RetryPolicyT, default_retry_policy_factory
 
 __all__ = ["ActorData", "Router", "RouterDefaults"]
 
-FnT = TypeVar("FnT", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class ActorData:
     """An actor: its function and how to run it (built once, used for every message)."""
 
     __slots__ = (
+        "_handle",
         "converter",
         "depends",
         "fn",
@@ -73,6 +76,14 @@ class ActorData:
         self.message_params: list[str] = message_params
         if run_in_process and self.is_async:
             raise ValueError(f"actor {name!r}: run_in_process needs a synchronous function")
+        self._handle: ActorHandle[Any] | None = None
+
+    @property
+    def handle(self) -> ActorHandle[Any]:
+        """The typed handle that builds and sends this actor's jobs (see `repid.handle`)."""
+        if self._handle is None:
+            self._handle = ActorHandle(self)
+        return self._handle
 
     def __repr__(self) -> str:
         return f"ActorData(name={self.name!r}, queue={self.queue!r})"
@@ -98,7 +109,7 @@ class Router:
         return {queue: frozenset(names) for queue, names in out.items()}
 
     @overload
-    def actor(self, fn: FnT, /) -> FnT: ...
+    def actor(self, fn: Callable[P, R], /) -> ActorFunction[P, R]: ...
 
     @overload
     def actor(
@@ -113,11 +124,11 @@ class Router:
         converter: type[ConverterT] | None = None,
         max_concurrency: int | None = None,
         rate_limit: RateLimit | None = None,
-    ) -> Callable[[FnT], FnT]: ...
+    ) -> Callable[[Callable[P, R]], ActorFunction[P, R]]: ...
 
     def actor(
         self,
-        fn: FnT | None = None,
+        fn: Callable[..., Any] | None = None,
         /,
         *,
         name: str | None = None,
@@ -127,10 +138,15 @@ class Router:
         converter: type[ConverterT] | None = None,
         max_concurrency: int | None = None,
         rate_limit: RateLimit | None = None,
-    ) -> FnT | Callable[[FnT], FnT]:
-        """Register a function as an actor; returns the function unchanged.
+    ) -> Any:
+        """Register a function as an actor; returns the same function, with its handle attached.
 
         Usable bare (`@router.actor`) or with arguments (`@router.actor(name=..., queue=...)`).
+        The function stays callable as before; `fn.enqueue(...)` / `fn.send(...)` enqueue a job
+        for the actor (its name and queue, the arguments checked against the signature),
+        `fn.job(...)` builds one, `fn.options(priority=...)` sets `Job` options (see
+        `repid.handle.ActorHandle`). A callable that takes no attributes is registered all the
+        same; its handle is `router.actors[name].handle`.
 
         Args:
             name: the actor's name (default: the function's name).
@@ -143,13 +159,13 @@ class Router:
             rate_limit: at most `RateLimit(n, per)` starts of the actor, shared the same way.
         """
 
-        def register(function: FnT) -> FnT:
+        def register(function: Callable[..., Any]) -> Callable[..., Any]:
             actor_name = validate_name(function.__name__ if name is None else name, "actor name")
             actor_queue = validate_name(
                 self.defaults.queue if queue is None else queue, "queue name"
             )
             converter_cls = converter or self.defaults.converter
-            self.actors[actor_name] = ActorData(
+            actor_data = ActorData(
                 fn=function,
                 name=actor_name,
                 queue=actor_queue,
@@ -161,6 +177,8 @@ class Router:
                 max_concurrency=max_concurrency,
                 rate_limit=rate_limit,
             )
+            self.actors[actor_name] = actor_data
+            attach(function, actor_data.handle)
             return function
 
         if fn is not None:

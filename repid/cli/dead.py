@@ -8,9 +8,10 @@ import sys
 from dataclasses import asdict
 from datetime import UTC, datetime
 
-from repid.cli.operations import list_dead, purge_dead, requeue_dead
+from repid.cli.operations import DeadFilter, list_dead, purge_dead, requeue_dead
 from repid.cli.options import TARGET_HELP, add_connection_options, positive_int
 from repid.cli.session import connect
+from repid.data import DeadLetterReason
 
 __all__ = ["add_parser", "command_dead"]
 
@@ -24,14 +25,31 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     actions = dead.add_subparsers(dest="dead_command", metavar="ACTION", required=True)
     for name, text in (
         ("list", "list the dead messages of QUEUE"),
-        ("requeue", "send every dead message of QUEUE back to work, with fresh retries"),
-        ("purge", "delete every dead message of QUEUE"),
+        ("requeue", "send the dead messages of QUEUE back to work, with fresh retries"),
+        ("purge", "delete the dead messages of QUEUE"),
     ):
-        sub = actions.add_parser(name, help=text, description=text[0].upper() + text[1:])
+        sub = actions.add_parser(
+            name,
+            help=text,
+            description=text[0].upper() + text[1:] + " (all of them, or those the options select)",
+        )
         sub.add_argument("queue", metavar="QUEUE")
         sub.add_argument("target", metavar="TARGET", help=TARGET_HELP)
+        sub.add_argument(
+            "--id",
+            dest="ids",
+            action="append",
+            metavar="MESSAGE_ID",
+            help="only this message (repeatable)",
+        )
+        sub.add_argument(
+            "--reason",
+            choices=[str(reason) for reason in DeadLetterReason],
+            help="only messages dead for this reason",
+        )
+        sub.add_argument("--actor", metavar="NAME", help="only jobs of this actor")
+        sub.add_argument("--limit", type=positive_int, help="at most this many, oldest first")
         if name == "list":
-            sub.add_argument("--limit", type=positive_int, help="show at most this many")
             sub.add_argument("--json", action="store_true", help="print JSON lines")
         add_connection_options(sub)
 
@@ -39,8 +57,14 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 async def command_dead(args: argparse.Namespace) -> int:
     """List, requeue or purge the dead letters of `args.queue`."""
     _, connection = await connect(args)
+    which = DeadFilter(
+        ids=None if args.ids is None else frozenset(args.ids),
+        reason=args.reason,
+        actor=args.actor,
+        limit=args.limit,
+    )
     if args.dead_command == "list":
-        letters = await list_dead(connection, args.queue, args.limit)
+        letters = await list_dead(connection, args.queue, which=which)
         for letter in letters:
             if args.json:
                 print(json.dumps(asdict(letter)))
@@ -53,9 +77,9 @@ async def command_dead(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"{len(letters)} dead message(s) in {args.queue!r}", file=sys.stderr)
     elif args.dead_command == "requeue":
-        count = await requeue_dead(connection, args.queue)
+        count = await requeue_dead(connection, args.queue, which=which)
         print(f"requeued {count} dead message(s) of {args.queue!r}")
     else:
-        count = await purge_dead(connection, args.queue)
+        count = await purge_dead(connection, args.queue, which=which)
         print(f"purged {count} dead message(s) of {args.queue!r}")
     return 0

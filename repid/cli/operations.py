@@ -6,10 +6,11 @@ which is the only way they are meaningful with the in-memory broker.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
@@ -22,18 +23,22 @@ from repid.converter import ArgumentsError
 from repid.data import MessageCategory, PrioritiesT
 from repid.errors import QueueNotDeclaredError
 from repid.job import Job
+from repid.message import Message
 from repid.queue import Queue, validate_name
 from repid.router import ActorData
 
 __all__ = [
+    "DeadFilter",
     "DeadLetter",
     "Progress",
     "QueueSizes",
+    "did_you_mean",
     "enqueue",
     "list_dead",
     "purge_dead",
     "queue_sizes",
     "requeue_dead",
+    "unknown_actor_message",
 ]
 
 
@@ -145,14 +150,56 @@ def _queue(connection: Connection, name: str) -> Queue:
     return Queue(name, _connection=connection)
 
 
+@dataclass(frozen=True)
+class DeadFilter:
+    """Which dead messages an operation acts on: all of them unless narrowed.
+
+    `ids`: only these message ids; `reason`: only this reason (`exception`, `timeout`, ...);
+    `actor`: only jobs of this actor; `limit`: at most this many (oldest first).
+    """
+
+    ids: frozenset[str] | None = None
+    reason: str | None = None
+    actor: str | None = None
+    limit: int | None = None
+
+    @property
+    def narrowed(self) -> bool:
+        """True when not every dead message is selected."""
+        return self.ids is not None or self.reason is not None or self.actor is not None
+
+    def matches(self, message: Message) -> bool:
+        """Whether `message` (a dead one) is selected."""
+        if self.ids is not None and message.key.id_ not in self.ids:
+            return False
+        if self.actor is not None and message.key.topic != self.actor:
+            return False
+        if self.reason is not None:
+            info = message.dead_letter
+            if (info.reason if info is not None else "unknown") != self.reason:
+                return False
+        return True
+
+
+_ALL = DeadFilter()
+
+
+def _dead_messages(connection: Connection, queue: str, which: DeadFilter) -> AsyncIterator[Message]:
+    topics = None if which.actor is None else [which.actor]
+    return _queue(connection, queue).get_messages(
+        topics, category=MessageCategory.DEAD, stop_when_empty=True
+    )
+
+
 async def list_dead(
-    connection: Connection, queue: str, limit: int | None = None
+    connection: Connection, queue: str, limit: int | None = None, which: DeadFilter = _ALL
 ) -> list[DeadLetter]:
-    """The dead messages of `queue` (oldest first), left in place."""
+    """The dead messages of `queue` (oldest first) that `which` selects, left in place."""
+    limit = which.limit if limit is None else limit
     out: list[DeadLetter] = []
-    async for message in _queue(connection, queue).get_messages(
-        category=MessageCategory.DEAD, stop_when_empty=True
-    ):
+    async for message in _dead_messages(connection, queue, which):
+        if not which.matches(message):
+            continue
         info = message.dead_letter
         error = ""
         if info is not None and (info.error_type or info.error_message):
@@ -173,15 +220,29 @@ async def list_dead(
 
 
 async def _settle_dead(
-    connection: Connection, queue: str, how: str, label: str, stream: TextIO | None
+    connection: Connection,
+    queue: str,
+    how: str,
+    label: str,
+    stream: TextIO | None,
+    which: DeadFilter,
 ) -> int:
-    inspection = inspection_of(connection.raw_message_broker)
-    counts = None if inspection is None else await _counts(inspection, queue)
-    progress = Progress(label, counts["dead"] if counts is not None else None, stream)
+    total: int | None = None
+    if which.ids is not None:
+        total = len(which.ids)
+    elif not which.narrowed:
+        inspection = inspection_of(connection.raw_message_broker)
+        counts = None if inspection is None else await _counts(inspection, queue)
+        total = None if counts is None else counts["dead"]
+    if total is not None and which.limit is not None:
+        total = min(total, which.limit)
+    progress = Progress(label, total, stream)
     try:
-        async for message in _queue(connection, queue).get_messages(
-            category=MessageCategory.DEAD, stop_when_empty=True
-        ):
+        async for message in _dead_messages(connection, queue, which):
+            if which.limit is not None and progress.count >= which.limit:
+                break
+            if not which.matches(message):
+                continue
             await (message.retry(revive=True) if how == "retry" else message.ack())
             progress.advance()
     finally:
@@ -189,17 +250,23 @@ async def _settle_dead(
     return progress.count
 
 
-async def requeue_dead(connection: Connection, queue: str, stream: TextIO | None = None) -> int:
-    """Send every dead message of `queue` back to work with fresh retries; returns how many.
+async def requeue_dead(
+    connection: Connection, queue: str, stream: TextIO | None = None, which: DeadFilter = _ALL
+) -> int:
+    """Send the dead messages of `queue` that `which` selects (default: all) back to work with
+    fresh retries; returns how many.
 
     Shows a live counter on `stream` (default stderr) when it is a terminal.
     """
-    return await _settle_dead(connection, queue, "retry", f"requeued ({queue})", stream)
+    return await _settle_dead(connection, queue, "retry", f"requeued ({queue})", stream, which)
 
 
-async def purge_dead(connection: Connection, queue: str, stream: TextIO | None = None) -> int:
-    """Delete every dead message of `queue`; returns how many."""
-    return await _settle_dead(connection, queue, "ack", f"purged ({queue})", stream)
+async def purge_dead(
+    connection: Connection, queue: str, stream: TextIO | None = None, which: DeadFilter = _ALL
+) -> int:
+    """Delete the dead messages of `queue` that `which` selects (default: all); returns how
+    many."""
+    return await _settle_dead(connection, queue, "ack", f"purged ({queue})", stream, which)
 
 
 def parse_args_json(text: str) -> dict[str, Any]:
@@ -228,12 +295,16 @@ async def enqueue(
     """Enqueue one job for `actor_name`; returns its message id.
 
     When the actor is among `actors`, its queue is the default and `args` are validated with
-    its converter first, so a typo fails here rather than dead-letters later.
+    its converter first, so a typo fails here rather than dead-letters later. A name that is
+    not among non-empty `actors` is refused (naming the close match) unless `queue` is given:
+    the job may then be for an actor of another program.
     """
     from repid.cli.target import CLIError
 
     validate_name(actor_name, "actor name")
     actor = (actors or {}).get(actor_name)
+    if actor is None and actors and queue is None:
+        raise CLIError(unknown_actor_message(actor_name, actors))
     if actor is not None:
         try:
             actor.converter.convert_inputs(Job(actor_name, args=args).payload)
@@ -253,6 +324,27 @@ async def enqueue(
         args=args or None,
         _connection=connection,
     )
-    await job.enqueue()
+    try:
+        await job.enqueue()
+    except QueueNotDeclaredError as exc:
+        raise CLIError(
+            f"queue {exc.queue_name!r} is not declared on the broker: start a worker for it, "
+            "or run `repid declare TARGET` first"
+        ) from exc
     assert job.last_id is not None
     return job.last_id
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """` (did you mean 'x'?)` for the closest of `choices` to `name`, or `""`."""
+    close = difflib.get_close_matches(name, sorted(set(choices)), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def unknown_actor_message(actor_name: str, actors: dict[str, ActorData]) -> str:
+    """The one-line error for an actor name the app does not define, with the close match."""
+    known = ", ".join(sorted(actors)[:10]) + (", ..." if len(actors) > 10 else "")
+    return (
+        f"unknown actor {actor_name!r}{did_you_mean(actor_name, actors)}; the app's actors: "
+        f"{known} (give --queue to enqueue for an actor the app does not define)"
+    )

@@ -5,9 +5,11 @@ Resolution is documented in `docs/cli.md`; every failure is a `CLIError` with a 
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 import os
+import pkgutil
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -69,7 +71,10 @@ def import_object(spec: str) -> tuple[ModuleType, Any]:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name is not None and module_name.startswith(exc.name):
-            raise CLIError(f"cannot import {module_name!r}: no module named {exc.name!r}") from exc
+            raise CLIError(
+                f"cannot import {module_name!r}: no module named {exc.name!r}"
+                + _close_module(exc.name)
+            ) from exc
         raise CLIError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
     except Exception as exc:
         raise CLIError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
@@ -82,12 +87,39 @@ def import_object(spec: str) -> tuple[ModuleType, Any]:
             "name the object: 'module:attribute'"
         )
     obj: Any = module
+    done: list[str] = []
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise CLIError(f"module {module_name!r} has no attribute {attr!r}") from None
+            close = difflib.get_close_matches(
+                part, [n for n in dir(obj) if not n.startswith("_")], n=1
+            )
+            hint = ""
+            if close:
+                hint = f" (did you mean {module_name + ':' + '.'.join([*done, close[0]])!r}?)"
+            raise CLIError(f"module {module_name!r} has no attribute {attr!r}{hint}") from None
+        done.append(part)
     return module, obj
+
+
+def _close_module(missing: str) -> str:
+    """` (did you mean 'x'?)` for the importable module closest to `missing`, or `""`."""
+    parent, _, leaf = missing.rpartition(".")
+    try:
+        if parent:
+            path = getattr(importlib.import_module(parent), "__path__", None)
+            if path is None:
+                return ""
+            names = [m.name for m in pkgutil.iter_modules(path)]
+        else:
+            names = [m.name for m in pkgutil.iter_modules()]
+    except Exception:  # a hint is best-effort: never hide the real error behind another
+        return ""
+    close = difflib.get_close_matches(leaf, names, n=1)
+    if not close:
+        return ""
+    return f" (did you mean {'.'.join([*parent.split('.'), close[0]]).lstrip('.')!r}?)"
 
 
 def connection_from_url(

@@ -112,3 +112,64 @@ async def main():
 
 asyncio.run(main())
 """
+
+
+def test_dead_requeue_and_purge_select_by_id_reason_and_limit(cli_env: dict[str, str]) -> None:
+    """`--id`, `--reason`, `--limit` on a real broker (Redis: the CLI runs in new processes)."""
+    url = URLS["redis"]
+    queue = f"cli_{RUN_ID}_{uuid4().hex[:8]}"
+    env = {**cli_env, "REPID_BROKER_URL": url, "REPID_TEST_QUEUE": queue}
+    try:
+        ok(repid(env, "declare", APP))
+        for n in range(3):
+            ok(repid(env, "enqueue", "fail", "--args", json.dumps({"n": n}), "--queue", queue))
+        ok(repid(env, "run", APP, "--burst"))
+        out = ok(repid(env, "dead", "list", queue, APP, "--json"))
+        ids = [json.loads(line)["id_"] for line in out.splitlines()]
+        assert len(ids) == 3
+
+        requeued = ok(repid(env, "dead", "requeue", queue, APP, "--id", ids[0]))
+        assert requeued == f"requeued 1 dead message(s) of {queue!r}\n"
+        out = ok(repid(env, "dead", "list", queue, APP, "--json"))
+        assert sorted(json.loads(line)["id_"] for line in out.splitlines()) == sorted(ids[1:])
+        assert sizes(env, queue)["ready"] == 1
+
+        none = ok(repid(env, "dead", "purge", queue, APP, "--reason", "timeout"))
+        assert none == f"purged 0 dead message(s) of {queue!r}\n"
+        one = ok(repid(env, "dead", "purge", queue, APP, "--reason", "exception", "--limit", "1"))
+        assert one == f"purged 1 dead message(s) of {queue!r}\n"
+        assert len(dead(env, queue)) == 1
+        bad = repid(env, "dead", "purge", queue, APP, "--reason", "nope")
+        assert bad.returncode == 2
+        assert "invalid choice: 'nope'" in bad.stderr
+    finally:
+        subprocess.run(
+            [sys.executable, "-c", _DELETE, url, queue], env=env, timeout=TIMEOUT, check=True
+        )
+
+
+def test_queue_flush_and_delete(cli_env: dict[str, str]) -> None:
+    """`repid queue flush|delete QUEUE` on Redis; off a terminal they need `--yes`."""
+    url = URLS["redis"]
+    queue = f"cli_{RUN_ID}_{uuid4().hex[:8]}"
+    env = {**cli_env, "REPID_BROKER_URL": url, "REPID_TEST_QUEUE": queue}
+    try:
+        ok(repid(env, "declare", APP))
+        for n in range(2):
+            ok(repid(env, "enqueue", "work", "--args", json.dumps({"n": n}), "--queue", queue))
+        ok(repid(env, "enqueue", "work", "--args", '{"n": 9}', "--queue", queue, "--delay", "600"))
+        refused = repid(env, "queue", "flush", queue)
+        assert refused.returncode == 1
+        assert "pass --yes to confirm" in refused.stderr
+        assert (sizes(env, queue)["ready"], sizes(env, queue)["delayed"]) == (2, 1)
+
+        assert ok(repid(env, "queue", "flush", queue, "--yes")) == f"flushed {queue}\n"
+        after = sizes(env, queue)
+        assert (after["declared"], after["ready"], after["delayed"]) == (True, 0, 0)
+
+        assert ok(repid(env, "queue", "delete", queue, "--yes")) == f"deleted {queue}\n"
+        assert sizes(env, queue)["declared"] is False
+    finally:
+        subprocess.run(
+            [sys.executable, "-c", _DELETE, url, queue], env=env, timeout=TIMEOUT, check=True
+        )

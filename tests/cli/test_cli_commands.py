@@ -24,6 +24,9 @@ SUBCOMMANDS = [
     ["dead", "requeue"],
     ["dead", "purge"],
     ["enqueue"],
+    ["queue"],
+    ["queue", "flush"],
+    ["queue", "delete"],
 ]
 
 
@@ -67,6 +70,7 @@ def test_help_via_module(cli_env, tmp_path) -> None:
         (["enqueue", "place_order", "--args", "[1]", "--app", "cli_shop_app:app"], "JSON object"),
         (["enqueue", "place_order", "--args", "{}", "--app", "cli_shop_app:app"], "do not fit"),
         (["enqueue", "place_order"], "needs --app"),
+        (["queue", "flush", "orders", "--yes"], "queue flush needs --broker URL"),
         (["enqueue", "x", "--app", "cli_shop_app:orders"], "not a Repid app"),
         (["asyncapi", "cli_shop_app:orders", "-o", "/no/such/dir/x.json"], "cannot write"),
     ],
@@ -123,7 +127,7 @@ def test_enqueue_and_queues_in_a_subprocess(cli_env, tmp_path) -> None:
         "high",
     )
     assert result.returncode == 1  # the in-memory queue of a fresh process is not declared
-    assert "queue is not declared" in result.stderr
+    assert "queue 'orders' is not declared on the broker" in result.stderr
     result = repid_cli(cli_env, tmp_path, "queues", "cli_shop_app:routers", "--json")
     assert result.returncode == 0, result.stderr
     assert '"name": "orders", "declared": false' in result.stdout
@@ -221,3 +225,66 @@ def test_parser_defaults() -> None:
     args = build_parser().parse_args(["run", "m:a", "--queues", "a, b"])
     assert args.queues == ["a", "b"]
     assert (args.processes, args.burst, args.concurrency) == (1, False, None)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["enqueue", "proces_order", "--app", "cli_shop_app:app"],
+            "unknown actor 'proces_order' (did you mean 'place_order'?)",
+        ),
+        (
+            ["queues", "cli_shop_app:order", "--broker", "memory://"],
+            "no attribute 'order' (did you mean 'cli_shop_app:orders'?)",
+        ),
+        (
+            ["queues", "cli_shop_ap:orders", "--broker", "memory://"],
+            "no module named 'cli_shop_ap' (did you mean 'cli_shop_app'?)",
+        ),
+        (
+            ["queues", "repid.cli.targt:x", "--broker", "memory://"],
+            "(did you mean 'repid.cli.target'?)",
+        ),
+        (
+            ["enqueue", "place_order", "--broker", "memory://"],
+            "queue 'default' is not declared on the broker: start a worker for it, or run "
+            "`repid declare TARGET` first",
+        ),
+    ],
+)
+def test_typos_name_the_close_match_without_python_hints(args, message, capsys) -> None:
+    assert main(["--log-level", "ERROR", *args]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert message in lines[0]
+    assert "await" not in lines[0]
+    assert "Queue(" not in lines[0]
+
+
+def test_no_suggestion_when_nothing_is_close(capsys) -> None:
+    assert main(["enqueue", "zzzzzz", "--app", "cli_shop_app:app"]) == 1
+    line = capsys.readouterr().err.strip()
+    assert "unknown actor 'zzzzzz'; the app's actors: cancel_order, place_order" in line
+    assert "did you mean" not in line
+
+
+async def test_unknown_actor_with_an_explicit_queue_is_sent() -> None:
+    from repid.cli.operations import enqueue
+    from repid.queue import Queue
+
+    connection = Connection(InMemoryMessageBroker())
+    await connection.connect()
+    await Queue("elsewhere", _connection=connection).declare()
+    router = Router()
+
+    @router.actor
+    async def known() -> None:
+        pass
+
+    with pytest.raises(CLIError, match="unknown actor 'knwn' \\(did you mean 'known'\\?\\)"):
+        await enqueue(connection, "knwn", {}, actors=router.actors)
+    assert await enqueue(
+        connection, "other_programs_actor", {}, queue="elsewhere", actors=router.actors
+    )
+    await connection.disconnect()

@@ -10,6 +10,7 @@ import pytest
 
 from repid import Connection, InMemoryMessageBroker, Queue, Router
 from repid.cli.operations import (
+    DeadFilter,
     Progress,
     enqueue,
     list_dead,
@@ -122,3 +123,46 @@ def test_parse_args_json_rejects_non_objects(text: str, error: str) -> None:
 
 def test_parse_args_json_accepts_an_object() -> None:
     assert parse_args_json(json.dumps({"x": [1, 2]})) == {"x": [1, 2]}
+
+
+async def make_mixed_dead(connection: Connection) -> list[str]:
+    """Five dead letters: work n=0..2 (manual, exception, manual), other n=3..4 (timeout)."""
+    ids = [
+        await enqueue(connection, "work" if n < 3 else "other", {"n": n}, queue="jobs")
+        for n in range(5)
+    ]
+    reasons = ["manual", "exception", "manual", "timeout", "timeout"]
+    async for message in Queue("jobs", _connection=connection).get_messages(stop_when_empty=True):
+        await message.nack(reasons[ids.index(message.key.id_)])
+    return ids
+
+
+async def test_dead_filters_select_by_id_reason_actor_and_limit(connection) -> None:
+    ids = await make_mixed_dead(connection)
+    by_id = await list_dead(connection, "jobs", which=DeadFilter(ids=frozenset(ids[1:3])))
+    assert sorted(d.id_ for d in by_id) == sorted(ids[1:3])
+    manual = await list_dead(connection, "jobs", which=DeadFilter(reason="manual"))
+    assert sorted(d.id_ for d in manual) == sorted([ids[0], ids[2]])
+    other = await list_dead(connection, "jobs", which=DeadFilter(actor="other"))
+    assert {d.actor for d in other} == {"other"}
+    assert len(other) == 2
+    both = DeadFilter(reason="timeout", actor="work")
+    assert await list_dead(connection, "jobs", which=both) == []
+    assert len(await list_dead(connection, "jobs", which=DeadFilter(limit=4))) == 4
+
+
+async def test_requeue_and_purge_touch_only_the_selected_dead_letters(connection) -> None:
+    ids = await make_mixed_dead(connection)
+    terminal = FakeTerminal()
+    which = DeadFilter(ids=frozenset([ids[0], ids[4], "not-a-dead-id"]))
+    assert await requeue_dead(connection, "jobs", terminal, which) == 2
+    assert terminal.getvalue().endswith("\rrequeued (jobs): 2/3\n")  # total: the ids asked for
+    counts = connection.message_broker.counts("jobs")
+    assert (counts["ready"], counts["dead"]) == (2, 3)
+    assert await purge_dead(connection, "jobs", io.StringIO(), DeadFilter(reason="manual")) == 1
+    assert [d.id_ for d in await list_dead(connection, "jobs")] in (
+        [ids[1], ids[3]],
+        [ids[3], ids[1]],
+    )
+    assert await purge_dead(connection, "jobs", io.StringIO(), DeadFilter(limit=1)) == 1
+    assert connection.message_broker.counts("jobs")["dead"] == 1

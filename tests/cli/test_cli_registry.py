@@ -26,7 +26,17 @@ def test_every_registered_parser_is_bound_to_a_handler() -> None:
     for name, parser in _registered():
         assert callable(parser.get_default("handler")), name
     names = [name for name, _ in _registered()]
-    assert names == ["run", "asyncapi", "queues", "declare", "workers", "dead", "enqueue", "db"]
+    assert names == [
+        "run",
+        "asyncapi",
+        "queues",
+        "declare",
+        "workers",
+        "queue",
+        "dead",
+        "enqueue",
+        "db",
+    ]
 
 
 def test_only_run_owns_the_process() -> None:

@@ -24,6 +24,14 @@ SQLITE_DEMO = ROOT / "examples" / "demo_sqlite.py"
 TESTING_EXAMPLES = DOCS_EXAMPLES / "testing"
 
 EXPECTED: dict[str, list[str]] = {
+    "actor_handles.py": [
+        r"actor 'process_order': unexpected keyword argument 'orderid' "
+        r"\(did you mean 'order_id'\?\)",
+        r"sent to 'orders'",
+        r"processing order 3",  # HIGH first
+        r"processing order 1",
+        r"processing order 2 gift",
+    ],
     "quickstart.py": [
         r"Sending a welcome email to user 1 \(en\)",
         r"Sending a welcome email to user 2 \(fr\)",
