@@ -204,6 +204,22 @@ class DeadLetterInfo:
 _NO_DELAY = DelayProperties()
 DEFAULT_TIMEOUT = timedelta(minutes=10)
 """The default execution timeout (one shared object: the worker recognises it cheaply)."""
+NO_TIMEOUT = timedelta.max
+"""The execution timeout of `Job(timeout=None)`: the actor may run for ever (sent as 0)."""
+
+
+def _encode_timeout(value: timedelta) -> float:
+    return 0.0 if value == NO_TIMEOUT else value.total_seconds()
+
+
+def _decode_timeout(raw: Any) -> timedelta:
+    if raw is None or (type(raw) is float and raw == 600.0):
+        return DEFAULT_TIMEOUT
+    if raw == 0:
+        return NO_TIMEOUT
+    return timedelta(seconds=raw)
+
+
 _NO_RETRIES = RetriesProperties()
 
 
@@ -315,7 +331,7 @@ class Parameters(_ParametersFields):
 
     def encode(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "t": _secs(self.execution_timeout),
+            "t": _encode_timeout(self.execution_timeout),
             "ts": self.timer.timestamp.timestamp(),
         }
         if self.retries.max_amount or self.retries.actual_amount:
@@ -343,9 +359,7 @@ class Parameters(_ParametersFields):
             return tuple.__new__(
                 cls,
                 (
-                    DEFAULT_TIMEOUT
-                    if timeout is None or (type(timeout) is float and timeout == 600.0)
-                    else timedelta(seconds=timeout),
+                    _decode_timeout(timeout),
                     _NO_RETRIES,
                     None,
                     _NO_DELAY,
@@ -372,7 +386,7 @@ class Parameters(_ParametersFields):
         if delay and delay[2] is not None and not isinstance(delay[2], str):
             raise TypeError("cron must be a string")
         return cls(
-            execution_timeout=timedelta(seconds=timeout if timeout is not None else 600),
+            execution_timeout=_decode_timeout(timeout),
             retries=RetriesProperties(int(retries[0]), int(retries[1])) if retries else _NO_RETRIES,
             result=ResultProperties(str(result[0]), _td(result[1])) if result else None,
             delay=DelayProperties(_dt(delay[0]), _td(delay[1]), delay[2], _dt(delay[3]))

@@ -13,6 +13,7 @@ from pydantic_core import from_json
 from repid.brokers.base import BucketBrokerT, SupportsResultWait, cancellation_of, poll_bucket
 from repid.data import (
     DEFAULT_TIMEOUT,
+    NO_TIMEOUT,
     ArgsBucket,
     BucketT,
     DelayProperties,
@@ -100,7 +101,8 @@ class Job:
         deferred_by: run every interval (recurring).
         cron: run on this cron schedule (recurring; needs `repid[cron]`).
         retries: how many times a failed run is retried before the job is dead-lettered.
-        timeout: maximum run time of one attempt.
+        timeout: maximum run time of one attempt (default 10 minutes); `None`: no timeout,
+            the actor may run as long as it likes.
         ttl: a message not started within `ttl` of its enqueue is dead-lettered as expired.
         args_id: id of the args bucket (default: random) when args are stored in a bucket.
         args_ttl: lifetime of the args bucket.
@@ -151,7 +153,7 @@ class Job:
         deferred_by: timedelta | None = None,
         cron: str | None = None,
         retries: int = 0,
-        timeout: timedelta = _TEN_MINUTES,
+        timeout: timedelta | None = _TEN_MINUTES,
         ttl: timedelta | None = None,
         args_id: str | None = None,
         args_ttl: timedelta | None = None,
@@ -184,8 +186,8 @@ class Job:
         if not isinstance(retries, int) or retries < 0:
             raise ConfigurationError(f"retries must be an integer >= 0, got {retries!r}")
         self.retries = retries
-        self.timeout = (
-            timeout if timeout is _TEN_MINUTES else _duration(timeout, "timeout") or _TEN_MINUTES
+        self.timeout: timedelta | None = (
+            timeout if timeout is _TEN_MINUTES else _duration(timeout, "timeout")
         )
         self.ttl = None if ttl is None else _duration(ttl, "ttl")
         self.args_id = None if args_id is None else _validate_id(args_id, "args id")
@@ -287,7 +289,7 @@ class Job:
         params: Parameters = tuple.__new__(
             Parameters,
             (
-                self.timeout,
+                NO_TIMEOUT if self.timeout is None else self.timeout,
                 RetriesProperties(self.retries, 0) if self.retries else _NO_RETRIES,
                 result,
                 delay,

@@ -202,7 +202,6 @@ class Settling(Execution):
         started: int,
         message: MessageDependency | None,
     ) -> None:
-        self.succeeded += 1
         params = delivery.parameters
         decision = _decision(message)
         if params.result is not None:
@@ -224,6 +223,7 @@ class Settling(Execution):
                 logger.exception("storing the result of %s failed", delivery.key.id_)
                 await self._conclude(delivery, actor, Unrecorded())
                 return
+        self.succeeded += 1  # only now: a result that cannot be serialised is a failure alone
         await self._conclude(delivery, actor, Succeeded(decision))
         if self._events.active:
             await self._event(EventKind.SUCCEEDED, delivery, started)
