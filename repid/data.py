@@ -62,6 +62,8 @@ class DeadLetterReason(enum.StrEnum):
     DECODE_ERROR = "decode_error"
     UNKNOWN_ACTOR = "unknown_actor"
     VALIDATION_ERROR = "validation_error"
+    OUTPUT_VALIDATION_ERROR = "output_validation_error"
+    """The actor returned a value that does not fit its return annotation (`-> Out`)."""
     EXCEPTION = "exception"
     TIMEOUT = "timeout"
     EXPIRED = "expired"

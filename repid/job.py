@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Mapping
@@ -337,11 +338,13 @@ class Job:
             )
         return self
 
-    async def wait(self, timeout: float | timedelta | None = None) -> Any:
+    async def wait(self, timeout: float | timedelta | None = None, *, as_type: Any = None) -> Any:
         """Wait for the result of the last enqueued run and return what the actor returned.
 
         Args:
             timeout: give up after this long (None: wait forever). The job is not cancelled.
+            as_type: validate the stored JSON result into this type with pydantic (e.g. the
+                actor's `-> Out` model) and return that; default: the decoded JSON value.
 
         Raises:
             JobFailedError: the actor failed for good (retries exhausted); carries its error.
@@ -365,14 +368,19 @@ class Job:
         bucket = await _wait_for_bucket(broker, self._last_result_id, seconds)
         if bucket is None:
             raise TimeoutError(f"no result for job {self.name!r} within {seconds}s")
-        return _unwrap_result(bucket)
+        result = _unwrap_result(bucket)
+        if as_type is None:
+            return result
+        return _result_adapter(as_type).validate_python(result)
 
-    async def enqueue_and_wait(self, timeout: float | timedelta | None = None) -> Any:
-        """`enqueue()` then `wait(timeout)`: returns the actor's result or raises its failure."""
+    async def enqueue_and_wait(
+        self, timeout: float | timedelta | None = None, *, as_type: Any = None
+    ) -> Any:
+        """`enqueue()` then `wait(timeout, as_type=...)`: the actor's result or its failure."""
         if self.store_result is False:
             raise ConfigurationError("enqueue_and_wait() needs store_result to be on")
         await self.enqueue()
-        return await self.wait(timeout)
+        return await self.wait(timeout, as_type=as_type)
 
     async def cancel(self) -> CancelOutcome:
         """Cancel the last enqueued run (or the job with this `id_`).
@@ -446,6 +454,14 @@ async def _wait_for_bucket(
     return await poll_bucket(
         lambda: broker.get_bucket(result_id), timeout, first_pause=0.005, max_pause=0.5
     )
+
+
+@functools.lru_cache(maxsize=256)
+def _result_adapter(as_type: Any) -> Any:
+    """One compiled pydantic validator per `as_type` of `Job.wait`."""
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(as_type)
 
 
 def _unwrap_result(bucket: Any) -> Any:

@@ -44,6 +44,7 @@ class ActorData:
         "rate_limit",
         "retry_policy",
         "run_in_process",
+        "validate_output",
     )
 
     def __init__(
@@ -71,8 +72,19 @@ class ActorData:
         depends, message_params = find_injected_parameters(fn)
         self.depends: dict[str, Depends] = depends
         self.message_params: list[str] = message_params
+        self.validate_output: Callable[[Any], Any] | None = None
+        """The converter's check of the return value, when the actor's annotation asks for one."""
+        self.refresh_output_check()
         if run_in_process and self.is_async:
             raise ValueError(f"actor {name!r}: run_in_process needs a synchronous function")
+
+    def refresh_output_check(self) -> None:
+        """Pick up the converter's output validator (after its type hints resolved)."""
+        try:
+            wanted = bool(getattr(self.converter, "validates_output", False))
+        except ConfigurationError:
+            wanted = False  # hints not resolvable yet: `Worker.run` prepares and retries
+        self.validate_output = getattr(self.converter, "validate_output", None) if wanted else None
 
     def __repr__(self) -> str:
         return f"ActorData(name={self.name!r}, queue={self.queue!r})"

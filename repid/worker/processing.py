@@ -190,6 +190,15 @@ class Processing(Settling):
                 delivery, actor, exception, DeadLetterReason.EXCEPTION, started, message
             )
             return
+        validate_output = actor.validate_output
+        if validate_output is not None:
+            try:
+                result = validate_output(result)
+            except Exception as exc:
+                await self._failed(
+                    delivery, actor, exc, DeadLetterReason.OUTPUT_VALIDATION_ERROR, started, message
+                )
+                return
         if params.result is None and message is None and not params.delay.is_recurring:
             # The common case: nothing to store, just acknowledge.
             self.succeeded += 1

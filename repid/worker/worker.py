@@ -142,6 +142,7 @@ class Worker(Router):
                     prepare = getattr(actor.converter, "prepare", None)
                     if prepare is not None:
                         prepare()
+                    actor.refresh_output_check()
                 connection = self.connection
                 if not connection.is_open:
                     await connection.connect()
