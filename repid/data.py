@@ -223,6 +223,9 @@ def _decode_timeout(raw: Any) -> timedelta:
 
 
 _NO_RETRIES = RetriesProperties()
+UNSET_RETRIES = _NO_RETRIES
+"""The retries of a Job that did not set `retries` (one shared object: the actor's default
+applies to it; an explicit `Job(retries=0)` is another object)."""
 
 
 @runtime_checkable
@@ -294,6 +297,12 @@ class Parameters(_ParametersFields):
         when = self.delay.next_execution_time or self.delay.delay_until
         return None if when is None else when.timestamp()
 
+    def _fresh_retries(self) -> RetriesProperties:
+        """No retry used yet; a Job that left `retries` unset stays unset (actor default)."""
+        if self.retries is _NO_RETRIES:
+            return _NO_RETRIES
+        return RetriesProperties(self.retries.max_amount, 0)
+
     def for_retry(self, delay: timedelta) -> Parameters:
         """Parameters of the next attempt: one more retry used, not before now + `delay`."""
         return self._replace(
@@ -313,7 +322,7 @@ class Parameters(_ParametersFields):
         """Parameters of a recurring job's next run; retries reset, timer restarted."""
         now = now or datetime.now(tz=UTC)
         return self._replace(
-            retries=RetriesProperties(self.retries.max_amount, 0),
+            retries=self._fresh_retries(),
             delay=self.delay._replace(next_execution_time=next_tick(self.delay, now)),
             timer=TimerProperties(now, self.timer.ttl),
             dead_letter=None,
@@ -325,7 +334,7 @@ class Parameters(_ParametersFields):
     def for_requeue_from_dead(self) -> Parameters:
         """A dead letter sent back to work: fresh retries, no delay, no dead-letter details."""
         return self._replace(
-            retries=RetriesProperties(self.retries.max_amount, 0),
+            retries=self._fresh_retries(),
             delay=self.delay._replace(next_execution_time=None, delay_until=None),
             timer=TimerProperties(datetime.now(tz=UTC), self.timer.ttl),
             dead_letter=None,
@@ -336,7 +345,7 @@ class Parameters(_ParametersFields):
             "t": _encode_timeout(self.execution_timeout),
             "ts": self.timer.timestamp.timestamp(),
         }
-        if self.retries.max_amount or self.retries.actual_amount:
+        if self.retries is not _NO_RETRIES:  # an explicit Job(retries=0) is sent too
             out["r"] = [self.retries.max_amount, self.retries.actual_amount]
         if self.result is not None:
             out["res"] = [self.result.id_, _secs(self.result.ttl)]

@@ -11,10 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic_core import from_json
 
+from repid import _actor_defaults
 from repid.brokers.base import BucketBrokerT, SupportsResultWait, cancellation_of, poll_bucket
 from repid.data import (
     DEFAULT_TIMEOUT,
     NO_TIMEOUT,
+    UNSET_RETRIES,
     ArgsBucket,
     BucketT,
     DelayProperties,
@@ -50,7 +52,7 @@ _ID = re.compile(r"[a-zA-Z0-9_\-]+")
 _ONE_SECOND = timedelta(seconds=1)
 _TEN_MINUTES = DEFAULT_TIMEOUT
 _ONE_DAY = timedelta(days=1)
-_NO_RETRIES = RetriesProperties()
+_NO_RETRIES = UNSET_RETRIES
 _NO_DELAY = DelayProperties()
 
 
@@ -95,15 +97,19 @@ class Job:
     Args:
         name: the actor to run (`[a-zA-Z_][a-zA-Z0-9_-]*`).
         queue: queue name or `Queue`.
-        priority: `PrioritiesT.HIGH`, `MEDIUM` (default) or `LOW`.
+        priority: `PrioritiesT.HIGH`, `MEDIUM` or `LOW`; default: the actor's
+            `@router.actor(priority=...)` when this process has the actor registered, else
+            `MEDIUM`.
         id_: a fixed message id; such a job is unique: enqueuing it while a message with this id
             is pending does not create a second one. Default: a new random id per enqueue.
         deferred_until: do not run before this time.
         deferred_by: run every interval (recurring).
         cron: run on this cron schedule (recurring; needs `repid[cron]`).
-        retries: how many times a failed run is retried before the job is dead-lettered.
-        timeout: maximum run time of one attempt (default 10 minutes); `None`: no timeout,
-            the actor may run as long as it likes.
+        retries: how many times a failed run is retried before the job is dead-lettered;
+            default: the actor's `@router.actor(retries=...)`, else 0.
+        timeout: maximum run time of one attempt; default: the actor's
+            `@router.actor(timeout=...)`, else 10 minutes. `None`: no timeout, the actor may
+            run as long as it likes.
         ttl: a message not started within `ttl` of its enqueue is dead-lettered as expired.
         args_id: id of the args bucket (default: random) when args are stored in a bucket.
         args_ttl: lifetime of the args bucket.
@@ -124,6 +130,8 @@ class Job:
         "_last_id",
         "_last_result_id",
         "_priority",
+        "_priority_set",
+        "_retries_set",
         "args",
         "args_id",
         "args_ttl",
@@ -148,12 +156,12 @@ class Job:
         self,
         name: str,
         queue: str | Queue = "default",
-        priority: PrioritiesT = PrioritiesT.MEDIUM,
+        priority: PrioritiesT | None = None,
         id_: str | None = None,
         deferred_until: datetime | None = None,
         deferred_by: timedelta | None = None,
         cron: str | None = None,
-        retries: int = 0,
+        retries: int | None = None,
         timeout: timedelta | None = _TEN_MINUTES,
         ttl: timedelta | None = None,
         args_id: str | None = None,
@@ -169,6 +177,9 @@ class Job:
         self._created = time.time()
         self.name = validate_name(name, "job name")
         self.queue = queue if isinstance(queue, Queue) else _queue(queue, _connection)
+        self._priority_set = priority is not None
+        if priority is None:
+            priority = PrioritiesT.MEDIUM
         self.priority = priority if type(priority) is PrioritiesT else PrioritiesT(priority)
         self._priority = int(self.priority)
         self.id_ = None if id_ is None else _validate_id(id_, "job id")
@@ -184,6 +195,9 @@ class Job:
         self.deferred_until = deferred_until
         self.deferred_by = None if deferred_by is None else _duration(deferred_by, "deferred_by")
         self.cron = cron
+        self._retries_set = retries is not None
+        if retries is None:
+            retries = 0
         if not isinstance(retries, int) or retries < 0:
             raise ConfigurationError(f"retries must be an integer >= 0, got {retries!r}")
         self.retries = retries
@@ -291,7 +305,7 @@ class Job:
             Parameters,
             (
                 NO_TIMEOUT if self.timeout is None else self.timeout,
-                RetriesProperties(self.retries, 0) if self.retries else _NO_RETRIES,
+                RetriesProperties(self.retries, 0) if self._retries_set else _NO_RETRIES,
                 result,
                 delay,
                 tuple.__new__(TimerProperties, (now, self.ttl)),
@@ -301,7 +315,15 @@ class Job:
             ),
         )
         key: RoutingKey = tuple.__new__(
-            RoutingKey, (self.id_ or new_id(), self.name, self.queue.name, self._priority)
+            RoutingKey,
+            (
+                self.id_ or new_id(),
+                self.name,
+                self.queue.name,
+                self._priority
+                if self._priority_set
+                else _actor_defaults.PRIORITIES.get(self.name, self._priority),
+            ),
         )
         return key, payload, params
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, TypeVar, overload
 
+from repid import _actor_defaults
 from repid.converter import ConverterT, DefaultConverter
+from repid.data import PrioritiesT
 from repid.dependencies import Depends, find_injected_parameters
 from repid.errors import ConfigurationError
 from repid.lifecycle import RateLimit
@@ -27,6 +30,12 @@ class RouterDefaults:
     retry_policy: RetryPolicyT = field(default_factory=default_retry_policy_factory)
     run_in_process: bool = False
     converter: type[ConverterT] = DefaultConverter
+    timeout: timedelta | None = None
+    """Execution timeout of the actors' jobs that do not set one (None: the Job's default)."""
+    retries: int | None = None
+    """Retries of the actors' jobs that do not set `retries`."""
+    priority: PrioritiesT | None = None
+    """Priority of the actors' jobs that do not set one (applied by the producing process)."""
 
 
 class ActorData:
@@ -40,10 +49,13 @@ class ActorData:
         "max_concurrency",
         "message_params",
         "name",
+        "priority",
         "queue",
         "rate_limit",
+        "retries",
         "retry_policy",
         "run_in_process",
+        "timeout",
         "validate_output",
     )
 
@@ -57,7 +69,17 @@ class ActorData:
         converter: ConverterT,
         max_concurrency: int | None = None,
         rate_limit: RateLimit | None = None,
+        timeout: timedelta | None = None,
+        retries: int | None = None,
+        priority: PrioritiesT | None = None,
     ) -> None:
+        if timeout is not None and timeout < timedelta(seconds=1):
+            raise ConfigurationError(f"actor {name!r}: timeout must be at least 1 second")
+        if retries is not None and (not isinstance(retries, int) or retries < 0):
+            raise ConfigurationError(f"actor {name!r}: retries must be an integer >= 0")
+        self.timeout = timeout
+        self.retries = retries
+        self.priority = None if priority is None else PrioritiesT(priority)
         if max_concurrency is not None and max_concurrency < 1:
             raise ConfigurationError(f"actor {name!r}: max_concurrency must be >= 1")
         self.max_concurrency = max_concurrency
@@ -125,6 +147,9 @@ class Router:
         converter: type[ConverterT] | None = None,
         max_concurrency: int | None = None,
         rate_limit: RateLimit | None = None,
+        timeout: timedelta | None = None,
+        retries: int | None = None,
+        priority: PrioritiesT | None = None,
     ) -> Callable[[FnT], FnT]: ...
 
     def actor(
@@ -139,6 +164,9 @@ class Router:
         converter: type[ConverterT] | None = None,
         max_concurrency: int | None = None,
         rate_limit: RateLimit | None = None,
+        timeout: timedelta | None = None,
+        retries: int | None = None,
+        priority: PrioritiesT | None = None,
     ) -> FnT | Callable[[FnT], FnT]:
         """Register a function as an actor; returns the function unchanged.
 
@@ -153,6 +181,13 @@ class Router:
             max_concurrency: at most this many runs of the actor at once, across the workers of
                 the broker where it can share state (in-memory: its process), else per worker.
             rate_limit: at most `RateLimit(n, per)` starts of the actor, shared the same way.
+            timeout: execution timeout of the actor's jobs whose `Job` keeps the default
+                (the worker applies it); a `Job(timeout=...)` that sets one wins.
+            retries: retries of the actor's jobs whose `Job` does not pass `retries` (the
+                worker applies it); `Job(retries=n)`, even `0`, wins.
+            priority: priority of the actor's jobs whose `Job` does not pass `priority`. It is
+                chosen at `enqueue()`, so it applies where the producing process has this
+                actor registered (imported); elsewhere such a job is `MEDIUM`.
         """
 
         def register(function: FnT) -> FnT:
@@ -172,7 +207,13 @@ class Router:
                 converter=converter_cls(function),
                 max_concurrency=max_concurrency,
                 rate_limit=rate_limit,
+                timeout=self.defaults.timeout if timeout is None else timeout,
+                retries=self.defaults.retries if retries is None else retries,
+                priority=self.defaults.priority if priority is None else priority,
             )
+            actor_priority = self.actors[actor_name].priority
+            if actor_priority is not None:
+                _actor_defaults.PRIORITIES[actor_name] = int(actor_priority)
             return function
 
         if fn is not None:

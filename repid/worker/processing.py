@@ -116,8 +116,10 @@ class Processing(Settling):
         if self._events.active:
             await self._event(EventKind.STARTED, delivery)
         timeout_td = params.execution_timeout
-        if timeout_td is DEFAULT_TIMEOUT:
-            timeout = _DEFAULT_TIMEOUT_SECONDS
+        if timeout_td is DEFAULT_TIMEOUT:  # the Job kept the default: the actor's wins
+            timeout = (
+                _DEFAULT_TIMEOUT_SECONDS if actor.timeout is None else actor.timeout.total_seconds()
+            )
         elif timeout_td == NO_TIMEOUT:
             timeout = math.inf
         else:

@@ -9,7 +9,7 @@ import traceback
 from typing import Any
 
 from repid.brokers.base import Delivery
-from repid.data import DeadLetterReason, ResultBucket
+from repid.data import DEFAULT_TIMEOUT, DeadLetterReason, ResultBucket
 from repid.lifecycle import EventKind, JobCancelledError, Snooze
 from repid.message import MessageDecision, MessageDependency
 from repid.router import ActorData
@@ -176,9 +176,10 @@ class Settling(Execution):
         task = lane.task
         while task.cancelling():
             task.uncancel()
-        exc = TimeoutError(
-            f"actor {actor.name!r} exceeded its timeout of {delivery.parameters.execution_timeout}"
-        )
+        limit = delivery.parameters.execution_timeout
+        if limit is DEFAULT_TIMEOUT and actor.timeout is not None:
+            limit = actor.timeout
+        exc = TimeoutError(f"actor {actor.name!r} exceeded its timeout of {limit}")
         await self._failed(delivery, actor, exc, DeadLetterReason.TIMEOUT, started, message)
 
     async def _interrupted(
