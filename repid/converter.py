@@ -25,12 +25,20 @@ __all__ = [
     "BasicConverter",
     "ConverterT",
     "DefaultConverter",
+    "OutputValidationError",
     "PydanticConverter",
 ]
 
 
 class ArgumentsError(RepidError, ValueError):
     """The payload does not fit the actor's parameters (raised by converters)."""
+
+
+class OutputValidationError(RepidError, ValueError):
+    """An actor's return value does not fit its return annotation (`-> Out`)."""
+
+
+_UNCHECKED_RETURNS: tuple[Any, ...] = (Any, object, None, type(None))
 
 
 class ConverterT(Protocol):
@@ -170,6 +178,9 @@ class PydanticConverter:
         )
         self._adapter: TypeAdapter[dict[str, Any]] | None = None
         self._validator: SchemaValidator | TypeAdapter[dict[str, Any]] | None = None
+        self._return_hint: Any = None
+        self._output: TypeAdapter[Any] | None = None
+        self._output_ready = False
         with contextlib.suppress(ConfigurationError):  # retried at start-up and on first use
             self.prepare()
 
@@ -187,6 +198,7 @@ class PydanticConverter:
             raise ConfigurationError(
                 f"cannot resolve the type hints of actor function {self._name!r}: {exc!r}"
             ) from exc
+        self._return_hint = hints.get("return")
         self._fields = {
             p.name: (hints.get(p.name, Any), p.default is inspect.Parameter.empty)
             for p in self._params
@@ -195,10 +207,11 @@ class PydanticConverter:
         return self._fields
 
     def prepare(self) -> None:
-        """Compile the validator; `ConfigurationError` if the type hints cannot be resolved."""
+        """Compile the validators; `ConfigurationError` if the type hints cannot be resolved."""
         if self._validator is not None:
             return
         fields = self._resolve()
+        self._prepare_output()
         plain: dict[str, core_schema.TypedDictField] = {}
         for name, (hint, required) in fields.items():
             make = _PLAIN_SCHEMAS.get(hint) if isinstance(hint, type) or hint is Any else None
@@ -211,6 +224,50 @@ class PydanticConverter:
             core_schema.typed_dict_schema(plain, extra_behavior=extra),
             core_schema.CoreConfig(title=f"{self._name}_arguments", extra_fields_behavior=extra),
         )
+
+    def _prepare_output(self) -> None:
+        """Compile the validator of the return annotation (none for `None`, `Any`, `object`
+        or no annotation: such results are stored as they are)."""
+        if self._output_ready:
+            return
+        hint = self._return_hint
+        if hint not in _UNCHECKED_RETURNS:
+            from pydantic import ConfigDict, PydanticSchemaGenerationError, TypeAdapter
+
+            adapter_of: Any = TypeAdapter
+            try:
+                try:
+                    self._output = adapter_of(hint)
+                except PydanticSchemaGenerationError:  # a plain class: an isinstance check
+                    self._output = adapter_of(hint, config=ConfigDict(arbitrary_types_allowed=True))
+            except Exception as exc:
+                raise ConfigurationError(
+                    f"actor function {self._name!r} has a return type pydantic cannot "
+                    f"validate: {exc}"
+                ) from exc
+        self._output_ready = True
+
+    @property
+    def validates_output(self) -> bool:
+        """Whether the actor's return value is checked against its annotation."""
+        if not self._output_ready:
+            self.prepare()
+        return self._output is not None
+
+    def validate_output(self, data: Any) -> Any:
+        """`data` validated against the return annotation (`OutputValidationError` if it does
+        not fit); returned unchanged when the actor has no checked return annotation."""
+        if not self._output_ready:
+            self.prepare()
+        output = self._output
+        if output is None:
+            return data
+        try:
+            return output.validate_python(data)
+        except ValidationError as exc:
+            raise OutputValidationError(
+                f"actor {self._name!r} returned a value that does not fit its return type: {exc}"
+            ) from exc
 
     def _build_adapter(self) -> TypeAdapter[dict[str, Any]]:
         if self._adapter is not None:

@@ -62,6 +62,8 @@ class DeadLetterReason(enum.StrEnum):
     DECODE_ERROR = "decode_error"
     UNKNOWN_ACTOR = "unknown_actor"
     VALIDATION_ERROR = "validation_error"
+    OUTPUT_VALIDATION_ERROR = "output_validation_error"
+    """The actor returned a value that does not fit its return annotation (`-> Out`)."""
     EXCEPTION = "exception"
     TIMEOUT = "timeout"
     EXPIRED = "expired"
@@ -204,7 +206,26 @@ class DeadLetterInfo:
 _NO_DELAY = DelayProperties()
 DEFAULT_TIMEOUT = timedelta(minutes=10)
 """The default execution timeout (one shared object: the worker recognises it cheaply)."""
+NO_TIMEOUT = timedelta.max
+"""The execution timeout of `Job(timeout=None)`: the actor may run for ever (sent as 0)."""
+
+
+def _encode_timeout(value: timedelta) -> float:
+    return 0.0 if value == NO_TIMEOUT else value.total_seconds()
+
+
+def _decode_timeout(raw: Any) -> timedelta:
+    if raw is None or (type(raw) is float and raw == 600.0):
+        return DEFAULT_TIMEOUT
+    if raw == 0:
+        return NO_TIMEOUT
+    return timedelta(seconds=raw)
+
+
 _NO_RETRIES = RetriesProperties()
+UNSET_RETRIES = _NO_RETRIES
+"""The retries of a Job that did not set `retries` (one shared object: the actor's default
+applies to it; an explicit `Job(retries=0)` is another object)."""
 
 
 @runtime_checkable
@@ -276,6 +297,12 @@ class Parameters(_ParametersFields):
         when = self.delay.next_execution_time or self.delay.delay_until
         return None if when is None else when.timestamp()
 
+    def _fresh_retries(self) -> RetriesProperties:
+        """No retry used yet; a Job that left `retries` unset stays unset (actor default)."""
+        if self.retries is _NO_RETRIES:
+            return _NO_RETRIES
+        return RetriesProperties(self.retries.max_amount, 0)
+
     def for_retry(self, delay: timedelta) -> Parameters:
         """Parameters of the next attempt: one more retry used, not before now + `delay`."""
         return self._replace(
@@ -295,7 +322,7 @@ class Parameters(_ParametersFields):
         """Parameters of a recurring job's next run; retries reset, timer restarted."""
         now = now or datetime.now(tz=UTC)
         return self._replace(
-            retries=RetriesProperties(self.retries.max_amount, 0),
+            retries=self._fresh_retries(),
             delay=self.delay._replace(next_execution_time=next_tick(self.delay, now)),
             timer=TimerProperties(now, self.timer.ttl),
             dead_letter=None,
@@ -307,7 +334,7 @@ class Parameters(_ParametersFields):
     def for_requeue_from_dead(self) -> Parameters:
         """A dead letter sent back to work: fresh retries, no delay, no dead-letter details."""
         return self._replace(
-            retries=RetriesProperties(self.retries.max_amount, 0),
+            retries=self._fresh_retries(),
             delay=self.delay._replace(next_execution_time=None, delay_until=None),
             timer=TimerProperties(datetime.now(tz=UTC), self.timer.ttl),
             dead_letter=None,
@@ -315,10 +342,10 @@ class Parameters(_ParametersFields):
 
     def encode(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "t": _secs(self.execution_timeout),
+            "t": _encode_timeout(self.execution_timeout),
             "ts": self.timer.timestamp.timestamp(),
         }
-        if self.retries.max_amount or self.retries.actual_amount:
+        if self.retries is not _NO_RETRIES:  # an explicit Job(retries=0) is sent too
             out["r"] = [self.retries.max_amount, self.retries.actual_amount]
         if self.result is not None:
             out["res"] = [self.result.id_, _secs(self.result.ttl)]
@@ -343,9 +370,7 @@ class Parameters(_ParametersFields):
             return tuple.__new__(
                 cls,
                 (
-                    DEFAULT_TIMEOUT
-                    if timeout is None or (type(timeout) is float and timeout == 600.0)
-                    else timedelta(seconds=timeout),
+                    _decode_timeout(timeout),
                     _NO_RETRIES,
                     None,
                     _NO_DELAY,
@@ -372,7 +397,7 @@ class Parameters(_ParametersFields):
         if delay and delay[2] is not None and not isinstance(delay[2], str):
             raise TypeError("cron must be a string")
         return cls(
-            execution_timeout=timedelta(seconds=timeout if timeout is not None else 600),
+            execution_timeout=_decode_timeout(timeout),
             retries=RetriesProperties(int(retries[0]), int(retries[1])) if retries else _NO_RETRIES,
             result=ResultProperties(str(result[0]), _td(result[1])) if result else None,
             delay=DelayProperties(_dt(delay[0]), _td(delay[1]), delay[2], _dt(delay[3]))

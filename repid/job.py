@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Mapping
@@ -10,9 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic_core import from_json
 
+from repid import _actor_defaults
 from repid.brokers.base import BucketBrokerT, SupportsResultWait, cancellation_of, poll_bucket
 from repid.data import (
     DEFAULT_TIMEOUT,
+    NO_TIMEOUT,
+    UNSET_RETRIES,
     ArgsBucket,
     BucketT,
     DelayProperties,
@@ -48,7 +52,7 @@ _ID = re.compile(r"[a-zA-Z0-9_\-]+")
 _ONE_SECOND = timedelta(seconds=1)
 _TEN_MINUTES = DEFAULT_TIMEOUT
 _ONE_DAY = timedelta(days=1)
-_NO_RETRIES = RetriesProperties()
+_NO_RETRIES = UNSET_RETRIES
 _NO_DELAY = DelayProperties()
 
 
@@ -93,14 +97,19 @@ class Job:
     Args:
         name: the actor to run (`[a-zA-Z_][a-zA-Z0-9_-]*`).
         queue: queue name or `Queue`.
-        priority: `PrioritiesT.HIGH`, `MEDIUM` (default) or `LOW`.
+        priority: `PrioritiesT.HIGH`, `MEDIUM` or `LOW`; default: the actor's
+            `@router.actor(priority=...)` when this process has the actor registered, else
+            `MEDIUM`.
         id_: a fixed message id; such a job is unique: enqueuing it while a message with this id
             is pending does not create a second one. Default: a new random id per enqueue.
         deferred_until: do not run before this time.
         deferred_by: run every interval (recurring).
         cron: run on this cron schedule (recurring; needs `repid[cron]`).
-        retries: how many times a failed run is retried before the job is dead-lettered.
-        timeout: maximum run time of one attempt.
+        retries: how many times a failed run is retried before the job is dead-lettered;
+            default: the actor's `@router.actor(retries=...)`, else 0.
+        timeout: maximum run time of one attempt; default: the actor's
+            `@router.actor(timeout=...)`, else 10 minutes. `None`: no timeout, the actor may
+            run as long as it likes.
         ttl: a message not started within `ttl` of its enqueue is dead-lettered as expired.
         args_id: id of the args bucket (default: random) when args are stored in a bucket.
         args_ttl: lifetime of the args bucket.
@@ -121,6 +130,8 @@ class Job:
         "_last_id",
         "_last_result_id",
         "_priority",
+        "_priority_set",
+        "_retries_set",
         "args",
         "args_id",
         "args_ttl",
@@ -145,13 +156,13 @@ class Job:
         self,
         name: str,
         queue: str | Queue = "default",
-        priority: PrioritiesT = PrioritiesT.MEDIUM,
+        priority: PrioritiesT | None = None,
         id_: str | None = None,
         deferred_until: datetime | None = None,
         deferred_by: timedelta | None = None,
         cron: str | None = None,
-        retries: int = 0,
-        timeout: timedelta = _TEN_MINUTES,
+        retries: int | None = None,
+        timeout: timedelta | None = _TEN_MINUTES,
         ttl: timedelta | None = None,
         args_id: str | None = None,
         args_ttl: timedelta | None = None,
@@ -170,6 +181,9 @@ class Job:
         else:
             cached = _QUEUES.get(queue) if _connection is None and type(queue) is str else None
             self.queue = cached if cached is not None else _queue(queue, _connection)
+        self._priority_set = priority is not None
+        if priority is None:
+            priority = PrioritiesT.MEDIUM
         self.priority = priority if type(priority) is PrioritiesT else PrioritiesT(priority)
         self._priority = int(self.priority)
         self.id_ = None if id_ is None else _validate_id(id_, "job id")
@@ -185,11 +199,14 @@ class Job:
         self.deferred_until = deferred_until
         self.deferred_by = None if deferred_by is None else _duration(deferred_by, "deferred_by")
         self.cron = cron
+        self._retries_set = retries is not None
+        if retries is None:
+            retries = 0
         if not isinstance(retries, int) or retries < 0:
             raise ConfigurationError(f"retries must be an integer >= 0, got {retries!r}")
         self.retries = retries
-        self.timeout = (
-            timeout if timeout is _TEN_MINUTES else _duration(timeout, "timeout") or _TEN_MINUTES
+        self.timeout: timedelta | None = (
+            timeout if timeout is _TEN_MINUTES else _duration(timeout, "timeout")
         )
         self.ttl = None if ttl is None else _duration(ttl, "ttl")
         self.args_id = None if args_id is None else _validate_id(args_id, "args id")
@@ -293,8 +310,8 @@ class Job:
         params: Parameters = tuple.__new__(
             Parameters,
             (
-                self.timeout,
-                RetriesProperties(self.retries, 0) if self.retries else _NO_RETRIES,
+                NO_TIMEOUT if self.timeout is None else self.timeout,
+                RetriesProperties(self.retries, 0) if self._retries_set else _NO_RETRIES,
                 result,
                 delay,
                 tuple.__new__(TimerProperties, (now, self.ttl)),
@@ -304,7 +321,15 @@ class Job:
             ),
         )
         key: RoutingKey = tuple.__new__(
-            RoutingKey, (self.id_ or new_id(), self.name, self.queue.name, self._priority)
+            RoutingKey,
+            (
+                self.id_ or new_id(),
+                self.name,
+                self.queue.name,
+                self._priority
+                if self._priority_set
+                else _actor_defaults.PRIORITIES.get(self.name, self._priority),
+            ),
         )
         return key, payload, params
 
@@ -341,11 +366,13 @@ class Job:
             )
         return self
 
-    async def wait(self, timeout: float | timedelta | None = None) -> Any:
+    async def wait(self, timeout: float | timedelta | None = None, *, as_type: Any = None) -> Any:
         """Wait for the result of the last enqueued run and return what the actor returned.
 
         Args:
             timeout: give up after this long (None: wait forever). The job is not cancelled.
+            as_type: validate the stored JSON result into this type with pydantic (e.g. the
+                actor's `-> Out` model) and return that; default: the decoded JSON value.
 
         Raises:
             JobFailedError: the actor failed for good (retries exhausted); carries its error.
@@ -369,14 +396,19 @@ class Job:
         bucket = await _wait_for_bucket(broker, self._last_result_id, seconds)
         if bucket is None:
             raise TimeoutError(f"no result for job {self.name!r} within {seconds}s")
-        return _unwrap_result(bucket)
+        result = _unwrap_result(bucket)
+        if as_type is None:
+            return result
+        return _result_adapter(as_type).validate_python(result)
 
-    async def enqueue_and_wait(self, timeout: float | timedelta | None = None) -> Any:
-        """`enqueue()` then `wait(timeout)`: returns the actor's result or raises its failure."""
+    async def enqueue_and_wait(
+        self, timeout: float | timedelta | None = None, *, as_type: Any = None
+    ) -> Any:
+        """`enqueue()` then `wait(timeout, as_type=...)`: the actor's result or its failure."""
         if self.store_result is False:
             raise ConfigurationError("enqueue_and_wait() needs store_result to be on")
         await self.enqueue()
-        return await self.wait(timeout)
+        return await self.wait(timeout, as_type=as_type)
 
     async def cancel(self) -> CancelOutcome:
         """Cancel the last enqueued run (or the job with this `id_`).
@@ -450,6 +482,14 @@ async def _wait_for_bucket(
     return await poll_bucket(
         lambda: broker.get_bucket(result_id), timeout, first_pause=0.005, max_pause=0.5
     )
+
+
+@functools.lru_cache(maxsize=256)
+def _result_adapter(as_type: Any) -> Any:
+    """One compiled pydantic validator per `as_type` of `Job.wait`."""
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(as_type)
 
 
 def _unwrap_result(bucket: Any) -> Any:

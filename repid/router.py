@@ -5,9 +5,12 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar, overload
 
+from repid import _actor_defaults
 from repid.converter import ConverterT, DefaultConverter
+from repid.data import PrioritiesT
 from repid.dependencies import Depends, find_injected_parameters
 from repid.errors import ConfigurationError
 from repid.handle import ActorFunction, ActorHandle, attach
@@ -29,6 +32,12 @@ class RouterDefaults:
     retry_policy: RetryPolicyT = field(default_factory=default_retry_policy_factory)
     run_in_process: bool = False
     converter: type[ConverterT] = DefaultConverter
+    timeout: timedelta | None = None
+    """Execution timeout of the actors' jobs that do not set one (None: the Job's default)."""
+    retries: int | None = None
+    """Retries of the actors' jobs that do not set `retries`."""
+    priority: PrioritiesT | None = None
+    """Priority of the actors' jobs that do not set one (applied by the producing process)."""
 
 
 class ActorData:
@@ -43,10 +52,14 @@ class ActorData:
         "max_concurrency",
         "message_params",
         "name",
+        "priority",
         "queue",
         "rate_limit",
+        "retries",
         "retry_policy",
         "run_in_process",
+        "timeout",
+        "validate_output",
     )
 
     def __init__(
@@ -59,7 +72,17 @@ class ActorData:
         converter: ConverterT,
         max_concurrency: int | None = None,
         rate_limit: RateLimit | None = None,
+        timeout: timedelta | None = None,
+        retries: int | None = None,
+        priority: PrioritiesT | None = None,
     ) -> None:
+        if timeout is not None and timeout < timedelta(seconds=1):
+            raise ConfigurationError(f"actor {name!r}: timeout must be at least 1 second")
+        if retries is not None and (not isinstance(retries, int) or retries < 0):
+            raise ConfigurationError(f"actor {name!r}: retries must be an integer >= 0")
+        self.timeout = timeout
+        self.retries = retries
+        self.priority = None if priority is None else PrioritiesT(priority)
         if max_concurrency is not None and max_concurrency < 1:
             raise ConfigurationError(f"actor {name!r}: max_concurrency must be >= 1")
         self.max_concurrency = max_concurrency
@@ -74,6 +97,9 @@ class ActorData:
         depends, message_params = find_injected_parameters(fn)
         self.depends: dict[str, Depends] = depends
         self.message_params: list[str] = message_params
+        self.validate_output: Callable[[Any], Any] | None = None
+        """The converter's check of the return value, when the actor's annotation asks for one."""
+        self.refresh_output_check()
         if run_in_process and self.is_async:
             raise ValueError(f"actor {name!r}: run_in_process needs a synchronous function")
         self._handle: ActorHandle[Any] | None = None
@@ -84,6 +110,14 @@ class ActorData:
         if self._handle is None:
             self._handle = ActorHandle(self)
         return self._handle
+
+    def refresh_output_check(self) -> None:
+        """Pick up the converter's output validator (after its type hints resolved)."""
+        try:
+            wanted = bool(getattr(self.converter, "validates_output", False))
+        except ConfigurationError:
+            wanted = False  # hints not resolvable yet: `Worker.run` prepares and retries
+        self.validate_output = getattr(self.converter, "validate_output", None) if wanted else None
 
     def __repr__(self) -> str:
         return f"ActorData(name={self.name!r}, queue={self.queue!r})"
@@ -124,6 +158,9 @@ class Router:
         converter: type[ConverterT] | None = None,
         max_concurrency: int | None = None,
         rate_limit: RateLimit | None = None,
+        timeout: timedelta | None = None,
+        retries: int | None = None,
+        priority: PrioritiesT | None = None,
     ) -> Callable[[Callable[P, R]], ActorFunction[P, R]]: ...
 
     def actor(
@@ -138,6 +175,9 @@ class Router:
         converter: type[ConverterT] | None = None,
         max_concurrency: int | None = None,
         rate_limit: RateLimit | None = None,
+        timeout: timedelta | None = None,
+        retries: int | None = None,
+        priority: PrioritiesT | None = None,
     ) -> Any:
         """Register a function as an actor; returns the same function, with its handle attached.
 
@@ -157,6 +197,13 @@ class Router:
             max_concurrency: at most this many runs of the actor at once, across the workers of
                 the broker where it can share state (in-memory: its process), else per worker.
             rate_limit: at most `RateLimit(n, per)` starts of the actor, shared the same way.
+            timeout: execution timeout of the actor's jobs whose `Job` keeps the default
+                (the worker applies it); a `Job(timeout=...)` that sets one wins.
+            retries: retries of the actor's jobs whose `Job` does not pass `retries` (the
+                worker applies it); `Job(retries=n)`, even `0`, wins.
+            priority: priority of the actor's jobs whose `Job` does not pass `priority`. It is
+                chosen at `enqueue()`, so it applies where the producing process has this
+                actor registered (imported); elsewhere such a job is `MEDIUM`.
         """
 
         def register(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -176,9 +223,14 @@ class Router:
                 converter=converter_cls(function),
                 max_concurrency=max_concurrency,
                 rate_limit=rate_limit,
+                timeout=self.defaults.timeout if timeout is None else timeout,
+                retries=self.defaults.retries if retries is None else retries,
+                priority=self.defaults.priority if priority is None else priority,
             )
             self.actors[actor_name] = actor_data
             attach(function, actor_data.handle)
+            if actor_data.priority is not None:
+                _actor_defaults.PRIORITIES[actor_name] = int(actor_data.priority)
             return function
 
         if fn is not None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Literal
 
-from repid.data import DeadLetterInfo, DeadLetterReason, Parameters
+from repid.data import _NO_RETRIES, DeadLetterInfo, DeadLetterReason, Parameters, RetriesProperties
 from repid.retry_policy import retry_delay
 
 if TYPE_CHECKING:
@@ -161,6 +161,9 @@ def decide(
     The actor's own settlement (`MessageDependency.ack()`, ...) always wins: `Leave`.
     """
     params = delivery.parameters
+    if actor is not None and actor.retries is not None and params.retries is _NO_RETRIES:
+        # the Job left `retries` unset: the actor's default applies
+        params = params._replace(retries=RetriesProperties(actor.retries, 0))
     match outcome:
         case Succeeded(decision=decision):
             if decision is not None and decision.settled:

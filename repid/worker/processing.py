@@ -4,11 +4,13 @@ conversion, dependency injection, per-actor limits, the timed actor call, middle
 from __future__ import annotations
 
 import asyncio
+import inspect
+import math
 import time
 from typing import Any
 
 from repid.brokers.base import Delivery
-from repid.data import DEFAULT_TIMEOUT, DeadLetterReason
+from repid.data import DEFAULT_TIMEOUT, NO_TIMEOUT, DeadLetterReason
 from repid.dependencies import resolve_dependency
 from repid.lifecycle import EventKind, Snooze
 from repid.message import MessageDependency
@@ -114,11 +116,14 @@ class Processing(Settling):
         if self._events.active:
             await self._event(EventKind.STARTED, delivery)
         timeout_td = params.execution_timeout
-        timeout = (
-            _DEFAULT_TIMEOUT_SECONDS
-            if timeout_td is DEFAULT_TIMEOUT
-            else timeout_td.total_seconds()
-        )
+        if timeout_td is DEFAULT_TIMEOUT:  # the Job kept the default: the actor's wins
+            timeout = (
+                _DEFAULT_TIMEOUT_SECONDS if actor.timeout is None else actor.timeout.total_seconds()
+            )
+        elif timeout_td == NO_TIMEOUT:
+            timeout = math.inf
+        else:
+            timeout = timeout_td.total_seconds()
         lane.in_actor = True
         try:
             if actor.is_async:
@@ -169,6 +174,16 @@ class Processing(Settling):
             await self._after_run(delivery, actor, args, kwargs, None, lane.interruption())
             await self._interrupted(lane, delivery, actor, started, message)
             return
+        if not actor.is_async and inspect.isawaitable(result):
+            if inspect.iscoroutine(result):
+                result.close()  # never awaited on purpose: no "never awaited" warning
+            error = TypeError(
+                f"actor {actor.name!r} is a sync function but returned {type(result).__name__} "
+                "(an awaitable); declare it with `async def` so the worker awaits it"
+            )
+            await self._after_run(delivery, actor, args, kwargs, None, error)
+            await self._failed(delivery, actor, error, DeadLetterReason.EXCEPTION, started, message)
+            return
         exception = None if message is None else message.decision.exception
         if self._actor_run_events:
             await self._after_run(delivery, actor, args, kwargs, result, exception)
@@ -177,6 +192,15 @@ class Processing(Settling):
                 delivery, actor, exception, DeadLetterReason.EXCEPTION, started, message
             )
             return
+        validate_output = actor.validate_output
+        if validate_output is not None:
+            try:
+                result = validate_output(result)
+            except Exception as exc:
+                await self._failed(
+                    delivery, actor, exc, DeadLetterReason.OUTPUT_VALIDATION_ERROR, started, message
+                )
+                return
         delay = params.delay
         if (
             params.result is None

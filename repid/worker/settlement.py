@@ -9,7 +9,7 @@ import traceback
 from typing import Any
 
 from repid.brokers.base import Delivery
-from repid.data import DeadLetterReason, ResultBucket
+from repid.data import DEFAULT_TIMEOUT, DeadLetterReason, ResultBucket
 from repid.lifecycle import EventKind, JobCancelledError, Snooze
 from repid.message import MessageDecision, MessageDependency
 from repid.router import ActorData
@@ -176,9 +176,10 @@ class Settling(Execution):
         task = lane.task
         while task.cancelling():
             task.uncancel()
-        exc = TimeoutError(
-            f"actor {actor.name!r} exceeded its timeout of {delivery.parameters.execution_timeout}"
-        )
+        limit = delivery.parameters.execution_timeout
+        if limit is DEFAULT_TIMEOUT and actor.timeout is not None:
+            limit = actor.timeout
+        exc = TimeoutError(f"actor {actor.name!r} exceeded its timeout of {limit}")
         await self._failed(delivery, actor, exc, DeadLetterReason.TIMEOUT, started, message)
 
     async def _interrupted(
@@ -202,7 +203,6 @@ class Settling(Execution):
         started: int,
         message: MessageDependency | None,
     ) -> None:
-        self.succeeded += 1
         params = delivery.parameters
         decision = _decision(message)
         if params.result is not None:
@@ -224,6 +224,7 @@ class Settling(Execution):
                 logger.exception("storing the result of %s failed", delivery.key.id_)
                 await self._conclude(delivery, actor, Unrecorded())
                 return
+        self.succeeded += 1  # only now: a result that cannot be serialised is a failure alone
         await self._conclude(delivery, actor, Succeeded(decision))
         if self._events.active:
             await self._event(EventKind.SUCCEEDED, delivery, started)

@@ -80,6 +80,7 @@ class Worker(Router):
         self._connection = _connection
         self._runner: Runner | None = None
         self._stop_requested = False
+        self._running = False
 
     @property
     def connection(self) -> Connection:
@@ -113,7 +114,23 @@ class Worker(Router):
                 due yet are left for later.
 
         Returns the runner, whose counters (`processed`, ...) describe what happened.
+
+        Raises:
+            RuntimeError: this worker is already running (one `run()` at a time per worker;
+                create another `Worker` to consume in parallel).
         """
+        if self._running:
+            raise RuntimeError(
+                "this worker is already running: one run() at a time per Worker "
+                "(create another Worker to consume in parallel)"
+            )
+        self._running = True
+        try:
+            return await self._run(drain)
+        finally:
+            self._running = False
+
+    async def _run(self, drain: bool) -> Runner:
         loop = asyncio.get_running_loop()
         # A stop signal during start-up (connecting, declaring) stops the run gracefully, as
         # 1.6 did; the runner replaces these handlers with its own (no gap between the two) and
@@ -125,6 +142,7 @@ class Worker(Router):
                     prepare = getattr(actor.converter, "prepare", None)
                     if prepare is not None:
                         prepare()
+                    actor.refresh_output_check()
                 connection = self.connection
                 if not connection.is_open:
                     await connection.connect()

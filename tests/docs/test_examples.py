@@ -127,6 +127,16 @@ EXPECTED: dict[str, list[str]] = {
         r"(expired +actor=add +error=None|timeout +actor=dawdle +error=TimeoutError)",
         r"(expired +actor=add +error=None|timeout +actor=dawdle +error=TimeoutError)",
     ],
+    "actor_defaults.py": [
+        r"first: alert",
+        r"late alert after alert: True",
+        r"sync_account runs: 3",
+        r"dead letter: sync_account after 3 attempts",
+    ],
+    "typed_outputs.py": [
+        r"invoice: Invoice\(order=7, total=19\.5\)",
+        r"dead letter: bill_badly output_validation_error",
+    ],
     "lifecycle.py": [
         r"add: 5",
         r"event: enqueued charge attempt=1",

@@ -22,6 +22,7 @@ from repid import (
 )
 from repid.codec import ENVELOPE_VERSION, decode_message, encode_message
 from repid.data import (
+    NO_TIMEOUT,
     DeadLetterInfo,
     DelayProperties,
     ResultProperties,
@@ -37,6 +38,10 @@ datetimes = st.datetimes(
 )
 durations = st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=3650))
 # Job validates schedules: intervals are >= 1 s, cron strings are not empty.
+# Job validates timeouts: >= 1 s, or NO_TIMEOUT for `Job(timeout=None)` (sent as 0).
+timeouts = st.timedeltas(min_value=timedelta(seconds=1), max_value=timedelta(days=3650)) | st.just(
+    NO_TIMEOUT
+)
 intervals = st.timedeltas(min_value=timedelta(seconds=1), max_value=timedelta(days=3650))
 ids = st.text(min_size=1, max_size=40)
 small_text = st.text(max_size=200)
@@ -79,7 +84,7 @@ def delays(draw: st.DrawFn) -> DelayProperties:
 def parameters(draw: st.DrawFn) -> Parameters:
     max_retries = draw(st.integers(min_value=0, max_value=1000))
     return Parameters(
-        execution_timeout=draw(durations),
+        execution_timeout=draw(timeouts),
         retries=RetriesProperties(max_retries, draw(st.integers(0, max_retries))),
         result=draw(st.none() | st.builds(ResultProperties, ids, st.none() | durations)),
         delay=draw(delays()),
