@@ -26,7 +26,12 @@ from repid.brokers.kafka._compat import (
     rejoin_pending,
 )
 from repid.brokers.kafka.delays import DelayedRecords
-from repid.brokers.kafka.group import RebalanceCallbacks, commit_finished, join_group
+from repid.brokers.kafka.group import (
+    RebalanceCallbacks,
+    RejoinWatch,
+    commit_finished,
+    join_group,
+)
 from repid.brokers.kafka.host import ConsumerHost
 from repid.brokers.kafka.offsets import PartitionOffsets
 from repid.brokers.kafka.reading import read_topic
@@ -111,6 +116,7 @@ class KafkaConsumer(BaseConsumer):
         self._assignment_changed = False
         self._reset_to_beginning = False
         self._rebalancing = False
+        self._rejoin_watch = RejoinWatch(broker, self._main)
         self._browsed: list[Delivery] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -268,6 +274,10 @@ class KafkaConsumer(BaseConsumer):
                 if coordination_dead(kafka) and not self._closed:
                     with contextlib.suppress(BrokerUnavailableError):
                         kafka = await self._replace_client(kafka)
+                continue
+            if self._rejoin_watch.stuck(kafka) and not self._closed:
+                with contextlib.suppress(BrokerUnavailableError):
+                    kafka = await self._replace_client(kafka)
                 continue
             if self._reset_to_beginning:
                 self._reset_to_beginning = False

@@ -52,6 +52,9 @@ class DelayedRecords:
         self._ready = ready
         self.held: dict[tuple[PartitionOffsets, int], tuple[Delivery, bytes]] = {}
         self._timers: list[tuple[float, int, PartitionOffsets, int]] = []
+        self._moving: set[tuple[PartitionOffsets, int]] = set()
+        """Records being moved now: a second timer of one of them (the record was held twice,
+        e.g. fetched again after a rebalance) must not send it a second time."""
         self._changed = asyncio.Event()
 
     def hold(
@@ -94,8 +97,9 @@ class DelayedRecords:
             actions: list[tuple[PartitionOffsets, int]] = []
             while timers and timers[0][0] <= now:
                 _, _, part, offset = heapq.heappop(timers)
-                if (part, offset) in self.held:
-                    actions.append((part, offset))
+                key = (part, offset)
+                if key in self.held and key not in self._moving and key not in actions:
+                    actions.append(key)
             if actions:
                 await asyncio.gather(*(self._release(p, o) for p, o in actions))
                 continue
@@ -105,9 +109,19 @@ class DelayedRecords:
                 await asyncio.wait_for(self._changed.wait(), wait)
 
     async def _release(self, part: PartitionOffsets, offset: int) -> None:
-        entry = self.held.get((part, offset))
-        if entry is None:
+        key = (part, offset)
+        entry = self.held.get(key)
+        if entry is None or key in self._moving:
             return
+        self._moving.add(key)
+        try:
+            await self._move(part, offset, entry)
+        finally:
+            self._moving.discard(key)
+
+    async def _move(
+        self, part: PartitionOffsets, offset: int, entry: tuple[Delivery, bytes]
+    ) -> None:
         delivery, value = entry
         due = delivery.parameters.not_before or 0.0
         if part.tp.topic == self.main and due <= time.time():

@@ -6,17 +6,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 
+from repid.brokers.kafka._compat import rejoin_pending
 from repid.brokers.kafka.offsets import PartitionOffsets
 from repid.brokers.kafka.reading import UNREACHABLE, TopicsHost
 from repid.errors import BrokerUnavailableError, map_broker_errors
 
-__all__ = ["GroupHost", "RebalanceCallbacks", "commit_finished", "join_group"]
+__all__ = ["GroupHost", "RebalanceCallbacks", "RejoinWatch", "commit_finished", "join_group"]
 
 logger = logging.getLogger("repid.brokers.kafka")
 
@@ -47,6 +49,47 @@ class RebalanceCallbacks(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         self._assigned(assigned)
+
+
+class RejoinWatch:
+    """Tells when a consumer's client has been (re)joining its group for too long.
+
+    A rebalance ends within its timeout (drain + session timeout) even when a member crashed.
+    A client still rejoining a session timeout after that is stuck: seen with the noida-db
+    test broker after IllegalGeneration/UnknownMemberId answers, when no member of the group
+    read any more, so that the delayed records of the queue (a periodic job's next tick)
+    never moved. The consumer then joins again with a new client.
+    """
+
+    def __init__(self, host: GroupHost, topic: str) -> None:
+        self._host = host
+        self._topic = topic
+        self._since: float | None = None
+
+    @property
+    def limit(self) -> float:
+        """Seconds of rejoining after which the membership counts as stuck."""
+        return self._host.drain_timeout + 2 * self._host.session_timeout
+
+    def stuck(self, kafka: AIOKafkaConsumer) -> bool:
+        """Called after every poll: True once (then it starts over) when `kafka` is stuck."""
+        now = time.monotonic()
+        if not rejoin_pending(kafka):
+            self._since = None
+            return False
+        if self._since is None:
+            self._since = now
+            return False
+        if now - self._since <= self.limit:
+            return False
+        logger.warning(
+            "the consumer of %s has been rejoining its group for %.0f s; joining again with "
+            "a new client",
+            self._topic,
+            now - self._since,
+        )
+        self._since = None
+        return True
 
 
 async def join_group(
