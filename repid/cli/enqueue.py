@@ -27,7 +27,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--args", default="{}", metavar="JSON", help="keyword arguments as a JSON object"
     )
     parser.add_argument("--queue", help="default: the actor's queue, else 'default'")
-    parser.add_argument("--priority", choices=["high", "medium", "low"], default="medium")
+    parser.add_argument(
+        "--priority",
+        choices=["high", "medium", "low"],
+        help="default: the actor's priority (@router.actor(priority=...)), else medium",
+    )
     parser.add_argument(
         "--delay", type=non_negative_float, metavar="SECONDS", help="run no earlier than this"
     )
@@ -53,7 +57,7 @@ async def command_enqueue(args: argparse.Namespace) -> int:
         args.actor,
         kwargs,
         queue=args.queue,
-        priority=PrioritiesT[args.priority.upper()],
+        priority=None if args.priority is None else PrioritiesT[args.priority.upper()],
         delay=args.delay,
         actors=actors,
     )

@@ -288,7 +288,7 @@ async def enqueue(
     args: dict[str, Any],
     *,
     queue: str | None = None,
-    priority: PrioritiesT = PrioritiesT.MEDIUM,
+    priority: PrioritiesT | None = None,
     delay: float | None = None,
     actors: dict[str, ActorData] | None = None,
 ) -> str:
