@@ -232,8 +232,17 @@ class RabbitConsumer(BaseConsumer):
                 await state.settle_now(tag, requeue=True)
         # Unsettled deliveries go back to the queue when the channel closes.
         self._broker._release_state(state)
-        with contextlib.suppress(*CHANNEL_ERRORS, asyncio.CancelledError):
+        try:
             await state.channel.close()
+        except CHANNEL_ERRORS:
+            pass
+        except asyncio.CancelledError:
+            # aiormq ends a close on a dead connection with CancelledError: swallow that one,
+            # never a cancellation of this task (its caller would run on, e.g. a wait_for
+            # around a browsing iterator would wait forever).
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
 
     def _wake_all(self) -> None:
         while self._waiters:
