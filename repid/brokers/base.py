@@ -15,6 +15,7 @@ affect the redelivered copy, and return `False`.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar, runtime_checkable
@@ -26,6 +27,8 @@ from repid.data import (
     RoutingKey,
 )
 from repid.errors import ConfigurationError, ConsumerClosedError
+
+_T = TypeVar("_T")
 
 if TYPE_CHECKING:
     from repid.lifecycle import ActorLimiter, RateLimit, WorkerInfo
@@ -140,6 +143,41 @@ class ConnectionPolicy:
                 f"reconnect_backoff must not be negative, got {policy.reconnect_backoff}"
             )
         return policy
+
+    async def retry(
+        self,
+        operation: Callable[[], Awaitable[_T]],
+        *,
+        retryable: Callable[[Exception], bool],
+        give_up: Callable[[Exception], BaseException],
+        on_retry: Callable[[Exception, float], None] | None = None,
+        max_backoff: float = 2.0,
+    ) -> _T:
+        """Run `operation` until it succeeds, for up to `operation_timeout` seconds.
+
+        A failure that `retryable` accepts is retried after a pause that starts at
+        `reconnect_backoff` (at least 10 ms) and doubles up to `max_backoff`; `on_retry(exc,
+        pause)` is told of each. When the next pause would run past the deadline, the error
+        `give_up(exc)` is raised (`exc` itself when it returns it). Any other failure is raised
+        at once. `operation` must be safe to repeat.
+        """
+        deadline = time.monotonic() + self.operation_timeout
+        pause = max(self.reconnect_backoff, 0.01)
+        while True:
+            try:
+                return await operation()
+            except Exception as exc:
+                if not retryable(exc):
+                    raise
+                if time.monotonic() + pause >= deadline:
+                    error = give_up(exc)
+                    if error is exc:
+                        raise
+                    raise error from None
+                if on_retry is not None:
+                    on_retry(exc, pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, max_backoff)
 
 
 def _first(*values: float | None) -> float:

@@ -7,18 +7,13 @@ call (`limiter_acquire`, under an advisory lock per actor) checks and takes both
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 import time
-import uuid
 from typing import Any
 
 from repid.lifecycle import ActorLimiter, RateLimit
+from repid.state.slots import SlotHolder
 
 __all__ = ["PostgresActorLimiter"]
-
-logger = logging.getLogger("repid.brokers.postgres")
 
 
 class PostgresActorLimiter(ActorLimiter):
@@ -36,81 +31,51 @@ class PostgresActorLimiter(ActorLimiter):
         self._broker = broker
         self._actor = actor
         self._lease = lease_duration
-        self._held: list[str] = []
-        self._renewal: asyncio.Task[None] | None = None
-        self._releases: set[asyncio.Task[None]] = set()
+        self._slots = SlotHolder(
+            acquire=self._try,
+            renew=self._renew,
+            release=self._release,
+            lease_duration=lease_duration,
+            label="PostgreSQL",
+        )
 
-    async def acquire(self) -> None:
-        token = uuid.uuid4().hex
+    async def _try(self, token: str) -> float:
         window = 0.0 if self.rate_limit is None else self.rate_limit.per.total_seconds()
         rate = 0 if self.rate_limit is None else self.rate_limit.limit
-        backoff = 0.05
-        q = self._broker._q
-        while True:
-            try:
-                wait = await self._broker._fetchval(
-                    "actor limiter",
-                    q["LIMITER_ACQUIRE"],
-                    self._actor,
-                    token,
-                    time.time(),
-                    self.max_concurrency or 0,
-                    self._lease,
-                    rate,
-                    window,
-                )
-            except Exception as exc:  # keep the job waiting; never drop it
-                logger.warning("actor limiter: PostgreSQL failed (%r); retrying", exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-                continue
-            if wait == 0:
-                break
-            await asyncio.sleep(wait)
-        if self.max_concurrency:
-            self._held.append(token)
-            if self._renewal is None or self._renewal.done():
-                self._renewal = asyncio.create_task(self._renew_slots())
+        wait = await self._broker._fetchval(
+            "actor limiter",
+            self._broker._q["LIMITER_ACQUIRE"],
+            self._actor,
+            token,
+            time.time(),
+            self.max_concurrency or 0,
+            self._lease,
+            rate,
+            window,
+        )
+        return float(wait)
 
-    def release(self) -> None:
-        if not self.max_concurrency or not self._held:
-            return
-        token = self._held.pop(0)
-        task = asyncio.get_running_loop().create_task(self._release(token))
-        self._releases.add(task)
-        task.add_done_callback(self._releases.discard)
+    async def _renew(self, held: list[str]) -> None:
+        await self._broker._execute(
+            "actor limiter",
+            self._broker._q["LIMITER_RENEW"],
+            self._actor,
+            held,
+            time.time() + self._lease,
+        )
 
     async def _release(self, token: str) -> None:
-        try:
-            await self._broker._execute(
-                "actor limiter", self._broker._q["LIMITER_RELEASE"], self._actor, token
-            )
-        except Exception as exc:  # the slot is a lease: it frees itself when it expires
-            logger.warning("actor limiter: releasing a slot failed (%r)", exc)
+        await self._broker._execute(
+            "actor limiter", self._broker._q["LIMITER_RELEASE"], self._actor, token
+        )
 
-    async def _renew_slots(self) -> None:
-        """Extend the held slots' leases while any is held (ends by itself when none is)."""
-        while self._held:
-            await asyncio.sleep(self._lease / 3)
-            held = list(self._held)
-            if not held:
-                return
-            try:
-                await self._broker._execute(
-                    "actor limiter",
-                    self._broker._q["LIMITER_RENEW"],
-                    self._actor,
-                    held,
-                    time.time() + self._lease,
-                )
-            except Exception as exc:
-                logger.warning("actor limiter: renewing slots failed (%r); will retry", exc)
+    async def acquire(self) -> None:
+        await self._slots.acquire(hold=bool(self.max_concurrency))
+
+    def release(self) -> None:
+        if self.max_concurrency:
+            self._slots.release()
 
     async def close(self) -> None:
         """Stop renewing and wait for pending releases."""
-        if self._renewal is not None:
-            self._renewal.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewal
-        if self._releases:
-            await asyncio.gather(*self._releases, return_exceptions=True)
+        await self._slots.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -123,28 +122,19 @@ class Link:
         unreachable, for up to `operation_timeout` seconds. `operation` must be safe to repeat.
         """
         policy = self.policy
-        deadline = time.monotonic() + policy.operation_timeout
-        backoff = max(policy.reconnect_backoff, 0.01)
-        while True:
-            try:
-                pool = await self.pool()
-                async with pool.acquire(timeout=policy.operation_timeout) as conn:
-                    return await operation(conn)
-            except Exception as exc:
-                retryable = isinstance(exc, BrokerUnavailableError) or (
-                    is_unreachable(exc) and not isinstance(exc, RepidError)
-                )
-                if not retryable:
-                    raise
-                if time.monotonic() + backoff >= deadline:
-                    if isinstance(exc, BrokerUnavailableError):
-                        raise
-                    raise self._unavailable(what, exc) from None
-                logger.warning(
-                    "%s failed (%s); retrying in %.2fs", what, type(exc).__name__, backoff
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+
+        async def attempt() -> _T:
+            pool = await self.pool()
+            async with pool.acquire(timeout=policy.operation_timeout) as conn:
+                return await operation(conn)
+
+        def give_up(exc: Exception) -> BaseException:
+            return exc if isinstance(exc, BrokerUnavailableError) else self._unavailable(what, exc)
+
+        def on_retry(exc: Exception, pause: float) -> None:
+            logger.warning("%s failed (%s); retrying in %.2fs", what, type(exc).__name__, pause)
+
+        return await policy.retry(attempt, retryable=_retryable, give_up=give_up, on_retry=on_retry)
 
     async def once(self, operation: Callable[[asyncpg.Connection], Awaitable[_T]]) -> _T:
         """Run `operation` once on a pooled connection (errors mapped, no retry)."""
@@ -164,3 +154,9 @@ class Link:
                 await asyncio.wait_for(pool.close(), self.policy.operation_timeout)
             except Exception:  # a dead server: drop the connections
                 pool.terminate()
+
+
+def _retryable(exc: Exception) -> bool:
+    return isinstance(exc, BrokerUnavailableError) or (
+        is_unreachable(exc) and not isinstance(exc, RepidError)
+    )

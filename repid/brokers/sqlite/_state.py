@@ -3,20 +3,18 @@ work across every process that opens it."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 import functools
 import json
 import logging
 import sqlite3
 import time
-import uuid
 from collections.abc import Iterable
 
 from repid.brokers.sqlite import _sql
 from repid.brokers.sqlite._db import Database
 from repid.lifecycle import STALE_AFTER, ActorLimiter, RateLimit, WorkerInfo
+from repid.state.slots import SlotHolder
 
 __all__ = ["SharedStateInFile", "SqliteActorLimiter"]
 
@@ -46,9 +44,13 @@ class SqliteActorLimiter(ActorLimiter):
         self._db = db
         self._actor = actor
         self._lease = lease_duration
-        self._held: list[str] = []
-        self._renewal: asyncio.Task[None] | None = None
-        self._releases: set[asyncio.Task[None]] = set()
+        self._slots = SlotHolder(
+            acquire=self._take,
+            renew=self._renew_held,
+            release=self._release,
+            lease_duration=lease_duration,
+            label="SQLite",
+        )
 
     def _try(self, conn: sqlite3.Connection, token: str) -> float:
         """Take a slot and a start in the rate window, or say how long to wait (seconds)."""
@@ -81,59 +83,28 @@ class SqliteActorLimiter(ActorLimiter):
             )
         return 0.0
 
+    async def _take(self, token: str) -> float:
+        return await self._db.run(lambda conn: self._try(conn, token))
+
+    async def _renew_held(self, held: list[str]) -> None:
+        expiry = time.time() + self._lease
+        await self._db.run(functools.partial(_renew, rows=[(expiry, token) for token in held]))
+
+    async def _release(self, token: str) -> object:
+        return await self._db.run(
+            lambda conn: conn.execute("DELETE FROM repid_limit_slots WHERE token = ?", (token,))
+        )
+
     async def acquire(self) -> None:
-        token = uuid.uuid4().hex
-        backoff = 0.05
-        while True:
-            try:
-                wait = await self._db.run(lambda conn: self._try(conn, token))
-            except Exception as exc:  # keep the job waiting; never drop it
-                logger.warning("actor limiter: SQLite failed (%r); retrying", exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-                continue
-            if wait == 0:
-                break
-            await asyncio.sleep(wait)  # another process frees the slot: nothing to wait on
-        if self.max_concurrency:
-            self._held.append(token)
-            if self._renewal is None or self._renewal.done():
-                self._renewal = asyncio.create_task(self._renew_slots())
+        await self._slots.acquire(hold=bool(self.max_concurrency))
 
     def release(self) -> None:
-        if not self.max_concurrency or not self._held:
-            return
-        token = self._held.pop(0)
-        task = asyncio.get_running_loop().create_task(self._release(token))
-        self._releases.add(task)
-        task.add_done_callback(self._releases.discard)
-
-    async def _release(self, token: str) -> None:
-        try:
-            await self._db.run(
-                lambda conn: conn.execute("DELETE FROM repid_limit_slots WHERE token = ?", (token,))
-            )
-        except Exception as exc:  # the slot is a lease: it frees itself when it expires
-            logger.warning("actor limiter: releasing a slot failed (%r)", exc)
-
-    async def _renew_slots(self) -> None:
-        while self._held:
-            await asyncio.sleep(self._lease / 3)
-            expiry = time.time() + self._lease
-            rows = [(expiry, token) for token in self._held]
-            try:
-                await self._db.run(functools.partial(_renew, rows=rows))
-            except Exception as exc:
-                logger.warning("actor limiter: renewing slots failed (%r); will retry", exc)
+        if self.max_concurrency:
+            self._slots.release()
 
     async def close(self) -> None:
         """Stop renewing and wait for pending releases."""
-        if self._renewal is not None:
-            self._renewal.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewal
-        if self._releases:
-            await asyncio.gather(*self._releases, return_exceptions=True)
+        await self._slots.close()
 
 
 class SharedStateInFile:

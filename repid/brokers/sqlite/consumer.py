@@ -13,11 +13,11 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections import deque
 from collections.abc import Sequence
 from typing import Protocol
 
-from repid.brokers.base import BaseConsumer, Delivery
+from repid.brokers.base import Delivery
+from repid.brokers.pump import PumpConsumer
 from repid.brokers.sqlite import _db, _sql
 from repid.brokers.sqlite._db import Database
 from repid.codec import decode_message
@@ -78,8 +78,10 @@ def decode_row(
     return Delivery(key, payload, params, handle, category, raw, None, redelivered)
 
 
-class SqliteConsumer(BaseConsumer):
+class SqliteConsumer(PumpConsumer):
     """Consumer of one queue (and category) of a `SqliteMessageBroker`."""
+
+    _pump_name = "repid-sqlite"
 
     def __init__(
         self,
@@ -89,19 +91,12 @@ class SqliteConsumer(BaseConsumer):
         max_unacked_messages: int | None,
         category: MessageCategory,
     ) -> None:
+        self._init_pump(queue, max_unacked_messages)
         self._broker = broker
-        self.queue = queue
         self._topics = frozenset(topics) if topics is not None else None
-        self.max_unacked_messages = max_unacked_messages
         self._category = category
-        self._outstanding: dict[int, Delivery] = {}
-        self._buffer: deque[Delivery] = deque()
-        self._changed: asyncio.Future[None] | None = None
         self._claiming: asyncio.Task[int] | None = None
-        self._waiting = 0
         self._poll = MIN_POLL
-        self._paused = False
-        self._closed = False
         self._registered = False
         self._browse_after = 0
 
@@ -115,26 +110,19 @@ class SqliteConsumer(BaseConsumer):
             _db.register(self._broker.db.path, self)
             self._registered = True
 
-    async def pause(self) -> None:
-        self._paused = True
-
-    async def unpause(self) -> None:
-        self._paused = False
-        self.poke()
-
     async def finish(self) -> None:
-        self._closed = True
         if self._registered:
             _db.unregister(self._broker.db.path, self)
             self._registered = False
-        self.poke()
+        unstarted = await self._stop_pump()
         claiming = self._claiming
         if claiming is not None:
             with contextlib.suppress(Exception):
                 await asyncio.shield(claiming)
-        if self._buffer:  # leased but never handed out: back to the front of the queue at once
-            items = [(d.handle[0], d.handle[1]) for d in self._buffer]
-            self._buffer.clear()
+        unstarted.extend(self._buffer)  # a claim that landed after the pump stopped
+        self._buffer.clear()
+        if unstarted:  # leased but never handed out: back to the front of the queue at once
+            items = [(d.handle[0], d.handle[1]) for d in unstarted]
             try:
                 await self._broker.db.run(
                     lambda conn: _sql.reject(conn, items[::-1]), touches=(self.queue,)
@@ -143,12 +131,6 @@ class SqliteConsumer(BaseConsumer):
                 logger.warning("returning unstarted messages of %s failed: %r", self.queue, exc)
 
     # -- bookkeeping ----------------------------------------------------------------------------
-
-    def poke(self) -> None:
-        """Something changed (a commit in this process, a settlement): look again now."""
-        changed = self._changed
-        if changed is not None and not changed.done():
-            changed.set_result(None)
 
     def settled(self, seq: int) -> None:
         if self._outstanding.pop(seq, None) is not None:
@@ -164,22 +146,8 @@ class SqliteConsumer(BaseConsumer):
                 self._claiming.add_done_callback(_retrieve)
 
     def _capacity(self) -> int:
-        limit = self.max_unacked_messages
-        if limit is None:
-            return _UNLIMITED_BATCH - len(self._buffer)
-        return limit - len(self._outstanding) - len(self._buffer)
-
-    async def _wait(self, timeout: float | None) -> None:
-        """Until `poke` or `timeout` seconds; cancelling one waiter never wakes the others."""
-        changed = self._changed
-        if changed is None or changed.done():
-            changed = self._changed = asyncio.get_running_loop().create_future()
-        await asyncio.wait((changed,), timeout=timeout)
-
-    def _take(self) -> Delivery:
-        delivery = self._buffer.popleft()
-        self._outstanding[delivery.handle[0]] = delivery
-        return delivery
+        room = self._room()
+        return _UNLIMITED_BATCH - len(self._buffer) if room is None else room
 
     async def _refill(self, wanted: int) -> int:
         """Claim up to `wanted` rows into the buffer (one claim at a time; cancel-safe: a
@@ -218,6 +186,7 @@ class SqliteConsumer(BaseConsumer):
             )
         if rows:
             self._poll = MIN_POLL
+            self._distribute()
         return len(rows)
 
     # -- consuming ------------------------------------------------------------------------------
@@ -228,23 +197,27 @@ class SqliteConsumer(BaseConsumer):
             if not batch:
                 raise ConsumerClosedError("no more messages in this part of the queue")
             return batch[0]
-        limit = self.max_unacked_messages
-        self._waiting += 1
+        return await self._consume_ready()
+
+    async def _run_pump(self) -> None:
         try:
-            while True:
-                if self._closed:
-                    raise ConsumerClosedError(f"consumer of {self.queue!r} has finished")
-                if self._paused or (limit is not None and len(self._outstanding) >= limit):
-                    await self._wait(None)
-                    continue
+            while not self._closed:
+                waiting = self._live_waiters()
+                if not waiting:
+                    self._pump = None
+                    return  # idle: the next consume() starts a new pump
                 if self._buffer:
-                    return self._take()
-                if await self._refill(self._waiting) or self._buffer:
+                    self._distribute()
+                if self._paused or self._buffer or self._capacity() <= 0:
+                    await self._wait_change(None)  # paused, or at the backpressure limit
                     continue
-                await self._wait(self._poll)
+                if await self._refill(waiting) or self._buffer:
+                    self._distribute()
+                    continue
+                await self._wait_change(self._poll)
                 self._poll = min(self._poll * 2, self._broker.poll_interval)
-        finally:
-            self._waiting -= 1
+        except Exception as exc:
+            self._pump_failed(exc)
 
     async def fetch(self, max_count: int, timeout: float = 0.0) -> list[Delivery]:
         if self._category is not _NORMAL:
@@ -254,7 +227,7 @@ class SqliteConsumer(BaseConsumer):
         out: list[Delivery] = []
         while len(out) < max_count and not self._closed:
             if self._buffer:
-                out.append(self._take())
+                out.append(self._hand_out(self._buffer.popleft()))
                 continue
             if self._capacity() <= 0:
                 break
@@ -263,7 +236,7 @@ class SqliteConsumer(BaseConsumer):
             remaining = deadline - loop.time()
             if out or remaining <= 0:
                 break
-            await self._wait(min(self._poll, remaining))
+            await self._wait_change(min(self._poll, remaining))
             self._poll = min(self._poll * 2, self._broker.poll_interval)
         return out
 
