@@ -179,6 +179,7 @@ SUITES: dict[str, Suite] = {
         network=True,
         cases=(
             Case("repid", "repid_sqlite.py", venv=None, concurrency=100),
+            Case("repid-full", "repid_sqlite_full.py", venv=None, concurrency=100, variant=True),
             Case("huey", "huey_sqlite.py", venv="huey", concurrency=100),
             Case("persist-queue", "persistqueue_sqlite.py", venv="persist-queue", concurrency=100),
         ),

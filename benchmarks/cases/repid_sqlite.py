@@ -26,6 +26,7 @@ class RepidSqliteCase(RepidNetCase):
 if __name__ == "__main__":
     RepidSqliteCase(
         make_broker,
-        guarantees="enqueue returns after its transaction committed (WAL, synchronous=FULL: "
-        "fsynced; the enqueues of one event-loop step share a commit); acked after the actor ran",
+        guarantees="enqueue returns after its transaction committed (WAL, synchronous=NORMAL, "
+        "the default: survives a SIGKILL of any process, not a power cut; the enqueues of one "
+        "event-loop step share a commit); acked after the actor ran",
     ).main()

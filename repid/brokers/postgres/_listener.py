@@ -31,10 +31,22 @@ def _resolve(fut: asyncio.Future[None], *_: object) -> None:
 class Listener:
     """Keeps one LISTEN connection open (reopened with backoff) while the broker is connected."""
 
-    def __init__(self, link: Link, channel: str, wake: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        link: Link,
+        channel: str,
+        wake: Callable[[str], None],
+        session_query: str,
+        on_session: Callable[[tuple[int, Any]], None],
+    ) -> None:
         self._link = link
         self._channel = channel
         self._wake = wake
+        self._session_query = session_query
+        self._on_session = on_session
+        self.session: tuple[int, Any] | None = None
+        """(backend pid, backend start) of the open LISTEN connection: this process's
+        liveness in the worker registry (PostgreSQL ends it when the process dies)."""
         self._task: asyncio.Task[None] | None = None
         self._conn: asyncpg.Connection | None = None
         self.listening = asyncio.Event()
@@ -54,6 +66,7 @@ class Listener:
     async def _close(self) -> None:
         conn, self._conn = self._conn, None
         self.listening.clear()
+        self.session = None
         if conn is not None and not conn.is_closed():
             try:
                 await asyncio.wait_for(conn.close(), 2.0)
@@ -71,6 +84,10 @@ class Listener:
                 conn = self._conn = await self._link.connect_once()
                 conn.add_termination_listener(functools.partial(_resolve, lost))
                 await conn.add_listener(self._channel, self._on_notify)
+                row = await conn.fetchrow(self._session_query)
+                if row is not None:
+                    self.session = (row[0], row[1])
+                    self._on_session(self.session)
                 self.listening.set()
                 backoff = max(self._link.policy.reconnect_backoff, 0.05)
                 self._wake("")  # messages may have arrived while nobody listened

@@ -204,7 +204,15 @@ CREATE INDEX IF NOT EXISTS "{{prefix}}archive_finished" ON {{archive}} (finished
 CREATE INDEX IF NOT EXISTS "{{prefix}}archive_job" ON {{archive}} (queue, job_id);
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
+_V4 = """
+ALTER TABLE {messages} ADD COLUMN IF NOT EXISTS owner text;
+ALTER TABLE {workers} ADD COLUMN IF NOT EXISTS owner text;
+ALTER TABLE {workers} ADD COLUMN IF NOT EXISTS session_pid integer;
+ALTER TABLE {workers} ADD COLUMN IF NOT EXISTS session_start timestamptz;
+CREATE INDEX IF NOT EXISTS "{prefix}workers_owner" ON {workers} (owner);
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
 """Migration N (1-based) brings the schema from version N-1 to N. Append, never edit."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

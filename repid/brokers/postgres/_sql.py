@@ -28,22 +28,38 @@ WITH claimed AS (
     LIMIT $3
     FOR UPDATE SKIP LOCKED
 )
-UPDATE {messages} AS m SET lease_token = $4, lease_until = $2 + $5
+UPDATE {messages} AS m SET lease_token = $4, lease_until = $2 + $5, owner = $6
 FROM claimed WHERE m.id = claimed.id
 RETURNING m.id, m.envelope, m.redelivered, m.priority, m.position, m.job_id, m.topic
 """
 
-CLAIM_TOPICS = CLAIM.replace("AND due_at <= $2", "AND due_at <= $2 AND topic = ANY($6::text[])")
+CLAIM_TOPICS = CLAIM.replace("AND due_at <= $2", "AND due_at <= $2 AND topic = ANY($7::text[])")
 
 NEXT_DUE = """
 SELECT min(due_at) FROM {messages} WHERE queue = $1 AND lease_token IS NULL AND due_at > $2
 """
 
 REAP = """
+WITH dead_owners AS (
+    SELECT w.owner FROM {workers} AS w
+    WHERE w.owner IS NOT NULL
+    GROUP BY w.owner
+    HAVING bool_and(
+        w.session_pid IS NOT NULL AND NOT EXISTS (
+            SELECT 1 FROM pg_stat_activity AS a
+            WHERE a.pid = w.session_pid AND a.backend_start = w.session_start
+        )
+    )
+)
 UPDATE {messages} SET lease_token = NULL, lease_until = NULL, redelivered = true
-WHERE lease_token IS NOT NULL AND lease_until < $1
-RETURNING queue, job_id
+WHERE lease_token IS NOT NULL
+  AND (lease_until < $1 OR owner IN (SELECT owner FROM dead_owners))
+RETURNING queue, job_id, lease_until < $1
 """
+# A row's owner is the broker object that claimed it (set once that broker has sent a worker
+# heartbeat). A broker's registry rows carry the PostgreSQL session of its LISTEN connection;
+# when every registry row of an owner names a session that no longer exists (the process was
+# SIGKILLed, or its connection cut), its leased rows are returned without waiting for the lease.
 
 ACK = """
 WITH done AS (
@@ -180,9 +196,18 @@ CANCELLED_AMONG = "SELECT job_id FROM {cancels} WHERE job_id = ANY($1::text[])"
 CANCEL_FORGET = "DELETE FROM {cancels} WHERE job_id = $1"
 
 HEARTBEAT = """
-INSERT INTO {workers} (id, info, last_seen) VALUES ($1, $2::jsonb, $3)
-ON CONFLICT (id) DO UPDATE SET info = EXCLUDED.info, last_seen = EXCLUDED.last_seen
+INSERT INTO {workers} (id, info, last_seen, owner, session_pid, session_start)
+VALUES ($1, $2::jsonb, $3, $4, $5, $6)
+ON CONFLICT (id) DO UPDATE SET info = EXCLUDED.info, last_seen = EXCLUDED.last_seen,
+    owner = EXCLUDED.owner, session_pid = EXCLUDED.session_pid,
+    session_start = EXCLUDED.session_start
 """
+SESSION = """
+UPDATE {workers} SET session_pid = $2, session_start = $3 WHERE owner = $1
+"""
+MY_SESSION = (
+    "SELECT pg_backend_pid(), backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+)
 UNREGISTER = "DELETE FROM {workers} WHERE id = $1"
 FORGET_STALE_WORKERS = "DELETE FROM {workers} WHERE last_seen < $1"
 LIVE_WORKERS = "SELECT info::text FROM {workers} WHERE last_seen >= $1"

@@ -6,7 +6,10 @@ every process using them.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -18,6 +21,8 @@ from repid.errors import QueueNotDeclaredError
 from repid.lifecycle import STALE_AFTER, ActorLimiter, RateLimit, WorkerInfo
 
 __all__ = ["StateMixin"]
+
+logger = logging.getLogger("repid.brokers.postgres")
 
 
 def _record(info: WorkerInfo) -> str:
@@ -45,8 +50,14 @@ class StateMixin:
     link: Any
 
     lease_duration: float
+    _listener: Any
 
     def _init_state(self) -> None:
+        self.owner = uuid.uuid4().hex
+        """This broker object in the worker registry and in the rows it claims."""
+        self.heartbeating = False
+        """A worker heartbeat went through this broker: its claims carry `owner`."""
+        self._session_updates: set[asyncio.Task[None]] = set()
         self._limiters: dict[tuple[str, int | None, RateLimit | None], PostgresActorLimiter] = {}
 
     async def cancel(self, queue_name: str, id_: str) -> str | None:
@@ -101,9 +112,35 @@ class StateMixin:
 
     async def heartbeat(self, info: WorkerInfo) -> None:
         """Record that a worker is alive (called when it starts and every few seconds)."""
+        pid, start = self._listener.session or (None, None)
         await self._execute(
-            "heartbeat", self._q["HEARTBEAT"], info.id, _record(info), info.last_seen
+            "heartbeat",
+            self._q["HEARTBEAT"],
+            info.id,
+            _record(info),
+            info.last_seen,
+            self.owner,
+            pid,
+            start,
         )
+        self.heartbeating = True
+
+    def _new_session(self, session: tuple[int, Any]) -> None:
+        """The LISTEN connection was (re)opened: the registry rows name its new session."""
+        if not self.heartbeating:
+            return
+
+        async def update() -> None:
+            await self._execute("worker session", self._q["SESSION"], self.owner, *session)
+
+        task = asyncio.get_running_loop().create_task(update())
+        self._session_updates.add(task)
+        task.add_done_callback(self._session_updated)
+
+    def _session_updated(self, task: asyncio.Task[None]) -> None:
+        self._session_updates.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # the next heartbeat does it
+            logger.debug("updating the worker session failed: %r", task.exception())
 
     async def unregister_worker(self, worker_id: str) -> None:
         await self._execute("unregister worker", self._q["UNREGISTER"], worker_id)

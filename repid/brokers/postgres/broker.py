@@ -139,7 +139,7 @@ class PostgresMessageBroker(StateMixin):
             pool_size,
             None if synchronous_settlements else {"synchronous_commit": "off"},
             warm_up=[
-                (self._q["CLAIM"], ("", 0.0, 0, 0, 0.0)),
+                (self._q["CLAIM"], ("", 0.0, 0, 0, 0.0, None)),
                 (self._q["ACK"], ([], [])),
                 (self._q["NACK"], (-1, -1, b"", None)),
                 (self._q["REJECT"], (-1, -1)),
@@ -149,7 +149,9 @@ class PostgresMessageBroker(StateMixin):
             ],
         )
         """Claims and settlements (see `synchronous_settlements`)."""
-        self._listener = Listener(self.link, self.names.channel, self._wake)
+        self._listener = Listener(
+            self.link, self.names.channel, self._wake, self._q["MY_SESSION"], self._new_session
+        )
         self._consumers: dict[str, set[PostgresConsumer]] = {}
         self._acks: Coalescer[tuple[int, int], set[int]] = Coalescer(self._send_acks)
         self._enqueues: Coalescer[tuple[Any, ...], None] = Coalescer(self._send_enqueues)
@@ -367,6 +369,7 @@ class PostgresMessageBroker(StateMixin):
                 count,
                 token,
                 self.lease_duration,
+                self.owner if self.heartbeating else None,
                 link=self.settling,
             )
         else:
@@ -378,6 +381,7 @@ class PostgresMessageBroker(StateMixin):
                 count,
                 token,
                 self.lease_duration,
+                self.owner if self.heartbeating else None,
                 sorted(topics),
                 link=self.settling,
             )
@@ -420,10 +424,18 @@ class PostgresMessageBroker(StateMixin):
         now = time.time() if now is None else now
         self._next_sweep = time.time() + self.sweep_interval
         rows = await self._fetch("lease sweep", self._q["REAP"], now, link=self.settling)
-        for queue, job_id in rows:
-            logger.warning(
-                "lease of message %s in %s expired; it is available again", job_id, queue
-            )
+        for queue, job_id, expired in rows:
+            if expired:
+                logger.warning(
+                    "lease of message %s in %s expired; it is available again", job_id, queue
+                )
+            else:
+                logger.warning(
+                    "the worker holding message %s in %s is gone (its session ended); "
+                    "the message is available again",
+                    job_id,
+                    queue,
+                )
         if self.retention is not None:
             before = now - self.retention.total_seconds()
             await self._execute(

@@ -13,9 +13,9 @@ commit that made messages ready in a queue wakes this process's consumers of tha
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import os
+import queue
 import sqlite3
 import threading
 import time
@@ -117,7 +117,7 @@ class Database:
         *,
         busy_timeout: float = 5.0,
         operation_timeout: float = 30.0,
-        synchronous: str = "FULL",
+        synchronous: str = "NORMAL",
     ) -> None:
         if synchronous.upper() not in SYNCHRONOUS:
             raise ConfigurationError(f"synchronous must be one of {SYNCHRONOUS}")
@@ -125,7 +125,8 @@ class Database:
         self.busy_timeout = busy_timeout
         self.operation_timeout = operation_timeout
         self.synchronous = synchronous.upper()
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._thread: threading.Thread | None = None
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._conn: sqlite3.Connection | None = None
         self._pending: list[tuple[Op[Any], asyncio.Future[Any]]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -135,22 +136,62 @@ class Database:
 
     @property
     def is_open(self) -> bool:
-        return self._executor is not None
+        return self._thread is not None
+
+    def _serve(self, jobs: queue.SimpleQueue[Callable[[], None] | None]) -> None:
+        """The connection's thread: run the jobs one after another until the None sentinel."""
+        while True:
+            job = jobs.get()
+            if job is None:
+                return
+            job()
+
+    def _call(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        """Run `fn` on the connection's thread; its outcome settles the returned future."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+
+        def settle(ok: bool, value: Any) -> None:
+            if fut.done():
+                return
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+
+        def job() -> None:
+            try:
+                outcome: tuple[bool, Any] = (True, fn())
+            except BaseException as exc:
+                outcome = (False, exc)
+            _post(loop, settle, *outcome)
+
+        self._jobs.put(job)
+        return fut
 
     async def open(self) -> None:
         """Open the file on the connection's thread, set WAL and create the schema."""
-        if self._executor is not None:
+        if self._thread is not None:
             return
         self._loop = asyncio.get_running_loop()
-        executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="repid-sqlite")
+        self._jobs = jobs = queue.SimpleQueue[Callable[[], None] | None]()
+        thread = threading.Thread(
+            target=self._serve, args=(jobs,), name="repid-sqlite", daemon=True
+        )
+        thread.start()
+        self._thread = thread
         try:
-            self._conn = await self._loop.run_in_executor(executor, self._connect)
+            self._conn = await self._call(self._connect)
         except (sqlite3.Error, OSError) as exc:
-            executor.shutdown(wait=False)
+            self._thread = None
+            jobs.put(None)
             raise BrokerUnavailableError(
                 f"SQLite database {self.path} is unreachable: {exc}"
             ) from exc
-        self._executor = executor
+        except BaseException:
+            self._thread = None
+            jobs.put(None)
+            raise
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -184,21 +225,24 @@ class Database:
         return conn
 
     async def close(self) -> None:
-        executor, self._executor = self._executor, None
-        if executor is None:
+        thread, self._thread = self._thread, None
+        if thread is None:
             return
         if self._pending:
-            self._flush()
+            self._flush(thread)
         conn, self._conn = self._conn, None
-        if conn is not None:
-            await asyncio.get_running_loop().run_in_executor(executor, conn.close)
-        executor.shutdown(wait=True)
+        try:
+            if conn is not None:
+                await self._call(conn.close)
+        finally:
+            self._jobs.put(None)
+            await asyncio.get_running_loop().run_in_executor(None, thread.join, 5.0)
 
     def run(self, op: Op[T], *, touches: Iterable[str] = ()) -> asyncio.Future[T]:
         """Run `op` in this event-loop step's transaction; `touches` are the queues whose
         ready messages it may change (their consumers in this process are woken)."""
         loop = asyncio.get_running_loop()
-        if self._executor is None:
+        if self._thread is None:
             raise BrokerUnavailableError(f"SQLite database {self.path} is not open")
         fut: asyncio.Future[T] = loop.create_future()
         if not self._pending:
@@ -207,34 +251,38 @@ class Database:
         self._touched.update(touches)
         return fut
 
-    def _flush(self) -> None:
+    def _flush(self, thread: threading.Thread | None = None) -> None:
         batch, self._pending = self._pending, []
         touched, self._touched = self._touched, set()
         if not batch:
             return
-        executor = self._executor
-        if executor is None:
+        if (thread or self._thread) is None:
             for _, fut in batch:
                 if not fut.done():
                     fut.set_exception(BrokerUnavailableError("SQLite database closed"))
             return
-        done = executor.submit(self._transaction, [op for op, _ in batch])
         loop = asyncio.get_running_loop()
+        ops = [op for op, _ in batch]
 
-        def settle(results: concurrent.futures.Future[list[tuple[bool, Any]]]) -> None:
-            loop.call_soon_threadsafe(self._settle, batch, results, touched)
+        def job() -> None:
+            try:
+                results: list[tuple[bool, Any]] | None = self._transaction(ops)
+                error: BaseException | None = None
+            except BaseException as exc:
+                results, error = None, exc
+            _post(loop, self._settle, batch, results, error, touched)
 
-        done.add_done_callback(settle)
+        self._jobs.put(job)
 
     def _settle(
         self,
         batch: list[tuple[Op[Any], asyncio.Future[Any]]],
-        results: concurrent.futures.Future[list[tuple[bool, Any]]],
+        results: list[tuple[bool, Any]] | None,
+        exc: BaseException | None,
         touched: set[str],
     ) -> None:
-        exc = results.exception()
-        if exc is not None:
-            error: BaseException = exc
+        if results is None:
+            error: BaseException = exc or BrokerUnavailableError("SQLite transaction failed")
             if isinstance(exc, sqlite3.Error):
                 error = BrokerUnavailableError(f"SQLite database {self.path}: {exc}")
                 error.__cause__ = exc
@@ -242,7 +290,7 @@ class Database:
                 if not fut.done():
                     fut.set_exception(error)
             return
-        for (_, fut), (ok, value) in zip(batch, results.result(), strict=True):
+        for (_, fut), (ok, value) in zip(batch, results, strict=True):
             if fut.done():
                 continue
             if ok:
@@ -305,6 +353,14 @@ class Database:
                 conn.execute("ROLLBACK")
             raise
         return results
+
+
+def _post(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: Any) -> None:
+    """Hand `callback(*args)` to `loop` from the connection's thread (dropped if it closed)."""
+    try:
+        loop.call_soon_threadsafe(callback, *args)
+    except RuntimeError:  # the loop closed before the operation ended: nobody waits for it
+        logger.debug("SQLite operation ended after its event loop closed")
 
 
 def _locked(exc: sqlite3.OperationalError) -> bool:

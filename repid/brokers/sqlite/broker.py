@@ -56,9 +56,10 @@ class SqliteMessageBroker(SharedStateInFile):
         poll_interval: the longest an idle consumer waits before looking for messages that
             another process committed (a commit in this process wakes it at once).
         max_message_size: largest envelope accepted by `enqueue`, in bytes.
-        synchronous: SQLite's `synchronous` setting: "FULL" (default: a returned enqueue or
-            ack survives a power cut), "NORMAL" (survives a crash of any process, may lose the
-            last commits on a power cut; faster), "OFF" (not durable).
+        synchronous: SQLite's `synchronous` setting: "NORMAL" (default: a returned enqueue or
+            ack survives a crash of any process; a power cut may lose the last commits, never
+            the file), "FULL" (also survives a power cut: one fsync per commit, slower),
+            "OFF" (not durable on a power cut).
         busy_timeout: seconds a statement waits for another process's write lock.
         operation_timeout: seconds an operation keeps retrying while the file stays locked
             before raising `BrokerUnavailableError`.
@@ -71,7 +72,7 @@ class SqliteMessageBroker(SharedStateInFile):
         lease_duration: float = 30.0,
         poll_interval: float = 0.05,
         max_message_size: int | None = 16 * 1024 * 1024,
-        synchronous: str = "FULL",
+        synchronous: str = "NORMAL",
         busy_timeout: float = 5.0,
         operation_timeout: float = 30.0,
     ) -> None:

@@ -33,7 +33,7 @@ class SqliteBucketBroker:
         *,
         use_result_bucket: bool = False,
         ttl: timedelta | None = None,
-        synchronous: str = "FULL",
+        synchronous: str = "NORMAL",
         poll_interval: float = 0.05,
     ) -> None:
         self.use_result_bucket = use_result_bucket

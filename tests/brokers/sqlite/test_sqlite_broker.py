@@ -323,3 +323,26 @@ def test_cli_urls(tmp_path: Path) -> None:
         connection_from_url(f"sqlite:///{tmp_path}/cli.db", "redis://127.0.0.1/0")
     with pytest.raises(CLIError, match="no host"):
         connection_from_url("sqlite://somehost/cli.db")
+
+
+async def test_synchronous_defaults_to_normal_and_full_is_kept(tmp_path: Path) -> None:
+    """WAL with synchronous=NORMAL by default (no fsync per commit); FULL when asked for. The
+    statements run on the connection's own thread, never on the event loop's."""
+    loop_thread = threading.get_ident()
+    for name, expected in (("n.db", 1), ("f.db", 2)):
+        kwargs = {} if expected == 1 else {"synchronous": "FULL"}
+        broker = SqliteMessageBroker(tmp_path / name, **kwargs)  # type: ignore[arg-type]
+        await broker.connect()
+        try:
+
+            def pragmas(conn: sqlite3.Connection) -> tuple[int, str, int]:
+                (level,) = conn.execute("PRAGMA synchronous").fetchone()
+                (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
+                return level, mode, threading.get_ident()
+
+            level, mode, thread = await broker.db.run(pragmas)
+        finally:
+            await broker.disconnect()
+        assert (level, mode) == (expected, "wal")
+        assert thread != loop_thread
+        assert not broker.db.is_open
