@@ -73,6 +73,13 @@ PEER_REQUIREMENTS: dict[str, tuple[str, ...]] = {
     "faststream-nats": ("faststream[nats]==0.7.8",),
     "nats-py": ("nats-py==2.16.0",),
     "taskiq-nats": ("taskiq-nats==0.7.0", "taskiq==0.13.0"),
+    "procrastinate": ("procrastinate==3.10.0", "psycopg[binary,pool]==3.3.9"),
+    "pgqueuer": ("pgqueuer==1.6.0", "asyncpg==0.32.0"),
+    "saq-postgres": (
+        "saq[postgres]==0.26.4",
+        "typing-extensions==4.16.0",
+        "psycopg[binary,pool]==3.3.9",
+    ),
 }
 
 
@@ -186,11 +193,17 @@ SUITES: dict[str, Suite] = {
     ),
     "postgres": Suite(
         name="postgres",
-        description="PostgreSQL 127.0.0.1:5432, database test (REPID_POSTGRES_DSN); no peers yet",
+        description="PostgreSQL 127.0.0.1:5432, database test (REPID_POSTGRES_DSN)",
         default_n=20_000,
         network=True,
         server="postgres",
-        cases=(Case("repid", "repid_postgres.py", venv=None, concurrency=100),),
+        cases=(
+            Case("repid", "repid_postgres.py", venv=None, concurrency=100),
+            Case("procrastinate", "procrastinate_postgres.py", venv="procrastinate", concurrency=100),
+            Case("pgqueuer", "pgqueuer_postgres.py", venv="pgqueuer", concurrency=100),
+            Case("saq", "saq_postgres.py", venv="saq-postgres", concurrency=100),
+            Case("pgbench", "pgbench_postgres.py", venv=None, concurrency=100, reference=True),
+        ),
     ),
     "nats": Suite(
         name="nats",
