@@ -199,7 +199,9 @@ SUITES: dict[str, Suite] = {
         server="postgres",
         cases=(
             Case("repid", "repid_postgres.py", venv=None, concurrency=100),
-            Case("procrastinate", "procrastinate_postgres.py", venv="procrastinate", concurrency=100),
+            Case(
+                "procrastinate", "procrastinate_postgres.py", venv="procrastinate", concurrency=100
+            ),
             Case("pgqueuer", "pgqueuer_postgres.py", venv="pgqueuer", concurrency=100),
             Case("saq", "saq_postgres.py", venv="saq-postgres", concurrency=100),
             Case("pgbench", "pgbench_postgres.py", venv=None, concurrency=100, reference=True),

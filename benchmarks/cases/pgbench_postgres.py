@@ -50,6 +50,11 @@ def _claim_and_count(broker: PostgresMessageBroker) -> str:
     )
 
 
+def _flat(text: str) -> str:
+    """One line per statement (pgbench's script format)."""
+    return " ".join(text.split())
+
+
 def _pgbench_script(broker: PostgresMessageBroker) -> str:
     claim = _claim_and_count(broker)
     values = {
@@ -65,8 +70,7 @@ def _pgbench_script(broker: PostgresMessageBroker) -> str:
     ack = ack.replace("$1::bigint[]", ":ids::bigint[]").replace(
         "$2::bigint[]", "array_fill(:token::bigint, ARRAY[:got::int])"
     )
-    flat = lambda text: " ".join(text.split())  # noqa: E731 - pgbench: one line per statement
-    return f"\\set token random(1, 4611686018427387903)\n{flat(claim)} \\gset\n{flat(ack)};\n"
+    return f"\\set token random(1, 4611686018427387903)\n{_flat(claim)} \\gset\n{_flat(ack)};\n"
 
 
 class RawProducer(Producer):
