@@ -129,6 +129,9 @@ class Database:
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._conn: sqlite3.Connection | None = None
         self._pending: list[tuple[Op[Any], asyncio.Future[Any]]] = []
+        self._busy = False
+        """A transaction is on the connection's thread; new operations wait for it (and then
+        share the next one)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._touched: set[str] = set()
         self.commits = 0
@@ -245,18 +248,21 @@ class Database:
         if self._thread is None:
             raise BrokerUnavailableError(f"SQLite database {self.path} is not open")
         fut: asyncio.Future[T] = loop.create_future()
-        if not self._pending:
-            loop.call_soon(self._flush)
         self._pending.append((op, fut))
         self._touched.update(touches)
+        if not self._busy:
+            self._busy = True  # one flush per idle spell: the rest of this step joins it
+            loop.call_soon(self._flush)
         return fut
 
     def _flush(self, thread: threading.Thread | None = None) -> None:
         batch, self._pending = self._pending, []
         touched, self._touched = self._touched, set()
         if not batch:
+            self._busy = False
             return
         if (thread or self._thread) is None:
+            self._busy = False
             for _, fut in batch:
                 if not fut.done():
                     fut.set_exception(BrokerUnavailableError("SQLite database closed"))
@@ -281,6 +287,11 @@ class Database:
         exc: BaseException | None,
         touched: set[str],
     ) -> None:
+        # What was issued while this transaction ran goes out now, as the next one.
+        if self._pending:
+            self._flush()
+        else:
+            self._busy = False
         if results is None:
             error: BaseException = exc or BrokerUnavailableError("SQLite transaction failed")
             if isinstance(exc, sqlite3.Error):
