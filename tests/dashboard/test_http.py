@@ -69,7 +69,7 @@ async def test_dead_letter_detail_shows_reason_error_traceback_attempts_without_
     async with client_for() as client:
         page = await client.get(f"/queues/{setup.queue}/dead/{setup.dead_ids[0]}")
         assert page.status_code == 200
-        assert '<span id=reason>exception</span>' in page.text
+        assert "<span id=reason>exception</span>" in page.text
         assert "ValueError" in page.text
         assert "Traceback" in page.text
         assert "<dt>Attempts</dt><dd>1</dd>" in page.text
@@ -92,9 +92,7 @@ async def test_requeue_one_asks_for_confirmation_then_moves_it(
         assert ask.status_code == 200
         assert "Requeue dead message" in ask.text
         assert await _dead(setup) == 2
-        done = await client.post(
-            f"/queues/{setup.queue}/requeue", data={**form, "confirm": "yes"}
-        )
+        done = await client.post(f"/queues/{setup.queue}/requeue", data={**form, "confirm": "yes"})
         assert done.status_code == 303
         assert await _dead(setup) == 1
 
@@ -138,9 +136,7 @@ async def test_actions_refuse_missing_or_wrong_csrf(
         assert await _dead(setup) == 2
 
 
-async def test_read_only_hides_and_refuses_actions(
-    setup: Setup, client_for: ClientFactory
-) -> None:
+async def test_read_only_hides_and_refuses_actions(setup: Setup, client_for: ClientFactory) -> None:
     async with client_for(read_only=True) as client:
         page = await client.get(f"/queues/{setup.queue}/dead/{setup.dead_ids[0]}")
         assert page.status_code == 200
