@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, cast
 
+from starlette.requests import Request
+
 from repid.connection import Connection
 from repid.errors import ConfigurationError
 from repid.main import Repid
@@ -28,7 +30,8 @@ def repid_lifespan(
 
     At start-up it connects `target` (and makes it the default connection of `Job`, `Queue`
     and `actor.enqueue()` when `default`); at shutdown it disconnects it. The connection is in
-    the lifespan state under `STATE_KEY`, which `connection_from(request)` reads.
+    the lifespan state and on `app.state` under `STATE_KEY`, which `connection_from(request)`
+    reads.
 
     Args:
         target: the connection, or a `Repid` app (its connection is used).
@@ -43,6 +46,9 @@ def repid_lifespan(
         previous = Repid._magic_connection
         if default:
             Repid.set_magic_connection(connection)
+        app_state = getattr(app, "state", None)
+        if app_state is not None:  # for servers and test transports without lifespan state
+            setattr(app_state, STATE_KEY, connection)
         try:
             state: dict[str, Any] = {STATE_KEY: connection}
             if then is None:
@@ -58,16 +64,18 @@ def repid_lifespan(
     return lifespan
 
 
-def connection_from(request: Any) -> Connection:
+def connection_from(request: Request) -> Connection:
     """The connection `repid_lifespan` opened, for a handler: `Depends(connection_from)`.
 
     Args:
-        request: the Starlette/FastAPI `Request` (or `WebSocket`).
+        request: the Starlette/FastAPI `Request`.
 
     Raises:
         ConfigurationError: the app does not run under `repid_lifespan`.
     """
     connection = getattr(request.state, STATE_KEY, None)
+    if connection is None:
+        connection = getattr(request.app.state, STATE_KEY, None)
     if connection is None:
         raise ConfigurationError(
             "no repid connection: create the app with lifespan=repid_lifespan(...)"
