@@ -31,7 +31,7 @@ class Setup:
     delayed_id: str
 
 
-async def fill(conn: Connection, name: str, dead: int = 2) -> Setup:
+async def fill(conn: Connection, name: str, dead: int = 2, *, delayed: bool = True) -> Setup:
     """Declare `name`, make `dead` dead letters (an actor that raises) and one delayed job."""
     queue = Queue(name, _connection=conn)
     await queue.declare()
@@ -49,6 +49,8 @@ async def fill(conn: Connection, name: str, dead: int = 2) -> Setup:
         assert job.last_id is not None
         ids.append(job.last_id)
     await run_to_limit(make_worker(conn, router, messages_limit=dead), timeout=20)
+    if not delayed:
+        return Setup(conn, name, ids, "")
     later = Job(
         "fails", queue=name, args={"n": 99}, deferred_by=timedelta(hours=1), _connection=conn
     )
