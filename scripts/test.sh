@@ -14,6 +14,12 @@ python -m pip install --quiet --upgrade pip
 python -m pip install --quiet -e '.[dev]'
 
 bash scripts/services.sh
+# The dashboard's browser tests (tests/dashboard/test_browser.py) drive Debian's chromium.
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "== apt-get install chromium (dashboard browser tests)"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null \
+    || echo "chromium could not be installed: tests/dashboard/test_browser.py will fail"
+fi
 
 echo "== ruff"
 ruff check .

@@ -36,17 +36,19 @@ def test_every_registered_parser_is_bound_to_a_handler() -> None:
         "dead",
         "enqueue",
         "db",
+        "dashboard",
     ]
 
 
 def test_only_run_owns_the_process() -> None:
-    """A plain-function handler owns the process (and shows client libraries' logs)."""
+    """A plain-function handler owns the process (and shows client libraries' logs): `run`, and
+    `dashboard`, whose uvicorn server owns the event loop and the signals."""
     owners = [
         name
         for name, parser in _registered()
         if not inspect.iscoroutinefunction(parser.get_default("handler"))
     ]
-    assert owners == ["run"]
+    assert owners == ["run", "dashboard"]
 
 
 def test_a_module_added_to_subcommands_is_a_command(

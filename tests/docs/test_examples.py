@@ -185,6 +185,11 @@ EXPECTED: dict[str, list[str]] = {
         r"charged order 2",
         r"second run: succeeded=2",
     ],
+    "fastapi_app.py": [
+        r"POST /add -> 200 \{'sum': 5\}",
+        r"GET /repid/ -> 200, queue 'default' shown: True",
+        r"disconnected after shutdown: True",
+    ],
 }
 
 
