@@ -20,6 +20,7 @@ from repid.brokers.base import (
     OutgoingMessage,
     poll_bucket,
 )
+from repid.brokers.redis._beats import ConsumerBeats
 from repid.brokers.redis._client import Arg, RedisAddress, RedisReplyError, encode_head
 from repid.brokers.redis._link import DEFAULT_POLICY, SCRIPTS, Link
 from repid.brokers.redis._workers import WorkersAndLimits
@@ -81,8 +82,8 @@ class _AckBatch:
 
     __slots__ = ("args", "future")
 
-    def __init__(self, future: asyncio.Future[list[int]], cancel_prefix: str) -> None:
-        self.args: list[bytes | str | int] = [cancel_prefix]
+    def __init__(self, future: asyncio.Future[list[int]]) -> None:
+        self.args: list[bytes | str | int] = []
         self.future = future
 
 
@@ -104,6 +105,11 @@ class RedisMessageBroker(WorkersAndLimits):
             retries wait twice as long each time, up to a second (default 0.05).
         sweep_interval: at most this many seconds pass between two moves of due delayed
             messages and reclaims of expired leases by an idle consumer.
+        consumer_heartbeat: seconds between two heartbeats of each consumer in its queue's
+            heartbeat set (default 0.5).
+        dead_consumer_after: a consumer whose last heartbeat is older than this many seconds
+            is dead (its worker was killed): the next sweep of a live consumer claims what it
+            held at once, without waiting for the lease (default 2; None: only the lease).
     """
 
     def __init__(
@@ -117,7 +123,11 @@ class RedisMessageBroker(WorkersAndLimits):
         operation_timeout: float | None = None,
         reconnect_backoff: float | None = None,
         sweep_interval: float = 0.25,
+        consumer_heartbeat: float = 0.5,
+        dead_consumer_after: float | None = 2.0,
     ) -> None:
+        if dead_consumer_after is not None and not dead_consumer_after > consumer_heartbeat > 0:
+            raise ValueError("dead_consumer_after must be longer than consumer_heartbeat (> 0)")
         self.connection_policy = ConnectionPolicy.resolve(
             connect_timeout, operation_timeout, reconnect_backoff, defaults=DEFAULT_POLICY
         )
@@ -142,6 +152,14 @@ class RedisMessageBroker(WorkersAndLimits):
         self.sweep_interval = min(sweep_interval, lease_duration / 4)
         self.address = RedisAddress(dsn)
         self.link = Link(self.address, self.connection_policy, tuple(SCRIPTS.values()))
+        self.beats = ConsumerBeats(self.link, consumer_heartbeat)
+        self.dead_consumer_ms = (
+            # Never claimed by heartbeat: a window beyond any lease (the lease decides).
+            int(lease_duration * 1000) * 10 + 1
+            if dead_consumer_after is None
+            else max(1, int(dead_consumer_after * 1000))
+        )
+        self.beat_consumers = dead_consumer_after is not None
         self._keys: dict[str, list[bytes]] = {}
         self._enqueue_heads: dict[tuple[str, str, int], tuple[int, bytes]] = {}
         """(script, queue, priority) -> the encoded `EVALSHA sha n keys...` of an enqueue."""
@@ -165,6 +183,7 @@ class RedisMessageBroker(WorkersAndLimits):
     async def disconnect(self) -> None:
         for limiter in self._limiters.values():
             await limiter.close()
+        await self.beats.close()
         await self.link.close()
         self.is_connected = False
 
@@ -178,21 +197,18 @@ class RedisMessageBroker(WorkersAndLimits):
 
     # -- queues -------------------------------------------------------------------------------
 
+    # The registry of queue names is in another cluster slot than the queue: written apart.
     async def queue_declare(self, queue_name: str) -> None:
-        await self.link.script(
-            SCRIPTS["declare"], [*self.keys(queue_name), self._registry], [queue_name, _now_ms()]
-        )
+        await self.link.script(SCRIPTS["declare"], self.keys(queue_name), [_now_ms()])
+        await self.link.call("SADD", self._registry, queue_name)
 
     async def queue_flush(self, queue_name: str) -> None:
         await self.require_declared(queue_name)
-        await self.link.script(
-            SCRIPTS["flush"], [*self.keys(queue_name), self._registry], ["0", queue_name]
-        )
+        await self.link.script(SCRIPTS["flush"], self.keys(queue_name), ["0"])
 
     async def queue_delete(self, queue_name: str) -> None:
-        await self.link.script(
-            SCRIPTS["flush"], [*self.keys(queue_name), self._registry], ["1", queue_name]
-        )
+        await self.link.script(SCRIPTS["flush"], self.keys(queue_name), ["1"])
+        await self.link.call("SREM", self._registry, queue_name)
 
     async def require_declared(self, queue_name: str) -> None:
         """Raise `QueueNotDeclaredError` unless `queue_name` is declared."""
@@ -294,9 +310,9 @@ class RedisMessageBroker(WorkersAndLimits):
         batch = self._acks.get(queue)
         if batch is None:
             loop = asyncio.get_running_loop()
-            batch = self._acks[queue] = _AckBatch(loop.create_future(), self._cancel_prefix)
+            batch = self._acks[queue] = _AckBatch(loop.create_future())
             loop.call_soon(self._flush_acks, queue, consumer.keys)
-        index = (len(batch.args) - 1) // 5
+        index = len(batch.args) // 5
         batch.args += (p, entry_id, consumer.name, count, key.key.id_)
         if index + 1 >= _ACK_BATCH:  # let Redis work on these while later actors still run
             self._flush_acks(queue, consumer.keys, now=True)
@@ -304,12 +320,12 @@ class RedisMessageBroker(WorkersAndLimits):
             results = await batch.future
         except (BrokerUnavailableError, RedisReplyError):
             results = await self.link.script(
-                SCRIPTS["ack"],
-                consumer.keys,
-                [self._cancel_prefix, p, entry_id, consumer.name, count, key.key.id_],
+                SCRIPTS["ack"], consumer.keys, [p, entry_id, consumer.name, count, key.key.id_]
             )
             index = 0
         if results[index]:
+            if results[index] == 2:
+                await self.cancel_finished(key.key.id_)
             return True
         _stale("ack", key)
         return False
@@ -358,10 +374,11 @@ class RedisMessageBroker(WorkersAndLimits):
                 due,
                 _now_ms(),
                 raw,
-                self._cancel_prefix,
             ],
         )
         if result:
+            if result == 2:
+                await self.cancel_finished(key.key.id_)
             return True
         _stale(op, key)
         return False
@@ -435,19 +452,24 @@ class RedisMessageBroker(WorkersAndLimits):
         None when no pending or running message has that id.
         """
         await self.require_declared(queue_name)
+        # The flag key of the id is in another cluster slot than the queue: set first (a job
+        # acked meanwhile deletes it), and deleted again when nothing runs under that id.
+        flag = self._cancel_key(id_)
+        await self.link.call("SET", flag, "1", "EX", _CANCEL_TTL)
         outcome = await self.link.script(
-            SCRIPTS["cancel"],
-            self.keys(queue_name),
-            [id_, self._cancel_key(id_), _CANCEL_TTL],
+            SCRIPTS["cancel"], self.keys(queue_name), [id_, _CANCEL_TTL]
         )
-        return None if outcome is None else outcome.decode()
+        if outcome != b"requested":
+            await self.link.call("DEL", flag)
+        return None if outcome is None else str(outcome.decode())
 
     async def cancelled_ids(self, running: Iterable[str]) -> set[str]:
         """Which of these running job ids have a pending cancellation request."""
         ids = list(running)
         if not ids:
             return set()
-        flags = await self.link.call("MGET", *(self._cancel_key(id_) for id_ in ids))
+        # One GET per flag, sent together (no MGET: the flags are spread over cluster slots).
+        flags = await asyncio.gather(*(self.link.call("GET", self._cancel_key(id_)) for id_ in ids))
         return {id_ for id_, flag in zip(ids, flags, strict=True) if flag is not None}
 
     async def cancel_finished(self, id_: str) -> None:

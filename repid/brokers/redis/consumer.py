@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from repid.brokers.base import BaseConsumer, Delivery
+from repid.brokers.redis._beats import ConsumerBeats
 from repid.brokers.redis._client import (
     RedisAddress,
     RedisReplyError,
@@ -36,7 +37,7 @@ __all__ = ["ConsumerBroker", "RedisConsumer", "key_names"]
 
 logger = logging.getLogger("repid.brokers.redis")
 
-_KEY_SUFFIXES = ("s0", "s1", "s2", "r0", "r1", "r2", "d", "de", "x", "i", "m", "c")
+_KEY_SUFFIXES = ("s0", "s1", "s2", "r0", "r1", "r2", "d", "de", "x", "i", "m", "c", "h")
 _UNLIMITED_BATCH = 100
 _PRUNE_INTERVAL = 60.0
 """Seconds between two removals of dead consumers (e.g. of SIGKILLed workers) from the groups."""
@@ -73,6 +74,9 @@ class ConsumerBroker(Protocol):
     lease_duration: float
     sweep_interval: float
     max_message_size: int | None
+    beats: ConsumerBeats
+    beat_consumers: bool
+    dead_consumer_ms: int
 
     def keys(self, queue: str) -> list[bytes]: ...
 
@@ -127,6 +131,8 @@ class RedisConsumer(BaseConsumer):
     async def start(self) -> None:
         self._closed = False
         await self._broker.require_declared(self.queue)
+        if self._category is _NORMAL and self._broker.beat_consumers:
+            await self._broker.beats.add(self, self.keys[12], self.name)
 
     async def pause(self) -> None:
         self._paused = True
@@ -150,11 +156,16 @@ class RedisConsumer(BaseConsumer):
             self._buffer.clear()
             self._skipped.clear()
             try:
-                await self._broker.link.script(
+                holding = await self._broker.link.script(
                     SCRIPTS["finish"], self.keys, [self.name, *self._outstanding], timeout=2.0
                 )
             except Exception as exc:  # their leases expire and they are handed out again
                 logger.warning("returning unstarted messages of %s failed: %r", self.queue, exc)
+                holding = 0
+            if not holding:
+                self._broker.beats.remove(self)
+        else:
+            self._broker.beats.remove(self)
 
     # -- bookkeeping ----------------------------------------------------------------------------
 
@@ -163,6 +174,8 @@ class RedisConsumer(BaseConsumer):
         if self._outstanding.pop(entry_id, None) is not None:
             self._anticipate = True
             self._poke()
+            if self._closed and not self._outstanding:  # finished, and holds nothing now
+                self._broker.beats.remove(self)
 
     def _poke(self) -> None:
         changed = self._changed
@@ -334,7 +347,14 @@ class RedisConsumer(BaseConsumer):
         reply = await broker.link.script(
             SCRIPTS["fetch"],
             self.keys,
-            [self.name, count, int(time.time() * 1000), "1" if sweep else "0", self._lease_ms],
+            [
+                self.name,
+                count,
+                int(time.time() * 1000),
+                "1" if sweep else "0",
+                self._lease_ms,
+                broker.dead_consumer_ms,
+            ],
         )
         head = reply[0]
         self._next_due = None if head == -1 else int(head) / 1000
