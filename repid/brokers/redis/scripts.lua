@@ -147,7 +147,7 @@ for p = 0, 2 do
       end
     end
   end
-  if ARGV[4] == '1' then
+  if ARGV[4] == '1' and got < n then
     local claimed = redis.call('XAUTOCLAIM', s, G, me, ARGV[5], '0-0', 'COUNT', n - got)
     for _, e in ipairs(claimed[2]) do
       local pe = redis.call('XPENDING', s, G, e[1], e[1], 1)[1]
