@@ -139,5 +139,6 @@ PUBLISHERS: dict[str, RawPublisher] = {
     "rabbitmq": _rabbitmq,
     "rabbitmq_quorum": _rabbitmq,
     "redis": _redis,
+    "redis_py": _redis,
     "sqlite": _sqlite,
 }

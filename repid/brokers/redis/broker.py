@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 from repid._redact import mask_url
 from repid.brokers.base import (
@@ -43,6 +43,7 @@ logger = logging.getLogger("repid.brokers.redis")
 
 _ACK_BATCH = 25
 """Acks sent in one script call at most; a full batch leaves at once (overlapping later work)."""
+_NO_FAST_PATH = BrokerUnavailableError("no connection of the hand-written client")
 _CANCEL_TTL = 24 * 3600
 """Seconds a cancellation request of a running job is kept (if its worker never clears it)."""
 
@@ -87,12 +88,41 @@ class _AckBatch:
         self.future = future
 
 
+Transport = Literal["redis-py", "resp"]
+"""How a broker built from a DSN talks to Redis: redis-py's asyncio client (Sentinel and
+Cluster through `client=`), or repid's own pipelining RESP2 client (one node only)."""
+
+
+def make_link(
+    dsn: str | None, client: Any, transport: Transport, policy: ConnectionPolicy, scripts: Any
+) -> tuple[Link, RedisAddress | None]:
+    """The link of a broker: on the user's redis-py `client`, or from `dsn` by `transport`."""
+    if client is not None:
+        from repid.brokers.redis._pylink import PyLink
+
+        return PyLink(client, policy, scripts, owned=False), None
+    assert dsn is not None
+    address = RedisAddress(dsn)  # checks the DSN (a ConfigurationError quotes it masked)
+    if transport == "resp":
+        return Link(address, policy, scripts), address
+    if transport != "redis-py":
+        raise ValueError(f"transport must be 'redis-py' or 'resp', got {transport!r}")
+    from repid.brokers.redis._pylink import PyLink, client_from_dsn
+
+    return PyLink(client_from_dsn(dsn, policy), policy, scripts), address
+
+
 class RedisMessageBroker(WorkersAndLimits):
-    """A message broker on Redis Streams (redis-py's address format, our own pipelined client).
+    """A message broker on Redis Streams.
 
     Args:
-        dsn: `redis://[[user]:password@]host[:port][/db]`, `rediss://...` (TLS) or
-            `unix:///path?db=N`.
+        dsn: `redis://[[user]:password@]host[:port][/db]`, `rediss://...` (TLS, with redis-py's
+            `ssl_*` query options) or `unix:///path?db=N`. Ignored when `client` is given.
+        client: a `redis.asyncio.Redis`, `redis.asyncio.RedisCluster` or Sentinel-managed
+            client (`Sentinel(...).master_for(name)`) to use instead of `dsn`; it must not
+            decode responses. The caller closes it.
+        transport: for `dsn`: "redis-py" (redis-py's asyncio client) or "resp" (repid's own
+            pipelining client: one node, no Sentinel or Cluster).
         prefix: prefix of every key the broker writes (several apps can share one Redis).
         lease_duration: seconds a delivery stays owned without renewal; the worker renews it
             every third of that while the actor runs. An expired delivery (a crashed worker's)
@@ -116,6 +146,8 @@ class RedisMessageBroker(WorkersAndLimits):
         self,
         dsn: str = "redis://127.0.0.1:6379/0",
         *,
+        client: Any = None,
+        transport: Transport = "resp",
         prefix: str = "repid:",
         lease_duration: float = 30.0,
         max_message_size: int | None = 16 * 1024 * 1024,
@@ -150,8 +182,12 @@ class RedisMessageBroker(WorkersAndLimits):
         self.lease_duration = lease_duration
         self.max_message_size = max_message_size
         self.sweep_interval = min(sweep_interval, lease_duration / 4)
-        self.address = RedisAddress(dsn)
-        self.link = Link(self.address, self.connection_policy, tuple(SCRIPTS.values()))
+        link, address = make_link(
+            dsn, client, transport, self.connection_policy, tuple(SCRIPTS.values())
+        )
+        self.link = link
+        self.address = address
+        self.transport = "redis-py" if client is not None else transport
         self.beats = ConsumerBeats(self.link, consumer_heartbeat)
         self.dead_consumer_ms = (
             # Never claimed by heartbeat: a window beyond any lease (the lease decides).
@@ -170,7 +206,8 @@ class RedisMessageBroker(WorkersAndLimits):
         self.is_connected = False
 
     def __repr__(self) -> str:
-        return f"RedisMessageBroker({mask_url(self.dsn)!r}, prefix={self.prefix!r})"
+        where = mask_url(self.dsn) if self.address is not None else repr(self.link)
+        return f"RedisMessageBroker({where!r}, prefix={self.prefix!r})"
 
     # -- connection -------------------------------------------------------------------------
 
@@ -256,7 +293,7 @@ class RedisMessageBroker(WorkersAndLimits):
         conn = self.link.conn
         try:
             if conn is None or conn.closed:
-                raise BrokerUnavailableError("not connected")
+                raise _NO_FAST_PATH
             head = self._enqueue_heads.get((name, key.queue, priority))
             if head is None:
                 keys = self._enqueue_keys(name, key.queue, priority)
@@ -335,11 +372,6 @@ class RedisMessageBroker(WorkersAndLimits):
         if batch is None:  # already sent (it filled up before the end of the loop step)
             return
         conn = self.link.conn
-        if conn is None or conn.closed:
-            batch.future.set_exception(BrokerUnavailableError("not connected"))
-            batch.future.exception()  # retrieved: every waiter falls back on its own
-            return
-        reply = conn.call("EVALSHA", SCRIPTS["ack"].sha, len(keys), *keys, *batch.args)
 
         def done(reply: asyncio.Future[Any]) -> None:
             if batch.future.done():
@@ -351,6 +383,16 @@ class RedisMessageBroker(WorkersAndLimits):
             else:
                 batch.future.set_result(reply.result())
 
+        if self.transport == "redis-py":
+            # redis-py: the batch is one script call of its own
+            task = asyncio.ensure_future(self.link.script(SCRIPTS["ack"], keys, [*batch.args]))
+            task.add_done_callback(done)
+            return
+        if conn is None or conn.closed:
+            batch.future.set_exception(BrokerUnavailableError("not connected"))
+            batch.future.exception()  # retrieved: every waiter falls back on its own
+            return
+        reply = conn.call("EVALSHA", SCRIPTS["ack"].sha, len(keys), *keys, *batch.args)
         reply.add_done_callback(done)
         if now:
             conn.flush()
@@ -482,6 +524,8 @@ class RedisBucketBroker:
 
     Args:
         dsn: the Redis address (as for `RedisMessageBroker`).
+        client: a redis-py asyncio client to use instead of `dsn` (as for `RedisMessageBroker`).
+        transport: "redis-py" or "resp", for `dsn` (as for `RedisMessageBroker`).
         use_result_bucket: True to store actor results (`ResultBucket`), False for job args.
         prefix: prefix of every key written.
         ttl: expiry of buckets that carry no TTL of their own (None: kept until deleted).
@@ -496,6 +540,8 @@ class RedisBucketBroker:
         self,
         dsn: str = "redis://127.0.0.1:6379/0",
         *,
+        client: Any = None,
+        transport: Transport = "resp",
         use_result_bucket: bool = False,
         prefix: str = "repid:",
         ttl: timedelta | None = None,
@@ -512,7 +558,7 @@ class RedisBucketBroker:
         )
         self.prefix = prefix
         self.ttl = ttl
-        self.link = Link(RedisAddress(dsn), self.connection_policy)
+        self.link, _ = make_link(dsn, client, transport, self.connection_policy, ())
         self._kind = "result" if use_result_bucket else "args"
 
     def __repr__(self) -> str:

@@ -69,7 +69,11 @@ def _consumer_name() -> bytes:
 class ConsumerBroker(Protocol):
     """What a consumer uses of its broker (`RedisMessageBroker`)."""
 
-    address: RedisAddress
+    address: RedisAddress | None
+
+    @property
+    def transport(self) -> str: ...
+
     link: Link
     lease_duration: float
     sweep_interval: float
@@ -358,10 +362,12 @@ class RedisConsumer(BaseConsumer):
         )
         head = reply[0]
         self._next_due = None if head == -1 else int(head) / 1000
+        if reply[1] == 1:  # a dead consumer holds more: claim the rest at the next fetch
+            self._next_sweep = 0.0
         make = self._delivery
         out = [
             make(reply[i], reply[i + 1], reply[i + 2], reply[i + 3], reply[i + 4] == 1)
-            for i in range(1, len(reply), 5)
+            for i in range(2, len(reply), 5)
         ]
         return self._filter(out) if self._topics is not None else out
 
@@ -402,10 +408,13 @@ class RedisConsumer(BaseConsumer):
             blocker.set_result(None)
 
     async def _block(self, count: int, timeout: float) -> list[Delivery]:
-        conn = self._blocking
-        if conn is None or conn.closed:
+        conn: Any = self._blocking
+        address = self._broker.address
+        if self._broker.transport == "redis-py" or address is None:
+            conn = await self._broker.link.connection()  # a blocking read takes a pool connection
+        elif conn is None or conn.closed:
             conn = self._blocking = await open_connection(
-                self._broker.address, self._broker.link.connect_timeout
+                address, self._broker.link.connect_timeout
             )
         self._fetched = True
         try:
@@ -430,7 +439,7 @@ class RedisConsumer(BaseConsumer):
         out.sort(key=lambda delivery: delivery.handle[0])
         return self._filter(out) if self._topics is not None else out
 
-    async def _read_blocking(self, conn: RespConnection, count: int, timeout: float) -> Any:
+    async def _read_blocking(self, conn: Any, count: int, timeout: float) -> Any:
         keys = self.keys
         return await conn.call(
             "XREADGROUP",

@@ -98,10 +98,11 @@ return 1
 -- @script fetch
 -- ARGV: consumer, max count, now ms, sweep ('1': promote due delayed, claim the entries of dead
 --       consumers, reclaim expired leases), lease ms, dead-consumer window ms.
---       Returns a flat array of (priority, entry id, envelope, delivery count, redelivered) per
---       delivery, HIGH first. The first value is the next due ms (or -1).
+--       Returns the next due ms (or -1), 1 if dead consumers still hold entries (sweep again at
+--       once) else 0, then a flat array of (priority, entry id, envelope, delivery count,
+--       redelivered) per delivery, HIGH first.
 local me, n, now = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local out = {-1}
+local out = {-1, 0}
 local got = 0
 local dead = {}
 if ARGV[4] == '1' then
@@ -194,7 +195,9 @@ for _, c in ipairs(dead) do
   for p = 0, 2 do
     if #redis.call('XPENDING', KEYS[p + 1], G, '-', '+', 1, c) > 0 then holds = true end
   end
-  if not holds then
+  if holds then
+    out[2] = 1
+  else
     redis.call('ZREM', KEYS[13], c)
     for p = 0, 2 do redis.pcall('XGROUP', 'DELCONSUMER', KEYS[p + 1], G, c) end
   end
