@@ -18,7 +18,7 @@ from typing import Any
 from repid.brokers.base import ConnectionPolicy, Delivery
 from repid.brokers.redis._client import RedisAddress
 from repid.brokers.redis._link import DEFAULT_POLICY, SCRIPTS, Link, Script
-from repid.brokers.redis._workers import WorkersAndLimits
+from repid.brokers.redis._workers import WorkersAndLimits, hash_tagged
 from repid.ids import generated_here
 
 __all__ = ["RedisSharedState", "generated_here"]
@@ -159,8 +159,10 @@ class RedisSharedState(WorkersAndLimits):
         """Mirror: (queue, id) -> newest creation time of the cancelled waiting messages."""
         self.flags: dict[str, int] = {}
         """Mirror: id -> expiry (ms) of its cancellation flag."""
-        self._cancels = f"{prefix}cancels".encode()
-        self._version_key = f"{prefix}cancels:v".encode()
+        # Every key of the cancellation scripts shares one hash tag (one slot on a cluster).
+        self._base = base = hash_tagged(prefix, "state")
+        self._cancels = f"{base}cancels".encode()
+        self._version_key = f"{base}cancels:v".encode()
         self._version: bytes | None = b"?"
         self._init_workers_and_limits()
         self._releases: list[bytes] = []
@@ -169,7 +171,7 @@ class RedisSharedState(WorkersAndLimits):
         """Flags this process read while it did not run their job: a later run of the id here
         is a new job (the cancelled one was dropped, finished, or ran elsewhere)."""
         self._recent: OrderedDict[str, float] = OrderedDict()
-        self._readers = f"{prefix}readers".encode()
+        self._readers = f"{base}readers".encode()
         self.reader_id = uuid.uuid4().hex
         self._reported = 0.0
         self.running: Callable[[str], bool] = lambda id_: False
@@ -222,7 +224,7 @@ class RedisSharedState(WorkersAndLimits):
     # -- unique ids ---------------------------------------------------------------------------
 
     def _pending_key(self, queue: str, id_: str) -> bytes:
-        return f"{self.prefix}pending{_SEP}{queue}{_SEP}{id_}".encode()
+        return f"{self._base}pending{_SEP}{queue}{_SEP}{id_}".encode()
 
     def _ttl_ms(self, due: float | None) -> int:
         wait = 0.0 if due is None else max(0.0, due - time.time())
@@ -386,7 +388,7 @@ class RedisSharedState(WorkersAndLimits):
         await self.link.call("SET", self._answer_key(id_), "d", "PX", _ANSWER_TTL_MS)
 
     def _answer_key(self, id_: str) -> bytes:
-        return f"{self.prefix}answer{_SEP}{id_}".encode()
+        return f"{self._base}answer{_SEP}{id_}".encode()
 
     async def forget_cancel(self, id_: str, queue: str = "") -> None:
         """Job `id_` is gone: drop its flag, and its tombstones in `queue` ("": in any queue)."""

@@ -45,6 +45,14 @@ async def _redis(conn: Connection, queue: str, bodies: list[tuple[bytes, int]]) 
         await client.aclose()
 
 
+async def _redis_client(conn: Connection, queue: str, bodies: list[tuple[bytes, int]]) -> None:
+    """Through the broker's own redis-py client (a Redis Cluster one for `redis_cluster`)."""
+    streams = conn.message_broker.keys(queue)
+    client = conn.message_broker.link.client
+    for body, priority in bodies:
+        await client.xadd(streams[priority], {b"m": body})
+
+
 async def _rabbitmq(conn: Connection, queue: str, bodies: list[tuple[bytes, int]]) -> None:
     connection = await aio_pika.connect(rabbitmq.DSN)
     try:
@@ -139,5 +147,7 @@ PUBLISHERS: dict[str, RawPublisher] = {
     "rabbitmq": _rabbitmq,
     "rabbitmq_quorum": _rabbitmq,
     "redis": _redis,
+    "redis_py": _redis,
+    "redis_cluster": _redis_client,
     "sqlite": _sqlite,
 }

@@ -14,7 +14,17 @@ from repid.brokers.redis._limiter import RedisActorLimiter
 from repid.brokers.redis._link import SCRIPTS, Link
 from repid.lifecycle import STALE_AFTER, RateLimit, WorkerInfo
 
-__all__ = ["WorkersAndLimits", "worker_infos", "worker_record"]
+__all__ = ["WorkersAndLimits", "hash_tagged", "worker_infos", "worker_record"]
+
+
+def hash_tagged(prefix: str, tag: str) -> str:
+    """`prefix` with the cluster hash tag `{tag}` after it, unless it already has one: keys
+    under the result share one Redis Cluster slot (a script or MULTI may touch them together).
+    """
+    opening = prefix.find("{")
+    if opening != -1 and prefix.find("}", opening + 2) != -1:
+        return prefix
+    return f"{prefix}{{{tag}}}:"
 
 
 def worker_record(info: WorkerInfo) -> bytes:
@@ -55,8 +65,10 @@ class WorkersAndLimits:
     lease_duration: float
 
     def _init_workers_and_limits(self) -> None:
-        self._workers_key = f"{self.prefix}workers".encode()
-        self._seen_key = f"{self.prefix}workers:seen".encode()
+        # One hash tag: the registry's two keys are changed together (one slot on a cluster).
+        base = hash_tagged(self.prefix, "workers")
+        self._workers_key = f"{base}workers".encode()
+        self._seen_key = f"{base}workers:seen".encode()
         self._limiters: dict[str, RedisActorLimiter] = {}
 
     def actor_limiter(
@@ -75,7 +87,7 @@ class WorkersAndLimits:
         ):
             limiter = RedisActorLimiter(
                 self.link,
-                f"{self.prefix}limit:{actor}",
+                hash_tagged(f"{self.prefix}limit:", actor) + "limit",
                 max_concurrency,
                 rate_limit,
                 self.lease_duration,

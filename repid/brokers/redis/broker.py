@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 from repid._redact import mask_url
 from repid.brokers.base import (
@@ -20,6 +20,7 @@ from repid.brokers.base import (
     OutgoingMessage,
     poll_bucket,
 )
+from repid.brokers.redis._beats import ConsumerBeats
 from repid.brokers.redis._client import Arg, RedisAddress, RedisReplyError, encode_head
 from repid.brokers.redis._link import DEFAULT_POLICY, SCRIPTS, Link
 from repid.brokers.redis._workers import WorkersAndLimits
@@ -42,6 +43,7 @@ logger = logging.getLogger("repid.brokers.redis")
 
 _ACK_BATCH = 25
 """Acks sent in one script call at most; a full batch leaves at once (overlapping later work)."""
+_NO_FAST_PATH = BrokerUnavailableError("no connection of the hand-written client")
 _CANCEL_TTL = 24 * 3600
 """Seconds a cancellation request of a running job is kept (if its worker never clears it)."""
 
@@ -81,17 +83,46 @@ class _AckBatch:
 
     __slots__ = ("args", "future")
 
-    def __init__(self, future: asyncio.Future[list[int]], cancel_prefix: str) -> None:
-        self.args: list[bytes | str | int] = [cancel_prefix]
+    def __init__(self, future: asyncio.Future[list[int]]) -> None:
+        self.args: list[bytes | str | int] = []
         self.future = future
 
 
+Transport = Literal["redis-py", "resp"]
+"""How a broker built from a DSN talks to Redis: redis-py's asyncio client (Sentinel and
+Cluster through `client=`), or repid's own pipelining RESP2 client (one node only)."""
+
+
+def make_link(
+    dsn: str | None, client: Any, transport: Transport, policy: ConnectionPolicy, scripts: Any
+) -> tuple[Link, RedisAddress | None]:
+    """The link of a broker: on the user's redis-py `client`, or from `dsn` by `transport`."""
+    if client is not None:
+        from repid.brokers.redis._pylink import PyLink
+
+        return PyLink(client, policy, scripts, owned=False), None
+    assert dsn is not None
+    address = RedisAddress(dsn)  # checks the DSN (a ConfigurationError quotes it masked)
+    if transport == "resp":
+        return Link(address, policy, scripts), address
+    if transport != "redis-py":
+        raise ValueError(f"transport must be 'redis-py' or 'resp', got {transport!r}")
+    from repid.brokers.redis._pylink import PyLink, client_from_dsn
+
+    return PyLink(client_from_dsn(dsn, policy), policy, scripts), address
+
+
 class RedisMessageBroker(WorkersAndLimits):
-    """A message broker on Redis Streams (redis-py's address format, our own pipelined client).
+    """A message broker on Redis Streams.
 
     Args:
-        dsn: `redis://[[user]:password@]host[:port][/db]`, `rediss://...` (TLS) or
-            `unix:///path?db=N`.
+        dsn: `redis://[[user]:password@]host[:port][/db]`, `rediss://...` (TLS, with redis-py's
+            `ssl_*` query options) or `unix:///path?db=N`. Ignored when `client` is given.
+        client: a `redis.asyncio.Redis`, `redis.asyncio.RedisCluster` or Sentinel-managed
+            client (`Sentinel(...).master_for(name)`) to use instead of `dsn`; it must not
+            decode responses. The caller closes it.
+        transport: for `dsn`: "redis-py" (redis-py's asyncio client) or "resp" (repid's own
+            pipelining client: one node, no Sentinel or Cluster).
         prefix: prefix of every key the broker writes (several apps can share one Redis).
         lease_duration: seconds a delivery stays owned without renewal; the worker renews it
             every third of that while the actor runs. An expired delivery (a crashed worker's)
@@ -104,12 +135,19 @@ class RedisMessageBroker(WorkersAndLimits):
             retries wait twice as long each time, up to a second (default 0.05).
         sweep_interval: at most this many seconds pass between two moves of due delayed
             messages and reclaims of expired leases by an idle consumer.
+        consumer_heartbeat: seconds between two heartbeats of each consumer in its queue's
+            heartbeat set (default 0.5).
+        dead_consumer_after: a consumer whose last heartbeat is older than this many seconds
+            is dead (its worker was killed): the next sweep of a live consumer claims what it
+            held at once, without waiting for the lease (default 2; None: only the lease).
     """
 
     def __init__(
         self,
         dsn: str = "redis://127.0.0.1:6379/0",
         *,
+        client: Any = None,
+        transport: Transport = "resp",
         prefix: str = "repid:",
         lease_duration: float = 30.0,
         max_message_size: int | None = 16 * 1024 * 1024,
@@ -117,7 +155,11 @@ class RedisMessageBroker(WorkersAndLimits):
         operation_timeout: float | None = None,
         reconnect_backoff: float | None = None,
         sweep_interval: float = 0.25,
+        consumer_heartbeat: float = 0.5,
+        dead_consumer_after: float | None = 2.0,
     ) -> None:
+        if dead_consumer_after is not None and not dead_consumer_after > consumer_heartbeat > 0:
+            raise ValueError("dead_consumer_after must be longer than consumer_heartbeat (> 0)")
         self.connection_policy = ConnectionPolicy.resolve(
             connect_timeout, operation_timeout, reconnect_backoff, defaults=DEFAULT_POLICY
         )
@@ -140,8 +182,20 @@ class RedisMessageBroker(WorkersAndLimits):
         self.lease_duration = lease_duration
         self.max_message_size = max_message_size
         self.sweep_interval = min(sweep_interval, lease_duration / 4)
-        self.address = RedisAddress(dsn)
-        self.link = Link(self.address, self.connection_policy, tuple(SCRIPTS.values()))
+        link, address = make_link(
+            dsn, client, transport, self.connection_policy, tuple(SCRIPTS.values())
+        )
+        self.link = link
+        self.address = address
+        self.transport = "redis-py" if client is not None else transport
+        self.beats = ConsumerBeats(self.link, consumer_heartbeat)
+        self.dead_consumer_ms = (
+            # Never claimed by heartbeat: a window beyond any lease (the lease decides).
+            int(lease_duration * 1000) * 10 + 1
+            if dead_consumer_after is None
+            else max(1, int(dead_consumer_after * 1000))
+        )
+        self.beat_consumers = dead_consumer_after is not None
         self._keys: dict[str, list[bytes]] = {}
         self._enqueue_heads: dict[tuple[str, str, int], tuple[int, bytes]] = {}
         """(script, queue, priority) -> the encoded `EVALSHA sha n keys...` of an enqueue."""
@@ -152,7 +206,8 @@ class RedisMessageBroker(WorkersAndLimits):
         self.is_connected = False
 
     def __repr__(self) -> str:
-        return f"RedisMessageBroker({mask_url(self.dsn)!r}, prefix={self.prefix!r})"
+        where = mask_url(self.dsn) if self.address is not None else repr(self.link)
+        return f"RedisMessageBroker({where!r}, prefix={self.prefix!r})"
 
     # -- connection -------------------------------------------------------------------------
 
@@ -165,6 +220,7 @@ class RedisMessageBroker(WorkersAndLimits):
     async def disconnect(self) -> None:
         for limiter in self._limiters.values():
             await limiter.close()
+        await self.beats.close()
         await self.link.close()
         self.is_connected = False
 
@@ -178,21 +234,18 @@ class RedisMessageBroker(WorkersAndLimits):
 
     # -- queues -------------------------------------------------------------------------------
 
+    # The registry of queue names is in another cluster slot than the queue: written apart.
     async def queue_declare(self, queue_name: str) -> None:
-        await self.link.script(
-            SCRIPTS["declare"], [*self.keys(queue_name), self._registry], [queue_name, _now_ms()]
-        )
+        await self.link.script(SCRIPTS["declare"], self.keys(queue_name), [_now_ms()])
+        await self.link.call("SADD", self._registry, queue_name)
 
     async def queue_flush(self, queue_name: str) -> None:
         await self.require_declared(queue_name)
-        await self.link.script(
-            SCRIPTS["flush"], [*self.keys(queue_name), self._registry], ["0", queue_name]
-        )
+        await self.link.script(SCRIPTS["flush"], self.keys(queue_name), ["0"])
 
     async def queue_delete(self, queue_name: str) -> None:
-        await self.link.script(
-            SCRIPTS["flush"], [*self.keys(queue_name), self._registry], ["1", queue_name]
-        )
+        await self.link.script(SCRIPTS["flush"], self.keys(queue_name), ["1"])
+        await self.link.call("SREM", self._registry, queue_name)
 
     async def require_declared(self, queue_name: str) -> None:
         """Raise `QueueNotDeclaredError` unless `queue_name` is declared."""
@@ -240,7 +293,7 @@ class RedisMessageBroker(WorkersAndLimits):
         conn = self.link.conn
         try:
             if conn is None or conn.closed:
-                raise BrokerUnavailableError("not connected")
+                raise _NO_FAST_PATH
             head = self._enqueue_heads.get((name, key.queue, priority))
             if head is None:
                 keys = self._enqueue_keys(name, key.queue, priority)
@@ -294,9 +347,9 @@ class RedisMessageBroker(WorkersAndLimits):
         batch = self._acks.get(queue)
         if batch is None:
             loop = asyncio.get_running_loop()
-            batch = self._acks[queue] = _AckBatch(loop.create_future(), self._cancel_prefix)
+            batch = self._acks[queue] = _AckBatch(loop.create_future())
             loop.call_soon(self._flush_acks, queue, consumer.keys)
-        index = (len(batch.args) - 1) // 5
+        index = len(batch.args) // 5
         batch.args += (p, entry_id, consumer.name, count, key.key.id_)
         if index + 1 >= _ACK_BATCH:  # let Redis work on these while later actors still run
             self._flush_acks(queue, consumer.keys, now=True)
@@ -304,12 +357,12 @@ class RedisMessageBroker(WorkersAndLimits):
             results = await batch.future
         except (BrokerUnavailableError, RedisReplyError):
             results = await self.link.script(
-                SCRIPTS["ack"],
-                consumer.keys,
-                [self._cancel_prefix, p, entry_id, consumer.name, count, key.key.id_],
+                SCRIPTS["ack"], consumer.keys, [p, entry_id, consumer.name, count, key.key.id_]
             )
             index = 0
         if results[index]:
+            if results[index] == 2:
+                await self.cancel_finished(key.key.id_)
             return True
         _stale("ack", key)
         return False
@@ -319,11 +372,6 @@ class RedisMessageBroker(WorkersAndLimits):
         if batch is None:  # already sent (it filled up before the end of the loop step)
             return
         conn = self.link.conn
-        if conn is None or conn.closed:
-            batch.future.set_exception(BrokerUnavailableError("not connected"))
-            batch.future.exception()  # retrieved: every waiter falls back on its own
-            return
-        reply = conn.call("EVALSHA", SCRIPTS["ack"].sha, len(keys), *keys, *batch.args)
 
         def done(reply: asyncio.Future[Any]) -> None:
             if batch.future.done():
@@ -335,6 +383,16 @@ class RedisMessageBroker(WorkersAndLimits):
             else:
                 batch.future.set_result(reply.result())
 
+        if self.transport == "redis-py":
+            # redis-py: the batch is one script call of its own
+            task = asyncio.ensure_future(self.link.script(SCRIPTS["ack"], keys, [*batch.args]))
+            task.add_done_callback(done)
+            return
+        if conn is None or conn.closed:
+            batch.future.set_exception(BrokerUnavailableError("not connected"))
+            batch.future.exception()  # retrieved: every waiter falls back on its own
+            return
+        reply = conn.call("EVALSHA", SCRIPTS["ack"].sha, len(keys), *keys, *batch.args)
         reply.add_done_callback(done)
         if now:
             conn.flush()
@@ -358,10 +416,11 @@ class RedisMessageBroker(WorkersAndLimits):
                 due,
                 _now_ms(),
                 raw,
-                self._cancel_prefix,
             ],
         )
         if result:
+            if result == 2:
+                await self.cancel_finished(key.key.id_)
             return True
         _stale(op, key)
         return False
@@ -435,19 +494,24 @@ class RedisMessageBroker(WorkersAndLimits):
         None when no pending or running message has that id.
         """
         await self.require_declared(queue_name)
+        # The flag key of the id is in another cluster slot than the queue: set first (a job
+        # acked meanwhile deletes it), and deleted again when nothing runs under that id.
+        flag = self._cancel_key(id_)
+        await self.link.call("SET", flag, "1", "EX", _CANCEL_TTL)
         outcome = await self.link.script(
-            SCRIPTS["cancel"],
-            self.keys(queue_name),
-            [id_, self._cancel_key(id_), _CANCEL_TTL],
+            SCRIPTS["cancel"], self.keys(queue_name), [id_, _CANCEL_TTL]
         )
-        return None if outcome is None else outcome.decode()
+        if outcome != b"requested":
+            await self.link.call("DEL", flag)
+        return None if outcome is None else str(outcome.decode())
 
     async def cancelled_ids(self, running: Iterable[str]) -> set[str]:
         """Which of these running job ids have a pending cancellation request."""
         ids = list(running)
         if not ids:
             return set()
-        flags = await self.link.call("MGET", *(self._cancel_key(id_) for id_ in ids))
+        # One GET per flag, sent together (no MGET: the flags are spread over cluster slots).
+        flags = await asyncio.gather(*(self.link.call("GET", self._cancel_key(id_)) for id_ in ids))
         return {id_ for id_, flag in zip(ids, flags, strict=True) if flag is not None}
 
     async def cancel_finished(self, id_: str) -> None:
@@ -460,6 +524,8 @@ class RedisBucketBroker:
 
     Args:
         dsn: the Redis address (as for `RedisMessageBroker`).
+        client: a redis-py asyncio client to use instead of `dsn` (as for `RedisMessageBroker`).
+        transport: "redis-py" or "resp", for `dsn` (as for `RedisMessageBroker`).
         use_result_bucket: True to store actor results (`ResultBucket`), False for job args.
         prefix: prefix of every key written.
         ttl: expiry of buckets that carry no TTL of their own (None: kept until deleted).
@@ -474,6 +540,8 @@ class RedisBucketBroker:
         self,
         dsn: str = "redis://127.0.0.1:6379/0",
         *,
+        client: Any = None,
+        transport: Transport = "resp",
         use_result_bucket: bool = False,
         prefix: str = "repid:",
         ttl: timedelta | None = None,
@@ -490,7 +558,7 @@ class RedisBucketBroker:
         )
         self.prefix = prefix
         self.ttl = ttl
-        self.link = Link(RedisAddress(dsn), self.connection_policy)
+        self.link, _ = make_link(dsn, client, transport, self.connection_policy, ())
         self._kind = "result" if use_result_bucket else "args"
 
     def __repr__(self) -> str:

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from repid.brokers.base import BaseConsumer, Delivery
+from repid.brokers.redis._beats import ConsumerBeats
 from repid.brokers.redis._client import (
     RedisAddress,
     RedisReplyError,
@@ -36,7 +37,7 @@ __all__ = ["ConsumerBroker", "RedisConsumer", "key_names"]
 
 logger = logging.getLogger("repid.brokers.redis")
 
-_KEY_SUFFIXES = ("s0", "s1", "s2", "r0", "r1", "r2", "d", "de", "x", "i", "m", "c")
+_KEY_SUFFIXES = ("s0", "s1", "s2", "r0", "r1", "r2", "d", "de", "x", "i", "m", "c", "h")
 _UNLIMITED_BATCH = 100
 _PRUNE_INTERVAL = 60.0
 """Seconds between two removals of dead consumers (e.g. of SIGKILLed workers) from the groups."""
@@ -68,11 +69,18 @@ def _consumer_name() -> bytes:
 class ConsumerBroker(Protocol):
     """What a consumer uses of its broker (`RedisMessageBroker`)."""
 
-    address: RedisAddress
+    address: RedisAddress | None
+
+    @property
+    def transport(self) -> str: ...
+
     link: Link
     lease_duration: float
     sweep_interval: float
     max_message_size: int | None
+    beats: ConsumerBeats
+    beat_consumers: bool
+    dead_consumer_ms: int
 
     def keys(self, queue: str) -> list[bytes]: ...
 
@@ -127,6 +135,8 @@ class RedisConsumer(BaseConsumer):
     async def start(self) -> None:
         self._closed = False
         await self._broker.require_declared(self.queue)
+        if self._category is _NORMAL and self._broker.beat_consumers:
+            await self._broker.beats.add(self, self.keys[12], self.name)
 
     async def pause(self) -> None:
         self._paused = True
@@ -150,11 +160,16 @@ class RedisConsumer(BaseConsumer):
             self._buffer.clear()
             self._skipped.clear()
             try:
-                await self._broker.link.script(
+                holding = await self._broker.link.script(
                     SCRIPTS["finish"], self.keys, [self.name, *self._outstanding], timeout=2.0
                 )
             except Exception as exc:  # their leases expire and they are handed out again
                 logger.warning("returning unstarted messages of %s failed: %r", self.queue, exc)
+                holding = 0
+            if not holding:
+                self._broker.beats.remove(self)
+        else:
+            self._broker.beats.remove(self)
 
     # -- bookkeeping ----------------------------------------------------------------------------
 
@@ -163,6 +178,8 @@ class RedisConsumer(BaseConsumer):
         if self._outstanding.pop(entry_id, None) is not None:
             self._anticipate = True
             self._poke()
+            if self._closed and not self._outstanding:  # finished, and holds nothing now
+                self._broker.beats.remove(self)
 
     def _poke(self) -> None:
         changed = self._changed
@@ -334,14 +351,23 @@ class RedisConsumer(BaseConsumer):
         reply = await broker.link.script(
             SCRIPTS["fetch"],
             self.keys,
-            [self.name, count, int(time.time() * 1000), "1" if sweep else "0", self._lease_ms],
+            [
+                self.name,
+                count,
+                int(time.time() * 1000),
+                "1" if sweep else "0",
+                self._lease_ms,
+                broker.dead_consumer_ms,
+            ],
         )
         head = reply[0]
         self._next_due = None if head == -1 else int(head) / 1000
+        if reply[1] == 1:  # a dead consumer holds more: claim the rest at the next fetch
+            self._next_sweep = 0.0
         make = self._delivery
         out = [
             make(reply[i], reply[i + 1], reply[i + 2], reply[i + 3], reply[i + 4] == 1)
-            for i in range(1, len(reply), 5)
+            for i in range(2, len(reply), 5)
         ]
         return self._filter(out) if self._topics is not None else out
 
@@ -382,10 +408,13 @@ class RedisConsumer(BaseConsumer):
             blocker.set_result(None)
 
     async def _block(self, count: int, timeout: float) -> list[Delivery]:
-        conn = self._blocking
-        if conn is None or conn.closed:
+        conn: Any = self._blocking
+        address = self._broker.address
+        if self._broker.transport == "redis-py" or address is None:
+            conn = await self._broker.link.connection()  # a blocking read takes a pool connection
+        elif conn is None or conn.closed:
             conn = self._blocking = await open_connection(
-                self._broker.address, self._broker.link.connect_timeout
+                address, self._broker.link.connect_timeout
             )
         self._fetched = True
         try:
@@ -410,7 +439,7 @@ class RedisConsumer(BaseConsumer):
         out.sort(key=lambda delivery: delivery.handle[0])
         return self._filter(out) if self._topics is not None else out
 
-    async def _read_blocking(self, conn: RespConnection, count: int, timeout: float) -> Any:
+    async def _read_blocking(self, conn: Any, count: int, timeout: float) -> Any:
         keys = self.keys
         return await conn.call(
             "XREADGROUP",

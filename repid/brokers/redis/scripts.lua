@@ -10,7 +10,11 @@
 --   9     stream of dead letters
 --   10    hash job id -> location ("<p><entry id>" in a stream or "d<token>" delayed)
 --   11    hash of queue metadata (exists while the queue is declared; 'seq' counter)
---   12    set of job ids with a cancellation request (their flags: '<prefix>cancel:<id>')
+--   12    set of job ids with a cancellation request (their flags: '<prefix>cancel:<id>', read
+--         and deleted by the client: a script touches only keys passed in KEYS, so it runs on a
+--         Redis Cluster, where all keys of a queue share the `{queue}` hash tag and slot)
+--   13    zset consumer name -> its last heartbeat (server time, ms): a consumer silent for
+--         longer than the dead-consumer window is dead, and `fetch` claims what it held at once
 -- A delivery is identified by (priority, entry id, consumer, delivery count): settlements check
 -- the pending entry still has that owner and count, so a reclaimed copy is never touched by
 -- the holder of an expired lease. A script marked `bare` gets no prelude.
@@ -37,9 +41,16 @@ local function forget(jid, loc)
   end
 end
 
--- A finished job's cancellation request is dropped (its id may be used again later).
-local function clear_cancel(jid, prefix)
-  if redis.call('SREM', KEYS[12], jid) == 1 then redis.call('DEL', prefix .. jid) end
+-- A finished job's cancellation request is dropped (its id may be used again later): 2 when
+-- it had one (the client then deletes the flag key, which is outside the queue's slot), else 1.
+local function clear_cancel(jid)
+  if redis.call('SREM', KEYS[12], jid) == 1 then return 2 end
+  return 1
+end
+
+local function server_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
 local function owned(p, id, consumer, count)
@@ -85,12 +96,21 @@ redis.call('HSET', KEYS[2], ARGV[1], ARGV[3] .. id)
 return 1
 
 -- @script fetch
--- ARGV: consumer, max count, now ms, sweep ('1': promote due delayed, reclaim expired leases),
---       lease ms. Returns a flat array of (priority, entry id, envelope, delivery count,
---       redelivered) per delivery, HIGH first. The first value is the next due ms (or -1).
+-- ARGV: consumer, max count, now ms, sweep ('1': promote due delayed, claim the entries of dead
+--       consumers, reclaim expired leases), lease ms, dead-consumer window ms.
+--       Returns the next due ms (or -1), 1 if dead consumers still hold entries (sweep again at
+--       once) else 0, then a flat array of (priority, entry id, envelope, delivery count,
+--       redelivered) per delivery, HIGH first.
 local me, n, now = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local out = {-1}
+local out = {-1, 0}
 local got = 0
+local dead = {}
+if ARGV[4] == '1' then
+  -- Consumers whose heartbeat stopped (a SIGKILLed worker): their entries are claimed now,
+  -- not when each lease expires. A consumer is forgotten once it holds nothing.
+  dead = redis.call('ZRANGEBYSCORE', KEYS[13], '-inf', server_ms() - tonumber(ARGV[6]),
+    'LIMIT', 0, 16)
+end
 if ARGV[4] == '1' then
   local due = redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', now, 'LIMIT', 0, 1000)
   for _, token in ipairs(due) do
@@ -111,7 +131,24 @@ if head[2] then out[1] = head[2] end
 for p = 0, 2 do
   if got >= n then break end
   local s = KEYS[p + 1]
-  if ARGV[4] == '1' then
+  for _, c in ipairs(dead) do
+    if got >= n then break end
+    if c ~= me then
+      local held = redis.call('XPENDING', s, G, '-', '+', n - got, c)
+      for _, pe in ipairs(held) do
+        local e = redis.call('XCLAIM', s, G, me, 0, pe[1])[1]
+        if e and e[2] then
+          out[#out + 1] = p
+          out[#out + 1] = e[1]
+          out[#out + 1] = entry_env(e[2])
+          out[#out + 1] = pe[4] + 1
+          out[#out + 1] = 1
+          got = got + 1
+        end
+      end
+    end
+  end
+  if ARGV[4] == '1' and got < n then
     local claimed = redis.call('XAUTOCLAIM', s, G, me, ARGV[5], '0-0', 'COUNT', n - got)
     for _, e in ipairs(claimed[2]) do
       local pe = redis.call('XPENDING', s, G, e[1], e[1], 1)[1]
@@ -153,21 +190,38 @@ for p = 0, 2 do
     end
   end
 end
+for _, c in ipairs(dead) do
+  local holds = false
+  for p = 0, 2 do
+    if #redis.call('XPENDING', KEYS[p + 1], G, '-', '+', 1, c) > 0 then holds = true end
+  end
+  if holds then
+    out[2] = 1
+  else
+    redis.call('ZREM', KEYS[13], c)
+    for p = 0, 2 do redis.pcall('XGROUP', 'DELCONSUMER', KEYS[p + 1], G, c) end
+  end
+end
 return out
 
+-- @script beat
+-- KEYS[1]: the queue's heartbeat zset. ARGV: names of this process's live consumers.
+local now = server_ms()
+for i = 1, #ARGV do redis.call('ZADD', KEYS[1], now, ARGV[i]) end
+return #ARGV
+
 -- @script ack
--- ARGV: cancel flag prefix, then groups of (priority, entry id, consumer, delivery count,
---       job id). Returns 1/0 each.
+-- ARGV: groups of (priority, entry id, consumer, delivery count, job id). Returns per group
+-- 1 (acked), 2 (acked, and the job had a cancellation request) or 0 (stale).
 local out = {}
 local cancels = redis.call('EXISTS', KEYS[12]) == 1
-for i = 2, #ARGV, 5 do
+for i = 1, #ARGV, 5 do
   local p = tonumber(ARGV[i])
   local id = ARGV[i + 1]
   if owned(p, id, ARGV[i + 2], ARGV[i + 3]) then
     release(p, id)
     forget(ARGV[i + 4], p .. id)
-    if cancels then clear_cancel(ARGV[i + 4], ARGV[1]) end
-    out[#out + 1] = 1
+    if cancels then out[#out + 1] = clear_cancel(ARGV[i + 4]) else out[#out + 1] = 1 end
   else
     out[#out + 1] = 0
   end
@@ -188,9 +242,8 @@ return renewed
 
 -- @script settle
 -- ARGV: op ('nack'|'reject'|'requeue'), priority, entry id, consumer, delivery count, job id,
---       new envelope ('' = unchanged), due ms, now ms, raw bytes of an undecodable message (''),
---       cancel flag prefix.
--- Returns 1, or 0 for a stale delivery.
+--       new envelope ('' = unchanged), due ms, now ms, raw bytes of an undecodable message ('').
+-- Returns 1 (2: a dead-lettered job had a cancellation request), or 0 for a stale delivery.
 local op, p, id, jid = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[6]
 if not owned(p, id, ARGV[4], ARGV[5]) then return 0 end
 if op == 'reject' then
@@ -205,12 +258,12 @@ end
 release(p, id)
 if op == 'nack' then
   forget(jid, p .. id)
-  clear_cancel(jid, ARGV[11])
   if ARGV[10] ~= '' then
     redis.call('XADD', KEYS[9], '*', 'm', env, 'j', jid, 'raw', ARGV[10])
   else
     redis.call('XADD', KEYS[9], '*', 'm', env, 'j', jid)
   end
+  return clear_cancel(jid)
 else
   place(jid, env, p, ARGV[8], ARGV[9])
 end
@@ -245,7 +298,8 @@ end
 return 1
 
 -- @script cancel
--- ARGV: job id, cancel flag key, flag ttl seconds. Returns 'dequeued', 'requested' or nil.
+-- ARGV: job id, flag ttl seconds. Returns 'dequeued', 'requested' (the client then sets the
+-- job's flag key) or nil.
 local jid = ARGV[1]
 local loc = redis.call('HGET', KEYS[10], jid)
 if not loc then return nil end
@@ -260,9 +314,8 @@ local p = tonumber(string.sub(loc, 1, 1))
 local id = string.sub(loc, 2)
 local pe = redis.call('XPENDING', KEYS[p + 1], G, id, id, 1)[1]
 if pe ~= nil and pe[2] ~= RETURNED then
-  redis.call('SET', ARGV[2], '1', 'EX', ARGV[3])
   redis.call('SADD', KEYS[12], jid)
-  redis.call('EXPIRE', KEYS[12], ARGV[3])
+  redis.call('EXPIRE', KEYS[12], ARGV[2])
   return 'requested'
 end
 if pe ~= nil then redis.call('XACK', KEYS[p + 1], G, id) end
@@ -272,23 +325,21 @@ if removed == 0 then return nil end
 return 'dequeued'
 
 -- @script declare
--- KEYS[13]: the registry of queue names. ARGV: queue name, now ms.
+-- ARGV: now ms. (The registry of queue names, in another slot, is written by the client.)
 if redis.call('EXISTS', KEYS[11]) == 0 then
-  redis.call('HSET', KEYS[11], 'created', ARGV[2])
+  redis.call('HSET', KEYS[11], 'created', ARGV[1])
 end
 for p = 0, 2 do
   redis.pcall('XGROUP', 'CREATE', KEYS[p + 1], G, '0', 'MKSTREAM')
 end
-redis.call('SADD', KEYS[13], ARGV[1])
 return 1
 
 -- @script flush
--- ARGV: '1' to delete the queue too (KEYS[13]: registry), else '0'. ARGV[2]: queue name.
+-- ARGV: '1' to delete the queue too, else '0'. (The client updates the registry of names.)
 for i = 1, 10 do redis.call('DEL', KEYS[i]) end
-redis.call('DEL', KEYS[12])
+redis.call('DEL', KEYS[12], KEYS[13])
 if ARGV[1] == '1' then
   redis.call('DEL', KEYS[11])
-  redis.call('SREM', KEYS[13], ARGV[2])
   return 1
 end
 for p = 0, 2 do
@@ -337,6 +388,7 @@ for p = 0, 2 do
 end
 if holding == 0 then
   for p = 0, 2 do redis.pcall('XGROUP', 'DELCONSUMER', KEYS[p + 1], G, ARGV[1]) end
+  redis.call('ZREM', KEYS[13], ARGV[1])
 end
 return holding
 

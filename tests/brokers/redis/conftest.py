@@ -35,7 +35,7 @@ async def connect(prefix: str) -> AsyncIterator[Any]:
     """`await connect(**options)`: a connected `Connection` to the shared Redis, closed after."""
     opened: list[Connection] = []
 
-    async def make(dsn: str = DSN, **options: float) -> Connection:
+    async def make(dsn: str = DSN, **options: float | None) -> Connection:
         conn = make_connection(dsn, prefix, **options)
         await conn.connect()
         opened.append(conn)

@@ -14,7 +14,7 @@ import pytest
 from repid import Connection, RedisBucketBroker, RedisMessageBroker
 
 
-def make_connection(dsn: str, prefix: str, **options: float) -> Connection:
+def make_connection(dsn: str, prefix: str, **options: float | None) -> Connection:
     return Connection(
         RedisMessageBroker(dsn, prefix=prefix, **options),  # type: ignore[arg-type]
         results_bucket_broker=RedisBucketBroker(dsn, prefix=prefix, use_result_bucket=True),
