@@ -1,0 +1,20 @@
+"""Workflows: DAGs of ordinary actors whose outputs feed their children, with chains, groups,
+chords and WAIT steps; state lives in the connection's store (see docs/workflows.md)."""
+
+from repid.workflows.handle import StepState, WorkflowHandle, WorkflowNotFoundError, WorkflowStatus
+from repid.workflows.model import Step, Task, Workflow, chain, chord, group
+from repid.workflows.system import workflow_router
+
+__all__ = [
+    "Step",
+    "StepState",
+    "Task",
+    "Workflow",
+    "WorkflowHandle",
+    "WorkflowNotFoundError",
+    "WorkflowStatus",
+    "chain",
+    "chord",
+    "group",
+    "workflow_router",
+]
