@@ -79,7 +79,7 @@ def _make(broker: object) -> WorkflowStore | None:
         from repid.workflows.stores.postgres import PostgresStore
 
         return PostgresStore(broker)
-    if module.startswith("repid.brokers.nats"):
+    if module.startswith("repid.brokers.nats") and hasattr(type(broker), "kv"):
         from repid.workflows.stores.nats import NatsStore
 
         return NatsStore(broker)
