@@ -133,9 +133,7 @@ class Settling(Execution):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> None:
-        await self._after_outcome(
-            delivery, False, error=message or repr(exc), reason=reason.value
-        )
+        await self._after_outcome(delivery, False, error=message or repr(exc), reason=reason.value)
         await self._conclude(delivery, None, Refused(reason, message, exc))
 
     async def _store_result(self, delivery: Delivery, bucket: ResultBucket) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -138,8 +139,9 @@ class WorkflowHandle:
         doc = json.loads(wf.doc)
         for step, spec in doc["steps"].items():
             if spec["signal"] == name and status.steps[step].status == "waiting":
-                await complete(self.connection, self.id_, step, ok=True, output=text,
-                               started=time.time_ns())
+                await complete(
+                    self.connection, self.id_, step, ok=True, output=text, started=time.time_ns()
+                )
 
     async def cancel(self) -> WorkflowStatus:
         """Stop the workflow: queued and running steps are cancelled like `Job.cancel()`, no
@@ -156,11 +158,10 @@ class WorkflowHandle:
             if step.status in TERMINAL:
                 continue
             if step.status == "queued":
-                try:
+                # a broker without cancellation: the step runs on and its outcome is ignored
+                with contextlib.suppress(BrokerError, NotImplementedError):
                     await cancel_job(
                         self.connection, doc["steps"][name]["queue"], f"{self.id_}-{name}"
                     )
-                except (BrokerError, NotImplementedError):
-                    pass  # a broker without cancellation: the step's outcome is ignored
             await store.set_step(self.id_, name, state("cancelled"), True)
         return await self.status()

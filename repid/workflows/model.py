@@ -209,7 +209,9 @@ def group(*tasks: Task | str, name: str = "group") -> Workflow:
     return wf
 
 
-def chord(header: Workflow | Sequence[Task | str], then: Task | str, name: str = "chord") -> Workflow:
+def chord(
+    header: Workflow | Sequence[Task | str], then: Task | str, name: str = "chord"
+) -> Workflow:
     """`then` once every task of `header` (a `group` or a list of tasks) succeeded, fed with all
     their outputs: it fires exactly once."""
     wf = header if isinstance(header, Workflow) else group(*header, name=name)

@@ -159,7 +159,9 @@ async def _start_step(
         _HEADERS.reset(token)
 
 
-async def _skip_descendants(store: WorkflowStore, wf_id: str, doc: Mapping[str, Any], step: str) -> None:
+async def _skip_descendants(
+    store: WorkflowStore, wf_id: str, doc: Mapping[str, Any], step: str
+) -> None:
     todo = children_of(doc, step)
     seen: set[str] = set()
     while todo:

@@ -11,7 +11,7 @@ import pytest
 
 from repid import Connection, Queue, Router
 from repid.errors import ConfigurationError
-from repid.workflows import Task, Workflow, chain, chord, group, workflow_router
+from repid.workflows import Task, Workflow, WorkflowStatus, chain, chord, group, workflow_router
 
 from .support import make_worker, router_for, running
 
@@ -75,7 +75,7 @@ def _router(queue: Queue, runs: Counter[str]) -> Router:
     return router
 
 
-async def _run(conn: Connection, queue: Queue, wf: Workflow, runs: Counter[str]) -> object:
+async def _run(conn: Connection, queue: Queue, wf: Workflow, runs: Counter[str]) -> WorkflowStatus:
     handle = await wf.enqueue(conn)
     async with running(make_worker(conn, _router(queue, runs))):
         return await handle.wait(timeout=30)
@@ -158,7 +158,8 @@ async def test_a_wait_by_time_then_its_children(conn, new_queue):
     status = await _run(conn, queue, wf, runs)
     assert status.state == "succeeded"
     pause = status.steps["pause"]
-    assert pause.finished is not None and status.steps["add"].finished is not None
+    assert pause.finished is not None
+    assert status.steps["add"].finished is not None
     assert pause.finished - status.steps["add"].finished >= 0.9
 
 

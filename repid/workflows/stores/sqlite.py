@@ -123,11 +123,13 @@ class SqliteStore:
 
     async def put_signal(self, wf_id: str, name: str, data: str) -> None:
         await self._run(
-            lambda conn: conn.execute(
-                "INSERT OR REPLACE INTO repid_workflow_signals VALUES (?, ?, ?)",
-                (wf_id, name, data),
+            lambda conn: (
+                conn.execute(
+                    "INSERT OR REPLACE INTO repid_workflow_signals VALUES (?, ?, ?)",
+                    (wf_id, name, data),
+                )
+                and None
             )
-            and None
         )
 
     async def list_ids(self, limit: int) -> list[str]:
