@@ -150,7 +150,12 @@ class WorkflowHandle:
         from repid.workflows.progress import state
 
         store = store_for(self.connection)
-        await store.set_status(self.id_, "cancelled")
+        if await store.set_status(self.id_, "cancelled"):
+            from repid.workflows.events import WorkflowEvent, emit
+
+            await emit(
+                self.connection, WorkflowEvent("workflow_finished", self.id_, None, "cancelled")
+            )
         status = await self.status()
         wf = await store.get(self.id_)
         doc = {} if wf is None else json.loads(wf.doc)

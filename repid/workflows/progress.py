@@ -16,6 +16,7 @@ from repid.ids import new_id
 from repid.job import Job
 from repid.main import Repid
 from repid.worker.hooks import OutcomeReport, register_after_outcome
+from repid.workflows.events import WorkflowEvent, emit
 from repid.workflows.stores import StoredWorkflow, WorkflowStore, store_for
 
 if TYPE_CHECKING:
@@ -84,6 +85,7 @@ async def start_workflow(workflow: Workflow, connection: Connection | None) -> W
     await store.create(wf_id, doc_text, workflow.ttl)
     doc = json.loads(doc_text)
     wf = StoredWorkflow(doc_text)
+    await emit(conn, WorkflowEvent("workflow_started", wf_id))
     for name, step in doc["steps"].items():
         if not step["after"]:
             await _start_step(conn, store, wf_id, doc, wf, name, None)
@@ -130,6 +132,7 @@ async def _start_step(
     now = time.time()
     if spec["signal"] is not None:
         await store.set_step(wf_id, step, state("waiting", queued=now), False)
+        await emit(conn, WorkflowEvent("step_waiting", wf_id, step, "waiting"))
         data = wf.signals.get(spec["signal"])
         if data is None:
             fresh = await store.get(wf_id)  # a signal sent meanwhile
@@ -152,6 +155,7 @@ async def _start_step(
         _connection=conn,
     )
     _install(conn)
+    await emit(conn, WorkflowEvent("step_queued", wf_id, step, "queued"))
     token = _HEADERS.set({WF_HEADER: wf_id, STEP_HEADER: step})
     try:
         await job.enqueue()
@@ -160,7 +164,7 @@ async def _start_step(
 
 
 async def _skip_descendants(
-    store: WorkflowStore, wf_id: str, doc: Mapping[str, Any], step: str
+    conn: Connection, store: WorkflowStore, wf_id: str, doc: Mapping[str, Any], step: str
 ) -> None:
     todo = children_of(doc, step)
     seen: set[str] = set()
@@ -169,7 +173,8 @@ async def _skip_descendants(
         if child in seen:
             continue
         seen.add(child)
-        await store.set_step(wf_id, child, state("skipped", because=step), True)
+        if await store.set_step(wf_id, child, state("skipped", because=step), True):
+            await emit(conn, WorkflowEvent("step_skipped", wf_id, child, "skipped"))
         todo.extend(children_of(doc, child))
 
 
@@ -194,12 +199,42 @@ async def complete(
     finished = time.time()
     begun = None if started is None else started / 1e9
     status = "succeeded" if ok else "failed"
-    await store.set_step(
+    first = await store.set_step(
         wf_id,
         step,
         state(status, output=output, error=error, reason=reason, started=begun, finished=finished),
         True,
     )
+    if first:
+        await emit(conn, WorkflowEvent(f"step_{status}", wf_id, step, status))
+    try:
+        await _progress(conn, store, wf_id, step, finished, actors)
+    finally:
+        await finish_if_done(conn, store, wf_id)
+
+
+async def finish_if_done(conn: Connection, store: WorkflowStore, wf_id: str) -> None:
+    """Once every step is final, set the workflow's final state (once: `workflow_finished`)."""
+    wf = await store.get(wf_id)
+    if wf is None or wf.status != "running":
+        return
+    doc = json.loads(wf.doc)
+    statuses = [step_state(wf, name)["status"] for name in doc["steps"]]
+    if not all(s in TERMINAL for s in statuses):
+        return
+    final = "succeeded" if all(s == "succeeded" for s in statuses) else "failed"
+    if await store.set_status(wf_id, final):
+        await emit(conn, WorkflowEvent("workflow_finished", wf_id, None, final))
+
+
+async def _progress(
+    conn: Connection,
+    store: WorkflowStore,
+    wf_id: str,
+    step: str,
+    finished: float,
+    actors: Mapping[str, ActorData] | None,
+) -> None:
     wf = await store.get(wf_id)
     if wf is None:
         logger.warning("workflow %s is gone (expired?); step %s not recorded", wf_id, step)
@@ -207,7 +242,7 @@ async def complete(
     doc = json.loads(wf.doc)
     recorded = step_state(wf, step)["status"]
     if recorded == "failed":
-        await _skip_descendants(store, wf_id, doc, step)
+        await _skip_descendants(conn, store, wf_id, doc, step)
         return
     if recorded != "succeeded" or wf.status != "running":
         return

@@ -219,3 +219,24 @@ async def test_a_connection_without_a_store_is_a_configuration_error() -> None:
     wf.step("add", args={"x": 1})
     with pytest.raises(ConfigurationError, match="workflows need a store"):
         await wf.enqueue(conn)
+
+
+async def test_events_tell_the_workflow_and_each_step(conn, new_queue):
+    from repid.workflows import WorkflowEvent, on_workflow_event
+
+    queue, runs = await new_queue(), Counter[str]()
+    q = queue.name
+    seen: list[WorkflowEvent] = []
+    on_workflow_event(conn, seen.append)
+    wf = Workflow("watched")
+    a = wf.step("add", args={"x": 1}, queue=q)
+    wf.step("total", after=[a], queue=q)
+    status = await _run(conn, queue, wf, runs)
+    assert status.state == "succeeded"
+    kinds = [(e.kind, e.step) for e in seen]
+    assert kinds[0] == ("workflow_started", None)
+    assert ("step_succeeded", "add") in kinds
+    assert kinds.index(("step_succeeded", "add")) < kinds.index(("step_queued", "total"))
+    assert kinds[-1] == ("workflow_finished", None)
+    assert seen[-1].status == "succeeded"
+    assert [k for k in kinds if k[0] == "workflow_finished"] == [("workflow_finished", None)]
