@@ -180,11 +180,13 @@ class Workflow:
         Raises:
             ConfigurationError: no step, or the connection keeps no workflow state.
         """
+        from repid.workflows.handle import WorkflowHandle
         from repid.workflows.progress import start_workflow
 
         if not self.steps:
             raise ConfigurationError(f"workflow {self.name!r} has no step")
-        return await start_workflow(self, connection)
+        conn, wf_id = await start_workflow(self.to_doc, self.ttl, connection)
+        return WorkflowHandle(wf_id, conn)
 
     def __repr__(self) -> str:
         return f"Workflow({self.name!r}, steps={list(self.steps)!r})"

@@ -8,7 +8,7 @@ import inspect
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -17,13 +17,12 @@ from repid.job import Job
 from repid.main import Repid
 from repid.worker.hooks import OutcomeReport, register_after_outcome
 from repid.workflows.events import WorkflowEvent, emit
-from repid.workflows.stores import StoredWorkflow, WorkflowStore, store_for
+from repid.workflows.stores import store_for
+from repid.workflows.stores.base import StoredWorkflow, WorkflowStore
 
 if TYPE_CHECKING:
     from repid.connection import Connection
     from repid.router import ActorData
-    from repid.workflows.handle import WorkflowHandle
-    from repid.workflows.model import Workflow
 
 __all__ = ["complete", "start_workflow"]
 
@@ -75,21 +74,22 @@ def children_of(doc: Mapping[str, Any], step: str) -> list[str]:
     return [name for name, s in doc["steps"].items() if step in s["after"]]
 
 
-async def start_workflow(workflow: Workflow, connection: Connection | None) -> WorkflowHandle:
-    from repid.workflows.handle import WorkflowHandle
-
+async def start_workflow(
+    make_doc: Callable[[str], str], ttl: float, connection: Connection | None
+) -> tuple[Connection, str]:
+    """Store a new workflow (its definition is `make_doc(id)`) and enqueue its first steps."""
     conn = _connection(connection)
     store = store_for(conn)  # a missing store fails here, before anything is sent
     wf_id = f"wf_{new_id()}"
-    doc_text = workflow.to_doc(wf_id)
-    await store.create(wf_id, doc_text, workflow.ttl)
+    doc_text = make_doc(wf_id)
+    await store.create(wf_id, doc_text, ttl)
     doc = json.loads(doc_text)
     wf = StoredWorkflow(doc_text)
     await emit(conn, WorkflowEvent("workflow_started", wf_id))
     for name, step in doc["steps"].items():
         if not step["after"]:
             await _start_step(conn, store, wf_id, doc, wf, name, None)
-    return WorkflowHandle(wf_id, conn)
+    return conn, wf_id
 
 
 def _inputs(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from repid.workflows.stores import StoredWorkflow
+from repid.workflows.stores.base import StoredWorkflow
 
 __all__ = ["MemoryStore"]
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import nats.js.errors
 
-from repid.workflows.stores import StoredWorkflow
+from repid.workflows.stores.base import StoredWorkflow
 
 __all__ = ["NatsStore"]
 

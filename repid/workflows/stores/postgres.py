@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from repid.workflows.stores import StoredWorkflow
+from repid.workflows.stores.base import StoredWorkflow
 
 __all__ = ["PostgresStore"]
 

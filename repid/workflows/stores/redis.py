@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from repid.workflows.stores import StoredWorkflow
+from repid.workflows.stores.base import StoredWorkflow
 
 __all__ = ["RedisStore"]
 

@@ -7,7 +7,7 @@ import sqlite3
 import time
 from typing import Any
 
-from repid.workflows.stores import StoredWorkflow
+from repid.workflows.stores.base import StoredWorkflow
 
 __all__ = ["SqliteStore"]
 
