@@ -4,9 +4,10 @@ chords and WAIT steps; state lives in the connection's store (see docs/workflows
 from repid.workflows.events import WorkflowEvent, on_workflow_event
 from repid.workflows.handle import StepState, WorkflowHandle, WorkflowNotFoundError, WorkflowStatus
 from repid.workflows.model import Step, Task, Workflow, chain, chord, group
-from repid.workflows.system import workflow_router
+from repid.workflows.system import HttpStepError, workflow_router
 
 __all__ = [
+    "HttpStepError",
     "Step",
     "StepState",
     "Task",

@@ -22,6 +22,8 @@ __all__ = ["Step", "Task", "Workflow", "chain", "chord", "group"]
 _NAME = re.compile(r"[a-zA-Z0-9_\-]+")
 WAIT_ACTOR = "repid_workflow_wait"
 """The built-in actor a timed WAIT step runs (see `repid.workflows.workflow_router`)."""
+HTTP_ACTOR = "repid_workflow_http"
+"""The built-in actor of HTTP steps."""
 
 
 def _seconds(value: timedelta | float | None) -> float | None:
@@ -161,6 +163,27 @@ class Workflow:
                 signal,
             )
         )
+
+    def http(
+        self,
+        name: str,
+        url: str,
+        *,
+        method: str = "GET",
+        headers: Mapping[str, str] | None = None,
+        body: Any = None,
+        timeout: float = 10.0,
+        retries: int = 3,
+        after: Sequence[Step] = (),
+        queue: str = "default",
+    ) -> Step:
+        """Add an HTTP system step: calls `url` (httpx, `repid[http]`); connection errors and
+        5xx answers are retried up to `retries` times; its output is `status`, `headers` and
+        `json` or `text`."""
+        args = {"url": url, "method": method, "headers": dict(headers or {}), "timeout": timeout}
+        if body is not None:
+            args["body"] = body
+        return self._add(Step(name, HTTP_ACTOR, args, tuple(s.name for s in after), queue, retries))
 
     def to_doc(self, wf_id: str) -> str:
         now = time.time()
