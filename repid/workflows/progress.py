@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from repid.errors import ConfigurationError
 from repid.ids import new_id
 from repid.job import Job
 from repid.main import Repid
@@ -51,8 +52,6 @@ def _connection(connection: Connection | None) -> Connection:
         return connection
     magic = Repid._magic_connection
     if magic is None:
-        from repid.errors import ConfigurationError
-
         raise ConfigurationError("no connection: pass one, or use `Repid.magic()`")
     return magic
 
@@ -263,6 +262,16 @@ async def _after_outcome(report: OutcomeReport) -> None:
     headers = report.delivery.parameters.headers or {}
     wf_id, step = headers.get(WF_HEADER), headers.get(STEP_HEADER)
     if wf_id is None or step is None:
+        return
+    try:
+        store_for(report.connection)
+    except ConfigurationError:  # the job ran: redelivering it would not help
+        logger.exception(
+            "step %s of workflow %s finished on a connection without a workflow store; "
+            "the workflow cannot move on",
+            step,
+            wf_id,
+        )
         return
     await complete(
         report.connection,
