@@ -1,6 +1,10 @@
 """C-WF: diamond workflows while worker processes are SIGKILLed at random: every workflow ends
-`succeeded`, no join completes twice, and duplicate step runs stay within the runs in flight at
-the kills. Redis only here (RabbitMQ and Kafka need a Redis store in the worker processes)."""
+`succeeded`, no join completes twice, and duplicate step runs are bounded.
+
+The bound: a step caught in flight by a kill runs again (as in C1), and its rerun enqueues again
+those of its children (at most 2 in a diamond) that have not finished yet; a child already
+being run by another worker then runs a second time. So duplicates <= in flight x (1 + 2).
+Redis only here (RabbitMQ and Kafka need a Redis store in the worker processes)."""
 
 from __future__ import annotations
 
@@ -67,6 +71,10 @@ async def test_diamond_workflows_survive_random_sigkills(chaos: Chaos, tmp_path:
     joins_settled = Counter(
         r.job for r in view.runs if r.job.endswith("-d") and r.outcome == "ok" and r.settled
     )
+    per_step = Counter((r.job, r.attempt) for r in view.runs)
+    figures["duplicates_by_step"] = dict(
+        sorted(Counter(job[-1] for (job, _), n in per_step.items() for _ in range(n - 1)).items())
+    )
     figures.update(
         workflows=WORKFLOWS,
         workers=WORKERS,
@@ -77,5 +85,5 @@ async def test_diamond_workflows_survive_random_sigkills(chaos: Chaos, tmp_path:
     assert states == Counter(succeeded=WORKFLOWS), (states, figures)
     assert figures["lost"] == 0, figures
     assert figures["joins_completed_twice"] == 0, figures
-    assert figures["duplicates"] <= figures["in_flight_at_kills"], figures
+    assert figures["duplicates"] <= 3 * figures["in_flight_at_kills"], figures
     assert not chaos.pool.crashes(), chaos.pool.crashes()
