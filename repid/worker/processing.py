@@ -207,6 +207,7 @@ class Processing(Settling):
             and message is None
             and delay.defer_by is None
             and delay.cron is None  # not recurring (`DelayProperties.is_recurring`, inlined)
+            and params.headers is None  # no after-outcome hook to run (`repid.worker.hooks`)
         ):
             # The common case: nothing to store, just acknowledge.
             self.succeeded += 1

@@ -14,6 +14,7 @@ from repid.lifecycle import EventKind, JobCancelledError, Snooze
 from repid.message import MessageDecision, MessageDependency
 from repid.router import ActorData
 from repid.worker.execution import Execution
+from repid.worker.hooks import run_after_outcome
 from repid.worker.outcome import (
     Ack,
     Cancelled,
@@ -109,6 +110,22 @@ class Settling(Execution):
             logger.exception("dead-lettering message %s failed; returning it", delivery.key.id_)
             await self._settle("reject", delivery)
 
+    async def _after_outcome(
+        self, delivery: Delivery, succeeded: bool, started: int | None = None, **more: Any
+    ) -> bool:
+        """The one call-out after an outcome is recorded, before the broker is told
+        (`repid.worker.hooks`); a message without headers costs one check."""
+        if not delivery.parameters.headers:
+            return True
+        return await run_after_outcome(
+            connection=self.connection,
+            delivery=delivery,
+            actors=self.actors,
+            succeeded=succeeded,
+            started=started,
+            **more,
+        )
+
     async def _dead_letter(
         self,
         delivery: Delivery,
@@ -116,6 +133,7 @@ class Settling(Execution):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> None:
+        await self._after_outcome(delivery, False, error=message or repr(exc), reason=reason.value)
         await self._conclude(delivery, None, Refused(reason, message, exc))
 
     async def _store_result(self, delivery: Delivery, bucket: ResultBucket) -> None:
@@ -155,6 +173,7 @@ class Settling(Execution):
             )
         except Exception:
             logger.exception("storing the cancellation of %s failed", delivery.key.id_)
+        await self._after_outcome(delivery, False, started, error="cancelled", reason="cancelled")
         await self._conclude(delivery, None, Cancelled())
         if self.cancellation is not None:
             try:
@@ -224,6 +243,11 @@ class Settling(Execution):
                 logger.exception("storing the result of %s failed", delivery.key.id_)
                 await self._conclude(delivery, actor, Unrecorded())
                 return
+        if params.headers and not await self._after_outcome(
+            delivery, True, started, output=actor.converter.convert_outputs(result)
+        ):
+            await self._conclude(delivery, actor, Unrecorded())  # delivered again, hooks rerun
+            return
         self.succeeded += 1  # only now: a result that cannot be serialised is a failure alone
         await self._conclude(delivery, actor, Succeeded(decision))
         if self._events.active:
@@ -284,6 +308,10 @@ class Settling(Execution):
                     "recurring job %s failed (%r); it runs again at its next tick",
                     delivery.key.id_,
                     exc,
+                )
+            else:
+                await self._after_outcome(
+                    delivery, False, started or None, error=repr(exc), reason=reason.value
                 )
             await self._apply(delivery, settlement)
         if message is not None:

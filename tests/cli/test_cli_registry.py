@@ -37,6 +37,7 @@ def test_every_registered_parser_is_bound_to_a_handler() -> None:
         "enqueue",
         "db",
         "dashboard",
+        "workflows",
     ]
 
 

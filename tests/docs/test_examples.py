@@ -133,6 +133,16 @@ EXPECTED: dict[str, list[str]] = {
         r"sync_account runs: 3",
         r"dead letter: sync_account after 3 attempts",
     ],
+    "workflow_diamond.py": [
+        r"succeeded - 76800 pixels, thumbnail 64 wide, approved by ops",
+        r"workflow wf_\.\.\. \(thumbnail\): succeeded",
+        r"fetch succeeded",
+        r"resize succeeded",
+        r"thumbnail succeeded",
+        r"approval succeeded",
+        r"notify succeeded",
+        r"chord: succeeded \['succeeded', 'succeeded', 'succeeded', 'succeeded'\]",
+    ],
     "typed_outputs.py": [
         r"invoice: Invoice\(order=7, total=19\.5\)",
         r"dead letter: bill_badly output_validation_error",
