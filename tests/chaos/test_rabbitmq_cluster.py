@@ -5,15 +5,19 @@ both through one broker given the three nodes: every job whose `enqueue()` retur
 duplicates stay bounded by what was in flight, and consumption resumes on the surviving nodes.
 Then the killed node is started again (same node name and data directory) while jobs are
 published and consumed: it rejoins, every quorum queue gets its member back, and nothing else
-changes.
+changes. And the conformance suite passes with `queue_type="quorum"` on the cluster.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import time
 from collections import Counter
+from pathlib import Path
 from uuid import uuid4
 
 import pytest
@@ -131,3 +135,33 @@ async def test_a_node_of_three_killed_mid_run_loses_no_job(rabbit_cluster: Rabbi
     )
     await queue.delete()
     await conn.disconnect()
+
+
+@pytest.mark.timeout(1800)
+def test_the_conformance_suite_passes_on_quorum_queues_of_the_cluster(
+    rabbit_cluster: RabbitCluster,
+) -> None:
+    """The `rabbitmq_quorum` conformance spec with the broker given the three nodes (the
+    suite's raw publisher and `aio-pika` helpers use the first node). Run as its own pytest
+    process: the conformance fixtures build their brokers from the spec at import."""
+    env = dict(os.environ)
+    env["REPID_RABBITMQ_NODES"] = ",".join(rabbit_cluster.urls)
+    env["REPID_RABBITMQ_DSN"] = rabbit_cluster.urls[0]
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "pytest", "tests/conformance", "-q", "-x",
+            "-p", "no:cacheprovider", "-k", "rabbitmq_quorum", "--timeout", "180",
+        ],
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        timeout=1700,
+        check=False,
+    )  # fmt: skip
+    out = done.stdout.decode(errors="replace")
+    summary = out.strip().splitlines()[-1] if out.strip() else ""
+    print(f"cluster conformance: {summary}")
+    assert done.returncode == 0, out[-6000:] + done.stderr.decode(errors="replace")[-2000:]
+    assert " passed" in summary, summary
+    assert "failed" not in summary, summary
+    assert "error" not in summary, summary
