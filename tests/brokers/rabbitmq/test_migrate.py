@@ -189,3 +189,15 @@ async def test_an_interrupted_migration_run_again_loses_and_duplicates_nothing(
     finally:
         await broker.disconnect()
     await _run_on_quorum(queue_name, expected, due)
+
+
+def test_the_cli_refuses_a_broker_that_is_not_rabbitmq(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["migrate", "q", "--to", "quorum", "--broker", "memory://"]) == 1
+    assert "amqp://" in capsys.readouterr().err
+
+
+async def test_a_queue_that_does_not_exist_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
+    name = f"mig_missing_{uuid4().hex[:8]}"
+    args = ["migrate", name, "--to", "quorum", "--broker", DSN, "--prefix", PREFIX]
+    assert await asyncio.to_thread(main, args) == 1
+    assert name in capsys.readouterr().err
