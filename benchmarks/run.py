@@ -101,6 +101,9 @@ class Case:
     concurrency: int
     variant: bool = False
     reference: bool = False
+    group: str = ""
+    """Cases of a group (e.g. "quorum": every case on quorum queues) are compared among
+    themselves: `repid-<group>` against the group's peers, and against repid's main case."""
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,27 @@ SUITES: dict[str, Suite] = {
             Case("celery", "celery_rabbitmq.py", venv="celery", concurrency=100),
             Case(
                 "aio-pika-raw", "aiopika_raw.py", venv="aio-pika", concurrency=100, reference=True
+            ),
+            Case(
+                "repid-quorum",
+                "repid_rabbitmq_quorum.py",
+                venv=None,
+                concurrency=100,
+                group="quorum",
+            ),
+            Case(
+                "faststream-quorum",
+                "faststream_rabbitmq_quorum.py",
+                venv="faststream",
+                concurrency=100,
+                group="quorum",
+            ),
+            Case(
+                "taskiq-aio-pika-quorum",
+                "taskiq_rabbitmq_quorum.py",
+                venv="taskiq-aio-pika",
+                concurrency=100,
+                group="quorum",
             ),
         ),
     ),
@@ -607,6 +631,7 @@ def summarize_net(runs: CaseRuns) -> dict[str, Any]:
         "case": runs.case.name,
         "variant": runs.case.variant,
         "reference": runs.case.reference,
+        "group": runs.case.group,
         "rounds_ok": len(runs.results),
         "failures": runs.failures,
     }
@@ -637,17 +662,20 @@ def _net_subject(summaries: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     return next((s for s in summaries if s["case"] == SUBJECT and s["rounds_ok"]), None)
 
 
-def ratios_net(summaries: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def ratios_net(summaries: Sequence[dict[str, Any]], group: str = "") -> dict[str, dict[str, Any]]:
     """repid's figure / the best peer's, per figure, and which peer was best.
 
     For rates the best peer is the fastest (a ratio above 1 = repid faster); for latency and
-    RSS it is the lowest (a ratio below 1 = repid lower, i.e. better).
+    RSS it is the lowest (a ratio below 1 = repid lower, i.e. better). With `group`, the
+    subject is `repid-<group>` and the peers are the other cases of that group.
     """
-    subject = _net_subject(summaries)
+    name = f"{SUBJECT}-{group}" if group else SUBJECT
+    subject = next((s for s in summaries if s["case"] == name and s["rounds_ok"]), None)
     peers = [
         s
         for s in summaries
-        if s["case"] != SUBJECT
+        if s["case"] != name
+        and s.get("group", "") == group
         and not s.get("variant")
         and not s.get("reference")
         and s["rounds_ok"]
@@ -718,6 +746,27 @@ def render_markdown_net(
         + " | |"
     )
     subject = _net_subject(summaries)
+    for group in sorted({s.get("group", "") for s in summaries} - {""}):
+        g = ratios_net(summaries, group)
+        lines.append(
+            f"| **repid-{group} / best {group} peer** | | | "
+            + " | ".join(_fmt_ratio(g[key]["ratio"]) for key, _, _ in NET_FIGURES)
+            + " | |"
+        )
+        lines.append(
+            f"| best {group} peer | | | "
+            + " | ".join(g[key]["best_peer"] or "n/a" for key, _, _ in NET_FIGURES)
+            + " | |"
+        )
+        mine = next(
+            (s for s in summaries if s["case"] == f"{SUBJECT}-{group}" and s["rounds_ok"]), None
+        )
+        if mine is not None and subject is not None:
+            cells = [
+                _fmt_ratio(mine[key] / subject[key] if mine.get(key) and subject.get(key) else None)
+                for key, _, _ in NET_FIGURES
+            ]
+            lines.append(f"| **repid-{group} / repid** | | | " + " | ".join(cells) + " | |")
     for ref in summaries:
         if ref.get("reference") and ref["rounds_ok"] and subject is not None:
             cells = [
@@ -950,6 +999,8 @@ def _main(args: argparse.Namespace, suite: Suite) -> int:
         summaries = [summarize_net(runs[c.name]) for c in cases]
         print(render_markdown_net(suite, n, args.rounds, summaries))
         ratio_report: dict[str, Any] = ratios_net(summaries)
+        for group in sorted({c.group for c in cases} - {""}):
+            ratio_report[f"group:{group}"] = ratios_net(summaries, group)
     else:
         summaries = [summarize(runs[c.name]) for c in cases]
         print(render_markdown(suite, n, args.rounds, summaries))

@@ -350,7 +350,12 @@ class Parameters(_ParametersFields):
         if self.result is not None:
             out["res"] = [self.result.id_, _secs(self.result.ttl)]
         d = self.delay
-        if d is not _NO_DELAY and (d.delay_until or d.defer_by or d.cron or d.next_execution_time):
+        if d is not _NO_DELAY and (
+            d.delay_until is not None
+            or d.defer_by is not None  # a zero or negative interval too: the worker refuses it
+            or d.cron is not None
+            or d.next_execution_time is not None
+        ):
             out["d"] = [_ts(d.delay_until), _secs(d.defer_by), d.cron, _ts(d.next_execution_time)]
         if self.timer.ttl is not None:
             out["ttl"] = _secs(self.timer.ttl)

@@ -38,6 +38,7 @@ def test_every_registered_parser_is_bound_to_a_handler() -> None:
         "db",
         "dashboard",
         "workflows",
+        "migrate",
     ]
 
 

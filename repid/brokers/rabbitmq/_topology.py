@@ -108,27 +108,31 @@ class Topology:
         )
         await self._admin("queue_declare", dead, durable=True, arguments=self._arguments())
         await self._admin("queue_bind", dead, self.dead_letter_exchange, routing_key=dead)
-        limit = (
-            {}
-            if self.delivery_limit is None or not self.quorum
-            else {"x-delivery-limit": self.delivery_limit}
-        )
         # The medium band (the queue itself) last: `check()` finds a queue fully declared.
         for band in sorted(self.bands(), key=lambda b: b == 1):
             await self._admin(
                 "queue_declare",
                 self.band_name(queue_name, band),
                 durable=True,
-                arguments=self._arguments(
-                    **{
-                        "x-max-priority": MAX_PRIORITY,
-                        "x-dead-letter-exchange": self.dead_letter_exchange,
-                        "x-dead-letter-routing-key": dead,
-                        **limit,
-                    }
-                ),
+                arguments=self.band_arguments(queue_name),
             )
         self.declared.add(queue_name)
+
+    def band_arguments(self, queue_name: str) -> dict[str, Any]:
+        """The declaration arguments of the queue (of each priority band, for quorum)."""
+        limit = (
+            {}
+            if self.delivery_limit is None or not self.quorum
+            else {"x-delivery-limit": self.delivery_limit}
+        )
+        return self._arguments(
+            **{
+                "x-max-priority": MAX_PRIORITY,
+                "x-dead-letter-exchange": self.dead_letter_exchange,
+                "x-dead-letter-routing-key": self.name(queue_name) + ":dead",
+                **limit,
+            }
+        )
 
     async def check(self, queue_name: str) -> None:
         """Raise `QueueNotDeclaredError` unless the queue exists on the server."""

@@ -170,3 +170,63 @@ async def test_deferred_jobs_of_each_priority_run_once_never_early(
     assert min(ran.values()) >= due.timestamp() - 0.01
     for category in MessageCategory:
         assert await browse(queue, category) == []
+
+
+def test_a_zero_or_negative_interval_is_written_to_the_wire() -> None:
+    """A recurring schedule with no next run survives a re-encode (a forwarded copy), so the
+    worker still refuses it instead of running the copy as a one-shot job."""
+    from repid.data import DelayProperties, Parameters
+
+    for seconds in (0.0, -5.0):
+        params = Parameters(delay=DelayProperties(defer_by=timedelta(seconds=seconds)))
+        encoded = params.encode()
+        assert encoded["d"] == [None, seconds, None, None]
+        assert Parameters.decode(encoded).delay.defer_by == timedelta(seconds=seconds)
+    assert "d" not in Parameters().encode()
+
+
+async def test_a_recurring_job_without_next_run_in_another_band_is_dead_lettered(
+    conn: Connection, queue: Queue
+) -> None:
+    """Published into the HIGH queue with a MEDIUM envelope, the message is forwarded to the
+    MEDIUM queue; the copy keeps its zero interval: it runs once, then `schedule_error`."""
+    import aio_pika
+    from pydantic_core import to_json
+
+    from repid.codec import encode_message
+    from repid.data import DeadLetterReason, DelayProperties, Parameters
+
+    body = encode_message(
+        RoutingKey("zero_interval", "tick", queue.name, 1),
+        "{}",
+        Parameters(delay=DelayProperties(defer_by=timedelta(0))),
+    )
+    assert b'"d":[null,0.0,null,null]' in to_json(json.loads(body))
+    high = conn.message_broker._sources(queue.name)[0]
+    assert high.endswith(":high")
+    connection = await aio_pika.connect(DSN)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        await channel.default_exchange.publish(
+            aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+            routing_key=high,
+        )
+    finally:
+        await connection.close()
+    router = Router()
+    runs: list[int] = []
+
+    @router.actor(queue=queue.name)
+    async def tick() -> None:
+        runs.append(1)
+
+    async with running(Worker([router], handle_signals=[], _connection=conn)):
+        deadline = time.monotonic() + 20
+        while not (dead := await browse(queue, MessageCategory.DEAD)):
+            assert time.monotonic() < deadline, f"not dead-lettered; runs: {len(runs)}"
+            await asyncio.sleep(0.05)
+    assert [m.key.id_ for m in dead] == ["zero_interval"]
+    assert dead[0].dead_letter is not None
+    assert dead[0].dead_letter.reason == DeadLetterReason.SCHEDULE_ERROR.value
+    assert runs == [1]
+    assert await browse(queue) == []

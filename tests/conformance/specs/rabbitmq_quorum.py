@@ -2,10 +2,13 @@
 priority, quorum delay and dead-letter queues), on the local node.
 
 Queues get their own prefix (a classic queue and a quorum queue cannot share a name); results
-are stored in Redis as for the classic spec, and cleaned up with it.
+are stored in Redis as for the classic spec, and cleaned up with it. `REPID_RABBITMQ_NODES` (a
+comma list of node URLs) points the spec at a cluster (tests/chaos/test_rabbitmq_cluster.py).
 """
 
 from __future__ import annotations
+
+import os
 
 from repid import Connection, RedisBucketBroker
 from repid.brokers.rabbitmq import RabbitMessageBroker
@@ -15,13 +18,14 @@ from tests.conformance.specs.rabbitmq import SPEC as CLASSIC
 from tests.conformance.specs.redis import DSN as REDIS_DSN
 
 PREFIX = f"repid-test-{RUN_ID}-quorum-"
+NODES = os.environ.get("REPID_RABBITMQ_NODES") or DSN
 
 
 def _rabbitmq_quorum(
     *, lease_duration: float | None = None, args_bucket: bool = False
 ) -> Connection:
     return Connection(
-        RabbitMessageBroker(DSN, prefix=PREFIX, timeout=5.0, queue_type="quorum"),
+        RabbitMessageBroker(NODES, prefix=PREFIX, timeout=5.0, queue_type="quorum"),
         args_bucket_broker=RedisBucketBroker(REDIS_DSN, prefix=BUCKET_PREFIX)
         if args_bucket
         else None,
