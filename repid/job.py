@@ -362,7 +362,15 @@ class Job:
         self._last_id = key.id_
         if connection.events.active:
             await connection.events.emit(
-                JobEvent(EventKind.ENQUEUED, key.id_, key.topic, key.queue, 1, time.time())
+                JobEvent(
+                    EventKind.ENQUEUED,
+                    key.id_,
+                    key.topic,
+                    key.queue,
+                    1,
+                    time.time(),
+                    due=_due(params.delay),
+                )
             )
         return self
 
@@ -424,7 +432,7 @@ class Job:
         job_id = self.id_ or self._last_id
         if job_id is None:
             raise JobNotFoundError(f"job {self.name!r} was never enqueued: nothing to cancel")
-        return await cancel_job(self.connection, self.queue.name, job_id)
+        return await cancel_job(self.connection, self.queue.name, job_id, actor=self.name)
 
     @property
     async def result(self) -> ResultBucket | None:
@@ -459,8 +467,11 @@ def _queue(name: str, connection: Connection | None) -> Queue:
     return queue
 
 
-async def cancel_job(connection: Connection, queue: str, job_id: str) -> CancelOutcome:
-    """Cancel the job `job_id` of `queue` (see `Job.cancel`)."""
+async def cancel_job(
+    connection: Connection, queue: str, job_id: str, *, actor: str = ""
+) -> CancelOutcome:
+    """Cancel the job `job_id` of `queue` (see `Job.cancel`); a dequeued job's `cancelled`
+    event is emitted here (a running one's by its worker)."""
     broker = connection.message_broker
     canceller = cancellation_of(broker)
     if canceller is None:
@@ -471,6 +482,10 @@ async def cancel_job(connection: Connection, queue: str, job_id: str) -> CancelO
     outcome = await canceller.cancel(queue, job_id)
     if outcome is None:
         raise JobNotFoundError(f"no pending or running job {job_id!r} in queue {queue!r}")
+    if outcome == CancelOutcome.DEQUEUED and connection.events.active:
+        await connection.events.emit(
+            JobEvent(EventKind.CANCELLED, job_id, actor, queue, 1, time.time())
+        )
     return CancelOutcome(outcome)
 
 
@@ -490,6 +505,11 @@ def _result_adapter(as_type: Any) -> Any:
     from pydantic import TypeAdapter
 
     return TypeAdapter(as_type)
+
+
+def _due(delay: DelayProperties) -> float | None:
+    when = delay.delay_until or delay.next_execution_time
+    return None if when is None else when.timestamp()
 
 
 def _unwrap_result(bucket: Any) -> Any:
