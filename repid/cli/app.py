@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Protocol
 
 from repid._redact import mask_urls
-from repid.cli import db, dead, describe, queues, run
+from repid.cli import db, dead, describe, job, queues, run
 from repid.cli import enqueue as enqueue_command
 from repid.cli.session import close_opened
 from repid.errors import RepidError
@@ -28,7 +28,7 @@ class Subcommand(Protocol):
         """Add the parser(s), each bound to its handler by `set_defaults(handler=...)`."""
 
 
-SUBCOMMANDS: tuple[Subcommand, ...] = (run, describe, queues, dead, enqueue_command, db)
+SUBCOMMANDS: tuple[Subcommand, ...] = (run, describe, queues, dead, enqueue_command, db, job)
 """Every subcommand module, in the order of `repid --help`: the one place to register one."""
 
 

@@ -36,6 +36,7 @@ def test_every_registered_parser_is_bound_to_a_handler() -> None:
         "dead",
         "enqueue",
         "db",
+        "job",
     ]
 
 

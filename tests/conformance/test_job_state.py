@@ -68,13 +68,15 @@ async def test_queued_then_succeeded_with_attempts_and_timings(rconn, new_queue)
         queue.name,
         0,
     )
-    assert queued.enqueued_at is not None and queued.started_at is None
+    assert queued.enqueued_at is not None
+    assert queued.started_at is None
 
     runner = await run_to_limit(make_worker(rconn, router, messages_limit=1))
 
     done = await rconn.job_state(job_id)
     assert done is not None
-    assert done.status is JobStatus.SUCCEEDED and done.finished
+    assert done.status is JobStatus.SUCCEEDED
+    assert done.finished
     assert (done.attempt, done.attempts, done.errors) == (1, 1, ())
     assert done.worker == runner.worker_id
     assert done.enqueued_at <= done.started_at <= done.finished_at  # type: ignore[operator]
@@ -89,8 +91,10 @@ async def test_a_deferred_job_is_delayed_until_its_due_time(rconn, new_queue):
     sent = await job(rconn, "later", queue, deferred_by=timedelta(hours=1)).enqueue()
     assert sent._last_id is not None
     record = await rconn.job_state(sent._last_id)
-    assert record is not None and record.status is JobStatus.DELAYED
-    assert record.due is not None and record.due > time.time() + 3000
+    assert record is not None
+    assert record.status is JobStatus.DELAYED
+    assert record.due is not None
+    assert record.due > time.time() + 3000
 
 
 async def test_a_running_job_names_its_worker_and_attempt(rconn, new_queue):
@@ -115,8 +119,10 @@ async def test_a_running_job_names_its_worker_and_attempt(rconn, new_queue):
     async with running(worker):
         await wait(started, "the second attempt starts")
         record = await state_becomes(rconn, job_id, JobStatus.RUNNING)
-        assert record.attempt == 2 and record.attempts == 2  # type: ignore[attr-defined]
-        assert record.worker and record.worker.count(":") >= 2  # type: ignore[attr-defined]
+        assert record.attempt == 2
+        assert record.attempts == 2
+        assert record.worker
+        assert record.worker.count(":") >= 2
         assert [e.message for e in record.errors] == ["first attempt fails"]  # type: ignore[attr-defined]
         release.set()
         await state_becomes(rconn, job_id, JobStatus.SUCCEEDED)
@@ -142,9 +148,12 @@ async def test_retries_end_dead_with_a_capped_error_history(rconn, new_queue):
     assert [e.attempt for e in record.errors] == [3, 4], "error_history=2 keeps the last two"
     for entry in record.errors:
         assert entry.type == "RuntimeError"
-        assert entry.message is not None and entry.message.startswith("boom x")
-        assert "…" in entry.message and len(entry.message) < 5_000
-        assert entry.traceback is not None and "RuntimeError" in entry.traceback
+        assert entry.message is not None
+        assert entry.message.startswith("boom x")
+        assert "…" in entry.message
+        assert len(entry.message) < 5_000
+        assert entry.traceback is not None
+        assert "RuntimeError" in entry.traceback
         assert entry.worker == runner.worker_id
     assert len(record.to_json().encode()) < 16_384 + 4_096, "bounded in bytes"
 
@@ -161,8 +170,10 @@ async def test_a_failure_without_retries_is_dead_and_refused_input_too(rconn, ne
     assert sent._last_id is not None
     await run_to_limit(make_worker(rconn, router, messages_limit=1))
     record = await rconn.job_state(sent._last_id)
-    assert record is not None and record.status is JobStatus.DEAD
-    assert len(record.errors) == 1 and record.errors[0].type is not None
+    assert record is not None
+    assert record.status is JobStatus.DEAD
+    assert len(record.errors) == 1
+    assert record.errors[0].type is not None
 
 
 async def test_a_cancelled_job_is_recorded_cancelled(rconn, new_queue):
@@ -172,7 +183,8 @@ async def test_a_cancelled_job_is_recorded_cancelled(rconn, new_queue):
     assert waiting._last_id is not None
     await waiting.cancel()
     record = await rconn.job_state(waiting._last_id)
-    assert record is not None and record.status is JobStatus.CANCELLED
+    assert record is not None
+    assert record.status is JobStatus.CANCELLED
 
     router = router_for(queue)
     started = asyncio.Event()
