@@ -58,7 +58,7 @@ async def test_queued_then_succeeded_with_attempts_and_timings(rconn, new_queue)
         return a + b
 
     sent = await job(rconn, "add", queue, args={"a": 1, "b": 2}).enqueue()
-    job_id = sent._last_id
+    job_id = sent.last_id
     assert job_id is not None
     queued = await rconn.job_state(job_id)
     assert queued is not None
@@ -89,8 +89,8 @@ async def test_an_unknown_id_has_no_record(rconn):
 async def test_a_deferred_job_is_delayed_until_its_due_time(rconn, new_queue):
     queue = await new_queue(rconn)
     sent = await job(rconn, "later", queue, deferred_by=timedelta(hours=1)).enqueue()
-    assert sent._last_id is not None
-    record = await rconn.job_state(sent._last_id)
+    assert sent.last_id is not None
+    record = await rconn.job_state(sent.last_id)
     assert record is not None
     assert record.status is JobStatus.DELAYED
     assert record.due is not None
@@ -113,7 +113,7 @@ async def test_a_running_job_names_its_worker_and_attempt(rconn, new_queue):
         await release.wait()
 
     sent = await job(rconn, "slow", queue, retries=1).enqueue()
-    job_id = sent._last_id
+    job_id = sent.last_id
     assert job_id is not None
     worker = make_worker(rconn, router)
     async with running(worker):
@@ -137,7 +137,7 @@ async def test_retries_end_dead_with_a_capped_error_history(rconn, new_queue):
         raise RuntimeError("boom " + "x" * 50_000)
 
     sent = await job(rconn, "broken", queue, retries=3).enqueue()
-    job_id = sent._last_id
+    job_id = sent.last_id
     assert job_id is not None
     runner = await run_to_limit(make_worker(rconn, router, messages_limit=4))
 
@@ -167,9 +167,9 @@ async def test_a_failure_without_retries_is_dead_and_refused_input_too(rconn, ne
         return None
 
     sent = await job(rconn, "takes_int", queue, args={"n": "not a number"}).enqueue()
-    assert sent._last_id is not None
+    assert sent.last_id is not None
     await run_to_limit(make_worker(rconn, router, messages_limit=1))
-    record = await rconn.job_state(sent._last_id)
+    record = await rconn.job_state(sent.last_id)
     assert record is not None
     assert record.status is JobStatus.DEAD
     assert len(record.errors) == 1
@@ -180,9 +180,9 @@ async def test_a_cancelled_job_is_recorded_cancelled(rconn, new_queue):
     require(rconn, cancellation=True)
     queue = await new_queue(rconn)
     waiting = await job(rconn, "never_runs", queue).enqueue()
-    assert waiting._last_id is not None
+    assert waiting.last_id is not None
     await waiting.cancel()
-    record = await rconn.job_state(waiting._last_id)
+    record = await rconn.job_state(waiting.last_id)
     assert record is not None
     assert record.status is JobStatus.CANCELLED
 
@@ -195,8 +195,8 @@ async def test_a_cancelled_job_is_recorded_cancelled(rconn, new_queue):
         await asyncio.sleep(60)
 
     runs = await job(rconn, "long", queue).enqueue()
-    assert runs._last_id is not None
+    assert runs.last_id is not None
     async with running(make_worker(rconn, router)):
         await wait(started, "the long job starts")
         await runs.cancel()
-        await state_becomes(rconn, runs._last_id, JobStatus.CANCELLED)
+        await state_becomes(rconn, runs.last_id, JobStatus.CANCELLED)

@@ -133,6 +133,13 @@ EXPECTED: dict[str, list[str]] = {
         r"sync_account runs: 3",
         r"dead letter: sync_account after 3 attempts",
     ],
+    "records.py": [
+        r"before: queued",
+        r"add: succeeded after 1 attempt\(s\)",
+        r"flaky: dead after 2 attempt\(s\)",
+        r"  attempt 1: ConnectionError: upstream 1 is down",
+        r"  attempt 2: ConnectionError: upstream 1 is down",
+    ],
     "typed_outputs.py": [
         r"invoice: Invoice\(order=7, total=19\.5\)",
         r"dead letter: bill_badly output_validation_error",

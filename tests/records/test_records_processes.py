@@ -48,17 +48,17 @@ async def test_a_worker_process_writes_records_another_process_reads() -> None:
             await queue.declare()
             ok = await Job("work", queue=queue_name, args={"n": 2}, _connection=conn).enqueue()
             bad = await Job("fail", queue=queue_name, args={"n": 3}, _connection=conn).enqueue()
-            assert ok._last_id is not None
-            assert bad._last_id is not None
-            queued = await conn.job_state(bad._last_id)
+            assert ok.last_id is not None
+            assert bad.last_id is not None
+            queued = await conn.job_state(bad.last_id)
             assert queued is not None
             assert queued.status is JobStatus.QUEUED
 
             run = cli(env, "run", "tests.records.records_app:app", "--burst")
             assert run.returncode == 0, run.stderr
 
-            done = await conn.job_state(ok._last_id)
-            dead = await conn.job_state(bad._last_id)
+            done = await conn.job_state(ok.last_id)
+            dead = await conn.job_state(bad.last_id)
             assert done is not None
             assert done.status is JobStatus.SUCCEEDED
             assert dead is not None
@@ -69,13 +69,13 @@ async def test_a_worker_process_writes_records_another_process_reads() -> None:
             (error,) = dead.errors
             assert (error.type, error.message) == ("ValueError", "failure 3")
 
-            shown = cli(env, "job", bad._last_id, "tests.records.records_app:app")
+            shown = cli(env, "job", bad.last_id, "tests.records.records_app:app")
             assert shown.returncode == 0, shown.stderr
             assert "status    dead" in shown.stdout
             assert "attempt 1" in shown.stdout
             assert "ValueError: failure 3" in shown.stdout
 
-            as_json = cli(env, "job", ok._last_id, "tests.records.records_app:app", "--json")
+            as_json = cli(env, "job", ok.last_id, "tests.records.records_app:app", "--json")
             assert json.loads(as_json.stdout)["status"] == "succeeded"
 
             missing = cli(env, "job", "no-such-job", "tests.records.records_app:app")
