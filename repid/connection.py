@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 
@@ -73,6 +74,8 @@ class Connection:
         self.header_providers: list[Callable[[], Mapping[str, str] | None]] = []
         """Called at every enqueue; the headers they return travel with the message
         (`Parameters.headers`), e.g. trace context."""
+        self.loop: asyncio.AbstractEventLoop | None = None
+        """The event loop the connection was opened on (its clients belong to it)."""
         self.records: RecordWriter | None = None
         """What writes the job records (None: records are off)."""
         if records is not False:
@@ -166,6 +169,7 @@ class Connection:
         """Connect every broker; idempotent."""
         if self.is_open:
             return self
+        self.loop = asyncio.get_running_loop()
         await self.raw_message_broker.connect()
         if self.raw_args_bucket_broker is not None:
             await self.raw_args_bucket_broker.connect()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import functools
 import re
 import time
@@ -373,6 +375,36 @@ class Job:
                 )
             )
         return self
+
+    def enqueue_sync(self, timeout: float | None = 30.0) -> Job:
+        """`enqueue()` from plain synchronous code in another thread (a Flask or Django view,
+        a thread pool): the message is sent on the event loop the connection was opened on,
+        and this thread waits for it (at most `timeout` seconds).
+
+        Raises:
+            RuntimeError: called on the connection's own event loop thread (use
+                `await job.enqueue()` there), or the connection is not open on a running loop.
+            TimeoutError: the enqueue did not finish within `timeout` (it may still happen).
+        """
+        connection = self._connection or Repid._magic_connection or self.connection
+        loop = connection.loop
+        if loop is None or not connection.is_open or not loop.is_running() or loop.is_closed():
+            raise RuntimeError(
+                "enqueue_sync() needs a Connection opened on an event loop that is running in "
+                "another thread"
+            )
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            raise RuntimeError("enqueue_sync() called on the connection's loop: await enqueue()")
+        future = asyncio.run_coroutine_threadsafe(self.enqueue(), loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise TimeoutError(f"enqueue of {self.name!r} did not finish in {timeout}s") from None
 
     async def wait(self, timeout: float | timedelta | None = None, *, as_type: Any = None) -> Any:
         """Wait for the result of the last enqueued run and return what the actor returned.
