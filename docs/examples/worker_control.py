@@ -23,7 +23,7 @@ async def main() -> None:
     async with app.magic():
         await Queue().declare()
         # --8<-- [start:control]
-        worker = Worker(handle_signals=[], startup_timeout=30)
+        worker = Worker(handle_signals=[], startup_timeout=30, tasks_limit=8, prefetch=32)
         print(f"actors found: {worker.include_module(__name__)}")
         await asyncio.to_thread(enqueue_from_plain_code)
 

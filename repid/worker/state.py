@@ -67,6 +67,9 @@ class WorkerSettings(Protocol):
     @property
     def heartbeat_interval(self) -> float: ...
 
+    @property
+    def prefetch(self) -> int: ...
+
 
 class DrainedError(Exception):
     """Drain mode: no ready message is left."""

@@ -64,6 +64,9 @@ class Worker(Router):
         heartbeat_interval: seconds between the heartbeats that list this worker as live
             (`Connection.live_workers`); a worker silent for 3 intervals (15 s by default) is
             considered gone.
+        prefetch: messages the worker takes from the broker ahead (running and waiting to
+            run); never below `tasks_limit`, its default. A higher prefetch saves round trips
+            for short actors; at most `tasks_limit` actors run at once whatever it is.
         startup_timeout: seconds `run()` keeps retrying an unreachable broker at start-up,
             with backoff, before it raises `BrokerUnavailableError` (0: raise at once), like
             `repid run --startup-timeout`.
@@ -83,6 +86,7 @@ class Worker(Router):
         health_check_server_settings: HealthCheckServerSettings | None = None,
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
         startup_timeout: float = 60.0,
+        prefetch: int | None = None,
         _connection: Connection | None = None,
     ) -> None:
         super().__init__(defaults=router_defaults)
@@ -100,6 +104,9 @@ class Worker(Router):
             raise ConfigurationError("startup_timeout must be >= 0")
         self.heartbeat_interval = heartbeat_interval
         self.startup_timeout = startup_timeout
+        if prefetch is not None and prefetch < 1:
+            raise ConfigurationError("prefetch must be >= 1")
+        self.prefetch = tasks_limit if prefetch is None else max(prefetch, tasks_limit)
         self.graceful_shutdown_time = graceful_shutdown_time
         self.messages_limit = messages_limit
         self.tasks_limit = tasks_limit

@@ -23,7 +23,7 @@ from repid import (
     Router,
     Worker,
 )
-from repid.errors import BrokerUnavailableError
+from repid.errors import BrokerUnavailableError, ConfigurationError
 
 
 def memory() -> Connection:
@@ -203,3 +203,51 @@ async def test_enqueue_sync_from_a_thread() -> None:
         worker = Worker([router], handle_signals=[], messages_limit=3, _connection=conn)
         await asyncio.wait_for(worker.run(), 10)
     assert sorted(seen) == [1, 2, 3]
+
+
+@pytest.mark.parametrize(("tasks_limit", "prefetch"), [(1, 4), (4, 1), (2, None)])
+async def test_prefetch_is_set_apart_from_the_concurrency(
+    tasks_limit: int, prefetch: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker asks its broker's consumer for `prefetch` messages ahead (the in-memory
+    broker hands them out on demand, so the request is what can be checked here); at most
+    `tasks_limit` actors run at once."""
+    conn = memory()
+    router = Router()
+    release = asyncio.Event()
+    running: list[int] = []
+
+    @router.actor
+    async def block(n: int) -> None:
+        running.append(n)
+        await release.wait()
+
+    broker = conn.raw_message_broker
+    asked: list[int | None] = []
+    real = broker.get_consumer
+
+    def get_consumer(queue: str, topics: object, max_unacked: int | None = None) -> object:
+        asked.append(max_unacked)
+        return real(queue, topics, max_unacked)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(broker, "get_consumer", get_consumer)
+    async with conn:
+        await Queue(_connection=conn).declare()
+        for n in range(6):
+            await Job("block", args={"n": n}, _connection=conn).enqueue()
+        worker = Worker(
+            [router],
+            handle_signals=[],
+            tasks_limit=tasks_limit,
+            prefetch=prefetch,
+            _connection=conn,
+        )
+        task = asyncio.create_task(worker.run())
+        await until(lambda: len(running) == tasks_limit, "the actors start")
+        assert asked == [max(tasks_limit, prefetch or 0)], "never below tasks_limit"
+        assert worker.status().in_flight == {"block": tasks_limit}, "tasks_limit caps the runs"
+        worker.stop()
+        release.set()
+        await asyncio.wait_for(task, 10)
+    with pytest.raises(ConfigurationError, match="prefetch"):
+        Worker(prefetch=0)
