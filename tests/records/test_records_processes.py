@@ -78,6 +78,13 @@ async def test_a_worker_process_writes_records_another_process_reads() -> None:
             as_json = cli(env, "job", ok.last_id, "tests.records.records_app:app", "--json")
             assert json.loads(as_json.stdout)["status"] == "succeeded"
 
+            dead_list = cli(
+                env, "dead", "list", queue_name, "tests.records.records_app:app", "--errors"
+            )
+            assert dead_list.returncode == 0, dead_list.stderr
+            assert "    attempt 1  " in dead_list.stdout
+            assert "ValueError: failure 3" in dead_list.stdout
+
             missing = cli(env, "job", "no-such-job", "tests.records.records_app:app")
             assert missing.returncode == 1
             assert "no record" in missing.stderr
