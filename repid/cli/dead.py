@@ -14,7 +14,7 @@ from repid.cli.options import TARGET_HELP, add_connection_options, positive_int
 from repid.cli.session import connect
 from repid.connection import Connection
 from repid.data import DeadLetterReason
-from repid.records import BucketRecordStore
+from repid.records import BucketRecordStore, RecordStore
 
 __all__ = ["add_parser", "command_dead"]
 
@@ -67,9 +67,15 @@ async def _histories(
 ) -> dict[str, list[dict[str, Any]]]:
     """The error history of each job id, from its record (`repid job` shows the same)."""
     bucket = connection.raw_results_bucket_broker
-    if not wanted or (connection.records is None and bucket is None):
+    store: RecordStore
+    if not wanted:
         return {}
-    store = connection.records.store if connection.records else BucketRecordStore(bucket)  # type: ignore[arg-type]
+    if connection.records is not None:
+        store = connection.records.store
+    elif bucket is not None:
+        store = BucketRecordStore(bucket)
+    else:
+        return {}
     out: dict[str, list[dict[str, Any]]] = {}
     for id_ in ids:
         record = await store.get(id_)
