@@ -169,7 +169,10 @@ class Connection:
         """Connect every broker; idempotent."""
         if self.is_open:
             return self
-        self.loop = asyncio.get_running_loop()
+        try:  # the in-memory test client may drive this coroutine without a loop
+            self.loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.loop = None
         await self.raw_message_broker.connect()
         if self.raw_args_bucket_broker is not None:
             await self.raw_args_bucket_broker.connect()
