@@ -66,6 +66,7 @@ from repid.worker import Runner, Worker
 if TYPE_CHECKING:  # imported on first use (see `__getattr__`): a worker of another broker
     from repid.brokers.memory.broker import InMemoryBucketBroker, InMemoryMessageBroker
     from repid.brokers.sqlite import SqliteBucketBroker, SqliteMessageBroker
+    from repid.cli.pool import WorkerPool
     from repid.testing import GetEventLogT, GetInMemoryQueueT, GetMockedActorT
 
 __version__ = "2.0.0.dev0"
@@ -137,6 +138,7 @@ __all__ = [
     "SqliteBucketBroker",
     "SqliteMessageBroker",
     "Worker",
+    "WorkerPool",
     "default_retry_policy_factory",
     "default_serializer",
     "logger",
@@ -162,6 +164,7 @@ _LAZY = {
     "GetEventLogT": "repid.testing",
     "GetInMemoryQueueT": "repid.testing",
     "GetMockedActorT": "repid.testing",
+    "WorkerPool": "repid.cli.pool",
 }
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable, Mapping
+from datetime import timedelta
 
 from repid.brokers.base import BucketBrokerT, MessageBrokerT, worker_registry_of
 from repid.errors import BrokerError, ConfigurationError
@@ -12,6 +14,7 @@ from repid.middlewares import (
     instrument_bucket_broker,
     instrument_message_broker,
 )
+from repid.records import BucketRecordStore, JobRecord, RecordStore, RecordWriter
 
 __all__ = ["Connection"]
 
@@ -24,6 +27,12 @@ class Connection:
         args_bucket_broker: stores large job arguments outside the messages (optional).
         results_bucket_broker: stores actor results; must be created with
             `use_result_bucket=True` (optional; needed for `await job.result`).
+        records: keep a record of every job, readable by id from any process
+            (`job_state`): True keeps them in the results bucket broker; or pass a
+            `RecordStore`. Off by default (each event then costs a read and a write).
+        record_retention: how long a record is kept after its last change.
+        error_history: failed attempts kept in each record (time, type, message, traceback,
+            worker), at most `error_bytes` of text in all.
     """
 
     def __init__(
@@ -31,6 +40,11 @@ class Connection:
         message_broker: MessageBrokerT,
         args_bucket_broker: BucketBrokerT | None = None,
         results_bucket_broker: BucketBrokerT | None = None,
+        *,
+        records: bool | RecordStore = False,
+        record_retention: timedelta | None = timedelta(days=7),
+        error_history: int = 5,
+        error_bytes: int = 16_384,
     ) -> None:
         if args_bucket_broker is not None and getattr(
             args_bucket_broker, "use_result_bucket", False
@@ -60,6 +74,28 @@ class Connection:
         self.header_providers: list[Callable[[], Mapping[str, str] | None]] = []
         """Called at every enqueue; the headers they return travel with the message
         (`Parameters.headers`), e.g. trace context."""
+        self.loop: asyncio.AbstractEventLoop | None = None
+        """The event loop the connection was opened on (its clients belong to it)."""
+        self.records: RecordWriter | None = None
+        """What writes the job records (None: records are off)."""
+        if records is not False:
+            store: RecordStore
+            if records is True:
+                if results_bucket_broker is None:
+                    raise ConfigurationError(
+                        "records=True keeps records in the results bucket broker: pass one, "
+                        "or a RecordStore"
+                    )
+                store = BucketRecordStore(results_bucket_broker)
+            else:
+                store = records
+            self.records = RecordWriter(
+                store,
+                retention=record_retention,
+                error_history=error_history,
+                error_bytes=error_bytes,
+            )
+            self.events.add(self.records)
 
     def on_event(
         self, handler: EventHandler, kinds: Iterable[EventKind | str] | None = None
@@ -70,6 +106,23 @@ class Connection:
         """
         self.events.add(handler, kinds)
         return handler
+
+    def remove_event_handler(self, handler: EventHandler) -> bool:
+        """Stop calling `handler` (registered with `on_event`); False if it was not registered."""
+        if handler is self.records:
+            raise ConfigurationError("the job-records writer cannot be removed")
+        return self.events.remove(handler)
+
+    async def job_state(self, job_id: str) -> JobRecord | None:
+        """The record of job `job_id` (status, attempts, worker, timings, errors), written by
+        the producer and the workers of any process sharing the store; None if there is none.
+
+        Raises:
+            ConfigurationError: the connection keeps no records (`Connection(records=True)`).
+        """
+        if self.records is None:
+            raise ConfigurationError("job_state() needs job records: Connection(..., records=True)")
+        return await self.records.store.get(job_id)
 
     async def live_workers(self, stale_after: float | None = None) -> list[WorkerInfo]:
         """The workers that heartbeat on this connection's broker, oldest first.
@@ -116,6 +169,10 @@ class Connection:
         """Connect every broker; idempotent."""
         if self.is_open:
             return self
+        try:  # the in-memory test client may drive this coroutine without a loop
+            self.loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.loop = None
         await self.raw_message_broker.connect()
         if self.raw_args_bucket_broker is not None:
             await self.raw_args_bucket_broker.connect()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import functools
 import re
 import time
@@ -362,9 +364,47 @@ class Job:
         self._last_id = key.id_
         if connection.events.active:
             await connection.events.emit(
-                JobEvent(EventKind.ENQUEUED, key.id_, key.topic, key.queue, 1, time.time())
+                JobEvent(
+                    EventKind.ENQUEUED,
+                    key.id_,
+                    key.topic,
+                    key.queue,
+                    1,
+                    time.time(),
+                    due=_due(params.delay),
+                )
             )
         return self
+
+    def enqueue_sync(self, timeout: float | None = 30.0) -> Job:
+        """`enqueue()` from plain synchronous code in another thread (a Flask or Django view,
+        a thread pool): the message is sent on the event loop the connection was opened on,
+        and this thread waits for it (at most `timeout` seconds).
+
+        Raises:
+            RuntimeError: called on the connection's own event loop thread (use
+                `await job.enqueue()` there), or the connection is not open on a running loop.
+            TimeoutError: the enqueue did not finish within `timeout` (it may still happen).
+        """
+        connection = self._connection or Repid._magic_connection or self.connection
+        loop = connection.loop
+        if loop is None or not connection.is_open or not loop.is_running() or loop.is_closed():
+            raise RuntimeError(
+                "enqueue_sync() needs a Connection opened on an event loop that is running in "
+                "another thread"
+            )
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            raise RuntimeError("enqueue_sync() called on the connection's loop: await enqueue()")
+        future = asyncio.run_coroutine_threadsafe(self.enqueue(), loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise TimeoutError(f"enqueue of {self.name!r} did not finish in {timeout}s") from None
 
     async def wait(self, timeout: float | timedelta | None = None, *, as_type: Any = None) -> Any:
         """Wait for the result of the last enqueued run and return what the actor returned.
@@ -424,7 +464,7 @@ class Job:
         job_id = self.id_ or self._last_id
         if job_id is None:
             raise JobNotFoundError(f"job {self.name!r} was never enqueued: nothing to cancel")
-        return await cancel_job(self.connection, self.queue.name, job_id)
+        return await cancel_job(self.connection, self.queue.name, job_id, actor=self.name)
 
     @property
     async def result(self) -> ResultBucket | None:
@@ -459,8 +499,11 @@ def _queue(name: str, connection: Connection | None) -> Queue:
     return queue
 
 
-async def cancel_job(connection: Connection, queue: str, job_id: str) -> CancelOutcome:
-    """Cancel the job `job_id` of `queue` (see `Job.cancel`)."""
+async def cancel_job(
+    connection: Connection, queue: str, job_id: str, *, actor: str = ""
+) -> CancelOutcome:
+    """Cancel the job `job_id` of `queue` (see `Job.cancel`); a dequeued job's `cancelled`
+    event is emitted here (a running one's by its worker)."""
     broker = connection.message_broker
     canceller = cancellation_of(broker)
     if canceller is None:
@@ -471,6 +514,10 @@ async def cancel_job(connection: Connection, queue: str, job_id: str) -> CancelO
     outcome = await canceller.cancel(queue, job_id)
     if outcome is None:
         raise JobNotFoundError(f"no pending or running job {job_id!r} in queue {queue!r}")
+    if outcome == CancelOutcome.DEQUEUED and connection.events.active:
+        await connection.events.emit(
+            JobEvent(EventKind.CANCELLED, job_id, actor, queue, 1, time.time())
+        )
     return CancelOutcome(outcome)
 
 
@@ -490,6 +537,11 @@ def _result_adapter(as_type: Any) -> Any:
     from pydantic import TypeAdapter
 
     return TypeAdapter(as_type)
+
+
+def _due(delay: DelayProperties) -> float | None:
+    when = delay.delay_until or delay.next_execution_time
+    return None if when is None else when.timestamp()
 
 
 def _unwrap_result(bucket: Any) -> Any:

@@ -104,6 +104,10 @@ class JobEvent:
         duration: seconds the actor ran (finished-kind events), else None.
         error_type: the exception class name (failed, dead_lettered, retried).
         error: the exception message.
+        worker: the id of the worker that emitted it (None for `enqueued`).
+        traceback: the exception's formatted traceback (failed, dead_lettered).
+        due: epoch seconds when the job is next ready, if later than `at` (enqueued with a
+            delay, retried after a delay, snoozed).
     """
 
     kind: EventKind
@@ -115,6 +119,9 @@ class JobEvent:
     duration: float | None = None
     error_type: str | None = None
     error: str | None = None
+    worker: str | None = None
+    traceback: str | None = None
+    due: float | None = None
 
 
 EventHandler = Callable[[JobEvent], Awaitable[None] | None]
@@ -137,6 +144,13 @@ class EventDispatcher:
         wanted = None if kinds is None else frozenset(EventKind(k) for k in kinds)
         self._handlers.append((handler, wanted, inspect.iscoroutinefunction(handler)))
         self.active = True
+
+    def remove(self, handler: EventHandler) -> bool:
+        """Unregister `handler` (every registration of it); False if it was not registered."""
+        before = len(self._handlers)
+        self._handlers = [entry for entry in self._handlers if entry[0] != handler]
+        self.active = bool(self._handlers)
+        return len(self._handlers) != before
 
     async def emit(self, event: JobEvent) -> None:
         for handler, kinds, is_async in self._handlers:

@@ -6,6 +6,7 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from types import ModuleType
 from typing import Any, ParamSpec, TypeVar, overload
 
 from repid import _actor_defaults
@@ -240,3 +241,31 @@ class Router:
     def include_router(self, router: Router) -> None:
         """Add every actor of `router`; an actor with an existing name replaces it."""
         self.actors.update(router.actors)
+
+    def include_module(self, module: ModuleType | str, *, recursive: bool = False) -> int:
+        """Add the actors of every `Router` defined in `module` (a module or its dotted name),
+        and with `recursive=True` in every module of the package below it (imported here).
+
+        Returns how many actors were added. Routers are found by their module-level names, the
+        way `repid run module` finds them; this router itself is skipped.
+        """
+        import importlib
+        import pkgutil
+
+        root = importlib.import_module(module) if isinstance(module, str) else module
+        modules = [root]
+        if recursive and hasattr(root, "__path__"):
+            prefix = root.__name__ + "."
+            modules.extend(
+                importlib.import_module(info.name)
+                for info in pkgutil.walk_packages(root.__path__, prefix)
+            )
+        before = len(self.actors)
+        seen: list[Router] = []
+        for found in modules:
+            for value in vars(found).values():
+                fresh = isinstance(value, Router) and value is not self
+                if fresh and not any(value is known for known in seen):
+                    seen.append(value)
+                    self.include_router(value)
+        return len(self.actors) - before

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Protocol
 
 from repid._redact import mask_urls
-from repid.cli import dashboard, db, dead, describe, migrate, queues, run, workflows
+from repid.cli import dashboard, db, dead, describe, job, migrate, queues, run, workflows
 from repid.cli import enqueue as enqueue_command
 from repid.cli.session import close_opened
 from repid.errors import RepidError
@@ -38,6 +38,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     dashboard,
     workflows,
     migrate,
+    job,
 )
 """Every subcommand module, in the order of `repid --help`: the one place to register one."""
 

@@ -7,11 +7,14 @@ import json
 import sys
 from dataclasses import asdict
 from datetime import UTC, datetime
+from typing import Any
 
 from repid.cli.operations import DeadFilter, list_dead, purge_dead, requeue_dead
 from repid.cli.options import TARGET_HELP, add_connection_options, positive_int
 from repid.cli.session import connect
+from repid.connection import Connection
 from repid.data import DeadLetterReason
+from repid.records import BucketRecordStore, RecordStore
 
 __all__ = ["add_parser", "command_dead"]
 
@@ -51,7 +54,34 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         sub.add_argument("--limit", type=positive_int, help="at most this many, oldest first")
         if name == "list":
             sub.add_argument("--json", action="store_true", help="print JSON lines")
+            sub.add_argument(
+                "--errors",
+                action="store_true",
+                help="also show each job's error history (from its job record, if kept)",
+            )
         add_connection_options(sub)
+
+
+async def _histories(
+    connection: Connection, ids: list[str], wanted: bool
+) -> dict[str, list[dict[str, Any]]]:
+    """The error history of each job id, from its record (`repid job` shows the same)."""
+    bucket = connection.raw_results_bucket_broker
+    store: RecordStore
+    if not wanted:
+        return {}
+    if connection.records is not None:
+        store = connection.records.store
+    elif bucket is not None:
+        store = BucketRecordStore(bucket)
+    else:
+        return {}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for id_ in ids:
+        record = await store.get(id_)
+        if record is not None:
+            out[id_] = [asdict(entry) for entry in record.errors]
+    return out
 
 
 async def command_dead(args: argparse.Namespace) -> int:
@@ -65,15 +95,22 @@ async def command_dead(args: argparse.Namespace) -> int:
     )
     if args.dead_command == "list":
         letters = await list_dead(connection, args.queue, which=which)
+        history = await _histories(connection, [letter.id_ for letter in letters], args.errors)
         for letter in letters:
+            errors = history.get(letter.id_, [])
             if args.json:
-                print(json.dumps(asdict(letter)))
+                print(json.dumps(asdict(letter) | ({"errors": errors} if args.errors else {})))
                 continue
             when = datetime.fromtimestamp(letter.dead_at, UTC).isoformat(timespec="seconds")
             print(
                 f"{letter.id_}  {letter.actor}  {letter.reason}  attempts={letter.attempts}  "
                 f"{when}  {letter.error}".rstrip()
             )
+            for entry in errors:
+                print(
+                    f"    attempt {entry['attempt']}  {entry['worker'] or '-'}  "
+                    f"{entry['type']}: {entry['message']}"
+                )
         if not args.json:
             print(f"{len(letters)} dead message(s) in {args.queue!r}", file=sys.stderr)
     elif args.dead_command == "requeue":

@@ -113,6 +113,8 @@ def build_worker(
             "run_health_check_server": base.run_health_check_server,
             "health_check_server_settings": base.health_check_server_settings,
         }
+        if base.prefetch != base.tasks_limit:  # set apart from the concurrency: kept
+            options["prefetch"] = base.prefetch
     if concurrency is not None:
         options["tasks_limit"] = concurrency
     if graceful_shutdown_time is not None:

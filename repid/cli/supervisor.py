@@ -170,9 +170,13 @@ class Supervisor:
             self._signal_children(signal.SIGKILL)
             self._stop_deadline = float("inf")
 
-    def run(self) -> int:
-        """Supervise until every child is done; 0 when each child's last exit was clean."""
-        handled = (signal.SIGTERM, signal.SIGINT)
+    def run(self, *, handle_signals: bool = True) -> int:
+        """Supervise until every child is done; 0 when each child's last exit was clean.
+
+        `handle_signals=False` leaves SIGTERM/SIGINT alone (any thread may then run it; call
+        `stop()` to end it), as `repid.WorkerPool` does.
+        """
+        handled = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
         previous = {sig: signal.signal(sig, self._on_signal) for sig in handled}
         try:
             for slot in self.slots:

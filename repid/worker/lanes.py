@@ -24,7 +24,7 @@ class Lanes(Processing, Outages):
     """Takes deliveries from the broker and processes them, `tasks_limit` at a time."""
 
     async def _open_sources(self, stack: contextlib.AsyncExitStack) -> Source:
-        prefetch = self.worker.tasks_limit
+        prefetch = self.worker.prefetch
         queues = sorted({actor.queue for actor in self.actors.values()})
         for name in queues:
             consumer = self.broker.get_consumer(name, None, prefetch)

@@ -149,7 +149,9 @@ class Settling(Execution):
         self.snoozed += 1
         await self._conclude(delivery, None, Snoozed(snooze.delay))
         if self._events.active:
-            await self._event(EventKind.SNOOZED, delivery)
+            await self._event(
+                EventKind.SNOOZED, delivery, due=time.time() + snooze.delay.total_seconds()
+            )
 
     async def _cancelled(self, lane: Lane, delivery: Delivery, started: int) -> None:
         lane.cancel_requested = False
@@ -288,7 +290,9 @@ class Settling(Execution):
             self.retried += 1
             await self._apply(delivery, settlement)
             if self._events.active:
-                await self._event(EventKind.RETRIED, delivery, started or None, exc)
+                when = settlement.parameters.delay.next_execution_time
+                due = None if when is None else when.timestamp()
+                await self._event(EventKind.RETRIED, delivery, started or None, exc, due)
         else:
             failure = ResultBucket(  # 1.6's layout: the message as data, the class as exception
                 str(exc),

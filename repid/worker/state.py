@@ -9,7 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
+import socket
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, Protocol
@@ -22,6 +25,7 @@ from repid.brokers.base import (
     cancellation_of,
     worker_registry_of,
 )
+from repid.ids import new_id
 from repid.lifecycle import ActorLimiter, EventKind, JobCancelledError, JobEvent
 from repid.router import ActorData
 
@@ -62,6 +66,9 @@ class WorkerSettings(Protocol):
 
     @property
     def heartbeat_interval(self) -> float: ...
+
+    @property
+    def prefetch(self) -> int: ...
 
 
 class DrainedError(Exception):
@@ -123,6 +130,8 @@ class RunnerState:
         self.snoozed = 0
         self.cancelled = 0
         self.crashed: BaseException | None = None
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{new_id()[:8]}"
+        """This run's id, as in the worker registry and job records (`host:pid:random`)."""
         limit = worker.messages_limit
         self._tickets: int | None = None if math.isinf(limit) else math.ceil(limit)
         self._limit = self._tickets
@@ -187,8 +196,12 @@ class RunnerState:
         delivery: Delivery,
         started: int | None = None,
         exc: BaseException | None = None,
+        due: float | None = None,
     ) -> None:
         key = delivery.key
+        trace = None
+        if exc is not None and exc.__traceback__ is not None:
+            trace = "".join(traceback.format_exception(exc))
         await self._events.emit(
             JobEvent(
                 kind,
@@ -200,5 +213,8 @@ class RunnerState:
                 None if started is None else (time.time_ns() - started) / 1e9,
                 None if exc is None else type(exc).__name__,
                 None if exc is None else str(exc),
+                self.worker_id,
+                trace,
+                due,
             )
         )

@@ -10,7 +10,6 @@ import socket
 import time
 
 from repid.brokers.base import SupportsCancellation, SupportsWorkerRegistry
-from repid.ids import new_id
 from repid.lifecycle import WorkerInfo
 from repid.worker.state import RunnerState, logger
 
@@ -57,7 +56,7 @@ class Supervisors(RunnerState):
     async def _start_heartbeat(self, registry: SupportsWorkerRegistry) -> asyncio.Task[None]:
         """Register this worker in the broker's registry and keep it fresh until it stops."""
         host = socket.gethostname()
-        worker_id = f"{host}:{os.getpid()}:{new_id()[:8]}"
+        worker_id = self.worker_id
         started = time.time()
         queues = tuple(sorted({actor.queue for actor in self.actors.values()}))
 

@@ -4,12 +4,15 @@ and settles the outcome; `run()` starts one `Runner`."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import signal
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
-from repid.errors import ConfigurationError
+from repid._redact import mask_urls
+from repid.errors import BrokerUnavailableError, ConfigurationError
 from repid.lifecycle import HEARTBEAT_INTERVAL
 from repid.router import Router, RouterDefaults
 from repid.worker.runner import Runner
@@ -19,7 +22,29 @@ if TYPE_CHECKING:
     from repid.connection import Connection
     from repid.health_check_server import HealthCheckServerSettings
 
-__all__ = ["Worker"]
+__all__ = ["Worker", "WorkerStatus"]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStatus:
+    """What a worker is doing (`Worker.status()`).
+
+    Attributes:
+        state: "idle" (not running), "running", or "stopping" (a graceful shutdown began).
+        worker_id: the id of the current (or last) run, as in `live_workers()` and job records.
+        in_flight: actors running now, per actor name (actors with none are left out).
+        processed / succeeded / failed / retried / dead_lettered: counters of the current
+            (or last) run; `failed` counts failed attempts.
+    """
+
+    state: Literal["idle", "running", "stopping"]
+    worker_id: str | None
+    in_flight: dict[str, int]
+    processed: int
+    succeeded: int
+    failed: int
+    retried: int
+    dead_lettered: int
 
 
 class Worker(Router):
@@ -39,6 +64,12 @@ class Worker(Router):
         heartbeat_interval: seconds between the heartbeats that list this worker as live
             (`Connection.live_workers`); a worker silent for 3 intervals (15 s by default) is
             considered gone.
+        prefetch: messages the worker takes from the broker ahead (running and waiting to
+            run); never below `tasks_limit`, its default. A higher prefetch saves round trips
+            for short actors; at most `tasks_limit` actors run at once whatever it is.
+        startup_timeout: seconds `run()` keeps retrying an unreachable broker at start-up,
+            with backoff, before it raises `BrokerUnavailableError` (0: raise at once), like
+            `repid run --startup-timeout`.
     """
 
     def __init__(
@@ -54,6 +85,8 @@ class Worker(Router):
         run_health_check_server: bool = False,
         health_check_server_settings: HealthCheckServerSettings | None = None,
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
+        startup_timeout: float = 60.0,
+        prefetch: int | None = None,
         _connection: Connection | None = None,
     ) -> None:
         super().__init__(defaults=router_defaults)
@@ -67,7 +100,13 @@ class Worker(Router):
             raise ConfigurationError("tasks_limit must be >= 1")
         if not heartbeat_interval > 0:
             raise ConfigurationError("heartbeat_interval must be > 0")
+        if not startup_timeout >= 0:
+            raise ConfigurationError("startup_timeout must be >= 0")
         self.heartbeat_interval = heartbeat_interval
+        self.startup_timeout = startup_timeout
+        if prefetch is not None and prefetch < 1:
+            raise ConfigurationError("prefetch must be >= 1")
+        self.prefetch = tasks_limit if prefetch is None else max(prefetch, tasks_limit)
         self.graceful_shutdown_time = graceful_shutdown_time
         self.messages_limit = messages_limit
         self.tasks_limit = tasks_limit
@@ -81,6 +120,7 @@ class Worker(Router):
         self._runner: Runner | None = None
         self._stop_requested = False
         self._running = False
+        self._startup_wait: asyncio.Event | None = None
 
     @property
     def connection(self) -> Connection:
@@ -145,7 +185,7 @@ class Worker(Router):
                     actor.refresh_output_check()
                 connection = self.connection
                 if not connection.is_open:
-                    await connection.connect()
+                    await self._connect_patiently(connection)
                 if self.auto_declare:
                     await self.declare_all_queues()
                 runner = Runner(self, connection, drain=drain)
@@ -167,6 +207,60 @@ class Worker(Router):
             raise RuntimeError("a worker lane crashed (a bug in repid)") from runner.crashed
         return runner
 
+    async def _connect_patiently(self, connection: Connection) -> None:
+        """Connect, retrying with backoff while the broker is unreachable (`startup_timeout`);
+        a `stop()` while it waits ends the wait with the last error."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.startup_timeout
+        pause = 0.25
+        while True:
+            try:
+                await connection.connect()
+                return
+            except BrokerUnavailableError as exc:
+                left = deadline - loop.time()
+                if left <= 0 or self._stop_requested:
+                    raise
+                logger.warning(
+                    "the broker is unreachable (%s); retrying for up to %.1f s more",
+                    mask_urls(str(exc)),
+                    left,
+                )
+            self._startup_wait = asyncio.Event()
+            with contextlib.suppress(TimeoutError):  # a stop() ends the pause at once
+                await asyncio.wait_for(
+                    self._startup_wait.wait(), min(pause, max(0.0, deadline - loop.time()))
+                )
+            self._startup_wait = None
+            pause = min(pause * 2, 2.0)
+
+    @property
+    def is_running(self) -> bool:
+        """Whether `run()` is running (from start-up until it returns)."""
+        return self._running
+
+    def status(self) -> WorkerStatus:
+        """What the worker is doing now: its state, actors in flight and counters."""
+        runner = self._runner
+        if runner is None:
+            return WorkerStatus("running" if self._running else "idle", None, {}, 0, 0, 0, 0, 0)
+        in_flight: dict[str, int] = {}
+        for lane in runner._lane_states:
+            if lane.current is not None:
+                topic = lane.current.key.topic
+                in_flight[topic] = in_flight.get(topic, 0) + 1
+        stopping = self._running and (runner._stop.is_set() or self._stop_requested)
+        return WorkerStatus(
+            "stopping" if stopping else "running" if self._running else "idle",
+            runner.worker_id,
+            in_flight,
+            runner.processed,
+            runner.succeeded,
+            runner.failed,
+            runner.retried,
+            runner.dead_lettered,
+        )
+
     @property
     def health_check_port(self) -> int | None:
         """The port the health check server is bound to while `run()` runs, else None.
@@ -186,6 +280,8 @@ class Worker(Router):
     def stop(self) -> None:
         """Start a graceful shutdown (like receiving SIGTERM); also works before `run()` starts."""
         self._stop_requested = True
+        if self._startup_wait is not None:
+            self._startup_wait.set()
         if self._runner is not None:
             self._runner.request_stop()
 

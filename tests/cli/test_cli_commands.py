@@ -27,6 +27,7 @@ SUBCOMMANDS = [
     ["queue"],
     ["queue", "flush"],
     ["queue", "delete"],
+    ["job"],
 ]
 
 

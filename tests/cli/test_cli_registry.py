@@ -39,6 +39,7 @@ def test_every_registered_parser_is_bound_to_a_handler() -> None:
         "dashboard",
         "workflows",
         "migrate",
+        "job",
     ]
 
 

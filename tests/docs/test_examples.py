@@ -143,6 +143,19 @@ EXPECTED: dict[str, list[str]] = {
         r"notify succeeded",
         r"chord: succeeded \['succeeded', 'succeeded', 'succeeded', 'succeeded'\]",
     ],
+    "records.py": [
+        r"before: queued",
+        r"add: succeeded after 1 attempt\(s\)",
+        r"flaky: dead after 2 attempt\(s\)",
+        r"  attempt 1: ConnectionError: upstream 1 is down",
+        r"  attempt 2: ConnectionError: upstream 1 is down",
+    ],
+    "worker_control.py": [
+        r"actors found: 1",
+        r"running: in flight \{'resize': 1\}",
+        r"stopping, is_running=True",
+        r"idle: processed=1 succeeded=1",
+    ],
     "typed_outputs.py": [
         r"invoice: Invoice\(order=7, total=19\.5\)",
         r"dead letter: bill_badly output_validation_error",

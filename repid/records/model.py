@@ -1,0 +1,196 @@
+"""The job record (`JobRecord`), its status and capped error history, and how one lifecycle
+event changes it (`apply_event`, a pure function)."""
+
+from __future__ import annotations
+
+import enum
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from repid.lifecycle import EventKind, JobEvent
+
+__all__ = ["ErrorEntry", "JobRecord", "JobStatus", "apply_event"]
+
+
+class JobStatus(enum.StrEnum):
+    """Where a job is."""
+
+    QUEUED = "queued"
+    """Waiting in its queue, ready to run."""
+    DELAYED = "delayed"
+    """Waiting until `JobRecord.due` (a deferred job, a retry after a delay, a snooze)."""
+    RUNNING = "running"
+    """An actor is running it (`JobRecord.worker`, attempt `JobRecord.attempt`)."""
+    SUCCEEDED = "succeeded"
+    """The actor returned."""
+    FAILED = "failed"
+    """The last attempt failed and no retry is scheduled (yet)."""
+    DEAD = "dead"
+    """In the dead part of its queue."""
+    CANCELLED = "cancelled"
+    """Cancelled (`Job.cancel`) while it ran."""
+
+
+_FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.DEAD, JobStatus.CANCELLED})
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorEntry:
+    """One failed attempt: when (epoch seconds), the exception's type and message, its traceback
+    (cut to fit the record's byte bound) and the worker it ran on."""
+
+    at: float
+    attempt: int
+    type: str | None
+    message: str | None
+    traceback: str | None = None
+    worker: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """What is known of one job, as its producer and workers reported it.
+
+    Attributes:
+        id: the job (message) id.
+        actor: the actor's name.
+        queue: the queue's name.
+        status: where the job is (`JobStatus`).
+        attempt: the current (or last) attempt, 1-based.
+        attempts: attempts started so far.
+        worker: the id of the worker running it (or that ran it last), as in `live_workers()`.
+        enqueued_at / started_at / finished_at: epoch seconds (None until it happened).
+        due: when a delayed job becomes ready, epoch seconds.
+        updated_at: epoch seconds of the last change.
+        errors: the last failed attempts, oldest first (capped, see `RecordWriter`).
+    """
+
+    id: str
+    actor: str
+    queue: str
+    status: JobStatus
+    attempt: int = 1
+    attempts: int = 0
+    worker: str | None = None
+    enqueued_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    due: float | None = None
+    updated_at: float = field(default_factory=time.time)
+    errors: tuple[ErrorEntry, ...] = ()
+
+    @property
+    def finished(self) -> bool:
+        """Succeeded, dead or cancelled: nothing more will happen to it on its own."""
+        return self.status in _FINISHED
+
+    def to_json(self) -> str:
+        """The record as JSON text (what a store keeps)."""
+        return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> JobRecord:
+        """The record from `to_json()`'s text."""
+        obj: dict[str, Any] = json.loads(raw)
+        errors = tuple(ErrorEntry(**entry) for entry in obj.pop("errors", ()))
+        obj["status"] = JobStatus(obj["status"])
+        return cls(**obj, errors=errors)
+
+
+def _capped(
+    errors: tuple[ErrorEntry, ...], entry: ErrorEntry, keep: int, max_bytes: int
+) -> tuple[ErrorEntry, ...]:
+    """`errors + (entry,)`, keeping the last `keep` and at most `max_bytes` of text in all."""
+    if keep <= 0:
+        return ()
+    kept = [*errors, entry][-keep:]
+    per_entry = max(256, max_bytes // len(kept) - 512)  # 512: the JSON around the texts
+
+    def cut(text: str | None, limit: int) -> str | None:
+        """`text` in at most `limit` bytes: its start and its end, `…` between them."""
+        data = None if text is None else text.encode()
+        if data is None or len(data) <= limit:
+            return text
+        half = max(0, limit // 2 - 3)
+        head = data[:half].decode(errors="ignore")
+        return head + "…" + data[len(data) - half :].decode(errors="ignore")
+
+    out: list[ErrorEntry] = []
+    for item in kept:
+        message = cut(item.message, per_entry // 4)
+        used = len((message or "").encode()) + len((item.type or "").encode())
+        out.append(replace(item, message=message, traceback=cut(item.traceback, per_entry - used)))
+    total = sum(map(_size, out))
+    while len(out) > 1 and total > max_bytes:
+        total -= _size(out.pop(0))
+    return tuple(out)
+
+
+def _size(entry: ErrorEntry) -> int:
+    return len(json.dumps(asdict(entry), ensure_ascii=False).encode())
+
+
+def apply_event(
+    record: JobRecord | None,
+    event: JobEvent,
+    *,
+    error_history: int = 5,
+    error_bytes: int = 16_384,
+) -> JobRecord:
+    """The record after `event` (`record`: the stored one, None if there is none yet).
+
+    `error_history` failed attempts are kept (0: none), in at most `error_bytes` of text.
+    """
+    at = event.at
+    if record is None:
+        record = JobRecord(event.job_id, event.actor, event.queue, JobStatus.QUEUED, updated_at=at)
+    changes: dict[str, Any] = {"updated_at": at, "attempt": event.attempt}
+    match event.kind:
+        case EventKind.ENQUEUED:
+            delayed = event.due is not None and event.due > at
+            changes |= {
+                "status": JobStatus.DELAYED if delayed else JobStatus.QUEUED,
+                "enqueued_at": at,
+                "due": event.due if delayed else None,
+            }
+        case EventKind.STARTED:
+            changes |= {
+                "status": JobStatus.RUNNING,
+                "worker": event.worker,
+                "started_at": at,
+                "finished_at": None,
+                "due": None,
+                "attempts": record.attempts + 1,
+            }
+        case EventKind.SUCCEEDED:
+            changes |= {"status": JobStatus.SUCCEEDED, "finished_at": at}
+        case EventKind.FAILED:
+            entry = ErrorEntry(
+                at, event.attempt, event.error_type, event.error, event.traceback, event.worker
+            )
+            changes |= {
+                "status": JobStatus.FAILED,
+                "finished_at": at,
+                "errors": _capped(record.errors, entry, error_history, error_bytes),
+            }
+        case EventKind.RETRIED | EventKind.SNOOZED:
+            delayed = event.due is not None and event.due > at
+            changes |= {
+                "status": JobStatus.DELAYED if delayed else JobStatus.QUEUED,
+                "due": event.due if delayed else None,
+                # the next run is the next attempt (a snooze does not count one)
+                "attempt": event.attempt + (1 if event.kind is EventKind.RETRIED else 0),
+            }
+        case EventKind.DEAD_LETTERED:
+            changes |= {"status": JobStatus.DEAD, "finished_at": at}
+            already = record.status is JobStatus.FAILED and record.attempt == event.attempt
+            if event.error_type is not None and not already:  # refused input: never ran
+                entry = ErrorEntry(
+                    at, event.attempt, event.error_type, event.error, event.traceback, event.worker
+                )
+                changes["errors"] = _capped(record.errors, entry, error_history, error_bytes)
+        case EventKind.CANCELLED:
+            changes |= {"status": JobStatus.CANCELLED, "finished_at": at}
+    return replace(record, **changes)
