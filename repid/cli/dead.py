@@ -9,7 +9,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 
 from repid.cli.operations import DeadFilter, list_dead, purge_dead, requeue_dead
-from repid.cli.options import TARGET_HELP, add_connection_options, positive_int
+from repid.cli.options import add_connection_options, add_target, positive_int
 from repid.cli.session import connect
 from repid.data import DeadLetterReason
 
@@ -34,7 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
             description=text[0].upper() + text[1:] + " (all of them, or those the options select)",
         )
         sub.add_argument("queue", metavar="QUEUE")
-        sub.add_argument("target", metavar="TARGET", help=TARGET_HELP)
+        add_target(sub)
         sub.add_argument(
             "--id",
             dest="ids",

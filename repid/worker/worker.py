@@ -39,6 +39,7 @@ class Worker(Router):
         heartbeat_interval: seconds between the heartbeats that list this worker as live
             (`Connection.live_workers`); a worker silent for 3 intervals (15 s by default) is
             considered gone.
+        log_jobs: log one INFO line per finished run ("job[id] succeeded in 0.012s").
     """
 
     def __init__(
@@ -54,6 +55,7 @@ class Worker(Router):
         run_health_check_server: bool = False,
         health_check_server_settings: HealthCheckServerSettings | None = None,
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
+        log_jobs: bool = False,
         _connection: Connection | None = None,
     ) -> None:
         super().__init__(defaults=router_defaults)
@@ -68,6 +70,7 @@ class Worker(Router):
         if not heartbeat_interval > 0:
             raise ConfigurationError("heartbeat_interval must be > 0")
         self.heartbeat_interval = heartbeat_interval
+        self.log_jobs = log_jobs
         self.graceful_shutdown_time = graceful_shutdown_time
         self.messages_limit = messages_limit
         self.tasks_limit = tasks_limit
