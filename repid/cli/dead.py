@@ -13,7 +13,12 @@ from repid.cli.options import add_connection_options, add_target, positive_int
 from repid.cli.session import connect
 from repid.data import DeadLetterReason
 
-__all__ = ["add_parser", "command_dead"]
+__all__ = ["add_parser", "command_dead", "one_line"]
+
+
+def one_line(text: str) -> str:
+    """`text` (a pydantic validation error, a traceback's last line, ...) on one line."""
+    return "; ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -66,13 +71,14 @@ async def command_dead(args: argparse.Namespace) -> int:
     if args.dead_command == "list":
         letters = await list_dead(connection, args.queue, which=which)
         for letter in letters:
-            if args.json:
-                print(json.dumps(asdict(letter)))
-                continue
             when = datetime.fromtimestamp(letter.dead_at, UTC).isoformat(timespec="seconds")
+            error = one_line(letter.error)
+            if args.json:
+                print(json.dumps({**asdict(letter), "dead_at": when, "error": error}))
+                continue
             print(
                 f"{letter.id_}  {letter.actor}  {letter.reason}  attempts={letter.attempts}  "
-                f"{when}  {letter.error}".rstrip()
+                f"{when}  {error}".rstrip()
             )
         if not args.json:
             print(f"{len(letters)} dead message(s) in {args.queue!r}", file=sys.stderr)

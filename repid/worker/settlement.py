@@ -85,7 +85,7 @@ class Settling(Execution):
                     delivery.key.id_,
                     delivery.key.topic,
                     info.reason,
-                    f": {info.error_message}" if info.error_message else "",
+                    f": {' '.join(info.error_message.split())}" if info.error_message else "",
                 )
                 self.dead_lettered += 1
                 await self._settle("nack", delivery, parameters)
