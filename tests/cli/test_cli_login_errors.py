@@ -1,0 +1,84 @@
+"""A refused login or RabbitMQ vhost is one sentence naming the host, never the password.
+
+Against the real servers: RabbitMQ (wrong password, a vhost that does not exist), Redis (a
+password for a user without one, an ACL user that does not exist) and PostgreSQL (a role that
+does not exist).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from uuid import uuid4
+
+import pytest
+
+from repid.brokers.postgres import PostgresMessageBroker
+from repid.brokers.rabbitmq import RabbitMessageBroker
+from repid.brokers.redis import RedisMessageBroker
+from repid.cli import main
+from repid.errors import BrokerAuthenticationError, BrokerUnavailableError
+
+SECRET = f"pw{uuid4().hex}"
+APP = "cli_broker_app:router"
+MISSING = f"no_such_vhost_{uuid4().hex[:8]}"
+CASES = [
+    pytest.param(
+        f"amqp://guest:{SECRET}@127.0.0.1:5672/",
+        "RabbitMQ at 127.0.0.1:5672 refused the login of user 'guest' (wrong user or password)",
+        id="rabbitmq-password",
+    ),
+    pytest.param(
+        f"amqp://guest:guest@127.0.0.1:5672/{MISSING}",
+        f"RabbitMQ at 127.0.0.1:5672: vhost '{MISSING}' refused",
+        id="rabbitmq-vhost",
+    ),
+    pytest.param(
+        f"redis://:{SECRET}@127.0.0.1:6379/0",
+        "Redis at 127.0.0.1:6379 refused the login of user 'default'",
+        id="redis-password",
+    ),
+    pytest.param(
+        f"redis://nobody_{SECRET[:8]}:{SECRET}@127.0.0.1:6379/0",
+        f"Redis at 127.0.0.1:6379 refused the login of user 'nobody_{SECRET[:8]}': WRONGPASS",
+        id="redis-acl-user",
+    ),
+    pytest.param(
+        f"postgresql://nobody_{SECRET[:8]}:{SECRET}@127.0.0.1:5432/test",
+        "PostgreSQL at postgresql://nobody_",
+        id="postgres-role",
+    ),
+]
+
+
+@pytest.mark.parametrize(("url", "sentence"), CASES)
+def test_cli_says_the_refusal_in_one_sentence(
+    url: str, sentence: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["queues", "-A", APP, "--broker", url]) == 1
+    err = capsys.readouterr().err
+    [line] = [line for line in err.splitlines() if line.startswith("repid: error:")]
+    assert sentence in line
+    assert "refused" in line
+    assert SECRET not in err
+    assert " object at 0x" not in err
+    assert "Frame" not in line
+
+
+@pytest.mark.parametrize(
+    ("factory", "url"),
+    [
+        (RabbitMessageBroker, f"amqp://guest:guest@127.0.0.1:5672/{MISSING}"),
+        (RabbitMessageBroker, f"amqp://guest:{SECRET}@127.0.0.1:5672/"),
+        (RedisMessageBroker, f"redis://nobody:{SECRET}@127.0.0.1:6379/0"),
+        (PostgresMessageBroker, f"postgresql://nobody:{SECRET}@127.0.0.1:5432/test"),
+    ],
+    ids=["rabbitmq-vhost", "rabbitmq-password", "redis", "postgres"],
+)
+async def test_connect_raises_an_authentication_error(factory: type, url: str) -> None:
+    broker = factory(url)
+    with pytest.raises(BrokerAuthenticationError) as info:
+        await asyncio.wait_for(broker.connect(), 60)
+    assert isinstance(info.value, BrokerUnavailableError)  # handled as before by callers
+    assert SECRET not in str(info.value)
+    assert "\n" not in str(info.value)
+    await broker.disconnect()
