@@ -24,7 +24,8 @@ MISSING = f"no_such_vhost_{uuid4().hex[:8]}"
 CASES = [
     pytest.param(
         f"amqp://guest:{SECRET}@127.0.0.1:5672/",
-        "RabbitMQ at 127.0.0.1:5672 refused the login of user 'guest' (wrong user or password)",
+        "RabbitMQ at 127.0.0.1:5672 refused the login of user 'guest' "
+        "(ACCESS_REFUSED: wrong user or password)",
         id="rabbitmq-password",
     ),
     pytest.param(

@@ -51,7 +51,9 @@ def _refusal(exc: BaseException | None, node: str) -> str | None:
     where = f"RabbitMQ at {url.host}:{url.port or 5672}"
     user = url.user or "guest"
     if isinstance(exc, aiormq.exceptions.ProbableAuthenticationError):
-        return f"{where} refused the login of user {user!r} (wrong user or password)"
+        return (
+            f"{where} refused the login of user {user!r} (ACCESS_REFUSED: wrong user or password)"
+        )
     text = str(exc) if isinstance(exc, aiormq.exceptions.InvalidFrameError) else ""
     if "Connection.OpenOk" in text and "Connection.Close" in text:
         vhost = url.path[1:] or "/"
