@@ -124,6 +124,10 @@ def _dt(ts: float | None) -> datetime | None:
     return None if ts is None else datetime.fromtimestamp(ts, tz=UTC)
 
 
+def _ns_dt(ns: int) -> datetime | None:
+    return None if not ns else datetime.fromtimestamp(ns / 1e9, tz=UTC)
+
+
 def _ts(value: datetime | None) -> float | None:
     return None if value is None else value.timestamp()
 
@@ -484,9 +488,10 @@ class ArgsBucket:
 
 @dataclass(slots=True)
 class ResultBucket:
-    """The outcome of an actor run: `data` is the JSON-encoded return value.
+    """The outcome of an actor run: `data` is the JSON-encoded return value, `value` decoded.
 
-    `started_when`/`finished_when` are epoch nanoseconds (as in repid 1.6). A failure written
+    `started_when`/`finished_when` are epoch nanoseconds (as in repid 1.6); `started`/`finished`
+    give them as aware UTC datetimes and `duration` as a timedelta. A failure written
     as repid 1.6 did has `data` = `str(exception)`, `exception` = the exception's class name and
     the formatted traceback in `traceback`.
     """
@@ -500,6 +505,32 @@ class ResultBucket:
     ttl: timedelta | None = None
     timestamp: float = field(default_factory=time.time)
     traceback: str | None = None
+
+    @property
+    def value(self) -> Any:
+        """The actor's return value, decoded from `data`; `None` for a failed run."""
+        if not self.success:
+            return None
+        from pydantic_core import from_json
+
+        return from_json(self.data)
+
+    @property
+    def started(self) -> datetime | None:
+        """When the run started, as an aware UTC datetime (`None` if not recorded)."""
+        return _ns_dt(self.started_when)
+
+    @property
+    def finished(self) -> datetime | None:
+        """When the run finished, as an aware UTC datetime (`None` if not recorded)."""
+        return _ns_dt(self.finished_when)
+
+    @property
+    def duration(self) -> timedelta | None:
+        """How long the run took (`None` unless both times are recorded)."""
+        if not (self.started_when and self.finished_when):
+            return None
+        return timedelta(microseconds=(self.finished_when - self.started_when) / 1000)
 
     def encode(self) -> str:
         from pydantic_core import to_json

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from repid._redact import mask_urls
 
 __all__ = [
+    "BrokerAuthenticationError",
     "BrokerError",
     "BrokerUnavailableError",
     "ConfigurationError",
@@ -44,6 +45,14 @@ class BrokerError(RepidError):
 
 class BrokerUnavailableError(BrokerError, ConnectionError):
     """The broker could not be reached within the operation's timeout."""
+
+
+class BrokerAuthenticationError(BrokerUnavailableError):
+    """The broker answered but refused the login (user, password, ACL or RabbitMQ vhost).
+
+    A `BrokerUnavailableError`, so code that handles an unreachable broker handles this too;
+    its message is one sentence naming the host and the user, never the password.
+    """
 
 
 class MessageTooLargeError(BrokerError, ValueError):

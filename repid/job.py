@@ -447,6 +447,11 @@ class Job:
         """`enqueue()` then `wait(timeout, as_type=...)`: the actor's result or its failure."""
         if self.store_result is False:
             raise ConfigurationError("enqueue_and_wait() needs store_result to be on")
+        if self.connection.results_bucket_broker is None:  # fail before sending anything
+            raise ConfigurationError(
+                "enqueue_and_wait() needs a results store: "
+                f"Connection(..., results_bucket_broker={_bucket_hint(self.connection)})"
+            )
         await self.enqueue()
         return await self.wait(timeout, as_type=as_type)
 
@@ -542,6 +547,23 @@ def _result_adapter(as_type: Any) -> Any:
 def _due(delay: DelayProperties) -> float | None:
     when = delay.delay_until or delay.next_execution_time
     return None if when is None else when.timestamp()
+
+
+_BUCKET_HINTS = {
+    "memory": "InMemoryBucketBroker(use_result_bucket=True)",
+    "sqlite": "SqliteBucketBroker(dsn, use_result_bucket=True)",
+    "postgres": "PostgresBucketBroker(dsn, use_result_bucket=True)",
+    "nats": "NatsBucketBroker(servers, use_result_bucket=True)",
+}
+
+
+def _bucket_hint(connection: Connection) -> str:
+    """The results store that suits the connection's broker (Redis for RabbitMQ and Kafka)."""
+    family = type(connection.raw_message_broker).__module__.split(".")
+    for name, hint in _BUCKET_HINTS.items():
+        if name in family:
+            return hint
+    return "RedisBucketBroker('redis://...', use_result_bucket=True)"
 
 
 def _unwrap_result(bucket: Any) -> Any:

@@ -73,7 +73,10 @@ async def main() -> None:
         for job in (price, report):
             result = await job.result
             assert result is not None
-            print(f"{job.name}: success={result.success} data={result.data}")
+            assert result.finished is not None
+            finished = result.finished.isoformat(timespec="seconds")
+            print(f"{job.name}: success={result.success} value={result.value!r} data={result.data}")
+            print(f"  finished {finished}, took {result.duration}")
         # --8<-- [end:results]
 
 

@@ -15,6 +15,7 @@ from typing import Protocol
 from repid._redact import mask_urls
 from repid.cli import dashboard, db, dead, describe, job, migrate, queues, run, workflows
 from repid.cli import enqueue as enqueue_command
+from repid.cli.options import target_from_app
 from repid.cli.session import close_opened
 from repid.errors import RepidError
 
@@ -106,7 +107,9 @@ def _logging(level: str, *, libraries: bool) -> Iterator[None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `repid` command; returns the exit status (errors: one line on stderr, 1)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    target_from_app(parser, args)
     handler = args.handler
     one_shot = inspect.iscoroutinefunction(handler)
     with _logging(args.log_level, libraries=not one_shot):

@@ -10,13 +10,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 from repid.cli.operations import DeadFilter, list_dead, purge_dead, requeue_dead
-from repid.cli.options import TARGET_HELP, add_connection_options, positive_int
+from repid.cli.options import add_connection_options, add_target, positive_int
 from repid.cli.session import connect
 from repid.connection import Connection
 from repid.data import DeadLetterReason
 from repid.records import BucketRecordStore, RecordStore
 
-__all__ = ["add_parser", "command_dead"]
+__all__ = ["add_parser", "command_dead", "one_line"]
+
+
+def one_line(text: str) -> str:
+    """`text` (a pydantic validation error, a traceback's last line, ...) on one line."""
+    return "; ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -37,7 +42,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
             description=text[0].upper() + text[1:] + " (all of them, or those the options select)",
         )
         sub.add_argument("queue", metavar="QUEUE")
-        sub.add_argument("target", metavar="TARGET", help=TARGET_HELP)
+        add_target(sub)
         sub.add_argument(
             "--id",
             dest="ids",
@@ -98,13 +103,15 @@ async def command_dead(args: argparse.Namespace) -> int:
         history = await _histories(connection, [letter.id_ for letter in letters], args.errors)
         for letter in letters:
             errors = history.get(letter.id_, [])
-            if args.json:
-                print(json.dumps(asdict(letter) | ({"errors": errors} if args.errors else {})))
-                continue
             when = datetime.fromtimestamp(letter.dead_at, UTC).isoformat(timespec="seconds")
+            error = one_line(letter.error)
+            if args.json:
+                extra = {"errors": errors} if args.errors else {}
+                print(json.dumps({**asdict(letter), "dead_at": when, "error": error, **extra}))
+                continue
             print(
                 f"{letter.id_}  {letter.actor}  {letter.reason}  attempts={letter.attempts}  "
-                f"{when}  {letter.error}".rstrip()
+                f"{when}  {error}".rstrip()
             )
             for entry in errors:
                 print(

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from repid.asyncapi import build_asyncapi
-from repid.cli.options import TARGET_HELP
+from repid.cli.options import add_target
 from repid.cli.target import CLIError, resolve_target
 
 __all__ = ["add_parser", "command_asyncapi"]
@@ -23,7 +23,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description="Write an AsyncAPI 3.0 document: a channel per queue, a receive "
         "operation per actor, the actor's arguments as the message payload.",
     )
-    asyncapi.add_argument("target", metavar="TARGET", help=TARGET_HELP)
+    add_target(asyncapi)
+    asyncapi.add_argument("-A", "--app", metavar="MODULE:ATTR", help="the app (stands for TARGET)")
     asyncapi.add_argument("--output", "-o", metavar="FILE", help="write here (default stdout)")
     asyncapi.add_argument("--title", help="info.title (default: the target's module name)")
     asyncapi.add_argument(

@@ -9,9 +9,11 @@ __all__ = [
     "TARGET_HELP",
     "URL_ENV",
     "add_connection_options",
+    "add_target",
     "non_negative_float",
     "positive_int",
     "queue_list",
+    "target_from_app",
 ]
 
 TARGET_HELP = (
@@ -73,7 +75,13 @@ _URL_HELP = {
 def add_connection_options(parser: argparse.ArgumentParser) -> None:
     """`--app`, `--broker`, `--results`, `--state`: where a command finds its connection."""
     group = parser.add_argument_group("connection (default: the target's own Repid app)")
-    group.add_argument("--app", metavar="MODULE:APP", help="a Repid app whose connection to use")
+    group.add_argument(
+        "-A",
+        "--app",
+        metavar="MODULE:ATTR",
+        help="the app: stands for TARGET when TARGET is not given; with TARGET, a Repid app "
+        "whose connection to use",
+    )
     for option, env in URL_ENV.items():
         group.add_argument(
             f"--{option}",
@@ -81,3 +89,19 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
             default=os.environ.get(env),
             help=_URL_HELP[option].format(env=env),
         )
+
+
+def add_target(parser: argparse.ArgumentParser) -> None:
+    """The optional positional `TARGET` (kept for 1.x command lines; `-A/--app` is the option)."""
+    parser.add_argument(
+        "target", metavar="TARGET", nargs="?", help=TARGET_HELP + " (or give it as -A/--app)"
+    )
+
+
+def target_from_app(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Make `-A/--app` the target when a command takes one and no positional TARGET was given."""
+    if "target" not in args or args.target is not None:
+        return
+    if not getattr(args, "app", None):
+        parser.error(f"{args.command}: the app is required: -A/--app MODULE:ATTR (or TARGET)")
+    args.target, args.app = args.app, None

@@ -10,7 +10,7 @@ import time
 from dataclasses import asdict
 
 from repid.cli.operations import queue_sizes
-from repid.cli.options import TARGET_HELP, add_connection_options
+from repid.cli.options import add_connection_options, add_target
 from repid.cli.session import actors_of, connect, explicit_connection, open_connection
 from repid.cli.target import CLIError
 from repid.connection import Connection
@@ -33,7 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="show queue sizes",
         description="Show ready, delayed, in-flight and dead messages per queue.",
     )
-    queues.add_argument("target", metavar="TARGET", help=TARGET_HELP)
+    add_target(queues)
     queues.add_argument("--json", action="store_true", help="print JSON")
     add_connection_options(queues)
     queues.set_defaults(handler=command_queues)
@@ -44,7 +44,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description="Declare every queue the target's actors use (and its delayed and dead "
         "parts), as `repid run` does at start-up; a deployment step before producers start.",
     )
-    declare.add_argument("target", metavar="TARGET", help=TARGET_HELP)
+    add_target(declare)
     add_connection_options(declare)
     declare.set_defaults(handler=command_declare)
 
@@ -54,7 +54,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description="List the workers that heartbeat on the broker: queues, concurrency, "
         "jobs in flight and when each was last heard from.",
     )
-    workers.add_argument("target", metavar="TARGET", help=TARGET_HELP)
+    add_target(workers)
     workers.add_argument("--json", action="store_true", help="print JSON")
     add_connection_options(workers)
     workers.set_defaults(handler=command_workers)

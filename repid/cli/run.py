@@ -12,11 +12,12 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
+from repid import __version__
 from repid._redact import mask_urls
 from repid.cli.options import (
-    TARGET_HELP,
     URL_ENV,
     add_connection_options,
+    add_target,
     non_negative_float,
     positive_int,
     queue_list,
@@ -45,7 +46,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description="Run a worker for the actors of TARGET until SIGTERM/SIGINT "
         "(or, with --burst, until its queues are drained).",
     )
-    run.add_argument("target", metavar="TARGET", help=TARGET_HELP)
+    add_target(run)
     run.add_argument("--concurrency", type=positive_int, help="actors running at once, per process")
     run.add_argument("--queues", type=queue_list, metavar="A,B", help="only consume these queues")
     run.add_argument("--burst", action="store_true", help="process the ready messages, then exit")
@@ -72,6 +73,17 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="how long the worker keeps retrying an unreachable broker at start-up before "
         "it exits with an error (default 60; 0: fail at once)",
     )
+    run.add_argument(
+        "--log-jobs",
+        action="store_true",
+        help='log an INFO line per finished job ("succeeded in 0.012s")',
+    )
+    run.add_argument(
+        "--reload",
+        action="store_true",
+        help="development: restart the worker when a .py file under the current directory "
+        "changes (needs watchfiles: pip install 'repid[reload]')",
+    )
     run.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
     add_connection_options(run)
     run.set_defaults(handler=command_run)
@@ -85,6 +97,7 @@ def build_worker(
     queues: Sequence[str] | None = None,
     graceful_shutdown_time: float | None = None,
     messages_limit: int | None = None,
+    log_jobs: bool = False,
 ) -> Worker:
     """A worker for the target's actors; options left None keep the target Worker's settings."""
     actors = actors_of(target.routers)
@@ -112,6 +125,7 @@ def build_worker(
             "auto_declare": base.auto_declare,
             "run_health_check_server": base.run_health_check_server,
             "health_check_server_settings": base.health_check_server_settings,
+            "log_jobs": base.log_jobs,
         }
         if base.prefetch != base.tasks_limit:  # set apart from the concurrency: kept
             options["prefetch"] = base.prefetch
@@ -121,6 +135,8 @@ def build_worker(
         options["graceful_shutdown_time"] = graceful_shutdown_time
     if messages_limit is not None:
         options["messages_limit"] = messages_limit
+    if log_jobs:
+        options["log_jobs"] = True
     return Worker([selected], _connection=connection, **options)
 
 
@@ -198,6 +214,13 @@ async def _connect_patiently(
         pause = min(pause * 2, 2.0)
 
 
+def _describe(broker: object) -> str:
+    """A broker for the banner: its own (masked) repr, else its class name (no `object at 0x`)."""
+    if type(broker).__repr__ is object.__repr__:
+        return type(broker).__name__
+    return mask_urls(repr(broker))
+
+
 async def _run_in_process(args: argparse.Namespace, signals: _StopSignals) -> int:
     connected = await _connect_patiently(args, signals)
     if connected is None:
@@ -211,13 +234,17 @@ async def _run_in_process(args: argparse.Namespace, signals: _StopSignals) -> in
         queues=args.queues,
         graceful_shutdown_time=args.graceful_shutdown_time,
         messages_limit=args.max_jobs_per_child,
+        log_jobs=args.log_jobs,
     )
     signals.attach(worker)
     supervisor_pid = os.environ.get(SUPERVISOR_PID_ENV) if args.supervised else None
     logger.info(
-        "worker (pid %d) consuming %s with %d actor(s)",
+        "repid %s worker (pid %d): broker %s, queues %s, concurrency %d, %d actor(s)",
+        __version__,
         os.getpid(),
+        _describe(connection.message_broker),
         ", ".join(worker.queues),
+        worker.tasks_limit,
         len(worker.actors),
     )
     async with asyncio.TaskGroup() as group:
@@ -233,11 +260,13 @@ async def _run_in_process(args: argparse.Namespace, signals: _StopSignals) -> in
             if watcher is not None:
                 watcher.cancel()
     logger.info(
-        "worker (pid %d) stopped: %d processed, %d succeeded, %d failed, %d dead-lettered",
+        "worker (pid %d) stopped: %d processed, %d succeeded, %d failed, %d retried, "
+        "%d dead-lettered",
         os.getpid(),
         runner.processed,
         runner.succeeded,
         runner.failed,
+        runner.retried,
         runner.dead_lettered,
     )
     await connection.disconnect()
@@ -259,6 +288,8 @@ def child_command(args: argparse.Namespace) -> list[str]:
     if args.graceful_shutdown_time is not None:
         command += ["--graceful-shutdown-time", str(args.graceful_shutdown_time)]
     command += ["--startup-timeout", str(args.startup_timeout)]
+    if args.log_jobs:
+        command.append("--log-jobs")
     if args.app:
         command += ["--app", args.app]
     return command
@@ -279,6 +310,11 @@ def child_env(args: argparse.Namespace) -> dict[str, str]:
 
 def command_run(args: argparse.Namespace) -> int:
     """Run the worker (or the supervisor of N workers) until it stops; the exit status."""
+    if args.reload and not args.supervised:
+        from repid.cli.reload import run_reloading
+
+        import_object(args.target)  # fail here, once, rather than on every restart
+        return run_reloading(child_command(args), env=child_env(args))
     supervise = not args.supervised and (args.processes > 1 or args.max_jobs_per_child)
     if supervise:
         import_object(args.target)  # fail here, once, rather than in every child

@@ -211,6 +211,8 @@ class Processing(Settling):
         ):
             # The common case: nothing to store, just acknowledge.
             self.succeeded += 1
+            if self.log_jobs:
+                self._log_job(delivery, started, "succeeded")
             self._settled.add(id(delivery))
             try:
                 await self.broker.ack(delivery)

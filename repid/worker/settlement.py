@@ -86,7 +86,7 @@ class Settling(Execution):
                     delivery.key.id_,
                     delivery.key.topic,
                     info.reason,
-                    f": {info.error_message}" if info.error_message else "",
+                    f": {' '.join(info.error_message.split())}" if info.error_message else "",
                 )
                 self.dead_lettered += 1
                 await self._settle("nack", delivery, parameters)
@@ -251,6 +251,8 @@ class Settling(Execution):
             await self._conclude(delivery, actor, Unrecorded())  # delivered again, hooks rerun
             return
         self.succeeded += 1  # only now: a result that cannot be serialised is a failure alone
+        if self.log_jobs:
+            self._log_job(delivery, started, "succeeded")
         await self._conclude(delivery, actor, Succeeded(decision))
         if self._events.active:
             await self._event(EventKind.SUCCEEDED, delivery, started)
@@ -268,6 +270,8 @@ class Settling(Execution):
     ) -> None:
         self.failed += 1
         params = delivery.parameters
+        if self.log_jobs:
+            self._log_job(delivery, started, "failed", exc)
         if self._events.active:
             await self._event(EventKind.FAILED, delivery, started or None, exc)
         decision = _decision(message)
@@ -320,6 +324,21 @@ class Settling(Execution):
             await self._apply(delivery, settlement)
         if message is not None:
             await self._callbacks(message)
+
+    def _log_job(
+        self, delivery: Delivery, started: int, verb: str, exc: BaseException | None = None
+    ) -> None:
+        """`--log-jobs`: one INFO line per finished run, like Celery's "succeeded in 0.01s"."""
+        took = (time.time_ns() - started) / 1e9 if started else 0.0
+        error = "" if exc is None else f": {type(exc).__name__}: {' '.join(str(exc).split())}"
+        logger.info(
+            "%.200s[%.200s] %s in %.3fs%.500s",
+            delivery.key.topic,
+            delivery.key.id_,
+            verb,
+            took,
+            error,
+        )
 
     async def _callbacks(self, message: MessageDependency) -> None:
         for callback in message.decision.callbacks:

@@ -114,6 +114,7 @@ class RunnerState:
         self, worker: WorkerSettings, connection: Connection, *, drain: bool = False
     ) -> None:
         self.worker = worker
+        self.log_jobs = bool(getattr(worker, "log_jobs", False))
         self.drain = drain
         self.connection = connection
         self.broker: Any = connection.message_broker

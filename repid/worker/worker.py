@@ -70,6 +70,7 @@ class Worker(Router):
         startup_timeout: seconds `run()` keeps retrying an unreachable broker at start-up,
             with backoff, before it raises `BrokerUnavailableError` (0: raise at once), like
             `repid run --startup-timeout`.
+        log_jobs: log one INFO line per finished run ("job[id] succeeded in 0.012s").
     """
 
     def __init__(
@@ -87,6 +88,7 @@ class Worker(Router):
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
         startup_timeout: float = 60.0,
         prefetch: int | None = None,
+        log_jobs: bool = False,
         _connection: Connection | None = None,
     ) -> None:
         super().__init__(defaults=router_defaults)
@@ -107,6 +109,7 @@ class Worker(Router):
         if prefetch is not None and prefetch < 1:
             raise ConfigurationError("prefetch must be >= 1")
         self.prefetch = tasks_limit if prefetch is None else max(prefetch, tasks_limit)
+        self.log_jobs = log_jobs
         self.graceful_shutdown_time = graceful_shutdown_time
         self.messages_limit = messages_limit
         self.tasks_limit = tasks_limit

@@ -39,8 +39,10 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "getting_started.py": [
         r"processed=2 succeeded=2",
-        r"price_order: success=True data=24\.0",
-        r'build_report: success=True data="report-7\.pdf"',
+        r"price_order: success=True value=24\.0 data=24\.0",
+        r"  finished \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00, took \d+:\d\d:\d\d(\.\d+)?",
+        r"build_report: success=True value='report-7\.pdf' data=\"report-7\.pdf\"",
+        r"  finished \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00, took \d+:\d\d:\d\d(\.\d+)?",
     ],
     "brokers_in_memory.py": [
         r"\{'ready': 4, 'delayed': 1, 'in_flight': 0, 'dead': 0\}",

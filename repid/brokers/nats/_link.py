@@ -17,7 +17,7 @@ from nats.js import JetStreamContext
 
 from repid._redact import mask_url, mask_urls
 from repid.brokers.base import ConnectionPolicy
-from repid.errors import BrokerUnavailableError
+from repid.errors import BrokerAuthenticationError, BrokerUnavailableError
 
 logger = logging.getLogger("repid.brokers.nats")
 
@@ -58,6 +58,8 @@ class NatsLink:
         self.nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._closing = False
+        self._refused: str | None = None
+        """Why the server refused the login, when it did (seen by `_on_error`)."""
 
     @property
     def where(self) -> str:
@@ -89,6 +91,11 @@ class NatsLink:
                 self.policy.connect_timeout + 1.0,
             )
         except CONNECT_ERRORS as exc:
+            refused, self._refused = self._refused, None
+            if refused is not None:  # nats-py retried a refused login until the time-out
+                raise BrokerAuthenticationError(
+                    f"NATS at {self.where} refused the login ({refused})"
+                ) from None
             raise self.unreachable(exc, "connect") from None
         self._js = self.nc.jetstream(timeout=self.policy.operation_timeout)
 
@@ -144,6 +151,8 @@ class NatsLink:
 
     async def _on_error(self, exc: Exception) -> None:
         logger.debug("NATS connection error: %s", mask_urls(str(exc)))
+        if isinstance(exc, nats.errors.AuthorizationError) or "authorization" in str(exc).lower():
+            self._refused = "authorization violation: wrong user, password or token"
 
     async def _on_disconnect(self) -> None:
         if not self._closing:

@@ -12,7 +12,7 @@ import asyncpg
 
 from repid._redact import mask_url, mask_urls
 from repid.brokers.base import ConnectionPolicy
-from repid.errors import BrokerUnavailableError, RepidError
+from repid.errors import BrokerAuthenticationError, BrokerUnavailableError, RepidError
 
 __all__ = ["UNREACHABLE", "Link", "is_unreachable"]
 
@@ -72,6 +72,11 @@ class Link:
 
     def _unavailable(self, what: str, exc: BaseException) -> BrokerUnavailableError:
         text = mask_urls(str(exc)) or type(exc).__name__
+        if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError):
+            # Wrong password, unknown role, pg_hba refusal: one sentence, no password.
+            return BrokerAuthenticationError(
+                f"PostgreSQL at {self.masked_dsn} refused the login: {text}"
+            )
         return BrokerUnavailableError(
             f"PostgreSQL at {self.masked_dsn} is unreachable ({what}): {type(exc).__name__}: {text}"
         )

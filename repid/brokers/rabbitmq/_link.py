@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import aio_pika
 import aiormq
+import yarl
 from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 
@@ -24,6 +25,7 @@ from repid.brokers.rabbitmq._nodes import Failover, connect_first, masked, split
 from repid.brokers.rabbitmq._publisher import PublishBatcher
 from repid.brokers.rabbitmq.channel_state import CHANNEL_ERRORS
 from repid.errors import (
+    BrokerAuthenticationError,
     BrokerError,
     BrokerUnavailableError,
     ConfigurationError,
@@ -37,6 +39,31 @@ __all__ = ["AmqpLink", "safe_dsn"]
 logger = logging.getLogger("repid.brokers.rabbitmq")
 
 _T = TypeVar("_T")
+
+
+def _refusal(exc: BaseException | None, node: str) -> str | None:
+    """A login or vhost refusal by RabbitMQ as one sentence (None for any other failure).
+
+    aiormq reports a refused vhost as an `InvalidFrameError` quoting the `Connection.Close`
+    frame that answered `Connection.Open`; a refused login as `ProbableAuthenticationError`.
+    """
+    url = yarl.URL(node)
+    where = f"RabbitMQ at {url.host}:{url.port or 5672}"
+    user = url.user or "guest"
+    if isinstance(exc, aiormq.exceptions.ProbableAuthenticationError):
+        return (
+            f"{where} refused the login of user {user!r} (ACCESS_REFUSED: wrong user or password)"
+        )
+    text = str(exc) if isinstance(exc, aiormq.exceptions.InvalidFrameError) else ""
+    if "Connection.OpenOk" in text and "Connection.Close" in text:
+        vhost = url.path[1:] or "/"
+        return (
+            f"{where}: vhost {vhost!r} refused (it does not exist, or user {user!r} has no "
+            "permission on it)"
+        )
+    return None
+
+
 _UNREACHABLE: ErrorMap = {(*CHANNEL_ERRORS, TimeoutError): BrokerUnavailableError}
 """Client errors that mean "RabbitMQ is not reachable" at the boundary."""
 
@@ -72,12 +99,18 @@ class AmqpLink:
             return
         try:
             nodes = split_nodes(self.dsn)  # one node, or a cluster's: the first that answers
-            with map_broker_errors(_UNREACHABLE, f"connecting to RabbitMQ at {masked(nodes)}"):
-                self.connection, current = await connect_first(
-                    nodes,
-                    timeout=self.policy.connect_timeout,
-                    reconnect_interval=self.policy.reconnect_backoff,
-                )
+            try:
+                with map_broker_errors(_UNREACHABLE, f"connecting to RabbitMQ at {masked(nodes)}"):
+                    self.connection, current = await connect_first(
+                        nodes,
+                        timeout=self.policy.connect_timeout,
+                        reconnect_interval=self.policy.reconnect_backoff,
+                    )
+            except BrokerUnavailableError as exc:
+                refusal = _refusal(exc.__cause__, nodes[0])
+                if refusal is None:
+                    raise
+                raise BrokerAuthenticationError(refusal) from exc.__cause__
         except ValueError as exc:  # a URL yarl cannot parse; its text may quote the password
             if isinstance(exc, RepidError):
                 raise

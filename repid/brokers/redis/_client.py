@@ -17,7 +17,13 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from repid._redact import mask_url
 from repid.brokers.redis._resp import RedisProtocolError, RedisReplyError, RespParser
-from repid.errors import BrokerUnavailableError, ConfigurationError, ErrorMap, map_broker_errors
+from repid.errors import (
+    BrokerAuthenticationError,
+    BrokerUnavailableError,
+    ConfigurationError,
+    ErrorMap,
+    map_broker_errors,
+)
 
 __all__ = [
     "RedisAddress",
@@ -251,10 +257,17 @@ async def open_connection(address: RedisAddress, timeout: float) -> RespConnecti
                     RespConnection, address.host, address.port, ssl=context
                 )
             if address.password is not None:
-                if address.username:
-                    await protocol.call("AUTH", address.username, address.password)
-                else:
-                    await protocol.call("AUTH", address.password)
+                try:
+                    if address.username:
+                        await protocol.call("AUTH", address.username, address.password)
+                    else:
+                        await protocol.call("AUTH", address.password)
+                except RedisReplyError as exc:  # one sentence, without the password
+                    user = address.username or "default"
+                    raise BrokerAuthenticationError(
+                        f"Redis at {_describe(address)} refused the login of user {user!r}: "
+                        f"{str(exc).split('.')[0]}"
+                    ) from None
             if address.db:
                 await protocol.call("SELECT", address.db)
     return protocol
