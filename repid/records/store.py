@@ -3,6 +3,7 @@ lifecycle-event handler that writes them (`RecordWriter`)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import timedelta
 from typing import Protocol, runtime_checkable
@@ -97,9 +98,24 @@ class RecordWriter:
         self.error_bytes = error_bytes
         self.actor_error_history: dict[str, int] = {}
         """Per-actor `error_history` (`@router.actor(error_history=...)`), over the default."""
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
     async def __call__(self, event: JobEvent) -> None:
-        keep = self.actor_error_history.get(event.actor, self.error_history)
-        record = await self.store.get(event.job_id)
-        updated = apply_event(record, event, error_history=keep, error_bytes=self.error_bytes)
-        await self.store.put(updated, self.retention)
+        # The events of one job are applied one at a time in this process: each is a read,
+        # a change and a write of the record, and two handled at once would lose one.
+        lock, users = self._locks.get(event.job_id, (asyncio.Lock(), 0))
+        self._locks[event.job_id] = (lock, users + 1)
+        try:
+            async with lock:
+                keep = self.actor_error_history.get(event.actor, self.error_history)
+                record = await self.store.get(event.job_id)
+                updated = apply_event(
+                    record, event, error_history=keep, error_bytes=self.error_bytes
+                )
+                await self.store.put(updated, self.retention)
+        finally:
+            lock, users = self._locks[event.job_id]
+            if users == 1:
+                del self._locks[event.job_id]
+            else:
+                self._locks[event.job_id] = (lock, users - 1)
