@@ -69,7 +69,7 @@ if TYPE_CHECKING:  # imported on first use (see `__getattr__`): a worker of anot
     from repid.cli.pool import WorkerPool
     from repid.testing import GetEventLogT, GetInMemoryQueueT, GetMockedActorT
 
-__version__ = "2.0.0.dev0"
+from repid._version import __version__ as __version__
 
 logger = logging.getLogger("repid")
 logger.addHandler(logging.NullHandler())

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
-from repid import __version__
 from repid._redact import mask_urls
+from repid._version import __version__
 from repid.cli.options import (
     URL_ENV,
     add_connection_options,
