@@ -63,6 +63,9 @@ class WorkerSettings(Protocol):
     @property
     def heartbeat_interval(self) -> float: ...
 
+    @property
+    def settle_ends_actor(self) -> bool: ...
+
 
 class DrainedError(Exception):
     """Drain mode: no ready message is left."""

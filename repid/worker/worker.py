@@ -39,6 +39,9 @@ class Worker(Router):
         heartbeat_interval: seconds between the heartbeats that list this worker as live
             (`Connection.live_workers`); a worker silent for 3 intervals (15 s by default) is
             considered gone.
+        settle_ends_actor: settling a `MessageDependency` from the actor (`ack()`, `nack()`,
+            `reject()`, `retry()`, `reschedule()`) ends the actor there, as in repid 1.6.
+            False lets the actor go on running after it (the decision stands).
     """
 
     def __init__(
@@ -54,6 +57,7 @@ class Worker(Router):
         run_health_check_server: bool = False,
         health_check_server_settings: HealthCheckServerSettings | None = None,
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
+        settle_ends_actor: bool = True,
         _connection: Connection | None = None,
     ) -> None:
         super().__init__(defaults=router_defaults)
@@ -68,6 +72,7 @@ class Worker(Router):
         if not heartbeat_interval > 0:
             raise ConfigurationError("heartbeat_interval must be > 0")
         self.heartbeat_interval = heartbeat_interval
+        self.settle_ends_actor = settle_ends_actor
         self.graceful_shutdown_time = graceful_shutdown_time
         self.messages_limit = messages_limit
         self.tasks_limit = tasks_limit

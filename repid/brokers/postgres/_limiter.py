@@ -8,12 +8,12 @@ call (`limiter_acquire`, under an advisory lock per actor) checks and takes both
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
 from typing import Any
 
+from repid._cancel import await_quietly
 from repid.lifecycle import ActorLimiter, RateLimit
 
 __all__ = ["PostgresActorLimiter"]
@@ -110,7 +110,6 @@ class PostgresActorLimiter(ActorLimiter):
         """Stop renewing and wait for pending releases."""
         if self._renewal is not None:
             self._renewal.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewal
+            await await_quietly(self._renewal)
         if self._releases:
             await asyncio.gather(*self._releases, return_exceptions=True)

@@ -6,13 +6,13 @@ next lease sweep or the poll interval when there is nothing to claim.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
 from collections.abc import Sequence
 from typing import Protocol
 
+from repid._cancel import await_quietly
 from repid.brokers.base import BaseConsumer, Delivery
 from repid.data import MessageCategory
 from repid.errors import ConsumerClosedError
@@ -101,8 +101,7 @@ class PostgresConsumer(BaseConsumer):
         pump, self._pump = self._pump, None
         if pump is not None:
             pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await pump
+            await await_quietly(pump, Exception)
         error = ConsumerClosedError(f"consumer of {self.queue!r} has finished")
         while self._waiters:
             fut = self._waiters.popleft()

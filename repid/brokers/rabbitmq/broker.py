@@ -18,6 +18,7 @@ from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 from pydantic_core import to_json
 
+from repid._cancel import await_quietly
 from repid.brokers.base import BrokerCapabilities, ConnectionPolicy, Delivery, OutgoingMessage
 from repid.brokers.rabbitmq import _compat
 from repid.brokers.rabbitmq._control import Control
@@ -399,8 +400,7 @@ class RabbitMessageBroker(ProcessState):
         finally:
             await state.drain()
             state.alive = False
-            with contextlib.suppress(*CHANNEL_ERRORS, asyncio.CancelledError):
-                await channel.close()  # the others go back to their queue
+            await await_quietly(channel.close(), *CHANNEL_ERRORS)  # the others: back to the queue
 
     async def ack(self, key: Delivery) -> bool:
         handle: Handle = key.handle

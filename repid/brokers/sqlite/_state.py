@@ -4,7 +4,6 @@ work across every process that opens it."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 import json
@@ -14,6 +13,7 @@ import time
 import uuid
 from collections.abc import Iterable
 
+from repid._cancel import await_quietly
 from repid.brokers.sqlite import _sql
 from repid.brokers.sqlite._db import Database
 from repid.lifecycle import STALE_AFTER, ActorLimiter, RateLimit, WorkerInfo
@@ -130,8 +130,7 @@ class SqliteActorLimiter(ActorLimiter):
         """Stop renewing and wait for pending releases."""
         if self._renewal is not None:
             self._renewal.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewal
+            await await_quietly(self._renewal)
         if self._releases:
             await asyncio.gather(*self._releases, return_exceptions=True)
 
