@@ -140,6 +140,7 @@ class RabbitMessageBroker(ProcessState):
             worker_registry=True,
             actor_limits=True,
             inspection=True,
+            liveness=True,
         )
         self._link = AmqpLink(
             self.dsn,
@@ -207,6 +208,11 @@ class RabbitMessageBroker(ProcessState):
         await self._link.connect()
         if self._state is not None:
             await self._state.connect()
+
+    async def ping(self) -> bool:
+        """The connection is up now (aio-pika's `connected`, cleared while it reconnects)."""
+        connection = self._link.connection
+        return connection is not None and connection.connected.is_set()
 
     async def disconnect(self) -> None:
         await self._control.close()
