@@ -49,15 +49,15 @@ def _url(name: str) -> str:
 def _broker(name: str, url: str) -> MessageBrokerT:
     run = uuid4().hex[:8]
     if name == "redis":
-        from repid import RedisMessageBroker
+        from repid.brokers.redis import RedisMessageBroker
 
         return RedisMessageBroker(url, prefix=f"repid-test:outage:{run}:")
     if name == "rabbitmq":
-        from repid import RabbitMessageBroker
+        from repid.brokers.rabbitmq import RabbitMessageBroker
 
         return RabbitMessageBroker(url, prefix=f"repid-test-outage-{run}-", timeout=5.0)
     if name == "kafka":
-        from repid import KafkaMessageBroker
+        from repid.brokers.kafka import KafkaMessageBroker
 
         return KafkaMessageBroker(url, topic_prefix=f"repid-outage-{run}-", commit_interval=0.05)
     if name == "nats":
