@@ -7,6 +7,7 @@ message is read-only.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -25,13 +26,28 @@ from repid.retry_policy import RetryPolicyT, default_retry_policy_factory, retry
 if TYPE_CHECKING:
     from repid.brokers.base import Delivery, MessageBrokerT
 
-__all__ = ["Message", "MessageDecision", "MessageDependency", "MessageReadOnlyError"]
+__all__ = [
+    "ActorEnded",
+    "Message",
+    "MessageDecision",
+    "MessageDependency",
+    "MessageReadOnlyError",
+]
 
 _DEFAULT_POLICY = default_retry_policy_factory()
 
 
 class MessageReadOnlyError(RepidError, ValueError, RuntimeError):
     """The message was already settled ("Message is read only.", a `ValueError` as in 1.6)."""
+
+
+class ActorEnded(BaseException):
+    """Ends an actor early once it settled its `MessageDependency` (repid 1.6 behaviour).
+
+    Raised inside the actor by `ack()`, `nack()`, `reject()`, `retry()`, `force_retry()` and
+    `reschedule()` after the message is settled; the worker catches it. It derives from
+    `BaseException` so that an actor's `except Exception` does not stop it.
+    """
 
 
 class Message:
@@ -91,6 +107,9 @@ class Message:
         if self._on_settled is not None:
             self._on_settled()
 
+    def _after_settle(self) -> None:
+        """Called once a settlement succeeded (`MessageDependency` ends the actor here)."""
+
     def _only_normal(self, action: str, *, revive: bool = False) -> None:
         category = self._delivery.category
         if category is MessageCategory.NORMAL or (revive and category is MessageCategory.DEAD):
@@ -105,6 +124,7 @@ class Message:
             await self._broker.ack(self._delivery)
         finally:
             self._done()
+        self._after_settle()
 
     async def nack(self, reason: str = DeadLetterReason.MANUAL.value) -> None:
         """Move the message to the dead part of its queue.
@@ -121,6 +141,7 @@ class Message:
             await self._broker.nack(self._delivery, params.for_dead_letter(info))
         finally:
             self._done()
+        self._after_settle()
 
     async def reject(self) -> None:
         """Return the message to its queue without counting an attempt."""
@@ -129,6 +150,7 @@ class Message:
             await self._broker.reject(self._delivery)
         finally:
             self._done()
+        self._after_settle()
 
     async def reschedule(self) -> None:
         """Run again at the next tick of its schedule (recurring jobs), else return to the queue."""
@@ -143,12 +165,21 @@ class Message:
                 await self._broker.reject(self._delivery)
         finally:
             self._done()
+        self._after_settle()
 
-    async def retry(self, next_retry: timedelta | None = None, *, revive: bool = False) -> None:
-        """Retry after `next_retry` (default: the retry policy's delay), counting an attempt.
+    async def retry(
+        self,
+        next_retry: timedelta | None = None,
+        *,
+        revive: bool = False,
+        policy_delay: bool = False,
+    ) -> None:
+        """Retry after `next_retry` (default: at once, as in repid 1.6), counting an attempt.
 
         Args:
             next_retry: the delay before the next attempt.
+            policy_delay: without `next_retry`, wait the actor's retry policy's delay for this
+                attempt instead of retrying at once.
             revive: allow a message of the DEAD part: it goes back to the queue with fresh
                 retries (after `next_retry` if given). Without it, as in repid 1.6, only
                 NORMAL messages can be retried.
@@ -164,16 +195,20 @@ class Message:
             if self.read_only:
                 self._settle("retry")  # raises "Message is read only."
             raise ValueError(f"message {self.key.id_} has no retries left")
-        await self._force_retry(next_retry)
+        await self._force_retry(next_retry, policy_delay)
 
     async def force_retry(
-        self, next_retry: timedelta | None = None, *, revive: bool = False
+        self,
+        next_retry: timedelta | None = None,
+        *,
+        revive: bool = False,
+        policy_delay: bool = False,
     ) -> None:
-        """Retry even when the retries are exhausted (`revive` as in `retry`)."""
+        """Retry even when the retries are exhausted (`revive`, `policy_delay` as in `retry`)."""
         self._only_normal("force retry", revive=revive)
-        await self._force_retry(next_retry)
+        await self._force_retry(next_retry, policy_delay)
 
-    async def _force_retry(self, next_retry: timedelta | None) -> None:
+    async def _force_retry(self, next_retry: timedelta | None, policy_delay: bool) -> None:
         self._settle("retry")
         params = self._delivery.parameters
         if self._delivery.category is MessageCategory.DEAD:
@@ -183,12 +218,17 @@ class Message:
         else:
             delay = next_retry
             if delay is None:
-                delay = retry_delay(self._retry_policy, params.retries.actual_amount + 1)
+                delay = (
+                    retry_delay(self._retry_policy, params.retries.actual_amount + 1)
+                    if policy_delay
+                    else timedelta(0)
+                )
             new = params.for_retry(delay)
         try:
             await self._broker.requeue(self._delivery, None, new)
         finally:
             self._done()
+        self._after_settle()
 
     def __repr__(self) -> str:
         return (
@@ -221,11 +261,14 @@ class MessageDependency(Message):
     """Annotate an actor parameter with this type to receive the message being processed.
 
     Settling it from the actor (`ack`, `nack`, `reject`, `retry`, `reschedule`) decides the outcome
-    and the worker will not settle it again. `set_result`/`set_exception` change what is stored
-    as the job's result; `add_callback` registers a function called after the message is settled.
+    and the worker will not settle it again. As in repid 1.6, settling also ends the actor there
+    (`ActorEnded` is raised from the call); with `Worker(settle_ends_actor=False)` the actor goes
+    on running after it and the decision still stands. `set_result`/`set_exception` change what
+    is stored as the job's result; `add_callback` registers a function called after the message
+    is settled.
     """
 
-    __slots__ = ("_callbacks", "_exception", "_result", "_result_set")
+    __slots__ = ("_actor_task", "_callbacks", "_exception", "_result", "_result_set")
 
     def __init__(
         self,
@@ -238,6 +281,17 @@ class MessageDependency(Message):
         self._result_set = False
         self._exception: BaseException | None = None
         self._callbacks: list[Callable[[], Any]] = []
+        self._actor_task: asyncio.Task[Any] | None = None
+
+    def end_actor_on_settle(self) -> None:
+        """Let a settlement made from the current task end it (`ActorEnded`; set by the worker)."""
+        self._actor_task = asyncio.current_task()
+
+    def _after_settle(self) -> None:
+        task = self._actor_task
+        if task is not None and asyncio.current_task() is task:
+            self._actor_task = None
+            raise ActorEnded
 
     def set_result(self, value: Any) -> None:
         """Store `value` as the job's result instead of the actor's return value."""

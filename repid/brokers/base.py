@@ -45,11 +45,13 @@ __all__ = [
     "SupportsActorLimits",
     "SupportsCancellation",
     "SupportsInspection",
+    "SupportsLiveness",
     "SupportsResultWait",
     "SupportsWorkerRegistry",
     "actor_limits_of",
     "cancellation_of",
     "inspection_of",
+    "liveness_of",
     "poll_bucket",
     "worker_registry_of",
 ]
@@ -80,6 +82,9 @@ class BrokerCapabilities:
         actor_limits: the broker implements `SupportsActorLimits` (per-actor concurrency
             and rate limits, shared by the workers that share its state).
         inspection: the broker implements `SupportsInspection` (queue names and counts).
+        liveness: the broker implements `SupportsLiveness` (`ping()`: is the server reachable
+            now; the worker's health check asks it, since a client that reconnects by itself
+            lets a waiting consumer look healthy through an outage).
     """
 
     strict_priorities: bool = True
@@ -95,6 +100,7 @@ class BrokerCapabilities:
     worker_registry: bool = False
     actor_limits: bool = False
     inspection: bool = False
+    liveness: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -458,6 +464,13 @@ class SupportsInspection(Protocol):
 
 
 @runtime_checkable
+class SupportsLiveness(Protocol):
+    """Whether the broker reaches its server now, asked without consuming (health checks)."""
+
+    async def ping(self) -> bool: ...
+
+
+@runtime_checkable
 class SupportsResultWait(Protocol):
     """A bucket broker that can wait for a bucket to appear (`Job.wait`) better than polling."""
 
@@ -504,6 +517,15 @@ def worker_registry_of(broker: MessageBrokerT) -> SupportsWorkerRegistry | None:
     if isinstance(broker, SupportsWorkerRegistry):
         return broker
     raise _not_implemented(broker, "worker_registry", SupportsWorkerRegistry)
+
+
+def liveness_of(broker: MessageBrokerT) -> SupportsLiveness | None:
+    """`broker` as `SupportsLiveness` when it declares `liveness`, else None."""
+    if not broker.capabilities.liveness:
+        return None
+    if isinstance(broker, SupportsLiveness):
+        return broker
+    raise _not_implemented(broker, "liveness", SupportsLiveness)
 
 
 def actor_limits_of(broker: MessageBrokerT) -> SupportsActorLimits | None:

@@ -5,10 +5,10 @@ cancellation hand-back, once."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
 from typing import Any
 
+from repid._cancel import await_quietly
 from repid.brokers.base import BaseConsumer, Delivery
 from repid.errors import ConsumerClosedError
 
@@ -166,8 +166,7 @@ class PumpConsumer(BaseConsumer):
         pump, self._pump = self._pump, None
         if pump is not None:
             pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await pump
+            await await_quietly(pump, Exception)
         self._fail_waiters(ConsumerClosedError(f"consumer of {self.queue!r} has finished"))
         unstarted, self._buffer = list(self._buffer), deque()
         return unstarted

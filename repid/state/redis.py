@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any
 
+from repid._cancel import await_quietly
 from repid.brokers.base import ConnectionPolicy, Delivery
 from repid.brokers.redis._client import RedisAddress
 from repid.brokers.redis._link import DEFAULT_POLICY, SCRIPTS, Link, Script
@@ -199,8 +200,7 @@ class RedisSharedState(WorkersAndLimits):
         self.is_connected = False
         if self._poller is not None:
             self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
+            await await_quietly(self._poller)
             self._poller = None
         self._flush_releases()
         if self._tasks:

@@ -5,10 +5,11 @@ The store's three operations are coroutines given by the broker; the bookkeeping
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+
+from repid._cancel import await_quietly
 
 __all__ = ["SlotHolder"]
 
@@ -100,7 +101,6 @@ class SlotHolder:
         renewal, self._renewal = self._renewal, None
         if renewal is not None:
             renewal.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewal
+            await await_quietly(renewal)
         if self._releases:
             await asyncio.gather(*self._releases, return_exceptions=True)

@@ -13,7 +13,7 @@ from repid.brokers.base import Delivery
 from repid.data import DEFAULT_TIMEOUT, NO_TIMEOUT, DeadLetterReason
 from repid.dependencies import resolve_dependency
 from repid.lifecycle import EventKind, Snooze
-from repid.message import MessageDependency
+from repid.message import ActorEnded, MessageDependency
 from repid.router import ActorData
 from repid.worker.execution import start_clock
 from repid.worker.settlement import Settling
@@ -128,6 +128,8 @@ class Processing(Settling):
         try:
             if actor.is_async:
                 lane.deadline = self._loop_time() + timeout
+                if message is not None and self.worker.settle_ends_actor:
+                    message.end_actor_on_settle()
                 result = await actor.fn(*args, **kwargs)
             elif actor.run_in_process:
                 lane.deadline = self._loop_time() + timeout
@@ -157,6 +159,11 @@ class Processing(Settling):
                 return
             await self._after_run(delivery, actor, args, kwargs, None, snooze)
             await self._snoozed(delivery, snooze)
+            return
+        except ActorEnded:  # the actor settled its message (1.6: that ends it)
+            lane.end_actor()
+            await self._after_run(delivery, actor, args, kwargs, None, None)
+            await self._succeeded(delivery, actor, None, started, message)
             return
         except BaseException as exc:  # KeyboardInterrupt/SystemExit from actor code fail too
             lane.end_actor()

@@ -45,7 +45,7 @@ class Runner(Lanes, Supervisors):
                         self._lanes_alive += 1
                         self._lane_states.append(lane)
                     self._lanes = [lane.task for lane in self._lane_states]
-                    helpers = await self._start_supervisors()
+                    helpers = await self._start_supervisors() + self._start_liveness_watch()
                     try:
                         await self._stop.wait()
                     finally:

@@ -70,6 +70,9 @@ class WorkerSettings(Protocol):
     @property
     def prefetch(self) -> int: ...
 
+    @property
+    def settle_ends_actor(self) -> bool: ...
+
 
 class DrainedError(Exception):
     """Drain mode: no ready message is left."""

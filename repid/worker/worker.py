@@ -71,6 +71,9 @@ class Worker(Router):
             with backoff, before it raises `BrokerUnavailableError` (0: raise at once), like
             `repid run --startup-timeout`.
         log_jobs: log one INFO line per finished run ("job[id] succeeded in 0.012s").
+        settle_ends_actor: settling a `MessageDependency` from the actor (`ack()`, `nack()`,
+            `reject()`, `retry()`, `reschedule()`) ends the actor there, as in repid 1.6.
+            False lets the actor go on running after it (the decision stands).
     """
 
     def __init__(
@@ -89,6 +92,7 @@ class Worker(Router):
         startup_timeout: float = 60.0,
         prefetch: int | None = None,
         log_jobs: bool = False,
+        settle_ends_actor: bool = True,
         _connection: Connection | None = None,
     ) -> None:
         super().__init__(defaults=router_defaults)
@@ -110,6 +114,7 @@ class Worker(Router):
             raise ConfigurationError("prefetch must be >= 1")
         self.prefetch = tasks_limit if prefetch is None else max(prefetch, tasks_limit)
         self.log_jobs = log_jobs
+        self.settle_ends_actor = settle_ends_actor
         self.graceful_shutdown_time = graceful_shutdown_time
         self.messages_limit = messages_limit
         self.tasks_limit = tasks_limit

@@ -264,51 +264,61 @@ class RabbitServer:
         self.stop(kill=True)
 
 
-class KafkaServer:
-    """A private noida-db (Kafka protocol only) with its own data directory."""
+class ProcessServer:
+    """A private server process on a free loopback port: subclasses give `command()` and `url_at`.
 
-    name = "kafka"
+    `start()` runs `command()` (its output to `server.out` in `directory`) and waits for the
+    port; `stop(kill)` ends it with SIGTERM (or SIGKILL), `restart()` does both.
+    """
+
+    name = "server"
+    new_session = False
+    """The process leads a session of its own (not signalled with the test's group)."""
+    group = False
+    """`stop()` signals the whole process group, not only the process."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.port = free_port()
         self.opened_at = 0.0
         self.process: subprocess.Popen[bytes] | None = None
-        (directory / "data").mkdir(parents=True, exist_ok=True)
+
+    def command(self) -> list[str]:
+        """The server's argv."""
+        raise NotImplementedError
+
+    def popen_options(self) -> dict[str, Any]:
+        """Extra `subprocess.Popen` keywords (user, cwd, ...)."""
+        return {}
 
     @property
     def url(self) -> str:
         return self.url_at(self.port)
 
     def url_at(self, port: int) -> str:
-        return f"127.0.0.1:{port}"
+        raise NotImplementedError
 
     def _alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
     def start(self, timeout: float = 30.0) -> None:
-        import noida_db  # type: ignore[import-untyped]
-
-        # The binary inside the package, not the console script (that one does not pass
-        # SIGTERM on, so the PID would not be the server's).
-        exe = Path(noida_db.__file__).parent / "noida-db"
         log = (self.directory / "server.out").open("ab")
         self.process = subprocess.Popen(
-            [str(exe), "start", "--only", "kafka", "--kafka-port", str(self.port),
-             "--data-dir", str(self.directory / "data")],
+            self.command(),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
+            start_new_session=self.new_session,
+            **self.popen_options(),
+        )
         log.close()
-        _poll(lambda: port_open(self.port), "noida-db (kafka)", timeout, self._alive)
+        _poll(lambda: port_open(self.port), self.name, timeout, self._alive)
         self.opened_at = time.time()
 
     def stop(self, kill: bool = False) -> None:
-        if self.process is not None:
-            _end(self.process, kill, group=False, grace=15)
-            self.process = None
+        process, self.process = self.process, None
+        if process is not None:
+            _end(process, kill, group=self.group, grace=15)
 
     def restart(self, kill: bool = False, timeout: float = 30.0) -> None:
         self.stop(kill)
@@ -316,6 +326,29 @@ class KafkaServer:
 
     def close(self) -> None:
         self.stop(kill=True)
+
+
+class KafkaServer(ProcessServer):
+    """A private noida-db (Kafka protocol only) with its own data directory."""
+
+    name = "kafka"
+    new_session = True
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        (directory / "data").mkdir(parents=True, exist_ok=True)
+
+    def url_at(self, port: int) -> str:
+        return f"127.0.0.1:{port}"
+
+    def command(self) -> list[str]:
+        import noida_db  # type: ignore[import-untyped]
+
+        # The binary inside the package, not the console script (that one does not pass
+        # SIGTERM on, so the PID would not be the server's).
+        exe = Path(noida_db.__file__).parent / "noida-db"
+        return [str(exe), "start", "--only", "kafka", "--kafka-port", str(self.port),
+                "--data-dir", str(self.directory / "data")]  # fmt: skip
 
 
 _PG_BIN = Path("/usr/lib/postgresql")
@@ -333,7 +366,7 @@ def _pg_tool(name: str) -> str:
     return found
 
 
-class PostgresServer:
+class PostgresServer(ProcessServer):
     """A private PostgreSQL cluster made with `initdb`, on its own port and data directory.
 
     The data lives in a directory of its own under the system temp dir (owned by the `postgres`
@@ -343,15 +376,14 @@ class PostgresServer:
     """
 
     name = "postgres"
+    new_session = True
+    group = True
 
     def __init__(self, directory: Path) -> None:
         import pwd
         import tempfile
 
-        self.directory = directory
-        self.port = free_port()
-        self.opened_at = 0.0
-        self.process: subprocess.Popen[bytes] | None = None
+        super().__init__(directory)
         self._user: str | None = None
         self.data_root = Path(tempfile.mkdtemp(prefix="repid-pg-"))
         self.data = self.data_root / "data"
@@ -365,32 +397,17 @@ class PostgresServer:
             check=True, capture_output=True, user=self._user, cwd=self.data_root,
         )  # fmt: skip
 
-    @property
-    def url(self) -> str:
-        return self.url_at(self.port)
-
     def url_at(self, port: int) -> str:
         return f"postgresql://postgres@127.0.0.1:{port}/postgres"
 
-    def _alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+    def command(self) -> list[str]:
+        return [_pg_tool("postgres"), "-D", str(self.data), "-p", str(self.port),
+                "-c", "listen_addresses=127.0.0.1",
+                "-c", f"unix_socket_directories={self.data_root}",
+                "-c", "max_connections=100"]  # fmt: skip
 
-    def start(self, timeout: float = 30.0) -> None:
-        log = (self.directory / "server.out").open("ab")
-        self.process = subprocess.Popen(
-            [_pg_tool("postgres"), "-D", str(self.data), "-p", str(self.port),
-             "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.data_root}",
-             "-c", "max_connections=100"],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            user=self._user,
-            cwd=self.data_root,
-        )  # fmt: skip
-        log.close()
-        _poll(lambda: port_open(self.port), "postgres", timeout, self._alive)
-        self.opened_at = time.time()
+    def popen_options(self) -> dict[str, Any]:
+        return {"user": self._user, "cwd": self.data_root}
 
     def stop(self, kill: bool = False) -> None:
         process, self.process = self.process, None
@@ -406,65 +423,27 @@ class PostgresServer:
         except subprocess.TimeoutExpired:
             _end(process, True, group=True, grace=10)
 
-    def restart(self, kill: bool = False, timeout: float = 30.0) -> None:
-        self.stop(kill)
-        self.start(timeout)
-
     def close(self) -> None:
-        self.stop(kill=True)
+        super().close()
         shutil.rmtree(self.data_root, ignore_errors=True)
 
 
-class NatsServer:
+class NatsServer(ProcessServer):
     """A private `nats-server -js` with file storage in its own directory."""
 
     name = "nats"
 
     def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.port = free_port()
-        self.opened_at = 0.0
-        self.process: subprocess.Popen[bytes] | None = None
+        super().__init__(directory)
         (directory / "store").mkdir(parents=True, exist_ok=True)
-
-    @property
-    def url(self) -> str:
-        return self.url_at(self.port)
 
     def url_at(self, port: int) -> str:
         return f"nats://127.0.0.1:{port}"
 
-    def _alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def start(self, timeout: float = 30.0) -> None:
+    def command(self) -> list[str]:
         binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
-        log = (self.directory / "server.out").open("ab")
-        self.process = subprocess.Popen(
-            [binary, "-js", "-a", "127.0.0.1", "-p", str(self.port),
-             "-sd", str(self.directory / "store")],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        log.close()
-        _poll(lambda: port_open(self.port), "nats-server", timeout, self._alive)
-        self.opened_at = time.time()
-
-    def stop(self, kill: bool = False) -> None:
-        if self.process is not None:
-            _end(self.process, kill, group=False, grace=15)
-            self.process = None
-
-    def restart(self, kill: bool = False, timeout: float = 30.0) -> None:
-        self.stop(kill)
-        self.start(timeout)
-
-    def close(self) -> None:
-        self.stop(kill=True)
-
-
-# Kafka API keys whose answers carry broker addresses (host, then the port as an int32).
+        return [binary, "-js", "-a", "127.0.0.1", "-p", str(self.port),
+                "-sd", str(self.directory / "store")]  # fmt: skip
 
 
 # Kafka API keys whose answers carry broker addresses (host, then the port as an int32).

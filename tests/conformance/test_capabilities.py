@@ -9,6 +9,7 @@ from repid.brokers.base import (
     actor_limits_of,
     cancellation_of,
     inspection_of,
+    liveness_of,
     worker_registry_of,
 )
 
@@ -41,6 +42,7 @@ async def test_each_declared_feature_is_implemented(conn):
         (caps.worker_registry, worker_registry_of(broker)),
         (caps.actor_limits, actor_limits_of(broker)),
         (caps.inspection, inspection_of(broker)),
+        (caps.liveness, liveness_of(broker)),
     ):
         assert (found is broker) if declared else (found is None)
 

@@ -173,6 +173,7 @@ class KafkaMessageBroker(LocalOrShared):
             worker_registry=True,
             actor_limits=True,
             inspection=True,
+            liveness=True,
         )
         self._unique = UniqueIds(f"repid-kafka-unique:{topic_prefix}", unique_ttl, unique_ids)
         self._init_local_or_shared(shared_state)
@@ -262,6 +263,11 @@ class KafkaMessageBroker(LocalOrShared):
     async def _stop_clients(self) -> None:
         await self._publisher.stop()
         await self._admin.close()
+
+    async def ping(self) -> bool:
+        """The cluster answers a metadata request (the admin client's `list_topics`)."""
+        await self._admin.names()
+        return True
 
     async def disconnect(self) -> None:
         """Stop this broker's consumers and clients."""

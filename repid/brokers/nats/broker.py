@@ -113,6 +113,7 @@ class NatsMessageBroker(KvState):
             worker_registry=True,
             actor_limits=True,
             inspection=True,
+            liveness=True,
         )
         self._names: dict[str, QueueNames] = {}
         self._declared: set[str] = set()
@@ -137,6 +138,11 @@ class NatsMessageBroker(KvState):
         if server_max and server_max < self.max_message_size:
             self.capabilities = replace(self.capabilities, max_message_size=server_max)
         await self._connect_state()
+
+    async def ping(self) -> bool:
+        """nats-py's client is connected now (not reconnecting)."""
+        nc = self.link.nc
+        return nc is not None and nc.is_connected
 
     async def disconnect(self) -> None:
         await self._disconnect_state()

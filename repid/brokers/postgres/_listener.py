@@ -8,7 +8,6 @@ lost notification or a dropped listening connection delays a message, never lose
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from typing import Any
 
 import asyncpg
 
+from repid._cancel import await_quietly
 from repid.brokers.postgres._link import Link
 
 __all__ = ["Listener"]
@@ -59,8 +59,7 @@ class Listener:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await await_quietly(task, Exception)
         await self._close()
 
     async def _close(self) -> None:

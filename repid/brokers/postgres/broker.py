@@ -56,6 +56,10 @@ def _stale(op: str, key: Delivery) -> None:
     )
 
 
+LIVENESS_PING_TIMEOUT = 1.0
+"""Seconds a liveness `ping()` waits for the server."""
+
+
 class PostgresMessageBroker(StateMixin):
     """A message broker on PostgreSQL (asyncpg).
 
@@ -122,6 +126,7 @@ class PostgresMessageBroker(StateMixin):
             worker_registry=True,
             actor_limits=True,
             inspection=True,
+            liveness=True,
         )
         self.names = Names(schema, prefix)
         self.lease_duration = lease_duration
@@ -201,6 +206,11 @@ class PostgresMessageBroker(StateMixin):
                 f"{version}, this repid needs {SCHEMA_VERSION}: run `repid db upgrade` "
                 "(or pass auto_upgrade=True)"
             )
+
+    async def ping(self) -> bool:
+        """A `SELECT 1` on the pool answers."""
+        pool = await self.link.pool()
+        return bool(await pool.fetchval("SELECT 1", timeout=LIVENESS_PING_TIMEOUT) == 1)
 
     async def disconnect(self) -> None:
         await self._listener.stop()

@@ -5,7 +5,6 @@ RPCs and single publishes, and the fast frame reader bound to each aiormq connec
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -17,6 +16,7 @@ import yarl
 from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 
+from repid._cancel import await_quietly
 from repid._redact import mask_url, mask_urls
 from repid.brokers.base import ConnectionPolicy
 from repid.brokers.rabbitmq import _compat
@@ -132,8 +132,7 @@ class AmqpLink:
             reader.unbind()
         self.readers.clear()
         if connection is not None:
-            with contextlib.suppress(*CHANNEL_ERRORS, asyncio.CancelledError):
-                await connection.close()
+            await await_quietly(connection.close(), *CHANNEL_ERRORS)
 
     def _bind_reader(self, connection: Any) -> None:
         """Serve this aiormq connection (opened by us) with a `FrameReader`, once."""
@@ -243,8 +242,7 @@ class AmqpLink:
         except aiormq.exceptions.DeliveryError:
             if self.channels.get(kind) is channel:
                 del self.channels[kind]
-            with contextlib.suppress(*CHANNEL_ERRORS, asyncio.CancelledError):
-                await channel.close()
+            await await_quietly(channel.close(), *CHANNEL_ERRORS)
             raise
 
     async def _publish_on(

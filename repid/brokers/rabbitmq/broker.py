@@ -18,6 +18,7 @@ from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 from pydantic_core import to_json
 
+from repid._cancel import await_quietly
 from repid.brokers.base import BrokerCapabilities, ConnectionPolicy, Delivery, OutgoingMessage
 from repid.brokers.rabbitmq import _compat
 from repid.brokers.rabbitmq._control import Control
@@ -139,6 +140,7 @@ class RabbitMessageBroker(ProcessState):
             worker_registry=True,
             actor_limits=True,
             inspection=True,
+            liveness=True,
         )
         self._link = AmqpLink(
             self.dsn,
@@ -206,6 +208,11 @@ class RabbitMessageBroker(ProcessState):
         await self._link.connect()
         if self._state is not None:
             await self._state.connect()
+
+    async def ping(self) -> bool:
+        """The connection is up now (aio-pika's `connected`, cleared while it reconnects)."""
+        connection = self._link.connection
+        return connection is not None and connection.connected.is_set()
 
     async def disconnect(self) -> None:
         await self._control.close()
@@ -399,8 +406,7 @@ class RabbitMessageBroker(ProcessState):
         finally:
             await state.drain()
             state.alive = False
-            with contextlib.suppress(*CHANNEL_ERRORS, asyncio.CancelledError):
-                await channel.close()  # the others go back to their queue
+            await await_quietly(channel.close(), *CHANNEL_ERRORS)  # the others: back to the queue
 
     async def ack(self, key: Delivery) -> bool:
         handle: Handle = key.handle

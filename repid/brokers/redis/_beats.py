@@ -5,10 +5,10 @@ in its queue's heartbeat zset, so another worker's fetch claims a dead consumer'
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Hashable
 
+from repid._cancel import await_quietly
 from repid.brokers.redis._link import SCRIPTS, Link
 
 __all__ = ["ConsumerBeats"]
@@ -46,8 +46,7 @@ class ConsumerBeats:
         self._consumers.clear()
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await await_quietly(task)
 
     async def _run(self) -> None:
         while self._consumers:

@@ -7,11 +7,11 @@ so the slots of a worker that died free themselves; run starts are kept for the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
 
+from repid._cancel import await_quietly
 from repid.brokers.redis._link import SCRIPTS, Link
 from repid.lifecycle import ActorLimiter, RateLimit
 
@@ -102,7 +102,6 @@ class RedisActorLimiter(ActorLimiter):
         """Stop renewing and wait for pending releases."""
         if self._renewal is not None:
             self._renewal.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewal
+            await await_quietly(self._renewal)
         if self._releases:
             await asyncio.gather(*self._releases, return_exceptions=True)

@@ -7,7 +7,6 @@ fail because the connection dropped are retried on a new connection until the op
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import os
@@ -15,6 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from repid._cancel import await_quietly
 from repid.brokers.base import ConnectionPolicy
 from repid.brokers.redis._client import (
     Arg,
@@ -149,8 +149,7 @@ class Link:
         """Close the connection and stop the watchdog."""
         if self._watchdog is not None:
             self._watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watchdog
+            await await_quietly(self._watchdog)
             self._watchdog = None
         if self.conn is not None:
             self.conn.close()

@@ -78,6 +78,10 @@ def _stale(op: str, key: Delivery) -> None:
     )
 
 
+LIVENESS_PING_TIMEOUT = 1.0
+"""Seconds a liveness `ping()` waits for the server."""
+
+
 class _AckBatch:
     """Acks of one queue issued in the same event-loop iteration: one script call for all."""
 
@@ -176,6 +180,7 @@ class RedisMessageBroker(WorkersAndLimits):
             worker_registry=True,
             actor_limits=True,
             inspection=True,
+            liveness=True,
         )
         self.dsn = dsn
         self.prefix = prefix
@@ -216,6 +221,11 @@ class RedisMessageBroker(WorkersAndLimits):
         await self.link.connection()
         self.link.start_watchdog()
         self.is_connected = True
+
+    async def ping(self) -> bool:
+        """Redis answers a PING."""
+        await self.link.call("PING", timeout=LIVENESS_PING_TIMEOUT)
+        return True
 
     async def disconnect(self) -> None:
         for limiter in self._limiters.values():

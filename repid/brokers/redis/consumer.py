@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from repid._cancel import await_quietly
 from repid.brokers.base import BaseConsumer, Delivery
 from repid.brokers.redis._beats import ConsumerBeats
 from repid.brokers.redis._client import (
@@ -150,8 +151,7 @@ class RedisConsumer(BaseConsumer):
         pump, self._pump = self._pump, None
         if pump is not None:
             pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await pump
+            await await_quietly(pump, Exception)
         self._fail_waiters(ConsumerClosedError(f"consumer of {self.queue!r} has finished"))
         if self._blocking is not None:
             self._blocking.close()

@@ -30,6 +30,7 @@ SPEC = BrokerSpec(
             "actor_limits",
             "cancellation",
             "inspection",
+            "liveness",
             "native_dead_letters",
             "native_delays",
             "persistent",

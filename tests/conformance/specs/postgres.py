@@ -53,6 +53,7 @@ SPEC = BrokerSpec(
             "actor_limits",
             "cancellation",
             "inspection",
+            "liveness",
             "lease_renewal",
             "native_dead_letters",
             "native_delays",

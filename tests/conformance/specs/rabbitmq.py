@@ -39,6 +39,7 @@ SPEC = BrokerSpec(
             "actor_limits",
             "cancellation",
             "inspection",
+            "liveness",
             "native_dead_letters",
             "native_delays",
             "persistent",

@@ -55,6 +55,7 @@ SPEC = BrokerSpec(
             "actor_limits",
             "cancellation",
             "inspection",
+            "liveness",
             "lease_renewal",
             "native_dead_letters",
             "native_delays",
