@@ -4,6 +4,7 @@ as `/metrics`), UNHEALTHY while the broker cannot be consumed from or does not a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from repid.brokers.base import SupportsLiveness, liveness_of
 from repid.worker.state import RunnerState, logger
@@ -62,7 +63,9 @@ class Health(RunnerState):
     async def _watch_liveness(self, pinger: SupportsLiveness) -> None:
         """Ping the broker; log an outage once per backoff step, UNHEALTHY until it answers."""
         backoff = LIVENESS_INTERVAL
-        while True:
+        # The loop also ends when the worker stops: a client library's ping may swallow the
+        # cancellation meant for this task (seen with aiormq and nats-py while connecting).
+        while not self._stop.is_set():
             error: BaseException | None = None
             try:
                 alive = await asyncio.wait_for(pinger.ping(), LIVENESS_TIMEOUT)
@@ -80,7 +83,12 @@ class Health(RunnerState):
                     self._publish_health()
                 why = f" ({error!r})" if error is not None else ""
                 logger.error("broker unreachable%s; checking again in %.1fs", why, backoff)
-                await asyncio.sleep(backoff)
+                await self._pause(backoff)
                 backoff = min(backoff * 2, MAX_LIVENESS_BACKOFF)
                 continue
-            await asyncio.sleep(LIVENESS_INTERVAL)
+            await self._pause(LIVENESS_INTERVAL)
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait `seconds`, or less if the worker stops meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
