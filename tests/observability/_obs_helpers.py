@@ -43,8 +43,8 @@ async def in_memory_app(*middlewares: Any) -> AsyncIterator[Repid]:
         yield app
 
 
-async def run_worker(router: Router, messages: int) -> Runner:
-    worker = Worker(routers=[router], messages_limit=messages, handle_signals=[])
+async def run_worker(router: Router, messages: int, **options: Any) -> Runner:
+    worker = Worker(routers=[router], messages_limit=messages, handle_signals=[], **options)
     return await asyncio.wait_for(worker.run(), timeout=10)
 
 

@@ -212,7 +212,8 @@ async def test_cancelled_and_self_settled_runs(
         await declare(router)
         await Job("self_ack").enqueue()
         job = await Job("block").enqueue()
-        worker = asyncio.create_task(run_worker(router, 2))
+        # 2.0 behaviour: the actor goes on after its ack (1.6's default ends it there).
+        worker = asyncio.create_task(run_worker(router, 2, settle_ends_actor=False))
         await started.wait()
         await job.cancel()
         await worker
