@@ -239,11 +239,11 @@ async def _run_in_process(args: argparse.Namespace, signals: _StopSignals) -> in
     signals.attach(worker)
     supervisor_pid = os.environ.get(SUPERVISOR_PID_ENV) if args.supervised else None
     logger.info(
-        "repid %s worker (pid %d): broker %s, queues %s, concurrency %d, %d actor(s)",
+        "repid %s worker (pid %d) consuming %s: broker %s, concurrency %d, %d actor(s)",
         __version__,
         os.getpid(),
-        _describe(connection.message_broker),
         ", ".join(worker.queues),
+        _describe(connection.message_broker),
         worker.tasks_limit,
         len(worker.actors),
     )

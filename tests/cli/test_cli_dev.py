@@ -117,7 +117,7 @@ def test_banner_log_jobs_and_summary_with_retried(cli_env: dict[str, str], tmp_p
     banner = next(line for line in result.stderr.splitlines() if "worker (pid" in line)
     assert f"repid {repid.__version__} worker" in banner
     assert "broker InMemoryMessageBroker" in banner
-    assert "queues other, work" in banner or "queues work, other" in banner
+    assert "consuming other, work:" in banner or "consuming work, other:" in banner
     assert "concurrency 3" in banner
     done = [line for line in result.stderr.splitlines() if " succeeded in " in line]
     assert len(done) == 3  # work[0], work[1], other
