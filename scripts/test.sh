@@ -28,18 +28,21 @@ mypy --strict
 echo "== mkdocs build --strict"
 export NO_MKDOCS_2_WARNING=1
 mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
-# The suite runs as two pytest processes side by side: the "slow" part (the chaos suite, the
-# multi-process and CLI tests, which mostly wait on child processes and servers) and the
-# rest. `--fast` runs only the rest, the quick default while developing. Other arguments go to
-# both pytest runs.
+# The suite runs as three pytest processes side by side: the "slow" part (the chaos suite, the
+# multi-process and CLI tests, which mostly wait on child processes and servers), the
+# conformance suite (every broker) and the rest. `--fast` runs all but the slow part in one
+# process, the quick default while developing. Other arguments go to every pytest run.
 SLOW=(tests/chaos tests/brokers/shared tests/cli)
+CONFORMANCE=(tests/conformance)
 FAST_ONLY=0
 if [ "${1:-}" = "--fast" ]; then
   FAST_ONLY=1
   shift
 fi
-ignore=()
-for path in "${SLOW[@]}"; do ignore+=("--ignore=$path"); done
+ignore_slow=()
+for path in "${SLOW[@]}"; do ignore_slow+=("--ignore=$path"); done
+ignore_conformance=()
+for path in "${CONFORMANCE[@]}"; do ignore_conformance+=("--ignore=$path"); done
 
 for arg in "$@"; do
   if [ -e "${arg%%::*}" ]; then # paths or node ids given: run just those, in one process
@@ -50,23 +53,31 @@ done
 
 if [ "$FAST_ONLY" = 1 ]; then
   echo "== pytest (fast part: all but ${SLOW[*]})"
-  exec python -m pytest "${ignore[@]}" "$@"
+  exec python -m pytest "${ignore_slow[@]}" "$@"
 fi
 
-echo "== pytest (two parts side by side: ${SLOW[*]} | the rest)"
+echo "== pytest (three parts side by side: ${SLOW[*]} | ${CONFORMANCE[*]} | the rest)"
 slow_log=$(mktemp "${TMPDIR:-/tmp}/repid-slow.XXXXXX.log")
+conformance_log=$(mktemp "${TMPDIR:-/tmp}/repid-conformance.XXXXXX.log")
 python -m pytest "${SLOW[@]}" "$@" >"$slow_log" 2>&1 &
 slow_pid=$!
+python -m pytest "${CONFORMANCE[@]}" "$@" >"$conformance_log" 2>&1 &
+conformance_pid=$!
 set +e
-python -m pytest "${ignore[@]}" "$@"
-fast_status=$?
+python -m pytest "${ignore_slow[@]}" "${ignore_conformance[@]}" "$@"
+rest_status=$?
+wait "$conformance_pid"
+conformance_status=$?
 wait "$slow_pid"
 slow_status=$?
 set -e
+echo "== pytest, conformance part (${CONFORMANCE[*]})"
+cat "$conformance_log"
 echo "== pytest, slow part (${SLOW[*]})"
 cat "$slow_log"
-rm -f "$slow_log"
-if [ "$fast_status" -ne 0 ] || [ "$slow_status" -ne 0 ]; then
-  echo "pytest failed: fast part exit $fast_status, slow part exit $slow_status" >&2
+rm -f "$slow_log" "$conformance_log"
+if [ "$rest_status" -ne 0 ] || [ "$conformance_status" -ne 0 ] || [ "$slow_status" -ne 0 ]; then
+  echo "pytest failed: rest exit $rest_status, conformance exit $conformance_status," \
+    "slow part exit $slow_status" >&2
   exit 1
 fi
