@@ -8,6 +8,7 @@ import time
 import traceback
 from typing import Any
 
+from repid._redact import mask_urls
 from repid.brokers.base import Delivery
 from repid.data import DEFAULT_TIMEOUT, DeadLetterReason, ResultBucket
 from repid.lifecycle import EventKind, JobCancelledError, Snooze
@@ -86,7 +87,9 @@ class Settling(Execution):
                     delivery.key.id_,
                     delivery.key.topic,
                     info.reason,
-                    f": {' '.join(info.error_message.split())}" if info.error_message else "",
+                    f": {mask_urls(' '.join(info.error_message.split()))}"
+                    if info.error_message
+                    else "",
                 )
                 self.dead_lettered += 1
                 await self._settle("nack", delivery, parameters)
@@ -278,18 +281,18 @@ class Settling(Execution):
         settlement = decide(delivery, actor, Failed(exc, reason, decision))
         if isinstance(settlement, Leave):
             logger.warning(
-                "actor %s raised after settling message %s itself: %r",
+                "actor %s raised after settling message %s itself: %s",
                 actor.name,
                 delivery.key.id_,
-                exc,
+                mask_urls(repr(exc)),
             )
         elif isinstance(settlement, Requeue) and settlement.why == "retry":
             logger.info(
-                "actor %s failed on attempt %d of message %s (%r); retrying",
+                "actor %s failed on attempt %d of message %s (%s); retrying",
                 actor.name,
                 params.attempt,
                 delivery.key.id_,
-                exc,
+                mask_urls(repr(exc)),
             )
             self.retried += 1
             await self._apply(delivery, settlement)
@@ -313,9 +316,9 @@ class Settling(Execution):
                 logger.exception("storing the failure of %s failed", delivery.key.id_)
             if isinstance(settlement, Requeue):  # a recurring job's next tick
                 logger.error(
-                    "recurring job %s failed (%r); it runs again at its next tick",
+                    "recurring job %s failed (%s); it runs again at its next tick",
                     delivery.key.id_,
-                    exc,
+                    mask_urls(repr(exc)),
                 )
             else:
                 await self._after_outcome(
@@ -330,7 +333,11 @@ class Settling(Execution):
     ) -> None:
         """`--log-jobs`: one INFO line per finished run, like Celery's "succeeded in 0.01s"."""
         took = (time.time_ns() - started) / 1e9 if started else 0.0
-        error = "" if exc is None else f": {type(exc).__name__}: {' '.join(str(exc).split())}"
+        error = (
+            ""
+            if exc is None
+            else f": {type(exc).__name__}: {mask_urls(' '.join(str(exc).split()))}"
+        )
         logger.info(
             "%.200s[%.200s] %s in %.3fs%.500s",
             delivery.key.topic,
