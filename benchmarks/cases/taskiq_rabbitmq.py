@@ -13,7 +13,7 @@ from _common import AMQP_URL, JobCounter, NetCase, Producer, rabbitmq_delete
 from taskiq.api import run_receiver_task
 from taskiq_aio_pika import AioPikaBroker
 from taskiq_aio_pika.exchange import Exchange
-from taskiq_aio_pika.queue import Queue
+from taskiq_aio_pika.queue import Queue, QueueType
 
 
 def make_broker(queue: str, qos: int = 10) -> AioPikaBroker:
@@ -21,8 +21,10 @@ def make_broker(queue: str, qos: int = 10) -> AioPikaBroker:
         AMQP_URL,
         qos=qos,
         exchange=Exchange(name=queue),
-        task_queues=[Queue(name=queue)],
-        dead_letter_queue=Queue(name=f"{queue}.dead_letter"),
+        # taskiq-aio-pika declares quorum queues unless told: this is the classic-queue case
+        # (taskiq_rabbitmq_quorum.py is the quorum one).
+        task_queues=[Queue(name=queue, type=QueueType.CLASSIC)],
+        dead_letter_queue=Queue(name=f"{queue}.dead_letter", type=QueueType.CLASSIC),
     )
 
 
