@@ -119,6 +119,7 @@ class Queue:
 
         try:
             while True:
+                _raise_if_cancelled()
                 # The broker blocks in `fetch` until a message arrives (or the second passes).
                 for delivery in await consumer.fetch(100, 1.0):
                     message = Message(delivery, broker)
@@ -144,6 +145,7 @@ class Queue:
         seen: set[tuple[str, float]] = set()
         pause = 0.02
         while True:
+            _raise_if_cancelled()
             # A browsing consumer lists what the part holds now; brokers have no event for
             # "a message became delayed or dead", so look again after a growing pause.
             consumer = broker.get_consumer(self.name, topics, None, category)
@@ -219,3 +221,12 @@ class Queue:
 
     def __str__(self) -> str:
         return f"Queue({self.name})"  # repid 1.6's text
+
+
+def _raise_if_cancelled() -> None:
+    """Stop a waiting iterator whose task was cancelled even if a client library swallowed
+    the `CancelledError` (seen with aiormq while a browsing channel opened or closed): the
+    iterator would otherwise poll for ever under a `wait_for` that already gave up."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
