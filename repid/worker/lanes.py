@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from repid.brokers.base import Delivery
+from repid.errors import BrokerUnavailableError
 from repid.worker.outage import PROBE_WAIT, Outages, Source
 from repid.worker.processing import Processing
 from repid.worker.state import DrainedError, Lane, logger
@@ -23,12 +24,31 @@ DRAIN_WAIT = 0.1
 class Lanes(Processing, Outages):
     """Takes deliveries from the broker and processes them, `tasks_limit` at a time."""
 
+    async def _start_patiently(self, consumer: Any, name: str) -> None:
+        """Start `consumer`; while the broker is unreachable (it may restart just as the worker
+        starts), retry with backoff for up to the worker's `startup_timeout`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.worker.startup_timeout
+        backoff = 0.1
+        while True:
+            try:
+                await consumer.start()
+                return
+            except BrokerUnavailableError as exc:
+                if loop.time() + backoff > deadline or self._stop.is_set():
+                    raise
+                logger.warning(
+                    "opening the consumer of %r failed (%s); retrying in %.1fs", name, exc, backoff
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
     async def _open_sources(self, stack: contextlib.AsyncExitStack) -> Source:
         prefetch = self.worker.prefetch
         queues = sorted({actor.queue for actor in self.actors.values()})
         for name in queues:
             consumer = self.broker.get_consumer(name, None, prefetch)
-            await consumer.start()
+            await self._start_patiently(consumer, name)
             stack.push_async_callback(consumer.finish)
             self._consumers.append(consumer)
         for consumer in self._consumers:

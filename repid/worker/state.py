@@ -71,6 +71,9 @@ class WorkerSettings(Protocol):
     def prefetch(self) -> int: ...
 
     @property
+    def startup_timeout(self) -> float: ...
+
+    @property
     def settle_ends_actor(self) -> bool: ...
 
 

@@ -22,9 +22,17 @@ from repid.brokers.rabbitmq import _compat
 from repid.brokers.rabbitmq._frames import Assembly
 from repid.brokers.rabbitmq.channel_state import CHANNEL_ERRORS, ChannelState, Handle, to_delivery
 from repid.data import MessageCategory
-from repid.errors import ConsumerClosedError
+from repid.errors import (
+    BrokerUnavailableError,
+    ConsumerClosedError,
+    ErrorMap,
+    map_broker_errors,
+)
 
 # ChannelState is re-exported: it lived here before `channel_state.py` (tests import it here).
+_CONNECTION_ERRORS: ErrorMap = {aiormq.exceptions.AMQPConnectionError: BrokerUnavailableError}
+"""Connection failures while a consumer opens: the worker retries those at start-up."""
+
 __all__ = ["HOLD_LOCALLY", "ChannelState", "ConsumerHost", "RabbitConsumer", "deliver_inline"]
 
 logger = logging.getLogger("repid.brokers.rabbitmq")
@@ -185,9 +193,13 @@ class RabbitConsumer(BaseConsumer):
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self._broker._check_queue(self._queue)
-        self._closed = False
-        self._state = await self._open_state()
+        connection_errors: ErrorMap = {
+            aiormq.exceptions.AMQPConnectionError: BrokerUnavailableError
+        }
+        with map_broker_errors(connection_errors, f"opening a consumer of {self._queue!r}"):
+            await self._broker._check_queue(self._queue)
+            self._closed = False
+            self._state = await self._open_state()
 
     async def _open_state(self) -> ChannelState:
         channel = await self._broker._new_channel(confirms=False)
