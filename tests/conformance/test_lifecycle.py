@@ -286,17 +286,28 @@ async def test_events_tell_each_step_sync_async_and_broken_handlers(conn, new_qu
         # acknowledges and emits "succeeded": the last events may still be on their way.
         await wait_until(lambda: len(sync_seen) == 10, "all 10 events")
         await wait_until(lambda: len(async_seen) == 2, "both async events")
-    # Each job's events come in order; across the two jobs they may interleave.
-    assert [e for e in sync_seen if e[1] == "flaky"] == [
-        ("enqueued", "flaky", 1),
+
+    # Each job's worker events come in order; across the two jobs they may interleave. The
+    # producer emits "enqueued" once the broker has taken the job, and a fast broker (Postgres
+    # with NOTIFY) can hand it to the worker first: "enqueued" comes once, anywhere.
+    def events_of(actor: str) -> list[tuple[str, str, int]]:
+        mine = [e for e in sync_seen if e[1] == actor]
+        assert [e for e in mine if e[0] == "enqueued"] == [("enqueued", actor, 1)], mine
+        return [e for e in mine if e[0] != "enqueued"]
+
+    # "retried" is emitted once the requeue is settled, by which time the second attempt may
+    # already have started in another lane: it comes once, after the first failure.
+    flaky_events = events_of("flaky")
+    retried = ("retried", "flaky", 1)
+    assert flaky_events.count(retried) == 1, flaky_events
+    assert flaky_events.index(retried) > flaky_events.index(("failed", "flaky", 1)), flaky_events
+    assert [e for e in flaky_events if e[0] != "retried"] == [
         ("started", "flaky", 1),
         ("failed", "flaky", 1),
-        ("retried", "flaky", 1),
         ("started", "flaky", 2),
         ("succeeded", "flaky", 2),
     ]
-    assert [e for e in sync_seen if e[1] == "doomed"] == [
-        ("enqueued", "doomed", 1),
+    assert events_of("doomed") == [
         ("started", "doomed", 1),
         ("failed", "doomed", 1),
         ("dead_lettered", "doomed", 1),
