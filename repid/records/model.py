@@ -147,6 +147,12 @@ def apply_event(
     if record is None:
         record = JobRecord(event.job_id, event.actor, event.queue, JobStatus.QUEUED, updated_at=at)
     changes: dict[str, Any] = {"updated_at": at, "attempt": event.attempt}
+    # Events can arrive late: "enqueued" once the broker has the job (a worker may have started
+    # it already) and "retried" once the requeue is settled (the next attempt may be running).
+    if event.kind is EventKind.ENQUEUED and record.started_at is not None:
+        return replace(record, enqueued_at=at, updated_at=at)
+    if event.kind is EventKind.RETRIED and record.attempt > event.attempt:
+        return replace(record, updated_at=at)
     match event.kind:
         case EventKind.ENQUEUED:
             delayed = event.due is not None and event.due > at

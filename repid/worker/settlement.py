@@ -87,7 +87,7 @@ class Settling(Execution):
                     delivery.key.id_,
                     delivery.key.topic,
                     info.reason,
-                    f": {mask_urls(' '.join(info.error_message.split()))}"
+                    f": {mask_urls(' '.join(info.error_message[:2000].split()))}"
                     if info.error_message
                     else "",
                 )
@@ -284,7 +284,7 @@ class Settling(Execution):
                 "actor %s raised after settling message %s itself: %s",
                 actor.name,
                 delivery.key.id_,
-                mask_urls(repr(exc)),
+                mask_urls(repr(exc)[:1000]),
             )
         elif isinstance(settlement, Requeue) and settlement.why == "retry":
             logger.info(
@@ -292,7 +292,7 @@ class Settling(Execution):
                 actor.name,
                 params.attempt,
                 delivery.key.id_,
-                mask_urls(repr(exc)),
+                mask_urls(repr(exc)[:1000]),
             )
             self.retried += 1
             await self._apply(delivery, settlement)
@@ -318,7 +318,7 @@ class Settling(Execution):
                 logger.error(
                     "recurring job %s failed (%s); it runs again at its next tick",
                     delivery.key.id_,
-                    mask_urls(repr(exc)),
+                    mask_urls(repr(exc)[:1000]),
                 )
             else:
                 await self._after_outcome(
@@ -336,7 +336,7 @@ class Settling(Execution):
         error = (
             ""
             if exc is None
-            else f": {type(exc).__name__}: {mask_urls(' '.join(str(exc).split()))}"
+            else f": {type(exc).__name__}: {mask_urls(' '.join(str(exc)[:1000].split()))}"
         )
         logger.info(
             "%.200s[%.200s] %s in %.3fs%.500s",
