@@ -26,7 +26,7 @@ from repid.cli.session import actors_of, connect
 from repid.cli.supervisor import SUPERVISOR_PID_ENV, Supervisor
 from repid.cli.target import CLIError, Target, connection_from_url, import_object, load_app
 from repid.connection import Connection
-from repid.errors import BrokerUnavailableError
+from repid.errors import BrokerAuthenticationError, BrokerUnavailableError
 from repid.router import Router
 from repid.worker import Worker
 
@@ -195,6 +195,8 @@ async def _connect_patiently(
     while True:
         try:
             return await connect(args)
+        except BrokerAuthenticationError:
+            raise  # a refused login does not heal by waiting: one line, at once
         except BrokerUnavailableError as exc:
             left = deadline - loop.time()
             if left <= 0:

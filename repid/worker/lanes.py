@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from repid.brokers.base import Delivery
-from repid.errors import BrokerUnavailableError
+from repid.errors import BrokerAuthenticationError, BrokerUnavailableError
 from repid.worker.outage import PROBE_WAIT, Outages, Source
 from repid.worker.processing import Processing
 from repid.worker.state import DrainedError, Lane, logger
@@ -34,6 +34,8 @@ class Lanes(Processing, Outages):
             try:
                 await consumer.start()
                 return
+            except BrokerAuthenticationError:
+                raise  # a refused login does not heal by waiting
             except BrokerUnavailableError as exc:
                 if loop.time() + backoff > deadline or self._stop.is_set():
                     raise

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from repid._redact import mask_urls
-from repid.errors import BrokerUnavailableError, ConfigurationError
+from repid.errors import BrokerAuthenticationError, BrokerUnavailableError, ConfigurationError
 from repid.lifecycle import HEARTBEAT_INTERVAL
 from repid.router import Router, RouterDefaults
 from repid.worker.runner import Runner
@@ -225,6 +225,8 @@ class Worker(Router):
             try:
                 await connection.connect()
                 return
+            except BrokerAuthenticationError:
+                raise  # a refused login does not heal by waiting: say it at once
             except BrokerUnavailableError as exc:
                 left = deadline - loop.time()
                 if left <= 0 or self._stop_requested:

@@ -131,3 +131,56 @@ async def test_nats_refused_login_is_one_sentence(nats_with_password: str) -> No
     assert SECRET not in text
     assert "\n" not in text
     await broker.disconnect()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"amqp://guest:{SECRET}@127.0.0.1:5672/",
+        f"redis://nobody:{SECRET}@127.0.0.1:6379/0",
+        f"postgresql://nobody:{SECRET}@127.0.0.1:5432/test",
+    ],
+    ids=["rabbitmq", "redis", "postgres"],
+)
+async def test_worker_start_does_not_retry_a_refused_login(url: str) -> None:
+    # An unreachable broker is retried for `startup_timeout` (60 s here); a refused login is
+    # raised at the first attempt: the worker gives up well before a second one could start.
+    from repid import Connection, Router, Worker
+
+    router = Router()
+
+    @router.actor
+    async def noop() -> None: ...
+
+    broker = {"amqp": RabbitMessageBroker, "redis": RedisMessageBroker}.get(
+        url.split(":")[0], PostgresMessageBroker
+    )(url)
+    worker = Worker(
+        routers=[router], _connection=Connection(broker), startup_timeout=60, handle_signals=[]
+    )
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(BrokerAuthenticationError) as info:
+        await asyncio.wait_for(worker.run(), 50)
+    assert loop.time() - started < 20
+    assert SECRET not in str(info.value)
+
+
+def test_cli_run_does_not_retry_a_refused_login(capsys: pytest.CaptureFixture[str]) -> None:
+    started = time.monotonic()
+    code = main(
+        [
+            "run",
+            APP,
+            "--broker",
+            f"amqp://guest:{SECRET}@127.0.0.1:5672/",
+            "--startup-timeout",
+            "60",
+        ]
+    )
+    assert code != 0
+    assert time.monotonic() - started < 20
+    err = capsys.readouterr().err
+    assert "refused the login of user 'guest'" in err
+    assert "retrying" not in err
+    assert SECRET not in err
