@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 from collections.abc import Sequence
+from types import ModuleType
 
 from repid.cli.target import (
     Target,
     connection_from_url,
     load_app,
+    module_app,
     resolve_connection,
     resolve_target,
 )
@@ -40,7 +42,16 @@ async def connect(args: argparse.Namespace) -> tuple[Target, Connection]:
     if explicit is not None:  # a factory target may enqueue: give it the connection
         await open_connection(explicit)
         Repid.set_magic_connection(explicit)
-    module, target = await resolve_target(args.target)
+
+    async def open_module_app(module: ModuleType) -> None:
+        # A factory in a module that defines one Repid app runs with that app connected,
+        # as the app would be for the worker (docs/cli.md lists it as a connection source).
+        app = module_app(module) if explicit is None else None
+        if app is not None:
+            await open_connection(app.connection)
+            Repid.set_magic_connection(app.connection)
+
+    module, target = await resolve_target(args.target, open_module_app)
     connection = resolve_connection(module, target, explicit=explicit)
     await open_connection(connection)
     Repid.set_magic_connection(connection)

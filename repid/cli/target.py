@@ -32,6 +32,7 @@ __all__ = [
     "import_object",
     "kafka_options",
     "load_app",
+    "module_app",
     "resolve_connection",
     "resolve_target",
 ]
@@ -320,7 +321,8 @@ def _module_routers(module: ModuleType) -> list[Router]:
     return found
 
 
-def _module_app(module: ModuleType) -> Repid | None:
+def module_app(module: ModuleType) -> Repid | None:
+    """The one `Repid` app `module` defines (None when it defines none or several)."""
     apps = [value for value in vars(module).values() if isinstance(value, Repid)]
     unique = [app for i, app in enumerate(apps) if not any(app is a for a in apps[:i])]
     return unique[0] if len(unique) == 1 else None
@@ -334,15 +336,20 @@ async def _call_factory(factory: Callable[[], Any]) -> Any:
     return result
 
 
-async def resolve_target(spec: str) -> tuple[ModuleType, Target]:
+async def resolve_target(
+    spec: str, before_factory: Callable[[ModuleType], Awaitable[None]] | None = None
+) -> tuple[ModuleType, Target]:
     """Import `spec` and turn it into routers (calling it first when it is a factory).
 
     Accepted: a `Worker`, a `Router`, a list or tuple of routers, a `Repid` app (its routers
     are the `Router`s defined in the same module), or a function returning one of these
-    (sync or async, called with no argument inside the command's event loop).
+    (sync or async, called with no argument inside the command's event loop). A factory is
+    called after `before_factory(module)` (which opens the connection it may use).
     """
     module, obj = import_object(spec)
     if callable(obj) and not isinstance(obj, Router | Repid | type):
+        if before_factory is not None:
+            await before_factory(module)
         try:
             obj = await _call_factory(obj)
         except RepidError:
@@ -381,7 +388,7 @@ def resolve_connection(
         return explicit
     if target.connection is not None:
         return target.connection
-    app = _module_app(module)
+    app = module_app(module)
     if app is not None:
         return app.connection
     try:

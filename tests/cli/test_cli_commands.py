@@ -186,6 +186,33 @@ async def test_factory_errors_are_reported() -> None:
         await resolve_target(f"{name}:broken")
 
 
+async def test_a_factory_runs_with_its_modules_app_connected() -> None:
+    # Issue 17: `repid run module:factory` failed with "no default connection" when the
+    # module defines one Repid app, although that app is a documented connection source.
+    import argparse
+
+    from repid import Queue
+    from repid.cli.session import close_opened, connect
+
+    router = router_with("made_by_factory", "made")
+    app = Repid(Connection(InMemoryMessageBroker()))
+
+    async def make() -> Router:
+        await Queue("made_by_factory").declare()  # needs the default connection
+        return router
+
+    name = make_module(app=app, router=router, make=make)
+    args = argparse.Namespace(target=f"{name}:make", broker=None, app=None)
+    try:
+        target, connection = await connect(args)
+        assert connection is app.connection
+        assert connection.is_open
+        assert target.routers == [router]
+        assert "made_by_factory" in app.connection.message_broker.queue_names()  # type: ignore[attr-defined]
+    finally:
+        await close_opened()
+
+
 def test_build_worker_applies_options_over_the_target_worker() -> None:
     connection = Connection(InMemoryMessageBroker())
     base = Worker(
