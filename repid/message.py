@@ -268,15 +268,26 @@ class MessageDependency(Message):
     is settled.
     """
 
-    __slots__ = ("_actor_task", "_callbacks", "_exception", "_result", "_result_set")
+    __slots__ = (
+        "_actor_task",
+        "_callbacks",
+        "_exception",
+        "_result",
+        "_result_set",
+        "worker_state",
+    )
 
     def __init__(
         self,
         delivery: Delivery,
         broker: MessageBrokerT,
         retry_policy: RetryPolicyT | None = None,
+        worker_state: Any = None,
     ) -> None:
         super().__init__(delivery, broker, retry_policy)
+        self.worker_state = worker_state
+        """What the worker's `lifespan` yielded (None without one): the way for `Depends`
+        functions to reach the worker's long-lived resources."""
         self._result: Any = None
         self._result_set = False
         self._exception: BaseException | None = None

@@ -67,7 +67,9 @@ class Processing(Settling):
             return
         message: MessageDependency | None = None
         if actor.message_params or actor.depends:
-            message = MessageDependency(delivery, self.broker, actor.retry_policy)
+            message = MessageDependency(
+                delivery, self.broker, actor.retry_policy, self.worker.state
+            )
             for name in actor.message_params:
                 kwargs[name] = message
             try:

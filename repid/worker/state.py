@@ -76,6 +76,9 @@ class WorkerSettings(Protocol):
     @property
     def settle_ends_actor(self) -> bool: ...
 
+    @property
+    def state(self) -> Any: ...
+
 
 class DrainedError(Exception):
     """Drain mode: no ready message is left."""

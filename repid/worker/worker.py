@@ -9,7 +9,7 @@ import math
 import signal
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from repid._redact import mask_urls
 from repid.errors import BrokerAuthenticationError, BrokerUnavailableError, ConfigurationError
@@ -74,6 +74,11 @@ class Worker(Router):
         settle_ends_actor: settling a `MessageDependency` from the actor (`ack()`, `nack()`,
             `reject()`, `retry()`, `reschedule()`) ends the actor there, as in repid 1.6.
             False lets the actor go on running after it (the decision stands).
+        lifespan: resources that live as long as each `run()`: a function taking the worker
+            and returning an async context manager (e.g. an `@asynccontextmanager` function),
+            entered after the broker is connected and before the first message, exited after
+            the last actor finished. What it yields is `worker.state` and
+            `MessageDependency.worker_state` (reachable from `Depends` functions).
     """
 
     def __init__(
@@ -93,6 +98,7 @@ class Worker(Router):
         prefetch: int | None = None,
         log_jobs: bool = False,
         settle_ends_actor: bool = True,
+        lifespan: Callable[[Worker], contextlib.AbstractAsyncContextManager[Any]] | None = None,
         _connection: Connection | None = None,
     ) -> None:
         super().__init__(defaults=router_defaults)
@@ -115,6 +121,14 @@ class Worker(Router):
         self.prefetch = tasks_limit if prefetch is None else max(prefetch, tasks_limit)
         self.log_jobs = log_jobs
         self.settle_ends_actor = settle_ends_actor
+        if lifespan is not None and not callable(lifespan):
+            raise ConfigurationError(
+                "lifespan must be a function taking the worker and returning an async context "
+                "manager (e.g. an @asynccontextmanager function)"
+            )
+        self.lifespan = lifespan
+        self.state: Any = None
+        """What `lifespan` yielded, while `run()` runs (None otherwise)."""
         self.graceful_shutdown_time = graceful_shutdown_time
         self.messages_limit = messages_limit
         self.tasks_limit = tasks_limit
@@ -184,6 +198,7 @@ class Worker(Router):
         # 1.6 did; the runner replaces these handlers with its own (no gap between the two) and
         # removes them when it ends.
         early = _install_handlers(loop, self.handle_signals, self.stop)
+        resources = contextlib.AsyncExitStack()  # the lifespan's
         try:
             try:
                 for actor in self.actors.values():  # fail at start-up, not on the first message
@@ -196,6 +211,8 @@ class Worker(Router):
                     await self._connect_patiently(connection)
                 if self.auto_declare:
                     await self.declare_all_queues()
+                if self.lifespan is not None:
+                    self.state = await resources.enter_async_context(self._lifespan_manager())
                 runner = Runner(self, connection, drain=drain)
                 self._runner = runner
                 if self._stop_requested:
@@ -203,17 +220,30 @@ class Worker(Router):
             except BaseException:
                 for sig in early:
                     loop.remove_signal_handler(sig)
+                self.state = None
+                await resources.aclose()
                 raise
             try:
                 await runner.run()
             finally:
                 self._stop_requested = False
+                self.state = None
+                await resources.aclose()  # the lifespan ends after the last actor
         except asyncio.CancelledError:
             logger.critical("Worker was cancelled.")
             raise
         if runner.crashed is not None:
             raise RuntimeError("a worker lane crashed (a bug in repid)") from runner.crashed
         return runner
+
+    def _lifespan_manager(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        assert self.lifespan is not None
+        manager = self.lifespan(self)
+        if not isinstance(manager, contextlib.AbstractAsyncContextManager):
+            raise ConfigurationError(
+                f"lifespan returned {type(manager).__name__}, not an async context manager"
+            )
+        return manager
 
     async def _connect_patiently(self, connection: Connection) -> None:
         """Connect, retrying with backoff while the broker is unreachable (`startup_timeout`);

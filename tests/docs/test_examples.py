@@ -152,6 +152,11 @@ EXPECTED: dict[str, list[str]] = {
         r"  attempt 1: ConnectionError: upstream 1 is down",
         r"  attempt 2: ConnectionError: upstream 1 is down",
     ],
+    "worker_lifespan.py": [
+        r"opening the pool",
+        r"hello user-7",
+        r"closing the pool, after the last actor",
+    ],
     "worker_control.py": [
         r"actors found: 1",
         r"running: in flight \{'resize': 1\}",
