@@ -10,6 +10,7 @@ the network brokers' envelope (see `repid.codec`).
 from __future__ import annotations
 
 import enum
+import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -151,12 +152,18 @@ class ResultProperties(NamedTuple):
 
 
 class DelayProperties(NamedTuple):
-    """Scheduling: a one-off `delay_until`, or recurrence by `defer_by` interval or `cron`."""
+    """Scheduling: a one-off `delay_until`, or recurrence by `defer_by` interval or `cron`.
+
+    `jitter` moves each run of a recurring job a random time in `[0, jitter)` past its tick;
+    `jitter_offset` is the move of the run now scheduled, so the schedule keeps its phase.
+    """
 
     delay_until: datetime | None = None
     defer_by: timedelta | None = None
     cron: str | None = None
     next_execution_time: datetime | None = None
+    jitter: timedelta | None = None
+    jitter_offset: float = 0.0
 
     @property
     def is_recurring(self) -> bool:
@@ -327,7 +334,7 @@ class Parameters(_ParametersFields):
         now = now or datetime.now(tz=UTC)
         return self._replace(
             retries=self._fresh_retries(),
-            delay=self.delay._replace(next_execution_time=next_tick(self.delay, now)),
+            delay=jittered(self.delay, next_tick(self.delay, now)),
             timer=TimerProperties(now, self.timer.ttl),
             dead_letter=None,
         )
@@ -361,6 +368,8 @@ class Parameters(_ParametersFields):
             or d.next_execution_time is not None
         ):
             out["d"] = [_ts(d.delay_until), _secs(d.defer_by), d.cron, _ts(d.next_execution_time)]
+            if d.jitter is not None:
+                out["d"] += [_secs(d.jitter), d.jitter_offset]
         if self.timer.ttl is not None:
             out["ttl"] = _secs(self.timer.ttl)
         if self.args_id is not None:
@@ -410,6 +419,15 @@ class Parameters(_ParametersFields):
             retries=RetriesProperties(int(retries[0]), int(retries[1])) if retries else _NO_RETRIES,
             result=ResultProperties(str(result[0]), _td(result[1])) if result else None,
             delay=DelayProperties(_dt(delay[0]), _td(delay[1]), delay[2], _dt(delay[3]))
+            if delay and len(delay) == 4
+            else DelayProperties(
+                _dt(delay[0]),
+                _td(delay[1]),
+                delay[2],
+                _dt(delay[3]),
+                _td(delay[4]),
+                float(delay[5]),
+            )
             if delay
             else _NO_DELAY,
             timer=TimerProperties(_dt(raw["ts"]) or datetime.now(tz=UTC), _td(raw.get("ttl"))),
@@ -435,12 +453,24 @@ def next_tick(delay: DelayProperties, now: datetime) -> datetime | None:
         if not step > 0:
             raise ValueError(f"deferred_by must be a positive interval, got {delay.defer_by}")
         previous = delay.next_execution_time or now
+        if delay.jitter_offset:  # the tick this run was moved from: the phase stays put
+            previous -= timedelta(seconds=delay.jitter_offset)
         elapsed = now.timestamp() - previous.timestamp()
         if elapsed < 0:
             return previous
         ticks = int(elapsed // step) + 1
         return previous + timedelta(seconds=ticks * step)
     return None
+
+
+def jittered(delay: DelayProperties, tick: datetime | None) -> DelayProperties:
+    """`delay` with its next run at `tick`, moved by a fresh random share of `delay.jitter`."""
+    if delay.jitter is None or tick is None:
+        return delay._replace(next_execution_time=tick, jitter_offset=0.0)
+    offset = random.random() * delay.jitter.total_seconds()
+    return delay._replace(
+        next_execution_time=tick + timedelta(seconds=offset), jitter_offset=offset
+    )
 
 
 @runtime_checkable

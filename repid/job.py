@@ -29,6 +29,7 @@ from repid.data import (
     RetriesProperties,
     RoutingKey,
     TimerProperties,
+    jittered,
     next_tick,
 )
 from repid.errors import BrokerError, ConfigurationError
@@ -60,6 +61,7 @@ _NO_DELAY = DelayProperties()
 
 _DURATION_NAMES = {
     "deferred_by": "Deferred_by",
+    "jitter": "Jitter",
     "timeout": "Execution timeout",
     "ttl": "TTL",
     "args_ttl": "Args_ttl",
@@ -107,6 +109,9 @@ class Job:
         deferred_until: do not run before this time.
         deferred_by: run every interval (recurring).
         cron: run on this cron schedule (recurring; needs `repid[cron]`).
+        jitter: a recurring job's runs each start a random time in `[0, jitter)` after their
+            tick, so many jobs on one schedule do not all start at the same second. The
+            schedule keeps its phase (an interval does not drift); shorter than `deferred_by`.
         retries: how many times a failed run is retried before the job is dead-lettered;
             default: the actor's `@router.actor(retries=...)`, else 0.
         timeout: maximum run time of one attempt; default: the actor's
@@ -141,6 +146,7 @@ class Job:
         "deferred_by",
         "deferred_until",
         "id_",
+        "jitter",
         "name",
         "priority",
         "queue",
@@ -174,6 +180,7 @@ class Job:
         result_ttl: timedelta | None = _ONE_DAY,
         store_result: bool | None = None,
         serializer: SerializerT | None = None,
+        jitter: timedelta | None = None,
         _connection: Connection | None = None,
     ) -> None:
         self._created = time.time()
@@ -201,6 +208,14 @@ class Job:
         self.deferred_until = deferred_until
         self.deferred_by = None if deferred_by is None else _duration(deferred_by, "deferred_by")
         self.cron = cron
+        self.jitter = None if jitter is None else _duration(jitter, "jitter")
+        if self.jitter is not None:
+            if self.deferred_by is None and cron is None:
+                raise ConfigurationError("jitter is for recurring jobs: set deferred_by or cron")
+            if self.deferred_by is not None and self.jitter >= self.deferred_by:
+                raise ConfigurationError(
+                    f"jitter ({self.jitter}) must be shorter than deferred_by ({self.deferred_by})"
+                )
         self._retries_set = retries is not None
         if retries is None:
             retries = 0
@@ -289,9 +304,11 @@ class Job:
         now = datetime.now(tz=UTC)
         delay = _NO_DELAY
         if self.deferred_until is not None or self.deferred_by is not None or self.cron is not None:
-            delay = DelayProperties(self.deferred_until, self.deferred_by, self.cron, None)
+            delay = DelayProperties(
+                self.deferred_until, self.deferred_by, self.cron, None, self.jitter
+            )
             if self.deferred_until is None:
-                delay = DelayProperties(None, self.deferred_by, self.cron, next_tick(delay, now))
+                delay = jittered(delay, next_tick(delay, now))
         result = None
         store = self.store_result
         if store is None:

@@ -297,3 +297,36 @@ async def test_args_bucket_round_trip(make_conn, new_queue):
 
     await run_to_limit(make_worker(conn, router, messages_limit=1))
     assert received == [args]
+
+
+async def test_jitter_moves_each_run_of_a_recurring_job_and_keeps_its_phase(conn, new_queue):
+    queue = await new_queue()
+    router = router_for(queue)
+    ran = asyncio.Event()
+    starts: list[float] = []
+
+    @router.actor
+    async def spread() -> None:
+        starts.append(time.time())
+        ran.set()
+
+    interval, jitter = timedelta(seconds=2), timedelta(seconds=1)
+    await job(conn, "spread", queue, deferred_by=interval, jitter=jitter).enqueue()
+    [first] = await browse(queue, MessageCategory.DELAYED)
+    delay = first.parameters.delay
+    assert delay.jitter == jitter  # kept by the broker
+    assert 0.0 <= delay.jitter_offset < 1.0
+    assert delay.next_execution_time is not None
+    tick = delay.next_execution_time.timestamp() - delay.jitter_offset
+
+    async with running(make_worker(conn, router)):
+        await wait(ran, "the first run of a jittered recurring job", timeout=6)
+    # the worker has stopped, so the run is settled: its next run is scheduled
+    [following] = await browse(queue, MessageCategory.DELAYED)
+    assert starts[0] >= delay.next_execution_time.timestamp() - 0.01, "ran before its moved time"
+    nxt = following.parameters.delay
+    assert nxt.jitter == jitter
+    assert 0.0 <= nxt.jitter_offset < 1.0
+    assert nxt.next_execution_time is not None
+    # the run is moved from the tick after the first one: the interval's phase did not drift
+    assert abs(nxt.next_execution_time.timestamp() - nxt.jitter_offset - (tick + 2.0)) < 0.01
