@@ -14,7 +14,13 @@ if TYPE_CHECKING:
     from repid.connection import Connection
     from repid.router import ActorData
 
-__all__ = ["OutcomeReport", "register_after_outcome", "run_after_outcome"]
+__all__ = [
+    "OutcomeReport",
+    "register_after_outcome",
+    "register_before_run",
+    "run_after_outcome",
+    "run_before_run",
+]
 
 logger = logging.getLogger("repid.worker")
 
@@ -46,12 +52,39 @@ def register_after_outcome(header: str, hook: AfterOutcome) -> None:
     _HOOKS[header] = hook
 
 
+BeforeRun = Callable[["Connection", "Delivery"], Awaitable[None]]
+
+_BEFORE: dict[str, BeforeRun] = {}
+
+
+def register_before_run(header: str, hook: BeforeRun) -> None:
+    """Call `hook(connection, delivery)` when a message carrying `header` starts running."""
+    _BEFORE[header] = hook
+
+
 def _hook_for(header: str) -> AfterOutcome | None:
     hook = _HOOKS.get(header)
     if hook is None and header in _BUILTIN:
         importlib.import_module(_BUILTIN.pop(header))
         hook = _HOOKS.get(header)
     return hook
+
+
+async def run_before_run(connection: Connection, delivery: Delivery) -> None:
+    """Run the before-run hooks the message's headers select; a raising hook is logged only."""
+    headers = delivery.parameters.headers
+    if not headers:
+        return
+    for header in headers:
+        if header not in _BEFORE and header not in _BUILTIN:
+            continue
+        try:
+            _hook_for(header)  # loads a builtin module, which registers both hooks
+            hook = _BEFORE.get(header)
+            if hook is not None:
+                await hook(connection, delivery)
+        except Exception:
+            logger.exception("before-run hook %r of message %s raised", header, delivery.key.id_)
 
 
 async def run_after_outcome(**report: Any) -> bool:

@@ -16,6 +16,7 @@ from repid.lifecycle import EventKind, Snooze
 from repid.message import ActorEnded, MessageDependency
 from repid.router import ActorData
 from repid.worker.execution import start_clock
+from repid.worker.hooks import run_before_run
 from repid.worker.settlement import Settling
 from repid.worker.state import Lane, logger
 
@@ -114,6 +115,8 @@ class Processing(Settling):
                 args=args,
                 kwargs=kwargs,
             )
+        if params.headers:
+            await run_before_run(self.connection, delivery)
         started = time.time_ns()
         if self._events.active:
             await self._event(EventKind.STARTED, delivery)

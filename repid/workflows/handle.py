@@ -162,7 +162,7 @@ class WorkflowHandle:
         for name, step in status.steps.items():
             if step.status in TERMINAL:
                 continue
-            if step.status == "queued":
+            if step.status in ("queued", "running"):
                 # a broker without cancellation: the step runs on and its outcome is ignored
                 with contextlib.suppress(BrokerError, NotImplementedError):
                     await cancel_job(

@@ -16,12 +16,13 @@ from repid.errors import ConfigurationError
 from repid.ids import new_id
 from repid.job import Job
 from repid.main import Repid
-from repid.worker.hooks import OutcomeReport, register_after_outcome
+from repid.worker.hooks import OutcomeReport, register_after_outcome, register_before_run
 from repid.workflows.events import WorkflowEvent, emit
 from repid.workflows.stores import store_for
 from repid.workflows.stores.base import StoredWorkflow, WorkflowStore
 
 if TYPE_CHECKING:
+    from repid.brokers.base import Delivery
     from repid.connection import Connection
     from repid.router import ActorData
 
@@ -125,8 +126,8 @@ async def _start_step(
     actors: Mapping[str, ActorData] | None,
 ) -> None:
     current = step_state(wf, step)["status"]
-    if current in TERMINAL or current == "waiting":
-        return
+    if current in TERMINAL or current in ("waiting", "running"):
+        return  # a redelivered parent does not start a child another worker already runs
     spec = doc["steps"][step]
     now = time.time()
     if spec["signal"] is not None:
@@ -286,4 +287,21 @@ async def _after_outcome(report: OutcomeReport) -> None:
     )
 
 
+async def _before_run(connection: Connection, delivery: Delivery) -> None:
+    """Mark the step `running` (one store write), so a parent's rerun does not enqueue it again."""
+    headers = delivery.parameters.headers or {}
+    wf_id, step = headers.get(WF_HEADER), headers.get(STEP_HEADER)
+    if wf_id is None or step is None:
+        return
+    try:
+        store = store_for(connection)
+    except ConfigurationError:
+        return
+    started = time.time()
+    await store.set_step(
+        wf_id, step, state("running", job_id=delivery.key.id_, started=started), False
+    )
+
+
 register_after_outcome(WF_HEADER, _after_outcome)
+register_before_run(WF_HEADER, _before_run)

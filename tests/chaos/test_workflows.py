@@ -1,9 +1,10 @@
 """C-WF: diamond workflows while worker processes are SIGKILLed at random: every workflow ends
 `succeeded`, no join completes twice, and duplicate step runs are bounded.
 
-The bound: a step caught in flight by a kill runs again (as in C1), and its rerun enqueues again
-those of its children (at most 2 in a diamond) that have not finished yet; a child already
-being run by another worker then runs a second time. So duplicates <= in flight x (1 + 2).
+The bound: a step caught in flight by a kill runs again (as in C1). Its rerun enqueues again
+only those of its children still `queued` (same job id); a child already marked `running` (the
+worker's before-run hook) or finished is left alone, so it does not run a second time. So
+duplicates <= in flight.
 Redis only here (RabbitMQ and Kafka need a Redis store in the worker processes)."""
 
 from __future__ import annotations
@@ -85,5 +86,5 @@ async def test_diamond_workflows_survive_random_sigkills(chaos: Chaos, tmp_path:
     assert states == Counter(succeeded=WORKFLOWS), (states, figures)
     assert figures["lost"] == 0, figures
     assert figures["joins_completed_twice"] == 0, figures
-    assert figures["duplicates"] <= 3 * figures["in_flight_at_kills"], figures
+    assert figures["duplicates"] <= figures["in_flight_at_kills"], figures
     assert not chaos.pool.crashes(), chaos.pool.crashes()

@@ -240,3 +240,30 @@ async def test_events_tell_the_workflow_and_each_step(conn, new_queue):
     assert kinds[-1] == ("workflow_finished", None)
     assert seen[-1].status == "succeeded"
     assert [k for k in kinds if k[0] == "workflow_finished"] == [("workflow_finished", None)]
+
+
+async def test_a_redelivered_parent_does_not_enqueue_a_running_child_again(conn, new_queue):
+    """A parent's rerun (killed after its hook, before the ack) completes it twice: a child
+    already running elsewhere is not enqueued again, a child still queued is."""
+    from repid.workflows import WorkflowEvent, on_workflow_event
+    from repid.workflows.progress import complete, state
+    from repid.workflows.stores import store_for
+
+    queue = await new_queue()
+    q = queue.name
+    seen: list[WorkflowEvent] = []
+    on_workflow_event(conn, seen.append)
+    wf = Workflow("rerun")
+    a = wf.step("add", args={"x": 1}, queue=q)
+    wf.step("total", after=[a], queue=q)
+    handle = await wf.enqueue(conn)
+    await complete(conn, handle.id_, "add", ok=True, output='{"x": 1}')
+    await complete(conn, handle.id_, "add", ok=True, output='{"x": 1}')  # still queued: again
+    queued = [e for e in seen if e.kind == "step_queued" and e.step == "total"]
+    assert len(queued) == 2
+    store = store_for(conn)
+    await store.set_step(handle.id_, "total", state("running", started=1.0), False)
+    await complete(conn, handle.id_, "add", ok=True, output='{"x": 1}')  # running: not again
+    queued = [e for e in seen if e.kind == "step_queued" and e.step == "total"]
+    assert len(queued) == 2
+    assert (await handle.status()).steps["total"].status == "running"
