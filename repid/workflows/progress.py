@@ -141,7 +141,9 @@ async def _start_step(
             await complete(conn, wf_id, step, ok=True, output=data, started=time.time_ns())
         return
     job_id = f"{wf_id}-{step}"
-    await store.set_step(wf_id, step, state("queued", job_id=job_id, queued=now), False)
+    queued = state("queued", job_id=job_id, queued=now)
+    if not await store.set_step(wf_id, step, queued, False, unless_running=True):
+        return  # it started on another worker since `wf` was read, or it is final already
     job = Job(
         spec["actor"],
         queue=spec["queue"],

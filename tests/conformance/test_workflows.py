@@ -267,3 +267,28 @@ async def test_a_redelivered_parent_does_not_enqueue_a_running_child_again(conn,
     queued = [e for e in seen if e.kind == "step_queued" and e.step == "total"]
     assert len(queued) == 2
     assert (await handle.status()).steps["total"].status == "running"
+
+
+async def test_a_queued_write_loses_to_a_running_step_in_the_store(conn, new_queue):
+    """The rerun's check and its write are one atomic store operation: a step that started
+    between the rerun's read and its write is not set back to queued (nor enqueued again)."""
+    from repid.workflows.progress import state
+    from repid.workflows.stores import store_for
+    from repid.workflows.stores.base import RUNNING_PREFIX
+
+    queue = await new_queue()
+    wf = Workflow("race")
+    a = wf.step("add", args={"x": 1}, queue=queue.name)
+    wf.step("total", after=[a], queue=queue.name)
+    handle = await wf.enqueue(conn)
+    store = store_for(conn)
+    running = state("running", started=1.0)
+    assert running.startswith(RUNNING_PREFIX)
+    queued = state("queued", job_id="j", queued=2.0)
+    assert await store.set_step(handle.id_, "total", queued, False, unless_running=True)
+    assert await store.set_step(handle.id_, "total", running, False)
+    assert not await store.set_step(handle.id_, "total", queued, False, unless_running=True)
+    assert (await handle.status()).steps["total"].status == "running"
+    assert await store.set_step(handle.id_, "total", state("succeeded"), True)
+    assert not await store.set_step(handle.id_, "total", running, False)
+    assert (await handle.status()).steps["total"].status == "succeeded"

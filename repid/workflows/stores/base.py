@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-__all__ = ["StoredWorkflow", "WorkflowStore"]
+__all__ = ["RUNNING_PREFIX", "StoredWorkflow", "WorkflowStore"]
+
+RUNNING_PREFIX = '{"status": "running"'
+"""How the JSON text of a running step's state begins (`progress.state` writes `status` first)."""
 
 
 @dataclass(slots=True)
@@ -29,9 +32,12 @@ class WorkflowStore(Protocol):
         """The workflow, or None when unknown or expired."""
         ...
 
-    async def set_step(self, wf_id: str, step: str, state: str, terminal: bool) -> bool:
+    async def set_step(
+        self, wf_id: str, step: str, state: str, terminal: bool, *, unless_running: bool = False
+    ) -> bool:
         """Write a step's state; a terminal state is written only by the first caller (True),
-        a non-terminal one only while no terminal state exists."""
+        a non-terminal one only while no terminal state exists, and with `unless_running` only
+        while the step is not recorded as running either (checked in the same atomic write)."""
         ...
 
     async def arrive(self, wf_id: str, child: str, parent: str) -> tuple[bool, int]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from repid.workflows.stores.base import StoredWorkflow
+from repid.workflows.stores.base import RUNNING_PREFIX, StoredWorkflow
 
 __all__ = ["MemoryStore"]
 
@@ -39,10 +39,14 @@ class MemoryStore:
                 return None
             return StoredWorkflow(wf.doc, wf.status, dict(wf.steps), dict(wf.signals))
 
-    async def set_step(self, wf_id: str, step: str, state: str, terminal: bool) -> bool:
+    async def set_step(
+        self, wf_id: str, step: str, state: str, terminal: bool, *, unless_running: bool = False
+    ) -> bool:
         with self._lock:
             wf = self._live(wf_id)
             if wf is None or self._terminal.get((wf_id, step)):
+                return False
+            if unless_running and wf.steps.get(step, "").startswith(RUNNING_PREFIX):
                 return False
             self._terminal[(wf_id, step)] = terminal
             wf.steps[step] = state

@@ -10,7 +10,7 @@ from typing import Any
 
 import nats.js.errors
 
-from repid.workflows.stores.base import StoredWorkflow
+from repid.workflows.stores.base import RUNNING_PREFIX, StoredWorkflow
 
 __all__ = ["NatsStore"]
 
@@ -74,9 +74,13 @@ class NatsStore:
             record["doc"], record["status"], dict(record["steps"]), dict(record["signals"])
         )
 
-    async def set_step(self, wf_id: str, step: str, state: str, terminal: bool) -> bool:
+    async def set_step(
+        self, wf_id: str, step: str, state: str, terminal: bool, *, unless_running: bool = False
+    ) -> bool:
         def change(record: dict[str, Any]) -> bool:
             if step in record["terminal"]:
+                return False
+            if unless_running and record["steps"].get(step, "").startswith(RUNNING_PREFIX):
                 return False
             if terminal:
                 record["terminal"].append(step)

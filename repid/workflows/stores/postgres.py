@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from repid.workflows.stores.base import StoredWorkflow
+from repid.workflows.stores.base import RUNNING_PREFIX, StoredWorkflow
 
 __all__ = ["PostgresStore"]
 
@@ -84,17 +84,22 @@ class PostgresStore:
             wf.signals[name] = data
         return wf
 
-    async def set_step(self, wf_id: str, step: str, state: str, terminal: bool) -> bool:
+    async def set_step(
+        self, wf_id: str, step: str, state: str, terminal: bool, *, unless_running: bool = False
+    ) -> bool:
         row = await self._call(
             "fetchval",
             f"INSERT INTO {self.steps} AS s (wf, step, state, terminal) "
             f"SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM {self.wfs} WHERE id = $1) "
             "ON CONFLICT (wf, step) DO UPDATE SET state = excluded.state, "
-            "terminal = excluded.terminal WHERE NOT s.terminal RETURNING 1",
+            "terminal = excluded.terminal WHERE NOT s.terminal "
+            "AND NOT ($5 AND starts_with(s.state, $6)) RETURNING 1",
             wf_id,
             step,
             state,
             terminal,
+            unless_running,
+            RUNNING_PREFIX,
         )
         return row is not None
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from repid.workflows.stores.base import StoredWorkflow
+from repid.workflows.stores.base import RUNNING_PREFIX, StoredWorkflow
 
 __all__ = ["RedisStore"]
 
@@ -13,6 +13,10 @@ __all__ = ["RedisStore"]
 _SET_STEP = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if redis.call('HEXISTS', KEYS[1], 't:' .. ARGV[1]) == 1 then return 0 end
+if ARGV[4] == '1' then
+  local current = redis.call('HGET', KEYS[1], 's:' .. ARGV[1])
+  if current and string.sub(current, 1, string.len(ARGV[5])) == ARGV[5] then return 0 end
+end
 if ARGV[3] == '1' then redis.call('HSET', KEYS[1], 't:' .. ARGV[1], '1') end
 redis.call('HSET', KEYS[1], 's:' .. ARGV[1], ARGV[2])
 return 1
@@ -78,9 +82,19 @@ class RedisStore:
                 wf.signals[name[2:]] = value
         return wf if wf.doc else None
 
-    async def set_step(self, wf_id: str, step: str, state: str, terminal: bool) -> bool:
+    async def set_step(
+        self, wf_id: str, step: str, state: str, terminal: bool, *, unless_running: bool = False
+    ) -> bool:
         done = await self.link.call(
-            "EVAL", _SET_STEP, 1, self._key(wf_id), step, state, "1" if terminal else "0"
+            "EVAL",
+            _SET_STEP,
+            1,
+            self._key(wf_id),
+            step,
+            state,
+            "1" if terminal else "0",
+            "1" if unless_running else "0",
+            RUNNING_PREFIX,
         )
         return bool(int(done))
 

@@ -7,7 +7,7 @@ import sqlite3
 import time
 from typing import Any
 
-from repid.workflows.stores.base import StoredWorkflow
+from repid.workflows.stores.base import RUNNING_PREFIX, StoredWorkflow
 
 __all__ = ["SqliteStore"]
 
@@ -81,14 +81,26 @@ class SqliteStore:
         result: StoredWorkflow | None = await self._run(op)
         return result
 
-    async def set_step(self, wf_id: str, step: str, state: str, terminal: bool) -> bool:
+    async def set_step(
+        self, wf_id: str, step: str, state: str, terminal: bool, *, unless_running: bool = False
+    ) -> bool:
         def op(conn: sqlite3.Connection) -> bool:
             cur = conn.execute(
                 "INSERT INTO repid_workflow_steps (wf, step, state, terminal) "
                 "SELECT ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM repid_workflows WHERE id = ?) "
                 "ON CONFLICT (wf, step) DO UPDATE SET state = excluded.state, "
-                "terminal = excluded.terminal WHERE repid_workflow_steps.terminal = 0",
-                (wf_id, step, state, int(terminal), wf_id),
+                "terminal = excluded.terminal WHERE repid_workflow_steps.terminal = 0 "
+                "AND NOT (? AND substr(repid_workflow_steps.state, 1, ?) = ?)",
+                (
+                    wf_id,
+                    step,
+                    state,
+                    int(terminal),
+                    wf_id,
+                    int(unless_running),
+                    len(RUNNING_PREFIX),
+                    RUNNING_PREFIX,
+                ),
             )
             return cur.rowcount > 0
 
