@@ -17,6 +17,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
+from repid.failures import (
+    DeadLetterInfo,
+    DeadLetterReason,
+    ErrorEntry,
+    decode_errors,
+    encode_errors,
+)
+
 __all__ = [
     "ArgsBucket",
     "BucketT",
@@ -55,24 +63,6 @@ class MessageCategory(enum.StrEnum):
     NORMAL = "normal"
     DELAYED = "delayed"
     DEAD = "dead"
-
-
-class DeadLetterReason(enum.StrEnum):
-    """Why a message ended in the dead part of its queue."""
-
-    DECODE_ERROR = "decode_error"
-    UNKNOWN_ACTOR = "unknown_actor"
-    VALIDATION_ERROR = "validation_error"
-    OUTPUT_VALIDATION_ERROR = "output_validation_error"
-    """The actor returned a value that does not fit its return annotation (`-> Out`)."""
-    EXCEPTION = "exception"
-    TIMEOUT = "timeout"
-    EXPIRED = "expired"
-    MANUAL = "manual"
-    SCHEDULE_ERROR = "schedule_error"
-    """The next run of a recurring job cannot be computed (bad cron, croniter missing, ...)."""
-    INTERNAL_ERROR = "internal_error"
-    """repid's own code failed while settling the message."""
 
 
 @runtime_checkable
@@ -181,39 +171,6 @@ class TimerProperties(NamedTuple):
         return self.ttl is not None and (self.timestamp + self.ttl).timestamp() < time.time()
 
 
-@dataclass(frozen=True, slots=True)
-class DeadLetterInfo:
-    """Why and when a message was dead-lettered, with the error that caused it."""
-
-    reason: str
-    error_type: str | None = None
-    error_message: str | None = None
-    traceback: str | None = None
-    attempts: int = 0
-    dead_at: float = field(default_factory=time.time)
-
-    def encode(self) -> dict[str, Any]:
-        return {
-            "reason": self.reason,
-            "error_type": self.error_type,
-            "error_message": self.error_message,
-            "traceback": self.traceback,
-            "attempts": self.attempts,
-            "dead_at": self.dead_at,
-        }
-
-    @classmethod
-    def decode(cls, raw: Mapping[str, Any]) -> DeadLetterInfo:
-        return cls(
-            reason=str(raw["reason"]),
-            error_type=raw.get("error_type"),
-            error_message=raw.get("error_message"),
-            traceback=raw.get("traceback"),
-            attempts=int(raw.get("attempts", 0)),
-            dead_at=float(raw.get("dead_at", 0.0)),
-        )
-
-
 _NO_DELAY = DelayProperties()
 DEFAULT_TIMEOUT = timedelta(minutes=10)
 """The default execution timeout (one shared object: the worker recognises it cheaply)."""
@@ -272,6 +229,8 @@ class _ParametersFields(NamedTuple):
     dead_letter: DeadLetterInfo | None = None
     headers: Mapping[str, str] | None = None
     """Free-form string headers (e.g. trace context)."""
+    errors: tuple[ErrorEntry, ...] = ()
+    """The failed attempts so far, oldest first (capped), carried from retry to retry."""
 
 
 class Parameters(_ParametersFields):
@@ -289,13 +248,12 @@ class Parameters(_ParametersFields):
         args_id: str | None = None,
         dead_letter: DeadLetterInfo | None = None,
         headers: Mapping[str, str] | None = None,
+        errors: tuple[ErrorEntry, ...] = (),
     ) -> Parameters:
         if timer is None:
             timer = TimerProperties(datetime.now(tz=UTC))
-        return tuple.__new__(
-            cls,
-            (execution_timeout, retries, result, delay, timer, args_id, dead_letter, headers),
-        )
+        fields = (execution_timeout, retries, result, delay, timer, args_id, dead_letter, headers)
+        return tuple.__new__(cls, (*fields, errors))
 
     @property
     def attempt(self) -> int:
@@ -314,13 +272,17 @@ class Parameters(_ParametersFields):
             return _NO_RETRIES
         return RetriesProperties(self.retries.max_amount, 0)
 
-    def for_retry(self, delay: timedelta) -> Parameters:
-        """Parameters of the next attempt: one more retry used, not before now + `delay`."""
+    def for_retry(
+        self, delay: timedelta, errors: tuple[ErrorEntry, ...] | None = None
+    ) -> Parameters:
+        """Parameters of the next attempt: one more retry used, not before now + `delay`, and
+        `errors` as the error history (default: unchanged)."""
         return self._replace(
             retries=RetriesProperties(self.retries.max_amount, self.retries.actual_amount + 1),
             delay=self.delay._replace(
                 next_execution_time=datetime.now(tz=UTC) + delay,
             ),
+            errors=self.errors if errors is None else errors,
         )
 
     def for_delay(self, delay: timedelta) -> Parameters:
@@ -337,10 +299,12 @@ class Parameters(_ParametersFields):
             delay=jittered(self.delay, next_tick(self.delay, now)),
             timer=TimerProperties(now, self.timer.ttl),
             dead_letter=None,
+            errors=(),
         )
 
     def for_dead_letter(self, info: DeadLetterInfo) -> Parameters:
-        return self._replace(dead_letter=info)
+        """The dead letter's parameters: `info` keeps the error history (not carried twice)."""
+        return self._replace(dead_letter=info, errors=())
 
     def for_requeue_from_dead(self) -> Parameters:
         """A dead letter sent back to work: fresh retries, no delay, no dead-letter details."""
@@ -349,6 +313,7 @@ class Parameters(_ParametersFields):
             delay=self.delay._replace(next_execution_time=None, delay_until=None),
             timer=TimerProperties(datetime.now(tz=UTC), self.timer.ttl),
             dead_letter=None,
+            errors=(),
         )
 
     def encode(self) -> dict[str, Any]:
@@ -378,6 +343,8 @@ class Parameters(_ParametersFields):
             out["dl"] = self.dead_letter.encode()
         if self.headers:
             out["h"] = dict(self.headers)
+        if self.errors:
+            out["e"] = encode_errors(self.errors)
         return out
 
     @classmethod
@@ -396,6 +363,7 @@ class Parameters(_ParametersFields):
                     None,
                     None,
                     None,
+                    (),
                 ),
             )
         retries = raw.get("r")
@@ -434,6 +402,7 @@ class Parameters(_ParametersFields):
             args_id=args_id,
             dead_letter=DeadLetterInfo.decode(dead_letter) if dead_letter else None,
             headers=headers,
+            errors=decode_errors(raw.get("e")),
         )
 
 
@@ -535,6 +504,8 @@ class ResultBucket:
     ttl: timedelta | None = None
     timestamp: float = field(default_factory=time.time)
     traceback: str | None = None
+    errors: tuple[ErrorEntry, ...] = ()
+    """A failure's error history: the job's last failed attempts, oldest first, this one last."""
 
     @property
     def value(self) -> Any:
@@ -565,20 +536,21 @@ class ResultBucket:
     def encode(self) -> str:
         from pydantic_core import to_json
 
-        return to_json(
-            {
-                "k": "result",
-                "traceback": self.traceback,
-                "data": self.data,
-                "success": self.success,
-                "started_when": self.started_when,
-                "finished_when": self.finished_when,
-                "exception": self.exception,
-                "exception_type": self.exception_type,
-                "ttl": _secs(self.ttl),
-                "ts": self.timestamp,
-            }
-        ).decode()
+        obj: dict[str, Any] = {
+            "k": "result",
+            "traceback": self.traceback,
+            "data": self.data,
+            "success": self.success,
+            "started_when": self.started_when,
+            "finished_when": self.finished_when,
+            "exception": self.exception,
+            "exception_type": self.exception_type,
+            "ttl": _secs(self.ttl),
+            "ts": self.timestamp,
+        }
+        if self.errors:
+            obj["errors"] = encode_errors(self.errors)
+        return to_json(obj).decode()
 
     @classmethod
     def decode(cls, raw: str | bytes) -> ResultBucket:
@@ -595,4 +567,5 @@ class ResultBucket:
             ttl=_td(obj.get("ttl")),
             timestamp=obj.get("ts", 0.0),
             traceback=obj.get("traceback"),
+            errors=decode_errors(obj.get("errors")),
         )

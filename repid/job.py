@@ -337,6 +337,7 @@ class Job:
                 None,
                 None,
                 headers,
+                (),
             ),
         )
         key: RoutingKey = tuple.__new__(
@@ -591,13 +592,13 @@ def _unwrap_result(bucket: Any) -> Any:
     error = JobCancelledError if bucket.exception_type == "JobCancelledError" else JobFailedError
     if bucket.traceback is not None:  # 1.6 layout: data = str(exception), traceback apart
         message = bucket.data or f"job failed ({bucket.exception_type})"
-        raise error(message, bucket.exception_type, bucket.traceback)
+        raise error(message, bucket.exception_type, bucket.traceback, bucket.errors)
     lines = (bucket.exception or "").strip().splitlines()
     message = lines[-1] if lines else f"job failed ({bucket.exception_type})"
     head, sep, rest = message.partition(": ")
     if sep and bucket.exception_type and head.rsplit(".", 1)[-1] == bucket.exception_type:
         message = rest  # "ValueError: card declined" -> "card declined"
-    raise error(message, bucket.exception_type, bucket.exception)
+    raise error(message, bucket.exception_type, bucket.exception, bucket.errors)
 
 
 def _validate_cron(cron: str) -> None:

@@ -19,6 +19,7 @@ from datetime import timedelta
 from typing import Any
 
 from repid.errors import ConfigurationError, RepidError
+from repid.failures import ErrorEntry
 
 __all__ = [
     "ActorLimiter",
@@ -54,12 +55,21 @@ class JobFailedError(RepidError):
     Attributes:
         exception_type: the name of the actor's exception class.
         details: the actor's traceback, as text.
+        errors: the job's error history: its last failed attempts, oldest first, the one that
+            ended it last (time, type, message, traceback, worker of each).
     """
 
-    def __init__(self, message: str, exception_type: str | None, details: str | None) -> None:
+    def __init__(
+        self,
+        message: str,
+        exception_type: str | None,
+        details: str | None,
+        errors: tuple[ErrorEntry, ...] = (),
+    ) -> None:
         super().__init__(message)
         self.exception_type = exception_type
         self.details = details
+        self.errors = errors
 
 
 class JobCancelledError(JobFailedError):

@@ -136,7 +136,7 @@ class Message:
         self._only_normal("nack")
         self._settle("nack")
         params = self._delivery.parameters
-        info = DeadLetterInfo(reason=reason, attempts=params.attempt)
+        info = DeadLetterInfo(reason=reason, attempts=params.attempt, errors=params.errors)
         try:
             await self._broker.nack(self._delivery, params.for_dead_letter(info))
         finally:

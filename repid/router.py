@@ -39,6 +39,8 @@ class RouterDefaults:
     """Retries of the actors' jobs that do not set `retries`."""
     priority: PrioritiesT | None = None
     """Priority of the actors' jobs that do not set one (applied by the producing process)."""
+    error_history: int | None = None
+    """Failed attempts the actors' messages keep (None: the worker's `error_history`)."""
 
 
 class ActorData:
@@ -48,6 +50,7 @@ class ActorData:
         "_handle",
         "converter",
         "depends",
+        "error_history",
         "fn",
         "is_async",
         "max_concurrency",
@@ -76,13 +79,17 @@ class ActorData:
         timeout: timedelta | None = None,
         retries: int | None = None,
         priority: PrioritiesT | None = None,
+        error_history: int | None = None,
     ) -> None:
         if timeout is not None and timeout < timedelta(seconds=1):
             raise ConfigurationError(f"actor {name!r}: timeout must be at least 1 second")
         if retries is not None and (not isinstance(retries, int) or retries < 0):
             raise ConfigurationError(f"actor {name!r}: retries must be an integer >= 0")
+        if error_history is not None and (not isinstance(error_history, int) or error_history < 0):
+            raise ConfigurationError(f"actor {name!r}: error_history must be an integer >= 0")
         self.timeout = timeout
         self.retries = retries
+        self.error_history = error_history
         self.priority = None if priority is None else PrioritiesT(priority)
         if max_concurrency is not None and max_concurrency < 1:
             raise ConfigurationError(f"actor {name!r}: max_concurrency must be >= 1")
@@ -162,6 +169,7 @@ class Router:
         timeout: timedelta | None = None,
         retries: int | None = None,
         priority: PrioritiesT | None = None,
+        error_history: int | None = None,
     ) -> Callable[[Callable[P, R]], ActorFunction[P, R]]: ...
 
     def actor(
@@ -179,6 +187,7 @@ class Router:
         timeout: timedelta | None = None,
         retries: int | None = None,
         priority: PrioritiesT | None = None,
+        error_history: int | None = None,
     ) -> Any:
         """Register a function as an actor; returns the same function, with its handle attached.
 
@@ -205,6 +214,9 @@ class Router:
             priority: priority of the actor's jobs whose `Job` does not pass `priority`. It is
                 chosen at `enqueue()`, so it applies where the producing process has this
                 actor registered (imported); elsewhere such a job is `MEDIUM`.
+            error_history: failed attempts its messages keep (errors carried from retry to
+                retry onto the dead letter and the failed result); default: the worker's
+                `error_history`. 0 keeps none.
         """
 
         def register(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -227,6 +239,9 @@ class Router:
                 timeout=self.defaults.timeout if timeout is None else timeout,
                 retries=self.defaults.retries if retries is None else retries,
                 priority=self.defaults.priority if priority is None else priority,
+                error_history=(
+                    self.defaults.error_history if error_history is None else error_history
+                ),
             )
             self.actors[actor_name] = actor_data
             attach(function, actor_data.handle)

@@ -102,12 +102,15 @@ async def command_dead(args: argparse.Namespace) -> int:
         letters = await list_dead(connection, args.queue, which=which)
         history = await _histories(connection, [letter.id_ for letter in letters], args.errors)
         for letter in letters:
-            errors = history.get(letter.id_, [])
+            errors = history.get(letter.id_) or (
+                [asdict(entry) for entry in letter.errors] if args.errors else []
+            )
             when = datetime.fromtimestamp(letter.dead_at, UTC).isoformat(timespec="seconds")
             error = one_line(letter.error)
             if args.json:
                 extra = {"errors": errors} if args.errors else {}
-                print(json.dumps({**asdict(letter), "dead_at": when, "error": error, **extra}))
+                fields = {k: v for k, v in asdict(letter).items() if k != "errors"}
+                print(json.dumps({**fields, "dead_at": when, "error": error, **extra}))
                 continue
             print(
                 f"{letter.id_}  {letter.actor}  {letter.reason}  attempts={letter.attempts}  "

@@ -22,6 +22,7 @@ from repid.connection import Connection
 from repid.converter import ArgumentsError
 from repid.data import MessageCategory, PrioritiesT
 from repid.errors import QueueNotDeclaredError
+from repid.failures import ErrorEntry
 from repid.job import Job
 from repid.message import Message
 from repid.queue import Queue, validate_name
@@ -64,6 +65,8 @@ class DeadLetter:
     error: str
     attempts: int
     dead_at: float
+    errors: tuple[ErrorEntry, ...] = ()
+    """The error history the dead letter carries (`Worker(error_history=...)`)."""
 
 
 class Progress:
@@ -212,6 +215,7 @@ async def list_dead(
                 error=error,
                 attempts=info.attempts if info is not None else message.parameters.attempt,
                 dead_at=info.dead_at if info is not None else 0.0,
+                errors=info.errors if info is not None else (),
             )
         )
         if limit is not None and len(out) >= limit:

@@ -9,6 +9,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from repid.failures import ErrorEntry, capped
 from repid.lifecycle import EventKind, JobEvent
 
 __all__ = ["ErrorEntry", "JobRecord", "JobStatus", "apply_event"]
@@ -34,19 +35,6 @@ class JobStatus(enum.StrEnum):
 
 
 _FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.DEAD, JobStatus.CANCELLED})
-
-
-@dataclass(frozen=True, slots=True)
-class ErrorEntry:
-    """One failed attempt: when (epoch seconds), the exception's type and message, its traceback
-    (cut to fit the record's byte bound) and the worker it ran on."""
-
-    at: float
-    attempt: int
-    type: str | None
-    message: str | None
-    traceback: str | None = None
-    worker: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,39 +87,6 @@ class JobRecord:
         return cls(**obj, errors=errors)
 
 
-def _capped(
-    errors: tuple[ErrorEntry, ...], entry: ErrorEntry, keep: int, max_bytes: int
-) -> tuple[ErrorEntry, ...]:
-    """`errors + (entry,)`, keeping the last `keep` and at most `max_bytes` of text in all."""
-    if keep <= 0:
-        return ()
-    kept = [*errors, entry][-keep:]
-    per_entry = max(256, max_bytes // len(kept) - 512)  # 512: the JSON around the texts
-
-    def cut(text: str | None, limit: int) -> str | None:
-        """`text` in at most `limit` bytes: its start and its end, `…` between them."""
-        data = None if text is None else text.encode()
-        if data is None or len(data) <= limit:
-            return text
-        half = max(0, limit // 2 - 3)
-        head = data[:half].decode(errors="ignore")
-        return head + "…" + data[len(data) - half :].decode(errors="ignore")
-
-    out: list[ErrorEntry] = []
-    for item in kept:
-        message = cut(item.message, per_entry // 4)
-        used = len((message or "").encode()) + len((item.type or "").encode())
-        out.append(replace(item, message=message, traceback=cut(item.traceback, per_entry - used)))
-    total = sum(map(_size, out))
-    while len(out) > 1 and total > max_bytes:
-        total -= _size(out.pop(0))
-    return tuple(out)
-
-
-def _size(entry: ErrorEntry) -> int:
-    return len(json.dumps(asdict(entry), ensure_ascii=False).encode())
-
-
 def apply_event(
     record: JobRecord | None,
     event: JobEvent,
@@ -179,7 +134,7 @@ def apply_event(
             changes |= {
                 "status": JobStatus.FAILED,
                 "finished_at": at,
-                "errors": _capped(record.errors, entry, error_history, error_bytes),
+                "errors": capped(record.errors, entry, error_history, error_bytes),
             }
         case EventKind.RETRIED | EventKind.SNOOZED:
             delayed = event.due is not None and event.due > at
@@ -196,7 +151,7 @@ def apply_event(
                 entry = ErrorEntry(
                     at, event.attempt, event.error_type, event.error, event.traceback, event.worker
                 )
-                changes["errors"] = _capped(record.errors, entry, error_history, error_bytes)
+                changes["errors"] = capped(record.errors, entry, error_history, error_bytes)
         case EventKind.CANCELLED:
             changes |= {"status": JobStatus.CANCELLED, "finished_at": at}
     return replace(record, **changes)

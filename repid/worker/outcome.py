@@ -13,6 +13,13 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Literal
 
 from repid.data import _NO_RETRIES, DeadLetterInfo, DeadLetterReason, Parameters, RetriesProperties
+from repid.failures import (
+    DEFAULT_ERROR_BYTES,
+    DEFAULT_ERROR_HISTORY,
+    ErrorEntry,
+    capped,
+    error_entry,
+)
 from repid.retry_policy import retry_delay
 
 if TYPE_CHECKING:
@@ -25,6 +32,7 @@ __all__ = [
     "Broken",
     "Cancelled",
     "DeadLetter",
+    "ErrorHistory",
     "Failed",
     "Leave",
     "Outcome",
@@ -38,6 +46,37 @@ __all__ = [
     "Unrecorded",
     "decide",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorHistory:
+    """How much of its failures a message keeps: the last `keep` failed attempts in at most
+    `max_bytes` of text (`Worker(error_history=, error_bytes=)`; an actor's `error_history`
+    wins), each naming `worker`."""
+
+    keep: int = DEFAULT_ERROR_HISTORY
+    max_bytes: int = DEFAULT_ERROR_BYTES
+    worker: str | None = None
+
+    def after(
+        self,
+        params: Parameters,
+        actor: ActorData | None,
+        error: BaseException | None,
+        message: str | None = None,
+    ) -> tuple[ErrorEntry, ...]:
+        """The message's history once the attempt of `params` failed with `error`."""
+        keep = self.keep if actor is None or actor.error_history is None else actor.error_history
+        if keep <= 0:
+            return ()
+        entry = error_entry(
+            error, params.attempt, self.worker, message=message, limit=self.max_bytes
+        )
+        return capped(params.errors, entry, keep, self.max_bytes)
+
+
+NO_HISTORY = ErrorHistory(keep=0)
+
 
 # -- how a run ended ---------------------------------------------------------------------------
 
@@ -147,6 +186,7 @@ def decide(
     outcome: Outcome,
     *,
     now: datetime | None = None,
+    history: ErrorHistory = NO_HISTORY,
 ) -> Settlement:
     """The settlement of `delivery` after `outcome` (`actor`: None when no actor ran it).
 
@@ -159,6 +199,8 @@ def decide(
     - a schedule whose next tick cannot be computed (bad cron, croniter missing, an interval
       <= 0): a dead letter with reason `schedule_error`, never an endless redelivery.
     The actor's own settlement (`MessageDependency.ack()`, ...) always wins: `Leave`.
+    A failed attempt adds its error to the message's history (`history`), which the retry
+    carries and the dead letter keeps.
     """
     params = delivery.parameters
     if actor is not None and actor.retries is not None and params.retries is _NO_RETRIES:
@@ -174,11 +216,12 @@ def decide(
         case Failed(error=error, reason=reason, decision=decision):
             if decision is not None and decision.settled:
                 return Leave()
+            errors = history.after(params, actor, error)
             if actor is not None and params.retries.left > 0:
-                return _retry(params, actor, error)
+                return _retry(params, actor, errors)
             if params.delay.is_recurring:
                 return _next_tick(params, now)
-            return dead_letter(params, reason, error)
+            return dead_letter(params, reason, error, errors=errors)
         case Snoozed(delay=delay):
             return Requeue(params.for_delay(delay), "snooze")
         case Cancelled():
@@ -186,9 +229,11 @@ def decide(
         case ShutDown() | Unrecorded():
             return Reject()
         case Refused(reason=reason, detail=detail, error=error):
-            return dead_letter(params, reason, error, detail)
+            errors = history.after(params, actor, error, detail)
+            return dead_letter(params, reason, error, detail, errors)
         case Broken(error=error):
-            return dead_letter(params, DeadLetterReason.INTERNAL_ERROR, error)
+            errors = history.after(params, actor, error)
+            return dead_letter(params, DeadLetterReason.INTERNAL_ERROR, error, errors=errors)
     raise AssertionError(f"unknown outcome {outcome!r}")  # pragma: no cover
 
 
@@ -197,24 +242,27 @@ def dead_letter(
     reason: DeadLetterReason,
     error: BaseException | None = None,
     detail: str | None = None,
+    errors: tuple[ErrorEntry, ...] = (),
 ) -> DeadLetter:
-    """A dead letter for `reason`, keeping the error's type, message and traceback."""
+    """A dead letter for `reason`, keeping the error's type, message and traceback, and the
+    message's error history `errors`."""
     info = DeadLetterInfo(
         reason=reason.value,
         error_type=type(error).__name__ if error is not None else None,
         error_message=detail if detail is not None else (str(error) if error else None),
         traceback="".join(traceback.format_exception(error)) if error is not None else None,
         attempts=params.attempt,
+        errors=errors,
     )
     return DeadLetter(params.for_dead_letter(info), info, error)
 
 
-def _retry(params: Parameters, actor: ActorData, error: BaseException) -> Requeue:
+def _retry(params: Parameters, actor: ActorData, errors: tuple[ErrorEntry, ...]) -> Requeue:
     try:
         delay = retry_delay(actor.retry_policy, params.retries.actual_amount + 1)
     except Exception as exc:
-        return Requeue(params.for_retry(timedelta(0)), "retry", exc)
-    return Requeue(params.for_retry(delay), "retry")
+        return Requeue(params.for_retry(timedelta(0), errors), "retry", exc)
+    return Requeue(params.for_retry(delay, errors), "retry")
 
 
 def _next_tick(params: Parameters, now: datetime | None) -> Requeue | DeadLetter:

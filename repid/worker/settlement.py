@@ -63,7 +63,7 @@ class Settling(Execution):
         self, delivery: Delivery, actor: ActorData | None, outcome: Outcome
     ) -> Settlement:
         """Decide the settlement of `outcome` and apply it."""
-        settlement = decide(delivery, actor, outcome)
+        settlement = decide(delivery, actor, outcome, history=self.history)
         await self._apply(delivery, settlement)
         return settlement
 
@@ -105,8 +105,9 @@ class Settling(Execution):
         if id(delivery) in self._settled:
             return
         try:
+            errors = self.history.after(delivery.parameters, None, error)
             settlement: Settlement = dead_letter(
-                delivery.parameters, DeadLetterReason.INTERNAL_ERROR, error
+                delivery.parameters, DeadLetterReason.INTERNAL_ERROR, error, errors=errors
             )
             await self._apply(delivery, settlement)
         except Exception:
@@ -278,7 +279,7 @@ class Settling(Execution):
         if self._events.active:
             await self._event(EventKind.FAILED, delivery, started or None, exc)
         decision = _decision(message)
-        settlement = decide(delivery, actor, Failed(exc, reason, decision))
+        settlement = decide(delivery, actor, Failed(exc, reason, decision), history=self.history)
         if isinstance(settlement, Leave):
             logger.warning(
                 "actor %s raised after settling message %s itself: %s",
@@ -309,6 +310,9 @@ class Settling(Execution):
                 exception=type(exc).__name__,
                 exception_type=type(exc).__name__,
                 traceback="".join(traceback.format_exception(exc)),
+                errors=settlement.info.errors
+                if isinstance(settlement, DeadLetter)
+                else self.history.after(params, actor, exc),
             )
             try:
                 await self._store_result(delivery, failure)

@@ -25,9 +25,11 @@ from repid.brokers.base import (
     cancellation_of,
     worker_registry_of,
 )
+from repid.failures import DEFAULT_ERROR_BYTES, DEFAULT_ERROR_HISTORY
 from repid.ids import new_id
 from repid.lifecycle import ActorLimiter, EventKind, JobCancelledError, JobEvent
 from repid.router import ActorData
+from repid.worker.outcome import ErrorHistory
 
 if TYPE_CHECKING:
     import signal
@@ -142,6 +144,12 @@ class RunnerState:
         self.crashed: BaseException | None = None
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{new_id()[:8]}"
         """This run's id, as in the worker registry and job records (`host:pid:random`)."""
+        self.history = ErrorHistory(
+            getattr(worker, "error_history", DEFAULT_ERROR_HISTORY),
+            getattr(worker, "error_bytes", DEFAULT_ERROR_BYTES),
+            self.worker_id,
+        )
+        """How much of its failures each message keeps (`Worker(error_history=...)`)."""
         limit = worker.messages_limit
         self._tickets: int | None = None if math.isinf(limit) else math.ceil(limit)
         self._limit = self._tickets

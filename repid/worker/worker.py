@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from repid._redact import mask_urls
 from repid.errors import BrokerAuthenticationError, BrokerUnavailableError, ConfigurationError
+from repid.failures import DEFAULT_ERROR_BYTES, DEFAULT_ERROR_HISTORY
 from repid.lifecycle import HEARTBEAT_INTERVAL
 from repid.router import Router, RouterDefaults
 from repid.worker.runner import Runner
@@ -79,6 +80,11 @@ class Worker(Router):
             entered after the broker is connected and before the first message, exited after
             the last actor finished. What it yields is `worker.state` and
             `MessageDependency.worker_state` (reachable from `Depends` functions).
+        error_history: failed attempts each message keeps (time, type, message, traceback and
+            worker of each), carried from retry to retry onto its dead letter and its failed
+            result; an actor's `error_history` wins. 0 keeps none.
+        error_bytes: bytes of error text a message carries at most (tracebacks are cut in
+            the middle to fit; the oldest entries go first).
     """
 
     def __init__(
@@ -99,6 +105,8 @@ class Worker(Router):
         log_jobs: bool = False,
         settle_ends_actor: bool = True,
         lifespan: Callable[[Worker], contextlib.AbstractAsyncContextManager[Any]] | None = None,
+        error_history: int = DEFAULT_ERROR_HISTORY,
+        error_bytes: int = DEFAULT_ERROR_BYTES,
         _connection: Connection | None = None,
     ) -> None:
         super().__init__(defaults=router_defaults)
@@ -120,6 +128,12 @@ class Worker(Router):
             raise ConfigurationError("prefetch must be >= 1")
         self.prefetch = tasks_limit if prefetch is None else max(prefetch, tasks_limit)
         self.log_jobs = log_jobs
+        if error_history < 0:
+            raise ConfigurationError("error_history must be >= 0")
+        if error_bytes < 1024:
+            raise ConfigurationError("error_bytes must be >= 1024")
+        self.error_history = error_history
+        self.error_bytes = error_bytes
         self.settle_ends_actor = settle_ends_actor
         if lifespan is not None and not callable(lifespan):
             raise ConfigurationError(
