@@ -2,7 +2,8 @@
 
 `main(argv)` is the console script (`repid.cli.app`). Each subcommand lives in its own module
 (`run`, `describe`, `queues`, `dead`, `enqueue`), a thin layer over `repid.cli.operations`,
-`repid.cli.supervisor` or `repid.asyncapi`; `options` and `session` hold what they share.
+`repid.cli.supervisor` or `repid.asyncapi`; `options` and `session` hold what they share, and
+`combine` merges the several targets and scanned packages of `repid run`.
 
 To add a subcommand: write `repid/cli/<name>.py` with `add_parser(subparsers)`, which adds its
 parser(s) and binds each to a handler with `parser.set_defaults(handler=...)`, and append the

@@ -99,9 +99,18 @@ def add_target(parser: argparse.ArgumentParser) -> None:
 
 
 def target_from_app(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Make `-A/--app` the target when a command takes one and no positional TARGET was given."""
-    if "target" not in args or args.target is not None:
+    """Make `-A/--app` the target when a command takes one and no positional TARGET was given
+    (for `run`, nor `--scan`: the scanned packages are the targets, `--app` the connection)."""
+    if "target" not in args or args.target not in (None, []):
+        return
+    if getattr(args, "scan", None):  # `run --scan PACKAGE`: the targets; --app the connection
         return
     if not getattr(args, "app", None):
-        parser.error(f"{args.command}: the app is required: -A/--app MODULE:ATTR (or TARGET)")
-    args.target, args.app = args.app, None
+        alternatives = "TARGET, or --scan PACKAGE" if "scan" in args else "TARGET"
+        parser.error(
+            f"{args.command}: the app is required: -A/--app MODULE:ATTR (or {alternatives})"
+        )
+    if isinstance(args.target, list):  # `run` takes several targets
+        args.target, args.app = [args.app], None
+    else:
+        args.target, args.app = args.app, None

@@ -14,17 +14,18 @@ from typing import Any
 
 from repid._redact import mask_urls
 from repid._version import __version__
+from repid.cli.combine import check_targets, connect_targets
 from repid.cli.options import (
+    TARGET_HELP,
     URL_ENV,
     add_connection_options,
-    add_target,
     non_negative_float,
     positive_int,
     queue_list,
 )
-from repid.cli.session import actors_of, connect
+from repid.cli.session import actors_of
 from repid.cli.supervisor import SUPERVISOR_PID_ENV, Supervisor
-from repid.cli.target import CLIError, Target, connection_from_url, import_object, load_app
+from repid.cli.target import CLIError, Target, connection_from_url, load_app
 from repid.connection import Connection
 from repid.errors import BrokerAuthenticationError, BrokerUnavailableError
 from repid.router import Router
@@ -44,9 +45,25 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "run",
         help="run a worker",
         description="Run a worker for the actors of TARGET until SIGTERM/SIGINT "
-        "(or, with --burst, until its queues are drained).",
+        "(or, with --burst, until its queues are drained). Several targets, packages "
+        "(PACKAGE/ or --scan PACKAGE: every module imported, every module-level Router "
+        "collected) or both run in one worker, on the one connection they agree on.",
     )
-    add_target(run)
+    run.add_argument(
+        "target",
+        metavar="TARGET",
+        nargs="*",
+        help=TARGET_HELP + "; or a package (name or directory, PACKAGE/) to scan; give several "
+        "to run them together (or give one as -A/--app)",
+    )
+    run.add_argument(
+        "--scan",
+        action="append",
+        metavar="PACKAGE",
+        help="import every module of PACKAGE (a dotted name or a directory) and run the actors "
+        "of every Router defined at their top level; repeatable. With --scan and no TARGET, "
+        "-A/--app names the Repid app whose connection to use",
+    )
     run.add_argument("--concurrency", type=positive_int, help="actors running at once, per process")
     run.add_argument("--queues", type=queue_list, metavar="A,B", help="only consume these queues")
     run.add_argument("--burst", action="store_true", help="process the ready messages, then exit")
@@ -184,7 +201,8 @@ async def _watch_supervisor(worker: Worker, supervisor_pid: int) -> None:
 async def _connect_patiently(
     args: argparse.Namespace, signals: _StopSignals
 ) -> tuple[Target, Connection] | None:
-    """`connect`, retried with backoff while the broker is unreachable, for `--startup-timeout`.
+    """`connect_targets`, retried with backoff while the broker is unreachable, for
+    `--startup-timeout`.
 
     A worker started before its broker (a deploy, a host reboot) waits for it instead of
     exiting; None when a stop signal arrives while it waits.
@@ -194,7 +212,7 @@ async def _connect_patiently(
     pause = 0.25
     while True:
         try:
-            return await connect(args)
+            return await connect_targets(args)
         except BrokerAuthenticationError:
             raise  # a refused login does not heal by waiting: one line, at once
         except BrokerUnavailableError as exc:
@@ -278,7 +296,10 @@ async def _run_in_process(args: argparse.Namespace, signals: _StopSignals) -> in
 def child_command(args: argparse.Namespace) -> list[str]:
     """The command line of a supervised child: the same options, no URL (see `child_env`)."""
     command = [sys.executable, "-m", "repid.cli", "--log-level", args.log_level]
-    command += ["run", args.target, "--supervised"]
+    targets = [args.target] if isinstance(args.target, str) else list(args.target)
+    command += ["run", *targets, "--supervised"]
+    for package in getattr(args, "scan", None) or []:
+        command += ["--scan", package]
     if args.concurrency is not None:
         command += ["--concurrency", str(args.concurrency)]
     if args.queues:
@@ -315,11 +336,11 @@ def command_run(args: argparse.Namespace) -> int:
     if args.reload and not args.supervised:
         from repid.cli.reload import run_reloading
 
-        import_object(args.target)  # fail here, once, rather than on every restart
+        check_targets(args, explicit=bool(args.app or args.broker))  # once, not per restart
         return run_reloading(child_command(args), env=child_env(args))
     supervise = not args.supervised and (args.processes > 1 or args.max_jobs_per_child)
     if supervise:
-        import_object(args.target)  # fail here, once, rather than in every child
+        check_targets(args, explicit=bool(args.app or args.broker))  # once, not per child
         if args.app:
             load_app(args.app)
         if args.broker:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import ModuleType
 
 from repid.cli.target import (
@@ -19,7 +19,14 @@ from repid.connection import Connection
 from repid.main import Repid
 from repid.router import ActorData, Router
 
-__all__ = ["actors_of", "close_opened", "connect", "explicit_connection", "open_connection"]
+__all__ = [
+    "actors_of",
+    "close_opened",
+    "connect",
+    "explicit_connection",
+    "open_connection",
+    "open_explicit",
+]
 
 _OPENED: list[Connection] = []
 """Connections a one-shot command opened; closed when it ends (see `close_opened`)."""
@@ -36,8 +43,11 @@ def explicit_connection(args: argparse.Namespace) -> Connection | None:
     return None
 
 
-async def connect(args: argparse.Namespace) -> tuple[Target, Connection]:
-    """Resolve `args.target` and open its connection (the explicit one when given)."""
+async def open_explicit(
+    args: argparse.Namespace,
+) -> tuple[Connection | None, Callable[[ModuleType], Awaitable[None]]]:
+    """Open the `--app`/`--broker` connection, if any, and make it the default; with it, the
+    hook to run before a factory target is called (see `resolve_target`)."""
     explicit = explicit_connection(args)
     if explicit is not None:  # a factory target may enqueue: give it the connection
         await open_connection(explicit)
@@ -51,6 +61,12 @@ async def connect(args: argparse.Namespace) -> tuple[Target, Connection]:
             await open_connection(app.connection)
             Repid.set_magic_connection(app.connection)
 
+    return explicit, open_module_app
+
+
+async def connect(args: argparse.Namespace) -> tuple[Target, Connection]:
+    """Resolve `args.target` and open its connection (the explicit one when given)."""
+    explicit, open_module_app = await open_explicit(args)
     module, target = await resolve_target(args.target, open_module_app)
     connection = resolve_connection(module, target, explicit=explicit)
     await open_connection(connection)

@@ -26,18 +26,22 @@ from repid.router import Router
 from repid.worker import Worker
 
 __all__ = [
+    "DEFAULT_ATTRS",
     "CLIError",
     "Target",
     "connection_from_url",
+    "import_module",
     "import_object",
     "kafka_options",
     "load_app",
     "module_app",
+    "module_routers",
     "resolve_connection",
     "resolve_target",
+    "target_of",
 ]
 
-_DEFAULT_ATTRS = ("worker", "router", "routers", "app")
+DEFAULT_ATTRS = ("worker", "router", "routers", "app")
 """Attributes looked up, in order, when a target names only a module."""
 
 _NETWORK_SCHEMES = {
@@ -66,25 +70,13 @@ def import_object(spec: str) -> tuple[ModuleType, Any]:
     module_name, _, attr = spec.partition(":")
     if not module_name or (":" in spec and not attr):
         raise CLIError(f"invalid target {spec!r}: expected 'module:attribute'")
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and module_name.startswith(exc.name):
-            raise CLIError(
-                f"cannot import {module_name!r}: no module named {exc.name!r}"
-                + _close_module(exc.name)
-            ) from exc
-        raise CLIError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
-    except Exception as exc:
-        raise CLIError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
+    module = import_module(module_name)
     if not attr:
-        for candidate in _DEFAULT_ATTRS:
+        for candidate in DEFAULT_ATTRS:
             if hasattr(module, candidate):
                 return module, getattr(module, candidate)
         raise CLIError(
-            f"module {module_name!r} has none of {', '.join(_DEFAULT_ATTRS)}; "
+            f"module {module_name!r} has none of {', '.join(DEFAULT_ATTRS)}; "
             "name the object: 'module:attribute'"
         )
     obj: Any = module
@@ -102,6 +94,28 @@ def import_object(spec: str) -> tuple[ModuleType, Any]:
             raise CLIError(f"module {module_name!r} has no attribute {attr!r}{hint}") from None
         done.append(part)
     return module, obj
+
+
+def import_module(module_name: str) -> ModuleType:
+    """Import `module_name` with the current directory importable (as with `python -m`).
+
+    Raises:
+        CLIError: the module (or a module it imports) is missing, or importing it raised; the
+            message names the module and the exception.
+    """
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and module_name.startswith(exc.name):
+            raise CLIError(
+                f"cannot import {module_name!r}: no module named {exc.name!r}"
+                + _close_module(exc.name)
+            ) from exc
+        raise CLIError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        raise CLIError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
 
 
 def _close_module(missing: str) -> str:
@@ -313,7 +327,7 @@ class Target:
     """A connection the target carries itself (a Repid app, a Worker built with one)."""
 
 
-def _module_routers(module: ModuleType) -> list[Router]:
+def module_routers(module: ModuleType) -> list[Router]:
     found: list[Router] = []
     for value in vars(module).values():
         if isinstance(value, Router) and not any(value is seen for seen in found):
@@ -356,20 +370,25 @@ async def resolve_target(
             raise
         except Exception as exc:
             raise CLIError(f"factory {spec!r} raised {type(exc).__name__}: {exc}") from exc
+    return module, target_of(spec, module, obj)
+
+
+def target_of(spec: str, module: ModuleType, obj: Any) -> Target:
+    """What `obj` (found by `spec` in `module`, a factory already called) stands for."""
     if isinstance(obj, Worker):
-        return module, Target([obj], obj, obj.bound_connection)
+        return Target([obj], obj, obj.bound_connection)
     if isinstance(obj, Router):
-        return module, Target([obj], None, None)
+        return Target([obj], None, None)
     if isinstance(obj, list | tuple) and obj and all(isinstance(r, Router) for r in obj):
-        return module, Target(list(obj), None, None)
+        return Target(list(obj), None, None)
     if isinstance(obj, Repid):
-        routers = _module_routers(module)
+        routers = module_routers(module)
         if not routers:
             raise CLIError(
                 f"{spec!r} is a Repid app but module {module.__name__!r} defines no Router; "
                 "point at the router instead ('module:router')"
             )
-        return module, Target(routers, None, obj.connection)
+        return Target(routers, None, obj.connection)
     raise CLIError(
         f"{spec!r} is a {type(obj).__name__}; expected a Worker, a Router, a list of routers, "
         "a Repid app or a function returning one"
