@@ -22,13 +22,14 @@ class EventFeed:
     subscription) rather than growing without limit. `close()` ends the iteration.
     """
 
-    __slots__ = ("_closed", "_dropped", "_items", "_limit", "_waiter")
+    __slots__ = ("_closed", "_dropped", "_error", "_items", "_limit", "_waiter")
 
     def __init__(self, limit: int = FEED_LIMIT) -> None:
         self._items: deque[bytes] = deque()
         self._limit = limit
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
+        self._error: BaseException | None = None
         self._dropped = 0
 
     def put(self, data: bytes) -> None:
@@ -45,9 +46,12 @@ class EventFeed:
         self._items.append(data)
         self._wake()
 
-    def close(self) -> None:
-        """End the iteration once the buffered events are read."""
-        self._closed = True
+    def close(self, error: BaseException | None = None) -> None:
+        """End the iteration once the buffered events are read: by raising `error` if given
+        (the subscription was lost), else by stopping."""
+        if not self._closed:
+            self._closed = True
+            self._error = error
         self._wake()
 
     def _wake(self) -> None:
@@ -61,6 +65,8 @@ class EventFeed:
     async def __anext__(self) -> bytes:
         while not self._items:
             if self._closed:
+                if self._error is not None:
+                    raise self._error
                 raise StopAsyncIteration
             self._waiter = asyncio.get_running_loop().create_future()
             try:
