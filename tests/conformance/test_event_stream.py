@@ -160,3 +160,28 @@ async def test_closing_the_stream_unsubscribes_and_ends_it(subscriber: Connectio
     assert bus.event_subscriptions == before
     with pytest.raises(StopAsyncIteration):
         await anext(stream)
+
+
+async def test_a_failure_arrives_with_its_error_cut_to_the_brokers_limit(
+    publisher: Connection, subscriber: Connection, new_queue: NewQueue
+) -> None:
+    queue = await new_queue(on=publisher)
+    router = router_for(queue)
+    message = "boom " + "x" * 6000 + " end"
+
+    @router.actor
+    async def explode() -> None:
+        raise ValueError(message)
+
+    async with subscriber.events(queue=queue.name, kinds=["failed"]) as events:
+        sent = await job(publisher, "explode", queue).enqueue()
+        async with running(make_worker(publisher, router)):
+            (failed,) = await collect(events, EventKind.FAILED, sent.last_id)
+    assert failed.error_type == "ValueError"
+    assert failed.error is not None
+    assert failed.error.endswith(" end")
+    assert failed.traceback is not None
+    assert failed.traceback.rstrip().endswith(" end")  # the innermost part is kept
+    limit = bus_of(publisher).max_event_size
+    if limit is not None and limit < 20_000:
+        assert failed.traceback.startswith("...\n")
