@@ -28,32 +28,38 @@ _FIELDS = tuple(f.name for f in fields(JobEvent))
 _CUT = "...\n"
 
 
+def _dumps(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def encode_event(event: JobEvent, max_bytes: int | None = None) -> bytes:
     """`event` as compact JSON (fields that are None left out).
 
     With `max_bytes`, the traceback and then the error message are cut (their start dropped,
-    the end kept: the innermost frames) until the encoding fits.
+    the end kept: the innermost frames and the message's end) until the encoding fits.
     """
     body = {name: getattr(event, name) for name in _FIELDS if getattr(event, name) is not None}
-    data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    data = _dumps(body)
     if max_bytes is None or len(data) <= max_bytes:
         return data
     for name in ("traceback", "error"):
         text = body.get(name)
         if text is None:
             continue
-        over = len(data) - max_bytes
-        # JSON escapes make a character up to 6 bytes: cut generously, then check again.
-        keep = max(0, len(text) - over - len(_CUT))
-        while True:
+        # The longest kept end that fits (JSON escapes make bytes and characters differ).
+        low, high, fitting = 0, len(text), None
+        while low <= high:
+            keep = (low + high) // 2
             body[name] = _CUT + text[len(text) - keep :] if keep else _CUT
-            data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
-            if len(data) <= max_bytes or keep == 0:
-                break
-            keep = keep * 3 // 4
-        if len(data) <= max_bytes:
-            return data
-    return data
+            candidate = _dumps(body)
+            if len(candidate) <= max_bytes:
+                fitting, low = candidate, keep + 1
+            else:
+                high = keep - 1
+        if fitting is not None:
+            return fitting
+        body[name] = _CUT
+    return _dumps(body)  # still too long: the broker refuses it and the publisher logs it
 
 
 def decode_event(data: bytes) -> JobEvent | None:
@@ -109,6 +115,9 @@ class EventPublisher:
                 await self.bus.publish_event(encode_event(event, self._max_bytes))
             except Exception as exc:  # a broker error must never reach the job
                 self._drop(f"{type(exc).__name__}: {exc}")
+            except asyncio.CancelledError:
+                self._drop("the connection closed before it was published")
+                raise
 
     def _drop(self, reason: str) -> None:
         self.dropped += 1
