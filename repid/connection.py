@@ -14,8 +14,8 @@ from repid.brokers.base import (
     worker_registry_of,
 )
 from repid.errors import BrokerError, ConfigurationError
-from repid.event_stream import EventPublisher, EventStream
-from repid.lifecycle import EventDispatcher, EventHandler, EventKind, WorkerInfo
+from repid.event_stream import BrokerEvents, EventPublisher
+from repid.lifecycle import EventHandler, EventKind, WorkerInfo
 from repid.middlewares import (
     MiddlewareDispatcher,
     instrument_bucket_broker,
@@ -81,7 +81,7 @@ class Connection:
         self.args_bucket_broker: BucketBrokerT | None = args_bucket_broker
         self.results_bucket_broker: BucketBrokerT | None = results_bucket_broker
         self.is_open = False
-        self.events = EventDispatcher(self._subscribe_events)
+        self.events = BrokerEvents(self._event_bus)
         """Job lifecycle event handlers (see `on_event`); called, a subscription to the events
         published on the broker (`async for event in connection.events(...)`)."""
         self.header_providers: list[Callable[[], Mapping[str, str] | None]] = []
@@ -122,11 +122,6 @@ class Connection:
             reason = getattr(broker, "event_bus_unavailable", None) or "it declares event_bus=False"
             raise BrokerError(f"{type(broker).__name__} has no event bus: {reason}")
         return bus
-
-    def _subscribe_events(
-        self, kinds: Iterable[EventKind | str] | None, queue: str | None, job_id: str | None
-    ) -> EventStream:
-        return EventStream(self._event_bus(), kinds, queue, job_id)
 
     def on_event(
         self, handler: EventHandler, kinds: Iterable[EventKind | str] | None = None

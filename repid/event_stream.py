@@ -13,14 +13,14 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import fields
 from typing import Any
 
 from repid.brokers.base import SupportsEventBus
-from repid.lifecycle import EventKind, JobEvent
+from repid.lifecycle import EventDispatcher, EventKind, JobEvent
 
-__all__ = ["EventPublisher", "EventStream", "decode_event", "encode_event"]
+__all__ = ["BrokerEvents", "EventPublisher", "EventStream", "decode_event", "encode_event"]
 
 logger = logging.getLogger("repid.events")
 
@@ -217,3 +217,36 @@ class EventStream:
         event = await anext(self._events)
         assert event is not None
         return event
+
+
+class BrokerEvents(EventDispatcher):
+    """`connection.events`: the connection's in-process event handlers (`add`, `remove`,
+    `emit`, `active`, as on any `EventDispatcher`) and, called, a subscription to the events
+    published on the broker."""
+
+    def __init__(self, bus: Callable[[], SupportsEventBus]) -> None:
+        super().__init__()
+        self._bus = bus
+
+    def __call__(
+        self,
+        kinds: Iterable[EventKind | str] | None = None,
+        queue: str | None = None,
+        job_id: str | None = None,
+    ) -> EventStream:
+        """The job events published on the broker by `Connection(publish_events=True)` in
+        any process, from now on: `async for event in connection.events(kinds=["succeeded"])`.
+
+        At-most-once: only events published while subscribed arrive (`async with
+        connection.events(...) as events:` subscribes on entering). Breaking out of the loop or
+        leaving the `async with` unsubscribes.
+
+        Args:
+            kinds: only these kinds (default: every kind).
+            queue: only events of this queue.
+            job_id: only events of this job.
+
+        Raises:
+            BrokerError: the message broker has no event bus (`capabilities.event_bus`).
+        """
+        return EventStream(self._bus(), kinds, queue, job_id)

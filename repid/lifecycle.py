@@ -16,12 +16,9 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from repid.errors import ConfigurationError, RepidError
-
-if TYPE_CHECKING:
-    from repid.event_stream import EventStream
 
 __all__ = [
     "ActorLimiter",
@@ -130,47 +127,13 @@ class JobEvent:
 EventHandler = Callable[[JobEvent], Awaitable[None] | None]
 
 
-EventSubscriber = Callable[
-    [Iterable[EventKind | str] | None, str | None, str | None], "EventStream"
-]
-
-
 class EventDispatcher:
-    """Calls registered handlers with each `JobEvent` (in registration order).
+    """Calls registered handlers with each `JobEvent` (in registration order)."""
 
-    Called, it subscribes to the events published on the broker (see `__call__`).
-    """
-
-    def __init__(self, subscribe: EventSubscriber | None = None) -> None:
+    def __init__(self) -> None:
         self._handlers: list[tuple[EventHandler, frozenset[EventKind] | None, bool]] = []
-        self._subscribe = subscribe
         self.active = False
         """Whether any handler is registered (read on the hot path: an attribute, not a call)."""
-
-    def __call__(
-        self,
-        kinds: Iterable[EventKind | str] | None = None,
-        queue: str | None = None,
-        job_id: str | None = None,
-    ) -> EventStream:
-        """The job events published on the broker by `Connection(publish_events=True)` in
-        any process, from now on: `async for event in connection.events(kinds=["succeeded"])`.
-
-        At-most-once: only events published while subscribed arrive (`async with
-        connection.events(...) as events:` subscribes on entering). Breaking out of the loop or
-        leaving the `async with` unsubscribes.
-
-        Args:
-            kinds: only these kinds (default: every kind).
-            queue: only events of this queue.
-            job_id: only events of this job.
-
-        Raises:
-            BrokerError: the message broker has no event bus (`capabilities.event_bus`).
-        """
-        if self._subscribe is None:
-            raise ConfigurationError("these events are not published on a broker")
-        return self._subscribe(kinds, queue, job_id)
 
     def __bool__(self) -> bool:
         return self.active
