@@ -6,9 +6,16 @@ import asyncio
 from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 
-from repid.brokers.base import BucketBrokerT, MessageBrokerT, worker_registry_of
+from repid.brokers.base import (
+    BucketBrokerT,
+    MessageBrokerT,
+    SupportsEventBus,
+    event_bus_of,
+    worker_registry_of,
+)
 from repid.errors import BrokerError, ConfigurationError
-from repid.lifecycle import EventDispatcher, EventHandler, EventKind, WorkerInfo
+from repid.event_stream import BrokerEvents, EventPublisher
+from repid.lifecycle import EventHandler, EventKind, WorkerInfo
 from repid.middlewares import (
     MiddlewareDispatcher,
     instrument_bucket_broker,
@@ -33,6 +40,10 @@ class Connection:
         record_retention: how long a record is kept after its last change.
         error_history: failed attempts kept in each record (time, type, message, traceback,
             worker), at most `error_bytes` of text in all.
+        publish_events: publish every job lifecycle event this connection emits on the
+            message broker's pub/sub, for `connection.events()` in any process. Off by default
+            (a publish per event); never slows a job: events are buffered and published in the
+            background, and a failed publish is logged and dropped.
     """
 
     def __init__(
@@ -45,6 +56,7 @@ class Connection:
         record_retention: timedelta | None = timedelta(days=7),
         error_history: int = 5,
         error_bytes: int = 16_384,
+        publish_events: bool = False,
     ) -> None:
         if args_bucket_broker is not None and getattr(
             args_bucket_broker, "use_result_bucket", False
@@ -69,8 +81,9 @@ class Connection:
         self.args_bucket_broker: BucketBrokerT | None = args_bucket_broker
         self.results_bucket_broker: BucketBrokerT | None = results_bucket_broker
         self.is_open = False
-        self.events = EventDispatcher()
-        """Job lifecycle event handlers (see `on_event`)."""
+        self.events = BrokerEvents(self._event_bus)
+        """Job lifecycle event handlers (see `on_event`); called, a subscription to the events
+        published on the broker (`async for event in connection.events(...)`)."""
         self.header_providers: list[Callable[[], Mapping[str, str] | None]] = []
         """Called at every enqueue; the headers they return travel with the message
         (`Parameters.headers`), e.g. trace context."""
@@ -96,6 +109,19 @@ class Connection:
                 error_bytes=error_bytes,
             )
             self.events.add(self.records)
+        self.event_publisher: EventPublisher | None = None
+        """What publishes the events on the broker (None: `publish_events` is off)."""
+        if publish_events:
+            self.event_publisher = EventPublisher(self._event_bus())
+            self.events.add(self.event_publisher)
+
+    def _event_bus(self) -> SupportsEventBus:
+        bus = event_bus_of(self.raw_message_broker)
+        if bus is None:
+            broker = self.raw_message_broker
+            reason = getattr(broker, "event_bus_unavailable", None) or "it declares event_bus=False"
+            raise BrokerError(f"{type(broker).__name__} has no event bus: {reason}")
+        return bus
 
     def on_event(
         self, handler: EventHandler, kinds: Iterable[EventKind | str] | None = None
@@ -111,6 +137,8 @@ class Connection:
         """Stop calling `handler` (registered with `on_event`); False if it was not registered."""
         if handler is self.records:
             raise ConfigurationError("the job-records writer cannot be removed")
+        if handler is self.event_publisher:
+            raise ConfigurationError("the event publisher cannot be removed")
         return self.events.remove(handler)
 
     async def job_state(self, job_id: str) -> JobRecord | None:
@@ -186,6 +214,8 @@ class Connection:
         if not self.is_open:
             return
         self.is_open = False
+        if self.event_publisher is not None:
+            await self.event_publisher.close()
         await self.raw_message_broker.disconnect()
         if self.raw_args_bucket_broker is not None:
             await self.raw_args_bucket_broker.disconnect()

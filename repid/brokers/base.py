@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar, runtime_checkable
 
@@ -44,12 +45,14 @@ __all__ = [
     "OutgoingMessage",
     "SupportsActorLimits",
     "SupportsCancellation",
+    "SupportsEventBus",
     "SupportsInspection",
     "SupportsLiveness",
     "SupportsResultWait",
     "SupportsWorkerRegistry",
     "actor_limits_of",
     "cancellation_of",
+    "event_bus_of",
     "inspection_of",
     "liveness_of",
     "poll_bucket",
@@ -85,6 +88,8 @@ class BrokerCapabilities:
         liveness: the broker implements `SupportsLiveness` (`ping()`: is the server reachable
             now; the worker's health check asks it, since a client that reconnects by itself
             lets a waiting consumer look healthy through an outage).
+        event_bus: the broker implements `SupportsEventBus` (job lifecycle events published
+            on its native pub/sub, `Connection(publish_events=True)` and `connection.events()`).
     """
 
     strict_priorities: bool = True
@@ -101,6 +106,7 @@ class BrokerCapabilities:
     actor_limits: bool = False
     inspection: bool = False
     liveness: bool = False
+    event_bus: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -471,6 +477,37 @@ class SupportsLiveness(Protocol):
 
 
 @runtime_checkable
+class SupportsEventBus(Protocol):
+    """Lifecycle events on the broker's native pub/sub, one channel per broker namespace.
+
+    At-most-once: a subscriber receives the events published while it is subscribed, in the
+    order each publisher published them; nothing is stored for a subscriber that is not there.
+    """
+
+    @property
+    def event_subscriptions(self) -> int:
+        """Subscriptions of this broker object now open (0 once every one is closed)."""
+        ...
+
+    @property
+    def max_event_size(self) -> int | None:
+        """The largest event payload the pub/sub takes, in bytes (None: no limit that an
+        event reaches); longer tracebacks are cut to fit."""
+        ...
+
+    async def publish_event(self, data: bytes) -> None:
+        """Publish one encoded event to the current subscribers (raises on a broker error)."""
+        ...
+
+    def subscribe_events(self) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        """Subscribe on entering; the iterator yields each event published from then on.
+
+        Leaving the context unsubscribes and releases what the subscription held.
+        """
+        ...
+
+
+@runtime_checkable
 class SupportsResultWait(Protocol):
     """A bucket broker that can wait for a bucket to appear (`Job.wait`) better than polling."""
 
@@ -544,6 +581,15 @@ def inspection_of(broker: MessageBrokerT) -> SupportsInspection | None:
     if isinstance(broker, SupportsInspection):
         return broker
     raise _not_implemented(broker, "inspection", SupportsInspection)
+
+
+def event_bus_of(broker: MessageBrokerT) -> SupportsEventBus | None:
+    """`broker` as `SupportsEventBus` when it declares `event_bus`, else None."""
+    if not broker.capabilities.event_bus:
+        return None
+    if isinstance(broker, SupportsEventBus):
+        return broker
+    raise _not_implemented(broker, "event_bus", SupportsEventBus)
 
 
 def _not_implemented(broker: object, capability: str, protocol: type) -> TypeError:

@@ -8,6 +8,7 @@ from repid import BrokerCapabilities, ConsumerT, MessageBrokerT
 from repid.brokers.base import (
     actor_limits_of,
     cancellation_of,
+    event_bus_of,
     inspection_of,
     liveness_of,
     worker_registry_of,
@@ -43,6 +44,7 @@ async def test_each_declared_feature_is_implemented(conn):
         (caps.actor_limits, actor_limits_of(broker)),
         (caps.inspection, inspection_of(broker)),
         (caps.liveness, liveness_of(broker)),
+        (caps.event_bus, event_bus_of(broker)),
     ):
         assert (found is broker) if declared else (found is None)
 

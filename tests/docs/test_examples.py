@@ -167,6 +167,11 @@ EXPECTED: dict[str, list[str]] = {
         r"invoice: Invoice\(order=7, total=19\.5\)",
         r"dead letter: bill_badly output_validation_error",
     ],
+    "event_stream.py": [
+        r"started add attempt=1 by [^:]+:\d+:\w+",
+        r"succeeded add attempt=1 by [^:]+:\d+:\w+",
+        r"  in \d+\.\d{3}s",
+    ],
     "lifecycle.py": [
         r"add: 5",
         r"event: enqueued charge attempt=1",

@@ -23,6 +23,7 @@ from repid.brokers.base import (
     Delivery,
     OutgoingMessage,
 )
+from repid.brokers.kafka._events import KafkaEventBus
 from repid.brokers.kafka.consumer import KafkaConsumer
 from repid.brokers.kafka.publisher import UNAVAILABLE, Publisher, fast_path_default
 from repid.brokers.kafka.reading import end_offsets, queue_counts, read_topic
@@ -55,7 +56,7 @@ _DEFAULT_POLICY = ConnectionPolicy(
 """Before 2.0 one `timeout` (10 s) bounded both; 0.1 s is aiokafka's own retry backoff."""
 
 
-class KafkaMessageBroker(LocalOrShared):
+class KafkaMessageBroker(LocalOrShared, KafkaEventBus):
     """A message broker on Apache Kafka (or any Kafka-protocol server).
 
     Each queue is three topics: `<prefix><queue>` (ready messages), `<prefix><queue>.delayed`
@@ -174,6 +175,7 @@ class KafkaMessageBroker(LocalOrShared):
             actor_limits=True,
             inspection=True,
             liveness=True,
+            event_bus=True,
         )
         self._unique = UniqueIds(f"repid-kafka-unique:{topic_prefix}", unique_ttl, unique_ids)
         self._init_local_or_shared(shared_state)

@@ -12,10 +12,12 @@ import heapq
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 from repid.brokers.base import BrokerCapabilities, Delivery, OutgoingMessage
+from repid.brokers.event_feed import EventFeed
 from repid.brokers.memory._store import _Entry, _entry, _Lease, _MemoryQueue, _renewed
 from repid.brokers.memory.buckets import InMemoryBucketBroker
 from repid.brokers.memory.consumer import InMemoryConsumer
@@ -70,6 +72,7 @@ class InMemoryMessageBroker:
             worker_registry=True,
             actor_limits=True,
             inspection=True,
+            event_bus=True,
         )
         self.lease_duration = lease_duration
         self.max_message_size = max_message_size
@@ -79,6 +82,7 @@ class InMemoryMessageBroker:
         self._cancel_requests: set[str] = set()
         self._workers: dict[str, WorkerInfo] = {}
         self._limiters: dict[tuple[str, int | None, RateLimit | None], ActorLimiter] = {}
+        self._event_feeds: list[EventFeed] = []
         self.is_connected = False
 
     # -- connection -------------------------------------------------------------------------
@@ -372,6 +376,29 @@ class InMemoryMessageBroker:
             if now - info.last_seen > stale_after:
                 del self._workers[worker_id]
         return sorted(self._workers.values(), key=lambda info: info.started_at)
+
+    # -- events: fan-out to the subscriptions of this broker object ---------------------------
+
+    max_event_size: int | None = None
+
+    @property
+    def event_subscriptions(self) -> int:
+        """Subscriptions now open on this broker."""
+        return len(self._event_feeds)
+
+    async def publish_event(self, data: bytes) -> None:
+        for feed in self._event_feeds:
+            feed.put(data)
+
+    @asynccontextmanager
+    async def subscribe_events(self) -> AsyncIterator[AsyncIterator[bytes]]:
+        feed = EventFeed()
+        self._event_feeds.append(feed)
+        try:
+            yield feed
+        finally:
+            self._event_feeds.remove(feed)
+            feed.close()
 
     def take_ready(self, queue_name: str, handle: Any) -> Delivery | None:
         """Lease one specific ready message (by its delivery handle), or None if not ready.

@@ -27,6 +27,7 @@ from nats.js.api import (
 )
 
 from repid.brokers.base import BrokerCapabilities, ConnectionPolicy, Delivery, OutgoingMessage
+from repid.brokers.nats._events import NatsEventBus
 from repid.brokers.nats._handles import RAW_HEADER, Browsed, Handle, due_of
 from repid.brokers.nats._link import NatsLink, safe_servers
 from repid.brokers.nats._names import DUE_HEADER, QueueNames, safe, unsafe
@@ -50,7 +51,7 @@ _DEFAULT_POLICY = ConnectionPolicy(
 )
 
 
-class NatsMessageBroker(KvState):
+class NatsMessageBroker(KvState, NatsEventBus):
     """A message broker on NATS JetStream.
 
     Each queue is a work-queue stream with one durable pull consumer per priority (HIGH is
@@ -114,6 +115,7 @@ class NatsMessageBroker(KvState):
             actor_limits=True,
             inspection=True,
             liveness=True,
+            event_bus=True,
         )
         self._names: dict[str, QueueNames] = {}
         self._declared: set[str] = set()

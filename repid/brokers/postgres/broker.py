@@ -21,6 +21,7 @@ import asyncpg
 from repid.brokers.base import BrokerCapabilities, ConnectionPolicy, Delivery, OutgoingMessage
 from repid.brokers.postgres import _sql as sql
 from repid.brokers.postgres._batch import Coalescer
+from repid.brokers.postgres._events import PostgresEventBus
 from repid.brokers.postgres._link import Link
 from repid.brokers.postgres._listener import Listener
 from repid.brokers.postgres._schema import SCHEMA_VERSION, Names, current_version, upgrade
@@ -60,7 +61,7 @@ LIVENESS_PING_TIMEOUT = 1.0
 """Seconds a liveness `ping()` waits for the server."""
 
 
-class PostgresMessageBroker(StateMixin):
+class PostgresMessageBroker(StateMixin, PostgresEventBus):
     """A message broker on PostgreSQL (asyncpg).
 
     Args:
@@ -127,6 +128,7 @@ class PostgresMessageBroker(StateMixin):
             actor_limits=True,
             inspection=True,
             liveness=True,
+            event_bus=True,
         )
         self.names = Names(schema, prefix)
         self.lease_duration = lease_duration

@@ -22,6 +22,7 @@ from repid._cancel import await_quietly
 from repid.brokers.base import BrokerCapabilities, ConnectionPolicy, Delivery, OutgoingMessage
 from repid.brokers.rabbitmq import _compat
 from repid.brokers.rabbitmq._control import Control
+from repid.brokers.rabbitmq._events import RabbitEventBus
 from repid.brokers.rabbitmq._link import AmqpLink
 from repid.brokers.rabbitmq._nodes import masked, split_nodes
 from repid.brokers.rabbitmq._state import ProcessState
@@ -55,7 +56,7 @@ def _amqp_priority(priority: int) -> int:
     return MAX_PRIORITY - priority  # repid: HIGH=0; AMQP: higher number first
 
 
-class RabbitMessageBroker(ProcessState):
+class RabbitMessageBroker(ProcessState, RabbitEventBus):
     """A message broker on RabbitMQ, through aio-pika's robust (auto-reconnecting) connection.
 
     Args:
@@ -141,6 +142,7 @@ class RabbitMessageBroker(ProcessState):
             actor_limits=True,
             inspection=True,
             liveness=True,
+            event_bus=True,
         )
         self._link = AmqpLink(
             self.dsn,

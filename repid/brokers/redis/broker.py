@@ -22,6 +22,7 @@ from repid.brokers.base import (
 )
 from repid.brokers.redis._beats import ConsumerBeats
 from repid.brokers.redis._client import Arg, RedisAddress, RedisReplyError, encode_head
+from repid.brokers.redis._events import RedisEventBus
 from repid.brokers.redis._link import DEFAULT_POLICY, SCRIPTS, Link
 from repid.brokers.redis._workers import WorkersAndLimits
 from repid.brokers.redis.consumer import RedisConsumer, key_names
@@ -116,7 +117,7 @@ def make_link(
     return PyLink(client_from_dsn(dsn, policy), policy, scripts), address
 
 
-class RedisMessageBroker(WorkersAndLimits):
+class RedisMessageBroker(WorkersAndLimits, RedisEventBus):
     """A message broker on Redis Streams.
 
     Args:
@@ -181,6 +182,7 @@ class RedisMessageBroker(WorkersAndLimits):
             actor_limits=True,
             inspection=True,
             liveness=True,
+            event_bus=True,
         )
         self.dsn = dsn
         self.prefix = prefix

@@ -71,6 +71,10 @@ CREATE TABLE IF NOT EXISTS repid_limit_slots (
 CREATE INDEX IF NOT EXISTS repid_limit_slots_actor ON repid_limit_slots (actor, expires);
 CREATE TABLE IF NOT EXISTS repid_limit_starts (actor TEXT NOT NULL, at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS repid_limit_starts_actor ON repid_limit_starts (actor, at);
+-- job lifecycle events, polled by seq by the subscribers (old rows are pruned).
+CREATE TABLE IF NOT EXISTS repid_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, data BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS repid_buckets (
     kind TEXT NOT NULL, id TEXT NOT NULL, data BLOB NOT NULL, expires REAL,
     PRIMARY KEY (kind, id)

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from repid.brokers.base import BrokerCapabilities, Delivery, OutgoingMessage
 from repid.brokers.sqlite import _sql
 from repid.brokers.sqlite._db import Database, database_path
+from repid.brokers.sqlite._events import SqliteEventBus
 from repid.brokers.sqlite._state import SharedStateInFile, SqliteActorLimiter
 from repid.brokers.sqlite.consumer import SqliteConsumer
 from repid.codec import encode_message
@@ -45,7 +46,7 @@ def _stale(op: str, key: Delivery) -> bool:
     return False
 
 
-class SqliteMessageBroker(SharedStateInFile):
+class SqliteMessageBroker(SharedStateInFile, SqliteEventBus):
     """A message broker in one SQLite file, shared by every process that opens it.
 
     Args:
@@ -89,6 +90,7 @@ class SqliteMessageBroker(SharedStateInFile):
             worker_registry=True,
             actor_limits=True,
             inspection=True,
+            event_bus=True,
         )
         self.path = database_path(dsn)
         self.lease_duration = lease_duration

@@ -29,6 +29,7 @@ SPEC = BrokerSpec(
         {
             "actor_limits",
             "cancellation",
+            "event_bus",
             "inspection",
             "liveness",
             "native_dead_letters",

@@ -66,6 +66,7 @@ SPEC = BrokerSpec(
         {
             "actor_limits",
             "cancellation",
+            "event_bus",
             "inspection",
             "liveness",
             "lease_renewal",

@@ -52,6 +52,7 @@ SPEC = BrokerSpec(
         {
             "actor_limits",
             "cancellation",
+            "event_bus",
             "inspection",
             "liveness",
             "lease_renewal",

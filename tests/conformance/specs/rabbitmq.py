@@ -38,6 +38,7 @@ SPEC = BrokerSpec(
         {
             "actor_limits",
             "cancellation",
+            "event_bus",
             "inspection",
             "liveness",
             "native_dead_letters",

@@ -35,6 +35,7 @@ SPEC = BrokerSpec(
         {
             "actor_limits",
             "cancellation",
+            "event_bus",
             "inspection",
             "lease_renewal",
             "native_dead_letters",
