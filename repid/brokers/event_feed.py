@@ -7,12 +7,24 @@ import asyncio
 import logging
 from collections import deque
 
-__all__ = ["EventFeed"]
+__all__ = ["EventFeed", "SubscriptionCount"]
 
 logger = logging.getLogger("repid.events")
 
 FEED_LIMIT = 10_000
 """Events a subscriber may fall behind by; beyond that the oldest are dropped (at-most-once)."""
+
+
+class SubscriptionCount:
+    """`SupportsEventBus.event_subscriptions` for a broker's event-bus mixin: the mixin adds
+    one when a subscription opens and takes it back when it closes."""
+
+    _event_subscriptions: int = 0
+
+    @property
+    def event_subscriptions(self) -> int:
+        """Subscriptions now open on this broker object."""
+        return self._event_subscriptions
 
 
 class EventFeed:

@@ -12,13 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from repid.brokers.event_feed import SubscriptionCount
 from repid.brokers.kafka.reading import UNREACHABLE
 from repid.errors import BrokerUnavailableError, map_broker_errors
 
 __all__ = ["KafkaEventBus"]
 
 
-class KafkaEventBus:
+class KafkaEventBus(SubscriptionCount):
     """`SupportsEventBus` for the Kafka broker (a mixin: the broker sets the attributes)."""
 
     topic_prefix: str
@@ -26,7 +27,6 @@ class KafkaEventBus:
     connect_timeout: float
     operation_timeout: float
     _admin: Any
-    _event_subscriptions: int = 0
     _events_topic_ready: bool = False
 
     if TYPE_CHECKING:  # the broker's
@@ -50,11 +50,6 @@ class KafkaEventBus:
     def max_event_size(self) -> int | None:
         """The producer's limit."""
         return self.max_message_size
-
-    @property
-    def event_subscriptions(self) -> int:
-        """Subscriptions now open on this broker object."""
-        return self._event_subscriptions
 
     async def _events_topic(self) -> str:
         topic = self.event_topic

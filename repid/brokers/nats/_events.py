@@ -8,19 +8,18 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from repid.brokers.event_feed import EventFeed
+from repid.brokers.event_feed import EventFeed, SubscriptionCount
 from repid.brokers.nats._link import TRANSIENT, NatsLink
 from repid.brokers.nats._names import safe
 
 __all__ = ["NatsEventBus"]
 
 
-class NatsEventBus:
+class NatsEventBus(SubscriptionCount):
     """`SupportsEventBus` for the NATS broker (a mixin: the broker sets the attributes)."""
 
     link: NatsLink
     prefix: str
-    _event_subscriptions: int = 0
 
     @property
     def event_subject(self) -> str:
@@ -31,11 +30,6 @@ class NatsEventBus:
     def max_event_size(self) -> int | None:
         """The server's `max_payload`, once connected."""
         return self.link.max_payload
-
-    @property
-    def event_subscriptions(self) -> int:
-        """Subscriptions now open on this broker object."""
-        return self._event_subscriptions
 
     async def publish_event(self, data: bytes) -> None:
         try:

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from repid.brokers.event_feed import EventFeed
+from repid.brokers.event_feed import EventFeed, SubscriptionCount
 from repid.brokers.postgres._link import Link
 from repid.brokers.postgres._schema import Names
 from repid.errors import BrokerUnavailableError
@@ -26,29 +26,21 @@ def _lost(feed: EventFeed, conn: Any) -> None:
     feed.close(BrokerUnavailableError("the LISTEN connection of an event subscription closed"))
 
 
-class PostgresEventBus:
+class PostgresEventBus(SubscriptionCount):
     """`SupportsEventBus` for the PostgreSQL broker (a mixin: the broker sets the attributes)."""
 
     link: Link
     names: Names
     max_event_size: int | None = MAX_NOTIFY_PAYLOAD
-    _event_subscriptions: int = 0
 
     @property
     def event_channel(self) -> str:
         """The LISTEN/NOTIFY channel of this broker's events."""
         return f"{self.names.channel}_events"
 
-    @property
-    def event_subscriptions(self) -> int:
-        """Subscriptions now open on this broker object."""
-        return self._event_subscriptions
-
     async def publish_event(self, data: bytes) -> None:
         channel, payload = self.event_channel, data.decode()
-        await self.link.once(
-            lambda conn: conn.execute("SELECT pg_notify($1, $2)", channel, payload)
-        )
+        await self.link.once(lambda conn: conn.execute(_NOTIFY, channel, payload))
 
     @asynccontextmanager
     async def subscribe_events(self) -> AsyncIterator[AsyncIterator[bytes]]:

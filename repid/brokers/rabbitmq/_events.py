@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 import aiormq
 from aiormq.abc import DeliveredMessage
 
-from repid.brokers.event_feed import FEED_LIMIT, EventFeed
+from repid.brokers.event_feed import FEED_LIMIT, EventFeed, SubscriptionCount
 from repid.brokers.rabbitmq._link import AmqpLink
 from repid.brokers.rabbitmq.channel_state import CHANNEL_ERRORS
 from repid.errors import BrokerUnavailableError
@@ -23,13 +23,12 @@ def _lost(feed: EventFeed, _: object) -> None:
     feed.close(BrokerUnavailableError("the RabbitMQ channel of an event subscription closed"))
 
 
-class RabbitEventBus:
+class RabbitEventBus(SubscriptionCount):
     """`SupportsEventBus` for the RabbitMQ broker (a mixin: the broker sets the attributes)."""
 
     prefix: str
     _link: AmqpLink
     max_event_size: int | None = None
-    _event_subscriptions: int = 0
     _event_channel: aiormq.abc.AbstractChannel | None = None
     _event_lock: asyncio.Lock | None = None
 
@@ -37,11 +36,6 @@ class RabbitEventBus:
     def event_exchange(self) -> str:
         """The fanout exchange of this broker's events."""
         return f"{self.prefix}repid.events"
-
-    @property
-    def event_subscriptions(self) -> int:
-        """Subscriptions now open on this broker object."""
-        return self._event_subscriptions
 
     async def _events_channel(self) -> aiormq.abc.AbstractChannel:
         """A channel with the exchange declared on it (publishes are not confirmed)."""

@@ -9,12 +9,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from repid.brokers.base import ConnectionPolicy
+from repid.brokers.event_feed import SubscriptionCount
 from repid.brokers.redis._link import Link
 
 __all__ = ["RedisEventBus"]
 
 
-class RedisEventBus:
+class RedisEventBus(SubscriptionCount):
     """`SupportsEventBus` for the Redis broker (a mixin: the broker sets the attributes)."""
 
     link: Link
@@ -22,17 +23,11 @@ class RedisEventBus:
     dsn: str
     connection_policy: ConnectionPolicy
     max_event_size: int | None = None
-    _event_subscriptions: int = 0
 
     @property
     def event_channel(self) -> bytes:
         """The pub/sub channel of this broker's events."""
         return f"{self.prefix}events".encode()
-
-    @property
-    def event_subscriptions(self) -> int:
-        """Subscriptions now open on this broker object."""
-        return self._event_subscriptions
 
     async def publish_event(self, data: bytes) -> None:
         await self.link.call("PUBLISH", self.event_channel, data)

@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from repid.brokers.event_feed import SubscriptionCount
 from repid.brokers.sqlite._db import Database
 
 __all__ = ["EVENT_RETENTION", "SqliteEventBus"]
@@ -35,19 +36,13 @@ def _read(conn: sqlite3.Connection, after: int) -> list[tuple[int, bytes]]:
     return [(int(seq), bytes(data)) for seq, data in rows]
 
 
-class SqliteEventBus:
+class SqliteEventBus(SubscriptionCount):
     """`SupportsEventBus` for the SQLite broker (a mixin: the broker sets the attributes)."""
 
     db: Database
     poll_interval: float
     max_event_size: int | None = None
-    _event_subscriptions: int = 0
     _published: int = 0
-
-    @property
-    def event_subscriptions(self) -> int:
-        """Subscriptions now open on this broker object."""
-        return self._event_subscriptions
 
     async def publish_event(self, data: bytes) -> None:
         now = time.time()
