@@ -139,14 +139,12 @@ def capped(
     kept = [*errors, entry][-keep:]
     per_entry = max(256, max_bytes // len(kept) - 128)  # 128: the encoding around the texts
 
-    def cut(text: str | None, limit: int) -> str | None:
-        return None if text is None else _cut(text, limit)
-
     out: list[ErrorEntry] = []
     for item in kept:
-        message = cut(item.message, per_entry // 4)
+        message = None if item.message is None else _cut(item.message, per_entry // 4)
         used = len((message or "").encode()) + len((item.type or "").encode())
-        out.append(replace(item, message=message, traceback=cut(item.traceback, per_entry - used)))
+        tb = None if item.traceback is None else _cut(item.traceback, per_entry - used)
+        out.append(replace(item, message=message, traceback=tb))
     total = sum(map(_size, out))
     while len(out) > 1 and total > max_bytes:
         total -= _size(out.pop(0))
