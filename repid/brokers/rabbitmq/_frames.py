@@ -23,7 +23,7 @@ from pamqp.heartbeat import Heartbeat
 
 from repid.brokers.rabbitmq import _compat
 
-__all__ = ["Assembly", "FrameReader", "InlineConsumers", "unmarshal"]
+__all__ = ["Assembly", "FrameReader", "InlineConsumers", "deliver_inline", "unmarshal"]
 
 logger = logging.getLogger("repid.brokers.rabbitmq")
 
@@ -361,3 +361,37 @@ class FrameReader:
             return False
         partial[number] = Assembly(frame, entry[0], entry[1])
         return True
+
+
+def deliver_inline(
+    channel: Any, consumer_tag: str, on_message: Callable[[DeliveredMessage], None]
+) -> None:
+    """Run `on_message` right in the channel's reader instead of in a task per message.
+
+    aiormq starts a task for each delivery; our callback is synchronous (it only queues the
+    delivery), so calling it inline saves that task. Only on this one channel (repid's), and
+    only when it has the reader hooks this relies on; otherwise aiormq's own path stays. On an
+    unexpected error the delivery is handed over the way aiormq does (logged once).
+    """
+    hooks = _compat.channel_deliver_hooks(channel)
+    if hooks is None:
+        return
+    original, get_frame, frames = hooks
+
+    async def on_deliver_frame(frame: spec.Basic.Deliver) -> None:
+        if frame.consumer_tag != consumer_tag:
+            await original(frame)
+            return
+        # The content frames usually arrived with the deliver frame: take them without awaiting
+        # (what the channel's `_get_frame` does when its queue is not empty).
+        assembly = Assembly(frame, channel, on_message)
+        while True:
+            if frames.empty():
+                content = await get_frame()
+            else:
+                content = frames.get_nowait()[1]
+                frames.task_done()
+            if assembly.add(content):
+                return
+
+    _compat.set_deliver_hook(channel, on_deliver_frame)

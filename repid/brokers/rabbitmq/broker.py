@@ -9,6 +9,7 @@ import contextlib
 import itertools
 import logging
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any
@@ -165,6 +166,7 @@ class RabbitMessageBroker(ProcessState, RabbitEventBus):
         # handed out only once that call has returned (`enqueued`/`retried` come before `started`).
         self._requeuing: dict[tuple[str, str], list[tuple[RabbitConsumer, Delivery]]] = {}
         self._returns: dict[ChannelState, list[int]] = {}
+        self._subscribers: weakref.WeakSet[RabbitConsumer] = weakref.WeakSet()
         self._flushes: set[asyncio.Task[None]] = set()
         self._props: dict[tuple[bool, int], dict[str, Any]] = {
             (persistent, priority): {
@@ -253,6 +255,11 @@ class RabbitMessageBroker(ProcessState, RabbitEventBus):
 
     async def queue_declare(self, queue_name: str) -> None:
         await self._topology.declare(queue_name)
+        for consumer in self._consumers_of(queue_name):
+            consumer.queue_declared()
+
+    def _consumers_of(self, queue_name: str) -> list[RabbitConsumer]:
+        return [c for c in self._subscribers if c.queue == queue_name]
 
     async def _check_queue(self, queue_name: str) -> None:
         """Raise `QueueNotDeclaredError` unless the queue exists on the server."""
@@ -260,6 +267,9 @@ class RabbitMessageBroker(ProcessState, RabbitEventBus):
 
     async def _purge_or_delete(self, queue_name: str, *, delete: bool) -> None:
         await self._topology.purge_or_delete(queue_name, delete=delete)
+        if delete:
+            for consumer in self._consumers_of(queue_name):
+                consumer.queue_deleted()
         self._pending.pop(queue_name, None)
         if self._state is not None:
             await self._state.forget_queue(queue_name)

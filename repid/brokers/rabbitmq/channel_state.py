@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 
 import aiormq
 from aiormq.abc import DeliveredMessage
@@ -17,7 +18,7 @@ from repid.codec import decode_message
 from repid.data import DeadLetterInfo, MessageCategory, Parameters, RoutingKey
 from repid.errors import DecodeError
 
-__all__ = ["CHANNEL_ERRORS", "DEAD_INFO_HEADER", "ChannelState", "Handle", "to_delivery"]
+__all__ = ["CHANNEL_ERRORS", "DEAD_INFO_HEADER", "Bands", "ChannelState", "Handle", "to_delivery"]
 
 logger = logging.getLogger("repid.brokers.rabbitmq")
 
@@ -207,3 +208,45 @@ def to_delivery(
     return tuple.__new__(
         Delivery, (key, payload, params, handle, category, None, None, redelivered)
     )
+
+
+class Bands:
+    """Deliveries waiting in a consumer, one FIFO per priority (quorum queues: the messages of
+    the three priority queues arrive side by side; the highest priority is handed out first)."""
+
+    __slots__ = ("_bands",)
+
+    def __init__(self) -> None:
+        self._bands: tuple[deque[Delivery], ...] = (deque(), deque(), deque())
+
+    def _band(self, delivery: Delivery) -> deque[Delivery]:
+        return self._bands[min(max(delivery.key.priority, 0), 2)]
+
+    def append(self, delivery: Delivery) -> None:
+        self._band(delivery).append(delivery)
+
+    def appendleft(self, delivery: Delivery) -> None:
+        self._band(delivery).appendleft(delivery)
+
+    def popleft(self) -> Delivery:
+        for band in self._bands:
+            if band:
+                return band.popleft()
+        raise IndexError("pop from an empty Bands")
+
+    def clear(self) -> None:
+        for band in self._bands:
+            band.clear()
+
+    def best(self) -> int | None:
+        """The highest priority (0 = HIGH) waiting here, None if nothing waits."""
+        for number, band in enumerate(self._bands):
+            if band:
+                return number
+        return None
+
+    def __bool__(self) -> bool:
+        return any(self._bands)
+
+    def __len__(self) -> int:
+        return sum(len(band) for band in self._bands)

@@ -9,6 +9,7 @@ import contextlib
 import logging
 import os
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
@@ -18,9 +19,14 @@ from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 
 from repid.brokers.base import BaseConsumer, Delivery
-from repid.brokers.rabbitmq import _compat
-from repid.brokers.rabbitmq._frames import Assembly
-from repid.brokers.rabbitmq.channel_state import CHANNEL_ERRORS, ChannelState, Handle, to_delivery
+from repid.brokers.rabbitmq._frames import deliver_inline
+from repid.brokers.rabbitmq.channel_state import (
+    CHANNEL_ERRORS,
+    Bands,
+    ChannelState,
+    Handle,
+    to_delivery,
+)
 from repid.data import MessageCategory
 from repid.errors import (
     BrokerUnavailableError,
@@ -29,7 +35,7 @@ from repid.errors import (
     map_broker_errors,
 )
 
-# ChannelState is re-exported: it lived here before `channel_state.py` (tests import it here).
+# ChannelState and deliver_inline are re-exported: they lived here first (tests import them here).
 _CONNECTION_ERRORS: ErrorMap = {aiormq.exceptions.AMQPConnectionError: BrokerUnavailableError}
 """Connection failures while a consumer opens: the worker retries those at start-up."""
 
@@ -64,6 +70,9 @@ class ConsumerHost(Protocol):
 
     async def _new_channel(self, *, confirms: bool) -> aiormq.abc.AbstractChannel: ...
 
+    @property
+    def _subscribers(self) -> weakref.WeakSet[RabbitConsumer]: ...
+
     async def listen_for_cancels(self) -> None: ...
 
     def register_inline(
@@ -81,82 +90,6 @@ class ConsumerHost(Protocol):
     def _track(self, delivery: Delivery) -> None: ...
 
     async def _delay_queues(self, queue_name: str) -> list[str]: ...
-
-
-def deliver_inline(
-    channel: Any, consumer_tag: str, on_message: Callable[[DeliveredMessage], None]
-) -> None:
-    """Run `on_message` right in the channel's reader instead of in a task per message.
-
-    aiormq starts a task for each delivery; our callback is synchronous (it only queues the
-    delivery), so calling it inline saves that task. Only on this one channel (repid's), and
-    only when it has the reader hooks this relies on; otherwise aiormq's own path stays. On an
-    unexpected error the delivery is handed over the way aiormq does (logged once).
-    """
-    hooks = _compat.channel_deliver_hooks(channel)
-    if hooks is None:
-        return
-    original, get_frame, frames = hooks
-
-    async def on_deliver_frame(frame: spec.Basic.Deliver) -> None:
-        if frame.consumer_tag != consumer_tag:
-            await original(frame)
-            return
-        # The content frames usually arrived with the deliver frame: take them without awaiting
-        # (what the channel's `_get_frame` does when its queue is not empty).
-        assembly = Assembly(frame, channel, on_message)
-        while True:
-            if frames.empty():
-                content = await get_frame()
-            else:
-                content = frames.get_nowait()[1]
-                frames.task_done()
-            if assembly.add(content):
-                return
-
-    _compat.set_deliver_hook(channel, on_deliver_frame)
-
-
-class Bands:
-    """Deliveries waiting in a consumer, one FIFO per priority (quorum queues: the messages of
-    the three priority queues arrive side by side; the highest priority is handed out first)."""
-
-    __slots__ = ("_bands",)
-
-    def __init__(self) -> None:
-        self._bands: tuple[deque[Delivery], ...] = (deque(), deque(), deque())
-
-    def _band(self, delivery: Delivery) -> deque[Delivery]:
-        return self._bands[min(max(delivery.key.priority, 0), 2)]
-
-    def append(self, delivery: Delivery) -> None:
-        self._band(delivery).append(delivery)
-
-    def appendleft(self, delivery: Delivery) -> None:
-        self._band(delivery).appendleft(delivery)
-
-    def popleft(self) -> Delivery:
-        for band in self._bands:
-            if band:
-                return band.popleft()
-        raise IndexError("pop from an empty Bands")
-
-    def clear(self) -> None:
-        for band in self._bands:
-            band.clear()
-
-    def best(self) -> int | None:
-        """The highest priority (0 = HIGH) waiting here, None if nothing waits."""
-        for number, band in enumerate(self._bands):
-            if band:
-                return number
-        return None
-
-    def __bool__(self) -> bool:
-        return any(self._bands)
-
-    def __len__(self) -> int:
-        return sum(len(band) for band in self._bands)
 
 
 class RabbitConsumer(BaseConsumer):
@@ -186,6 +119,7 @@ class RabbitConsumer(BaseConsumer):
         self._paused = False
         self._subscribed = False
         self._resubscribe = asyncio.Event()
+        self._queue_gone = False
         self._get_lock = asyncio.Lock()
         self._pull_lock = asyncio.Lock()
         self._empty_at = 0.0
@@ -218,6 +152,7 @@ class RabbitConsumer(BaseConsumer):
         if self._closed:
             return
         self._closed = True
+        self._broker._subscribers.discard(self)
         if self._supervisor is not None:
             self._supervisor.cancel()
             await asyncio.gather(self._supervisor, return_exceptions=True)
@@ -271,9 +206,28 @@ class RabbitConsumer(BaseConsumer):
 
     # -- the subscription (NORMAL) ------------------------------------------------------------
 
+    @property
+    def queue(self) -> str:
+        """The name of the queue (as the application calls it)."""
+        return self._queue
+
+    def queue_deleted(self) -> None:
+        """This process deleted the queue: subscribe again once it is declared again."""
+        self._queue_gone = True
+
+    def queue_declared(self) -> None:
+        """This process declared the queue. If it had deleted it, the subscription starts over
+        on a new channel: RabbitMQ (3.10) does not cancel the consumers of a quorum queue that
+        is deleted and at once declared again, and the new queue then hands messages to those
+        stale consumers, which never receive them."""
+        if self._queue_gone:
+            self._queue_gone = False
+            self._resubscribe.set()
+
     def _subscribe(self) -> None:
         if not self._subscribed:
             self._subscribed = True
+            self._broker._subscribers.add(self)
             self._supervisor = asyncio.create_task(
                 self._supervise(), name=f"repid-rabbitmq-consumer-{self._queue}"
             )
@@ -319,19 +273,32 @@ class RabbitConsumer(BaseConsumer):
                             source, on_message, no_ack=False, consumer_tag=tag
                         )
                     backoff = 0.1
-                    await asyncio.wait(
-                        {cancelled, channel.closing}, return_when=asyncio.FIRST_COMPLETED
-                    )
+                    redeclared = asyncio.ensure_future(self._resubscribe.wait())
+                    try:
+                        await asyncio.wait(
+                            {cancelled, channel.closing, redeclared},
+                            return_when=asyncio.FIRST_COMPLETED,
+                        )
+                    finally:
+                        redeclared.cancel()
                 finally:
                     channel.on_consumer_cancel_callbacks.discard(on_cancel)
                     for tag in tags:
                         self._broker.unregister_inline(tag)
-                    if len(tags) > 1 and cancelled.done() and not channel.is_closed:
+                    redone = self._resubscribe.is_set()
+                    if not redone and len(tags) > 1 and cancelled.done() and not channel.is_closed:
                         # One of several was cancelled: end the others before subscribing again.
                         for tag in tags:
                             with contextlib.suppress(*CHANNEL_ERRORS):
                                 await channel.basic_cancel(tag)
-                if cancelled.done() and not channel.is_closed:
+                if redone:
+                    # The old consumers stay attached to the new queue on this channel, and what
+                    # the channel holds was in the deleted queue: a new channel, nothing returned.
+                    logger.info("queue %r was declared again; subscribing again", self._queue)
+                    state.alive = False
+                    self._state = None
+                    await self._close_state(state)
+                elif cancelled.done() and not channel.is_closed:
                     logger.warning(
                         "RabbitMQ cancelled the consumer of %r; subscribing again", self._queue
                     )
