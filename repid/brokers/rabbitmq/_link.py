@@ -87,6 +87,8 @@ class AmqpLink:
         self.connection: aio_pika.abc.AbstractRobustConnection | None = None
         self.channels: dict[str, aiormq.abc.AbstractChannel] = {}
         self.channel_lock = asyncio.Lock()
+        self.admin_lock = asyncio.Lock()
+        """Held for each RPC of the admin channel."""
         self.batchers = {"confirm": PublishBatcher(), "fast": PublishBatcher()}
         self.inline_consumers: InlineConsumers = {}
         """Consumers whose whole deliveries the frame readers hand over (by consumer tag)."""
@@ -214,8 +216,11 @@ class AmqpLink:
         """Run one RPC on the admin channel, retrying connection failures."""
 
         async def attempt() -> Any:
-            channel = await self.channel("admin")
-            return await getattr(channel, operation)(*args, **kwargs)
+            # One RPC at a time: a probe that fails (a passive declare of a missing queue)
+            # closes the channel, and an RPC queued behind it would get that error as its own.
+            async with self.admin_lock:
+                channel = await self.channel("admin")
+                return await getattr(channel, operation)(*args, **kwargs)
 
         return await self.retrying(f"RabbitMQ {operation}", attempt)
 

@@ -21,6 +21,8 @@ DELAY_LEVELS_MS: tuple[int, ...] = tuple(2**k for k in range(6, 32))
 """TTLs of the delay queues (64 ms to ~24.9 days). A delay hops through the largest level not
 longer than what remains, so it is never early and different delays never block each other."""
 MAX_PRIORITY = 2
+_BIND_ATTEMPTS = 5
+"""Declarations of the dead-letter exchange and binding, when other processes keep deleting it."""
 _QUEUE_VERSION = {"x-queue-version": 2}
 """Classic queues v2 (RabbitMQ 3.10+, the only kind in 4.x): faster persistent confirms."""
 
@@ -98,16 +100,24 @@ class Topology:
     async def declare(self, queue_name: str) -> None:
         name = self.name(queue_name)
         dead = name + ":dead"
-        # auto_delete: the exchange goes away with the last dead-letter queue bound to it.
-        await self._admin(
-            "exchange_declare",
-            exchange=self.dead_letter_exchange,
-            exchange_type="direct",
-            durable=True,
-            auto_delete=True,
-        )
-        await self._admin("queue_declare", dead, durable=True, arguments=self._arguments())
-        await self._admin("queue_bind", dead, self.dead_letter_exchange, routing_key=dead)
+        for attempt in range(_BIND_ATTEMPTS):
+            # auto_delete: the exchange goes away with the last dead-letter queue bound to it.
+            await self._admin(
+                "exchange_declare",
+                exchange=self.dead_letter_exchange,
+                exchange_type="direct",
+                durable=True,
+                auto_delete=True,
+            )
+            await self._admin("queue_declare", dead, durable=True, arguments=self._arguments())
+            try:
+                await self._admin("queue_bind", dead, self.dead_letter_exchange, routing_key=dead)
+                break
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                # Another process deleted the last queue bound to the exchange between our
+                # declare and bind (same prefix): the exchange went with it. Declare it again.
+                if attempt == _BIND_ATTEMPTS - 1:
+                    raise
         # The medium band (the queue itself) last: `check()` finds a queue fully declared.
         for band in sorted(self.bands(), key=lambda b: b == 1):
             await self._admin(
