@@ -23,6 +23,8 @@ async def watch(connection: Connection, ready: asyncio.Event) -> None:
             if event.kind == "succeeded":
                 print(f"  in {event.duration:.3f}s")
                 break  # leaving the loop unsubscribes
+
+
 # --8<-- [end:subscribe]
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
 from repid.cli.operations import DeadFilter, list_dead, purge_dead, requeue_dead
-from repid.cli.options import add_connection_options, add_target, positive_int
+from repid.cli.options import add_connection_options, add_target, duration, positive_int
 from repid.cli.session import connect
 from repid.connection import Connection
 from repid.data import DeadLetterReason
@@ -57,6 +58,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         )
         sub.add_argument("--actor", metavar="NAME", help="only jobs of this actor")
         sub.add_argument("--limit", type=positive_int, help="at most this many, oldest first")
+        sub.add_argument(
+            "--older-than",
+            type=duration,
+            metavar="DURATION",
+            help="only messages dead for longer than this (90s, 30m, 12h, 7d, 2w)",
+        )
         if name == "list":
             sub.add_argument("--json", action="store_true", help="print JSON lines")
             sub.add_argument(
@@ -97,6 +104,7 @@ async def command_dead(args: argparse.Namespace) -> int:
         reason=args.reason,
         actor=args.actor,
         limit=args.limit,
+        dead_before=None if args.older_than is None else time.time() - args.older_than,
     )
     if args.dead_command == "list":
         letters = await list_dead(connection, args.queue, which=which)

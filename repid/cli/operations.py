@@ -158,18 +158,25 @@ class DeadFilter:
     """Which dead messages an operation acts on: all of them unless narrowed.
 
     `ids`: only these message ids; `reason`: only this reason (`exception`, `timeout`, ...);
-    `actor`: only jobs of this actor; `limit`: at most this many (oldest first).
+    `actor`: only jobs of this actor; `limit`: at most this many (oldest first);
+    `dead_before`: only messages dead before this time (a Unix timestamp).
     """
 
     ids: frozenset[str] | None = None
     reason: str | None = None
     actor: str | None = None
     limit: int | None = None
+    dead_before: float | None = None
 
     @property
     def narrowed(self) -> bool:
         """True when not every dead message is selected."""
-        return self.ids is not None or self.reason is not None or self.actor is not None
+        return (
+            self.ids is not None
+            or self.reason is not None
+            or self.actor is not None
+            or self.dead_before is not None
+        )
 
     def matches(self, message: Message) -> bool:
         """Whether `message` (a dead one) is selected."""
@@ -177,6 +184,10 @@ class DeadFilter:
             return False
         if self.actor is not None and message.key.topic != self.actor:
             return False
+        if self.dead_before is not None:
+            info = message.dead_letter
+            if info is None or info.dead_at >= self.dead_before:
+                return False
         if self.reason is not None:
             info = message.dead_letter
             if (info.reason if info is not None else "unknown") != self.reason:

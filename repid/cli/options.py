@@ -10,6 +10,7 @@ __all__ = [
     "URL_ENV",
     "add_connection_options",
     "add_target",
+    "duration",
     "non_negative_float",
     "positive_int",
     "queue_list",
@@ -41,6 +42,23 @@ def non_negative_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
     if not value >= 0:  # also rejects nan
         raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def duration(text: str) -> float:
+    """An argparse type: a duration > 0 in seconds: `90`, `90s`, `30m`, `12h`, `7d`, `2w`."""
+    number, unit = (text[:-1], text[-1]) if text[-1:].lower() in _UNITS else (text, "s")
+    try:
+        value = float(number) * _UNITS[unit.lower()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a duration such as 90s, 30m, 12h or 7d, got {text!r}"
+        ) from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return value
 
 

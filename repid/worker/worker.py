@@ -9,6 +9,7 @@ import math
 import signal
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from repid._redact import mask_urls
@@ -16,6 +17,7 @@ from repid.errors import BrokerAuthenticationError, BrokerUnavailableError, Conf
 from repid.failures import DEFAULT_ERROR_BYTES, DEFAULT_ERROR_HISTORY
 from repid.lifecycle import HEARTBEAT_INTERVAL
 from repid.router import Router, RouterDefaults
+from repid.worker.retention import install_sweeper, schedule_sweeps, seconds
 from repid.worker.runner import Runner
 from repid.worker.state import logger
 
@@ -85,6 +87,12 @@ class Worker(Router):
             result; an actor's `error_history` wins. 0 keeps none.
         error_bytes: bytes of error text a message carries at most (tracebacks are cut in
             the middle to fit; the oldest entries go first).
+        dead_letter_ttl: delete the dead letters of the worker's queues once they have been
+            dead this long (None: kept until requeued or purged). The sweep runs as a
+            recurring job per queue in the `repid_retention` queue, which this worker then
+            also consumes: one sweep of a queue at a time, whichever worker takes the job.
+        retention_interval: time between two sweeps of a queue (default 5 minutes, at least
+            1 second).
     """
 
     def __init__(
@@ -107,6 +115,8 @@ class Worker(Router):
         lifespan: Callable[[Worker], contextlib.AbstractAsyncContextManager[Any]] | None = None,
         error_history: int = DEFAULT_ERROR_HISTORY,
         error_bytes: int = DEFAULT_ERROR_BYTES,
+        dead_letter_ttl: timedelta | float | None = None,
+        retention_interval: timedelta | float = 300.0,
         _connection: Connection | None = None,
     ) -> None:
         super().__init__(defaults=router_defaults)
@@ -143,6 +153,14 @@ class Worker(Router):
         self.lifespan = lifespan
         self.state: Any = None
         """What `lifespan` yielded, while `run()` runs (None otherwise)."""
+        self.retention_interval = seconds(retention_interval, "retention_interval")
+        if self.retention_interval < 1.0:
+            raise ConfigurationError("retention_interval must be >= 1 second")
+        self.dead_letter_ttl = (
+            None if dead_letter_ttl is None else seconds(dead_letter_ttl, "dead_letter_ttl")
+        )
+        if self.dead_letter_ttl is not None:
+            install_sweeper(self, lambda: self.connection, self.dead_letter_ttl)
         self.graceful_shutdown_time = graceful_shutdown_time
         self.messages_limit = messages_limit
         self.tasks_limit = tasks_limit
@@ -225,6 +243,8 @@ class Worker(Router):
                     await self._connect_patiently(connection)
                 if self.auto_declare:
                     await self.declare_all_queues()
+                if self.dead_letter_ttl is not None:
+                    await schedule_sweeps(connection, self.queues, self.retention_interval)
                 if self.lifespan is not None:
                     self.state = await resources.enter_async_context(self._lifespan_manager())
                 runner = Runner(self, connection, drain=drain)

@@ -115,7 +115,8 @@ asyncio.run(main())
 
 
 def test_dead_requeue_and_purge_select_by_id_reason_and_limit(cli_env: dict[str, str]) -> None:
-    """`--id`, `--reason`, `--limit` on a real broker (Redis: the CLI runs in new processes)."""
+    """`--id`, `--reason`, `--limit`, `--older-than` on a real broker (Redis: the CLI runs in
+    new processes)."""
     url = URLS["redis"]
     queue = f"cli_{RUN_ID}_{uuid4().hex[:8]}"
     env = {**cli_env, "REPID_BROKER_URL": url, "REPID_TEST_QUEUE": queue}
@@ -139,9 +140,19 @@ def test_dead_requeue_and_purge_select_by_id_reason_and_limit(cli_env: dict[str,
         one = ok(repid(env, "dead", "purge", queue, APP, "--reason", "exception", "--limit", "1"))
         assert one == f"purged 1 dead message(s) of {queue!r}\n"
         assert len(dead(env, queue)) == 1
+        young = ok(repid(env, "dead", "list", queue, APP, "--json", "--older-than", "1h"))
+        assert young == ""
+        kept = ok(repid(env, "dead", "purge", queue, APP, "--older-than", "7d"))
+        assert kept == f"purged 0 dead message(s) of {queue!r}\n"
+        old = ok(repid(env, "dead", "purge", queue, APP, "--older-than", "0.01"))
+        assert old == f"purged 1 dead message(s) of {queue!r}\n"
+        assert dead(env, queue) == []
         bad = repid(env, "dead", "purge", queue, APP, "--reason", "nope")
         assert bad.returncode == 2
         assert "invalid choice: 'nope'" in bad.stderr
+        bad = repid(env, "dead", "list", queue, APP, "--older-than", "soon")
+        assert bad.returncode == 2
+        assert "expected a duration such as 90s" in bad.stderr
     finally:
         subprocess.run(
             [sys.executable, "-c", _DELETE, url, queue], env=env, timeout=TIMEOUT, check=True

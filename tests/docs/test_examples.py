@@ -145,6 +145,10 @@ EXPECTED: dict[str, list[str]] = {
         r"notify succeeded",
         r"chord: succeeded \['succeeded', 'succeeded', 'succeeded', 'succeeded'\]",
     ],
+    "dead_letter_retention.py": [
+        r"dead letter order-1 deleted by the sweep",
+        r"expire_dead_letters removed 1",
+    ],
     "records.py": [
         r"before: queued",
         r"add: succeeded after 1 attempt\(s\)",
