@@ -239,12 +239,7 @@ class Worker(Router):
                         prepare()
                     actor.refresh_output_check()
                 connection = self.connection
-                if not connection.is_open:
-                    await self._connect_patiently(connection)
-                if self.auto_declare:
-                    await self.declare_all_queues()
-                if self.dead_letter_ttl is not None:
-                    await schedule_sweeps(connection, self.queues, self.retention_interval)
+                await self._start_patiently(connection)
                 if self.lifespan is not None:
                     self.state = await resources.enter_async_context(self._lifespan_manager())
                 runner = Runner(self, connection, drain=drain)
@@ -279,15 +274,24 @@ class Worker(Router):
             )
         return manager
 
-    async def _connect_patiently(self, connection: Connection) -> None:
-        """Connect, retrying with backoff while the broker is unreachable (`startup_timeout`);
-        a `stop()` while it waits ends the wait with the last error."""
+    async def _start(self, connection: Connection) -> None:
+        if not connection.is_open:
+            await connection.connect()
+        if self.auto_declare:
+            await self.declare_all_queues()
+        if self.dead_letter_ttl is not None:
+            await schedule_sweeps(connection, self.queues, self.retention_interval)
+
+    async def _start_patiently(self, connection: Connection) -> None:
+        """Connect, declare the queues and schedule the sweeps, retrying all of it with backoff
+        while the broker is unreachable (`startup_timeout`), also when it goes away after the
+        connection; a `stop()` while it waits ends the wait with the last error."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.startup_timeout
         pause = 0.25
         while True:
             try:
-                await connection.connect()
+                await self._start(connection)
                 return
             except BrokerAuthenticationError:
                 raise  # a refused login does not heal by waiting: say it at once

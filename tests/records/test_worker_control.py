@@ -251,3 +251,32 @@ async def test_prefetch_is_set_apart_from_the_concurrency(
         await asyncio.wait_for(task, 10)
     with pytest.raises(ConfigurationError, match="prefetch"):
         Worker(prefetch=0)
+
+
+async def test_run_waits_when_the_broker_goes_away_between_connect_and_declare() -> None:
+    """The chaos restart of NATS caught this: connected, then the server went down before the
+    queues were declared, and `run()` raised at once instead of waiting `startup_timeout`."""
+
+    class Flaky(InMemoryMessageBroker):
+        failures = 2
+
+        async def queue_declare(self, queue_name: str) -> None:
+            if Flaky.failures:
+                Flaky.failures -= 1
+                raise BrokerUnavailableError("the server went away")
+            await super().queue_declare(queue_name)
+
+    conn = Connection(Flaky())
+    await conn.connect()
+    worker = Worker(handle_signals=[], messages_limit=1, startup_timeout=10.0, _connection=conn)
+    ran = asyncio.Event()
+
+    @worker.actor
+    async def after_it() -> None:
+        ran.set()
+
+    await InMemoryMessageBroker.queue_declare(conn.raw_message_broker, "default")
+    await Job("after_it", _connection=conn).enqueue()
+    await asyncio.wait_for(worker.run(), 10.0)
+    assert ran.is_set()
+    assert Flaky.failures == 0
