@@ -811,7 +811,7 @@ async def test_health_check_recovers_when_broker_returns_while_idle() -> None:
             async def healthy() -> bool:
                 return await http_get_status(port) == 200
 
-            await wait_until(healthy, 1.0, "the health check to recover")
+            await wait_until(healthy, 10.0, "the health check to recover")
 
 
 async def test_an_outage_is_led_by_one_lane_and_the_worker_stays_unhealthy_throughout(
